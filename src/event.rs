@@ -1,0 +1,348 @@
+//! Domain events: the three AGS messages decoded into one [`Event`], validated.
+//!
+//! Everything a client can get wrong is caught here, before the WAL, and
+//! becomes an [`EventError`] that names the field; the gRPC layer turns it into
+//! `INVALID_ARGUMENT`. Nothing here panics on any input.
+
+use chrono::DateTime;
+
+use crate::proto::iam::account::v1::{UserAccount, UserLoggedIn, UserThirdPartyLoggedIn};
+use crate::proto::social::statistic::v1::StatItemUpdated;
+use crate::rules::MAX_ID_LEN;
+
+/// The longest event id kept for deduplication.
+pub const MAX_EVENT_ID_LEN: usize = 256;
+/// The longest stat code accepted (it only selects goals; it is not stored).
+pub const MAX_STAT_CODE_LEN: usize = 256;
+/// Timestamps further ahead than this are not trusted; arrival time is used.
+const MAX_CLOCK_SKEW_MS: i64 = 86_400_000;
+
+/// One AGS event, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The event id (empty when the producer sent none: such events are not deduplicated).
+    pub id: String,
+    pub namespace: String,
+    pub user_id: String,
+    /// The event's time in Unix milliseconds: its `timestamp`, else arrival time.
+    pub time_ms: i64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    Login,
+    Stat {
+        stat_code: String,
+        latest_value: f64,
+        inc: f64,
+    },
+}
+
+/// Why an event was rejected. Each names the offending field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("{field} is {len} characters; at most {max} are allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} must be a finite number, got {value}")]
+    NotFinite { field: &'static str, value: f64 },
+}
+
+impl From<EventError> for tonic::Status {
+    fn from(e: EventError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// Where an event's time came from, for logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    Timestamp,
+    /// No timestamp was sent.
+    Arrival,
+    /// A timestamp was sent but could not be used (unparseable or far in the future).
+    ArrivalBadTimestamp,
+}
+
+/// The envelope fields shared by all three messages.
+struct Envelope<'a> {
+    id: &'a str,
+    namespace: &'a str,
+    timestamp: &'a str,
+    user_id: &'a str,
+}
+
+pub fn from_login(msg: &UserLoggedIn, now_ms: i64) -> Result<(Event, TimeSource), EventError> {
+    let payload = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
+    login(
+        Envelope {
+            id: &msg.id,
+            namespace: &msg.namespace,
+            timestamp: &msg.timestamp,
+            user_id: &msg.user_id,
+        },
+        payload.user_account.as_ref(),
+        now_ms,
+    )
+}
+
+pub fn from_third_party_login(
+    msg: &UserThirdPartyLoggedIn,
+    now_ms: i64,
+) -> Result<(Event, TimeSource), EventError> {
+    let payload = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
+    login(
+        Envelope {
+            id: &msg.id,
+            namespace: &msg.namespace,
+            timestamp: &msg.timestamp,
+            user_id: &msg.user_id,
+        },
+        payload.user_account.as_ref(),
+        now_ms,
+    )
+}
+
+fn login(
+    env: Envelope,
+    account: Option<&UserAccount>,
+    now_ms: i64,
+) -> Result<(Event, TimeSource), EventError> {
+    let payload_user = account.map(|a| a.user_id.as_str()).unwrap_or("");
+    build(
+        env,
+        payload_user,
+        "payload.user_account.user_id",
+        EventKind::Login,
+        now_ms,
+    )
+}
+
+pub fn from_stat(msg: &StatItemUpdated, now_ms: i64) -> Result<(Event, TimeSource), EventError> {
+    let item = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
+    if item.stat_code.is_empty() {
+        return Err(EventError::Missing("payload.stat_code"));
+    }
+    check_len("payload.stat_code", &item.stat_code, MAX_STAT_CODE_LEN)?;
+    check_finite("payload.latest_value", item.latest_value)?;
+    check_finite("payload.inc", item.inc)?;
+    build(
+        Envelope {
+            id: &msg.id,
+            namespace: &msg.namespace,
+            timestamp: &msg.timestamp,
+            user_id: &msg.user_id,
+        },
+        &item.user_id,
+        "payload.user_id",
+        EventKind::Stat {
+            stat_code: item.stat_code.clone(),
+            latest_value: item.latest_value,
+            inc: item.inc,
+        },
+        now_ms,
+    )
+}
+
+fn build(
+    env: Envelope,
+    payload_user: &str,
+    payload_user_field: &'static str,
+    kind: EventKind,
+    now_ms: i64,
+) -> Result<(Event, TimeSource), EventError> {
+    // The top-level user id wins; the payload's is the fallback.
+    let (user_id, field) = if env.user_id.is_empty() {
+        (payload_user, payload_user_field)
+    } else {
+        (env.user_id, "user_id")
+    };
+    if user_id.is_empty() {
+        return Err(EventError::Missing("user_id"));
+    }
+    check_len(field, user_id, MAX_ID_LEN)?;
+    check_len("id", env.id, MAX_EVENT_ID_LEN)?;
+    check_len("namespace", env.namespace, MAX_ID_LEN)?;
+    let (time_ms, source) = event_time(env.timestamp, now_ms);
+    Ok((
+        Event {
+            id: env.id.to_owned(),
+            namespace: env.namespace.to_owned(),
+            user_id: user_id.to_owned(),
+            time_ms,
+            kind,
+        },
+        source,
+    ))
+}
+
+/// The event's time: its RFC 3339 `timestamp`, else `now_ms`.
+pub fn event_time(timestamp: &str, now_ms: i64) -> (i64, TimeSource) {
+    if timestamp.is_empty() {
+        return (now_ms, TimeSource::Arrival);
+    }
+    match DateTime::parse_from_rfc3339(timestamp) {
+        Ok(t) if t.timestamp_millis() <= now_ms.saturating_add(MAX_CLOCK_SKEW_MS) => {
+            (t.timestamp_millis(), TimeSource::Timestamp)
+        }
+        _ => (now_ms, TimeSource::ArrivalBadTimestamp),
+    }
+}
+
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
+    // Bytes bound the cost cheaply; characters are what VARCHAR(n) counts.
+    if value.len() > max && value.chars().count() > max {
+        return Err(EventError::TooLong {
+            field,
+            len: value.chars().count(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn check_finite(field: &'static str, value: f64) -> Result<(), EventError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(EventError::NotFinite { field, value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::iam::account::v1::AnonymousSchema19;
+    use crate::proto::social::statistic::v1::StatItem;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn stat_msg() -> StatItemUpdated {
+        StatItemUpdated {
+            payload: Some(StatItem {
+                stat_code: "kills".into(),
+                user_id: "payload-user".into(),
+                latest_value: 4.0,
+                inc: 1.0,
+                ..Default::default()
+            }),
+            id: "ev-1".into(),
+            namespace: "ns".into(),
+            timestamp: "2023-11-14T22:13:20Z".into(),
+            user_id: "top-user".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_top_level_user_id_wins_over_the_payload() {
+        let (event, source) = from_stat(&stat_msg(), NOW).unwrap();
+        assert_eq!(event.user_id, "top-user");
+        assert_eq!(event.time_ms, NOW);
+        assert_eq!(source, TimeSource::Timestamp);
+    }
+
+    #[test]
+    fn the_payload_user_id_is_the_fallback() {
+        let mut msg = stat_msg();
+        msg.user_id.clear();
+        assert_eq!(from_stat(&msg, NOW).unwrap().0.user_id, "payload-user");
+
+        let login = UserLoggedIn {
+            payload: Some(AnonymousSchema19 {
+                user_account: Some(UserAccount {
+                    user_id: "acct".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (event, source) = from_login(&login, NOW).unwrap();
+        assert_eq!(event.user_id, "acct");
+        assert_eq!(event.kind, EventKind::Login);
+        assert_eq!(source, TimeSource::Arrival);
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        let mut m = stat_msg();
+        m.payload = None;
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err().to_string(),
+            "payload is required"
+        );
+
+        let mut m = stat_msg();
+        m.user_id.clear();
+        m.payload.as_mut().unwrap().user_id.clear();
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err().to_string(),
+            "user_id is required"
+        );
+
+        let mut m = stat_msg();
+        m.payload.as_mut().unwrap().stat_code.clear();
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err().to_string(),
+            "payload.stat_code is required"
+        );
+
+        let mut m = stat_msg();
+        m.user_id = "u".repeat(101);
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err().to_string(),
+            "user_id is 101 characters; at most 100 are allowed"
+        );
+
+        let mut m = stat_msg();
+        m.payload.as_mut().unwrap().latest_value = f64::NAN;
+        assert!(from_stat(&m, NOW)
+            .unwrap_err()
+            .to_string()
+            .starts_with("payload.latest_value must be a finite number"));
+
+        let mut m = stat_msg();
+        m.payload.as_mut().unwrap().inc = f64::NEG_INFINITY;
+        assert!(from_stat(&m, NOW)
+            .unwrap_err()
+            .to_string()
+            .starts_with("payload.inc must be a finite number"));
+
+        let login = UserLoggedIn::default();
+        assert_eq!(
+            from_login(&login, NOW).unwrap_err(),
+            EventError::Missing("payload")
+        );
+    }
+
+    #[test]
+    fn a_user_id_of_100_multibyte_characters_fits() {
+        let mut m = stat_msg();
+        m.user_id = "é".repeat(100);
+        assert!(from_stat(&m, NOW).is_ok());
+    }
+
+    #[test]
+    fn unusable_timestamps_fall_back_to_arrival_time() {
+        assert_eq!(
+            event_time("yesterday", NOW),
+            (NOW, TimeSource::ArrivalBadTimestamp)
+        );
+        assert_eq!(
+            event_time("2999-01-01T00:00:00Z", NOW),
+            (NOW, TimeSource::ArrivalBadTimestamp)
+        );
+        assert_eq!(event_time("", NOW), (NOW, TimeSource::Arrival));
+        assert_eq!(
+            event_time("2023-11-14T23:13:20+01:00", NOW),
+            (NOW, TimeSource::Timestamp)
+        );
+    }
+}

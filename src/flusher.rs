@@ -1,0 +1,206 @@
+//! The flush loop: every `FLUSH_INTERVAL` (or early at `BUFFER_MAX_KEYS`) take
+//! the buffer — it covers WAL sequence numbers `(W, S]` — write it and move the
+//! watermark to `S` in one transaction, then truncate the WAL up to `S`.
+//!
+//! A failed flush keeps its batch aside as *in doubt*: the COMMIT may have
+//! reached the database even though the reply did not. Before the next attempt
+//! the watermark is read back; if it already covers the batch the batch is
+//! done, otherwise it is merged (as the older part) with what arrived since and
+//! written again. So a lost reply never applies an increment twice, and a
+//! failed flush never loses one. Retries back off exponentially up to
+//! [`MAX_BACKOFF`]; the log says when flushing starts failing and when it
+//! recovers, not at every attempt.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::Buffer;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::store::{Lease, ProgressStore, StoreError};
+use crate::wal::Wal;
+
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Flusher<S> {
+    store: Arc<S>,
+    lease: Lease,
+    buffer: Arc<Mutex<Buffer>>,
+    wal: Wal,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// A batch whose transaction failed: possibly committed, possibly not.
+    in_doubt: Option<Buffer>,
+}
+
+impl<S: ProgressStore> Flusher<S> {
+    pub fn new(
+        store: Arc<S>,
+        lease: Lease,
+        buffer: Arc<Mutex<Buffer>>,
+        wal: Wal,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Flusher {
+            store,
+            lease,
+            buffer,
+            wal,
+            metrics,
+            health,
+            in_doubt: None,
+        }
+    }
+
+    /// Writes everything acknowledged so far. Returns the rows written.
+    pub async fn flush_once(&mut self) -> Result<usize, StoreError> {
+        let result = self.try_flush().await;
+        match &result {
+            Ok(rows) => self.health.flush_succeeded(*rows),
+            Err(e) => {
+                self.metrics.flush_failures.inc();
+                self.health.flush_failed(e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn try_flush(&mut self) -> Result<usize, StoreError> {
+        if let Some(doubt) = &self.in_doubt {
+            let applied = self.store.applied_seq(&self.lease).await?;
+            if applied >= doubt.last_seq() {
+                tracing::info!(
+                    upto_seq = doubt.last_seq(),
+                    "the last flush had committed after all; not writing it again"
+                );
+                let upto = doubt.last_seq();
+                self.in_doubt = None;
+                self.truncate(upto).await;
+            }
+        }
+        let fresh = {
+            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
+            buffer.take()
+        };
+        let mut batch = fresh;
+        if let Some(older) = self.in_doubt.take() {
+            batch.merge_back(older);
+        }
+        self.metrics.buffer_size.set(self.buffered_keys() as i64);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let upto = batch.last_seq();
+        let started = Instant::now();
+        match self.store.apply(&self.lease, upto, &batch).await {
+            Ok(rows) => {
+                self.metrics
+                    .flush_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.db_batch_size.observe(rows as f64);
+                tracing::debug!(rows, updates = batch.updates(), upto_seq = upto, "flushed");
+                self.truncate(upto).await;
+                Ok(rows)
+            }
+            Err(e) => {
+                self.in_doubt = Some(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// WAL truncation after a commit. A failure here costs disk, not
+    /// correctness: replay skips everything at or below the watermark.
+    async fn truncate(&self, upto: u64) {
+        if let Err(e) = self.wal.truncate(upto).await {
+            tracing::warn!(error = %e, upto_seq = upto, "cannot truncate the WAL after a flush; replay will skip these records");
+        }
+    }
+
+    fn buffered_keys(&self) -> usize {
+        self.buffer.lock().expect("buffer lock poisoned").len()
+            + self.in_doubt.as_ref().map_or(0, Buffer::len)
+    }
+
+    /// Whether anything acknowledged is still not in the database.
+    pub fn has_pending(&self) -> bool {
+        self.buffered_keys() > 0
+    }
+
+    /// Flushes every `interval` (or when `early` is notified) until `stop`.
+    /// A fenced lease cancels `fatal` (this instance must stop).
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        early: Arc<Notify>,
+        stop: CancellationToken,
+        fatal: CancellationToken,
+    ) -> Self {
+        let mut failures: u32 = 0;
+        loop {
+            let wait = if failures == 0 {
+                interval
+            } else {
+                backoff(interval, failures)
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = early.notified(), if failures == 0 => {}
+            }
+            match self.flush_once().await {
+                Ok(_) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            failed_attempts = failures,
+                            "flushing recovered; the WAL backlog is draining"
+                        );
+                    }
+                    failures = 0;
+                }
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::error!(error = %e, "stopping: this instance was fenced");
+                    fatal.cancel();
+                    break;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        tracing::warn!(
+                            error = %e,
+                            wal_backlog_bytes = self.wal.backlog_bytes(),
+                            "flush failed; acknowledged updates stay in the WAL and are retried with backoff"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, failures, "flush retry failed");
+                    }
+                }
+            }
+        }
+        self
+    }
+}
+
+/// `interval × 2^failures`, capped at [`MAX_BACKOFF`].
+pub fn backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.min(16);
+    interval.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = Duration::from_secs(1);
+        assert_eq!(backoff(s, 1), Duration::from_secs(2));
+        assert_eq!(backoff(s, 3), Duration::from_secs(8));
+        assert_eq!(backoff(s, 10), MAX_BACKOFF);
+        assert_eq!(backoff(s, u32::MAX), MAX_BACKOFF);
+    }
+}

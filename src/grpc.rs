@@ -1,0 +1,166 @@
+//! gRPC ingress: the three AGS `OnMessage` services, plus `grpc.health.v1` and
+//! server reflection (v1 and v1alpha; the Extend sidecar and grpcurl use them).
+//!
+//! Each call: decode + validate ([`crate::event`]) → namespace filter → goal
+//! rules ([`crate::rules`]) → WAL append ([`crate::wal`]), answered only when
+//! the WAL says the updates are fsync'd. Errors map to gRPC status codes once,
+//! here: bad input → `INVALID_ARGUMENT` naming the field; anything not durable
+//! → `UNAVAILABLE` (retryable), never an OK.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use crate::event::{self, Event, EventError, TimeSource};
+use crate::metrics::Metrics;
+use crate::proto::iam::account::v1::user_authentication_user_logged_in_service_server::{
+    UserAuthenticationUserLoggedInService, UserAuthenticationUserLoggedInServiceServer,
+};
+use crate::proto::iam::account::v1::user_authentication_user_third_party_logged_in_service_server::{
+    UserAuthenticationUserThirdPartyLoggedInService,
+    UserAuthenticationUserThirdPartyLoggedInServiceServer,
+};
+use crate::proto::iam::account::v1::{UserLoggedIn, UserThirdPartyLoggedIn};
+use crate::proto::social::statistic::v1::statistic_stat_item_updated_service_server::{
+    StatisticStatItemUpdatedService, StatisticStatItemUpdatedServiceServer,
+};
+use crate::proto::social::statistic::v1::StatItemUpdated;
+use crate::rules::GoalIndex;
+use crate::wal::{unix_ms, Appended, Wal};
+
+/// The handler behind all three services.
+#[derive(Clone)]
+pub struct Ingress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    goals: Arc<GoalIndex>,
+    wal: Wal,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingress {
+    pub fn new(namespace: String, goals: Arc<GoalIndex>, wal: Wal, metrics: Arc<Metrics>) -> Self {
+        Ingress {
+            inner: Arc::new(Inner {
+                namespace,
+                goals,
+                wal,
+                metrics,
+            }),
+        }
+    }
+
+    async fn handle(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
+    ) -> Result<Response<()>, Status> {
+        let started = Instant::now();
+        let m = &self.inner.metrics;
+        m.events.with_label_values(&[kind]).inc();
+        let result = self.process(namespace, parse).await;
+        m.event_processing_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => m.events_processed.with_label_values(&[kind]).inc(),
+            Err(status) => {
+                let reason = match status.code() {
+                    tonic::Code::InvalidArgument => "invalid",
+                    tonic::Code::Unavailable => "unavailable",
+                    _ => "internal",
+                };
+                m.events_failed.with_label_values(&[reason]).inc();
+            }
+        }
+        result.map(Response::new)
+    }
+
+    async fn process(
+        &self,
+        namespace: &str,
+        parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
+    ) -> Result<(), Status> {
+        let inner = &self.inner;
+        if namespace != inner.namespace {
+            inner.metrics.events_ignored.inc();
+            tracing::debug!(namespace, "event from another namespace ignored");
+            return Ok(());
+        }
+        let (event, time_source) = parse(unix_ms() as i64).inspect_err(|e| {
+            tracing::debug!(error = %e, "invalid event rejected");
+        })?;
+        if time_source == TimeSource::ArrivalBadTimestamp {
+            inner.metrics.events_bad_timestamp.inc();
+            tracing::warn!(event_id = %event.id, "event timestamp unusable; using arrival time");
+        }
+        let updates = inner.goals.updates(&event);
+        if updates.is_empty() {
+            return Ok(());
+        }
+        match inner.wal.append(event.id, updates).await? {
+            Appended::Written { .. } => Ok(()),
+            Appended::Duplicate => {
+                inner.metrics.events_duplicate.inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// The three services, each with a decoding limit of `max_message_bytes`.
+    pub fn services(
+        &self,
+        max_message_bytes: usize,
+    ) -> (
+        UserAuthenticationUserLoggedInServiceServer<Ingress>,
+        UserAuthenticationUserThirdPartyLoggedInServiceServer<Ingress>,
+        StatisticStatItemUpdatedServiceServer<Ingress>,
+    ) {
+        (
+            UserAuthenticationUserLoggedInServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes),
+            UserAuthenticationUserThirdPartyLoggedInServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes),
+            StatisticStatItemUpdatedServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes),
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl UserAuthenticationUserLoggedInService for Ingress {
+    async fn on_message(&self, request: Request<UserLoggedIn>) -> Result<Response<()>, Status> {
+        let msg = request.into_inner();
+        self.handle("login", &msg.namespace, |now| event::from_login(&msg, now))
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl UserAuthenticationUserThirdPartyLoggedInService for Ingress {
+    async fn on_message(
+        &self,
+        request: Request<UserThirdPartyLoggedIn>,
+    ) -> Result<Response<()>, Status> {
+        let msg = request.into_inner();
+        self.handle("third_party_login", &msg.namespace, |now| {
+            event::from_third_party_login(&msg, now)
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl StatisticStatItemUpdatedService for Ingress {
+    async fn on_message(&self, request: Request<StatItemUpdated>) -> Result<Response<()>, Status> {
+        let msg = request.into_inner();
+        self.handle("stat_item_updated", &msg.namespace, |now| {
+            event::from_stat(&msg, now)
+        })
+        .await
+    }
+}

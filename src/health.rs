@@ -1,0 +1,176 @@
+//! The HTTP side: `GET /healthz` (200 only while serving, with the WAL backlog
+//! and the last flush result as JSON) and `GET /metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::wal::Wal;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Phase {
+    /// Waiting for the database, running migrations.
+    Starting = 0,
+    /// Replaying the WAL and flushing it before serving.
+    Replaying = 1,
+    Serving = 2,
+    ShuttingDown = 3,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastFlush {
+    pub ok: bool,
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub rows: usize,
+    pub error: Option<String>,
+}
+
+/// What `/healthz` reports; shared by the app, the flusher and the HTTP server.
+pub struct Health {
+    phase: AtomicU8,
+    wal: OnceLock<Wal>,
+    last_flush: Mutex<Option<LastFlush>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            wal: OnceLock::new(),
+            last_flush: Mutex::new(None),
+        }
+    }
+}
+
+impl Health {
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Replaying,
+            2 => Phase::Serving,
+            _ => Phase::ShuttingDown,
+        }
+    }
+
+    pub fn attach_wal(&self, wal: Wal) {
+        let _ = self.wal.set(wal);
+    }
+
+    pub fn flush_succeeded(&self, rows: usize) {
+        self.record(LastFlush {
+            ok: true,
+            at: now(),
+            rows,
+            error: None,
+        });
+    }
+
+    pub fn flush_failed(&self, error: String) {
+        self.record(LastFlush {
+            ok: false,
+            at: now(),
+            rows: 0,
+            error: Some(error),
+        });
+    }
+
+    fn record(&self, flush: LastFlush) {
+        *self.last_flush.lock().expect("health lock poisoned") = Some(flush);
+    }
+
+    fn report(&self) -> HealthReport {
+        let wal = self.wal.get();
+        let phase = match (self.phase(), wal) {
+            (Phase::Serving, Some(w)) if w.is_failed() => Phase::ShuttingDown,
+            (phase, _) => phase,
+        };
+        HealthReport {
+            status: phase,
+            wal_backlog_bytes: wal.map_or(0, Wal::backlog_bytes),
+            wal_backlog_records: wal.map_or(0, Wal::backlog_records),
+            last_flush: self
+                .last_flush
+                .lock()
+                .expect("health lock poisoned")
+                .clone(),
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize)]
+struct HealthReport {
+    status: Phase,
+    wal_backlog_bytes: u64,
+    wal_backlog_records: u64,
+    last_flush: Option<LastFlush>,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    let report = state.health.report();
+    let code = if report.status == Phase::Serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(report))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Serves `/healthz` and `/metrics` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics_registry: Arc<Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(HttpState {
+            health,
+            metrics: metrics_registry,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// The address a listener is bound to (for logs and tests).
+pub fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}

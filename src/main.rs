@@ -1,0 +1,120 @@
+//! The `challenge-event-handler` binary: parses the command line, starts
+//! logging, runs the chosen command and maps failure to an exit code.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use challenge_event_handler::config::{challenges, ServeArgs};
+use challenge_event_handler::send::{self, SendArgs};
+use challenge_event_handler::telemetry::{self, LogFormat};
+use challenge_event_handler::App;
+
+/// Durable AccelByte challenge event handler: AGS events over gRPC → fsync'd
+/// WAL → coalesced batch UPSERT into PostgreSQL.
+#[derive(Parser)]
+#[command(
+    name = "challenge-event-handler",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log filter (e.g. info, debug, info,sqlx=warn).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    log_level: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default when no command is given).
+    Serve(ServeArgs),
+    /// Send one test event to a running service.
+    Send(SendArgs),
+    /// Validate a challenges file and exit.
+    CheckConfig {
+        #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
+        config_path: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Send(args)) => send::send(args).await,
+            Some(Command::CheckConfig { config_path }) => {
+                let goals = challenges::load(&config_path)?;
+                println!("{}: {} goals, valid", config_path.display(), goals.len());
+                Ok(())
+            }
+            Some(Command::Serve(args)) => serve(args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.validate()?;
+    let app = App::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    app.run_until_stopped(shutdown).await
+}
+
+/// Cancels `token` at the first SIGTERM or SIGINT.
+async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    token.cancel();
+}

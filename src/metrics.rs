@@ -1,0 +1,176 @@
+//! Prometheus metrics, one registry per running service (so tests can run
+//! several in one process). Names follow `challenge_event_handler_<name>_<unit>[_total]`.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+const NS: &str = "challenge_event_handler";
+
+pub struct Metrics {
+    registry: Registry,
+    /// Every OnMessage call, by event type.
+    pub events: IntCounterVec,
+    /// Calls answered OK that changed (or were durably queued to change) progress
+    /// or matched no goal.
+    pub events_processed: IntCounterVec,
+    /// Calls answered with an error, by reason (invalid, unavailable, internal).
+    pub events_failed: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub events_ignored: IntCounter,
+    pub events_bad_timestamp: IntCounter,
+    pub event_processing_duration: Histogram,
+    pub buffer_size: IntGauge,
+    pub flush_duration: Histogram,
+    pub flush_failures: IntCounter,
+    pub db_batch_size: Histogram,
+    pub wal_append_duration: Histogram,
+    pub wal_batch_size: Histogram,
+    pub wal_bytes: IntGauge,
+    pub wal_replayed: IntCounter,
+    pub dedup_marks: IntGauge,
+    pub dedup_evicted_early: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c =
+                IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), &[label])
+                .expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .namespace(NS)
+                    .buckets(buckets),
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let seconds = || exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
+        let sizes = || exponential_buckets(1.0, 2.0, 16).expect("valid buckets");
+        Metrics {
+            events: counter_vec("events_total", "OnMessage calls received, by event type", "event"),
+            events_processed: counter_vec(
+                "events_processed_total",
+                "OnMessage calls acknowledged after their updates were durable (or matched no goal)",
+                "event",
+            ),
+            events_failed: counter_vec(
+                "events_failed_total",
+                "OnMessage calls answered with an error, by reason",
+                "reason",
+            ),
+            events_duplicate: counter(
+                "events_duplicate_total",
+                "events acknowledged without effect because their id was seen within DEDUP_WINDOW",
+            ),
+            events_ignored: counter(
+                "events_ignored_total",
+                "events acknowledged without effect because their namespace is not AB_NAMESPACE",
+            ),
+            events_bad_timestamp: counter(
+                "events_bad_timestamp_total",
+                "events whose timestamp could not be used; arrival time was used instead",
+            ),
+            event_processing_duration: histogram(
+                "event_processing_duration_seconds",
+                "time from receiving an OnMessage call to answering it",
+                seconds(),
+            ),
+            buffer_size: gauge("buffer_size", "user-goal entries waiting in the coalescing buffer"),
+            flush_duration: histogram(
+                "flush_duration_seconds",
+                "time of one flush transaction (UPSERT + watermark + commit)",
+                seconds(),
+            ),
+            flush_failures: counter("flush_failures_total", "flush attempts that failed and will be retried"),
+            db_batch_size: histogram("db_batch_size", "rows written per flush", sizes()),
+            wal_append_duration: histogram(
+                "wal_append_duration_seconds",
+                "time of one WAL group commit (append + flush + fsync)",
+                seconds(),
+            ),
+            wal_batch_size: histogram("wal_batch_size", "updates per WAL group commit", sizes()),
+            wal_bytes: gauge("wal_bytes", "bytes of WAL records not yet flushed to the database"),
+            wal_replayed: counter("wal_replayed_total", "WAL records replayed at start-up"),
+            dedup_marks: gauge("dedup_marks", "event ids remembered for deduplication"),
+            dedup_evicted_early: counter(
+                "dedup_evicted_early_total",
+                "dedup marks dropped before DEDUP_WINDOW ended because DEDUP_MAX_MARKS was reached",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_the_go_handler_promised_are_exported() {
+        let m = Metrics::new();
+        m.events.with_label_values(&["login"]).inc();
+        m.events_processed.with_label_values(&["login"]).inc();
+        m.events_failed.with_label_values(&["invalid"]).inc();
+        let text = m.render();
+        for name in [
+            "challenge_event_handler_events_total",
+            "challenge_event_handler_events_processed_total",
+            "challenge_event_handler_events_failed_total",
+            "challenge_event_handler_event_processing_duration_seconds",
+            "challenge_event_handler_buffer_size",
+            "challenge_event_handler_flush_duration_seconds",
+            "challenge_event_handler_db_batch_size",
+            "challenge_event_handler_wal_append_duration_seconds",
+            "challenge_event_handler_wal_batch_size",
+            "challenge_event_handler_wal_bytes",
+            "challenge_event_handler_wal_replayed_total",
+            "challenge_event_handler_events_duplicate_total",
+            "challenge_event_handler_events_ignored_total",
+            "challenge_event_handler_flush_failures_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}

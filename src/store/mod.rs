@@ -1,0 +1,55 @@
+//! Where flushed progress goes: the [`ProgressStore`] seam and its PostgreSQL
+//! implementation ([`postgres`]). An embedded default store is the planned second
+//! implementation; the flusher only sees this trait.
+
+pub mod postgres;
+
+use std::future::Future;
+
+use crate::buffer::Buffer;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "instance {instance_id:?} was taken over by a newer process (epoch {epoch} is no longer current); \
+         two processes must never share one INSTANCE_ID / WAL_DIR"
+    )]
+    Fenced { instance_id: String, epoch: i64 },
+}
+
+/// This process's claim on its instance's watermark, from [`ProgressStore::lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub instance_id: String,
+    /// Bumped at every start; a flush with an older epoch is refused (zombie fencing).
+    pub epoch: i64,
+    /// The highest WAL sequence number whose update is in the database.
+    pub applied_seq: u64,
+}
+
+pub trait ProgressStore: Send + Sync + 'static {
+    /// Creates or upgrades the schema.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Bumps this instance's epoch and reads its watermark.
+    fn lease(&self, instance_id: &str) -> impl Future<Output = Result<Lease>> + Send;
+
+    /// The watermark as the database has it now (to settle a commit whose
+    /// outcome is unknown). Fails with [`StoreError::Fenced`] if the lease is stale.
+    fn applied_seq(&self, lease: &Lease) -> impl Future<Output = Result<u64>> + Send;
+
+    /// In ONE transaction: moves the watermark to `upto_seq` (only under the
+    /// lease's epoch) and writes every entry of `batch`. Returns the rows sent.
+    fn apply(
+        &self,
+        lease: &Lease,
+        upto_seq: u64,
+        batch: &Buffer,
+    ) -> impl Future<Output = Result<usize>> + Send;
+}

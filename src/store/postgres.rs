@@ -1,0 +1,352 @@
+//! PostgreSQL store: batch UPSERTs of `user_goal_progress` with one array per
+//! column and `UNNEST`, keys sorted and unique per statement, the watermark in
+//! the same transaction.
+//!
+//! The SQL applies the same rules as the coalescing buffer (DESIGN.md):
+//! claimed, completed and inactive rows are left alone (a daily goal
+//! re-completes on a later UTC day even when claimed); an absolute goal is never
+//! overwritten by an older event; a daily-increment goal counts a UTC day once.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use super::{Lease, ProgressStore, Result, StoreError};
+use crate::buffer::{Buffer, Key, Meta};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+const LEASE_SQL: &str = "
+INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
+VALUES ($1, 1, 0)
+ON CONFLICT (instance_id) DO UPDATE SET epoch = w.epoch + 1, updated_at = now()
+RETURNING epoch, applied_seq";
+
+const WATERMARK_SQL: &str = "
+UPDATE challenge_event_handler_watermark
+SET applied_seq = GREATEST(applied_seq, $3), updated_at = now()
+WHERE instance_id = $1 AND epoch = $2";
+
+const READ_WATERMARK_SQL: &str = "
+SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = $1";
+
+/// Absolute goals: the newest event's value replaces progress.
+const ABSOLUTE_SQL: &str = "
+INSERT INTO user_goal_progress AS t
+    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
+     target_value, last_event_at, created_at, updated_at)
+SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.value,
+       CASE WHEN u.value >= u.target THEN 'completed' ELSE 'in_progress' END,
+       CASE WHEN u.value >= u.target THEN u.event_at END,
+       u.target, u.event_at, now(), now()
+FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
+            $6::int4[], $7::timestamp[])
+     AS u(user_id, goal_id, challenge_id, namespace, target, value, event_at)
+ON CONFLICT (user_id, goal_id) DO UPDATE SET
+    challenge_id = EXCLUDED.challenge_id,
+    progress = EXCLUDED.progress,
+    status = EXCLUDED.status,
+    completed_at = EXCLUDED.completed_at,
+    target_value = EXCLUDED.target_value,
+    last_event_at = EXCLUDED.last_event_at,
+    updated_at = EXCLUDED.updated_at
+WHERE t.is_active
+  AND t.status NOT IN ('completed', 'claimed')
+  AND (t.last_event_at IS NULL OR t.last_event_at <= EXCLUDED.last_event_at)";
+
+/// Increment goals (`day` NULL) and daily-increment goals (`delta` 1, `day` set:
+/// skipped when that UTC day was already counted).
+const INCREMENT_SQL: &str = "
+INSERT INTO user_goal_progress AS t
+    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
+     target_value, last_event_at, last_counted_day, created_at, updated_at)
+SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.delta,
+       CASE WHEN u.delta >= u.target THEN 'completed' ELSE 'in_progress' END,
+       CASE WHEN u.delta >= u.target THEN u.event_at END,
+       u.target, u.event_at, u.day, now(), now()
+FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
+            $6::int4[], $7::timestamp[], $8::date[])
+     AS u(user_id, goal_id, challenge_id, namespace, target, delta, event_at, day)
+ON CONFLICT (user_id, goal_id) DO UPDATE SET
+    challenge_id = EXCLUDED.challenge_id,
+    progress = LEAST(t.progress::int8 + EXCLUDED.progress, 2147483647)::int4,
+    status = CASE WHEN t.progress::int8 + EXCLUDED.progress >= EXCLUDED.target_value
+                  THEN 'completed' ELSE 'in_progress' END,
+    completed_at = CASE WHEN t.progress::int8 + EXCLUDED.progress >= EXCLUDED.target_value
+                        THEN EXCLUDED.last_event_at END,
+    target_value = EXCLUDED.target_value,
+    last_event_at = GREATEST(t.last_event_at, EXCLUDED.last_event_at),
+    last_counted_day = COALESCE(EXCLUDED.last_counted_day, t.last_counted_day),
+    updated_at = EXCLUDED.updated_at
+WHERE t.is_active
+  AND t.status NOT IN ('completed', 'claimed')
+  AND (EXCLUDED.last_counted_day IS NULL
+       OR t.last_counted_day IS NULL
+       OR t.last_counted_day < EXCLUDED.last_counted_day)";
+
+/// Daily goals: completed for the event's UTC day; a later day re-completes,
+/// even a claimed row (which becomes claimable again).
+const DAILY_SQL: &str = "
+INSERT INTO user_goal_progress AS t
+    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
+     target_value, last_event_at, last_counted_day, created_at, updated_at)
+SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, 1, 'completed', u.event_at,
+       u.target, u.event_at, u.day, now(), now()
+FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
+            $6::timestamp[], $7::date[])
+     AS u(user_id, goal_id, challenge_id, namespace, target, event_at, day)
+ON CONFLICT (user_id, goal_id) DO UPDATE SET
+    challenge_id = EXCLUDED.challenge_id,
+    progress = EXCLUDED.progress,
+    status = 'completed',
+    completed_at = EXCLUDED.completed_at,
+    claimed_at = NULL,
+    target_value = EXCLUDED.target_value,
+    last_event_at = EXCLUDED.last_event_at,
+    last_counted_day = EXCLUDED.last_counted_day,
+    updated_at = EXCLUDED.updated_at
+WHERE t.is_active
+  AND (t.last_counted_day IS NULL OR t.last_counted_day < EXCLUDED.last_counted_day)";
+
+pub struct PgStore {
+    pool: PgPool,
+    batch_size: usize,
+}
+
+impl PgStore {
+    /// A lazily connecting pool: building the service never waits for the database.
+    /// Sessions run in UTC, so `now()` and the `TIMESTAMP` columns agree.
+    pub fn connect_lazy(
+        options: PgConnectOptions,
+        max_connections: u32,
+        batch_size: usize,
+    ) -> Self {
+        let options = options.options([("timezone", "UTC")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(options);
+        PgStore {
+            pool,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Column arrays shared by every statement.
+#[derive(Default)]
+struct Columns {
+    user_id: Vec<String>,
+    goal_id: Vec<String>,
+    challenge_id: Vec<String>,
+    namespace: Vec<String>,
+    target: Vec<i32>,
+}
+
+impl Columns {
+    fn push(&mut self, key: &Key, meta: &Meta) {
+        self.user_id.push(key.user_id.clone());
+        self.goal_id.push(key.goal_id.clone());
+        self.challenge_id.push(meta.challenge_id.clone());
+        self.namespace.push(meta.namespace.clone());
+        self.target.push(meta.target);
+    }
+
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.user_id)
+            .bind(self.goal_id)
+            .bind(self.challenge_id)
+            .bind(self.namespace)
+            .bind(self.target)
+    }
+}
+
+fn timestamp(unix_ms: i64) -> NaiveDateTime {
+    DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+fn date(day: i32) -> NaiveDate {
+    const CE_TO_UNIX_DAYS: i32 = 719_163;
+    NaiveDate::from_num_days_from_ce_opt(day.saturating_add(CE_TO_UNIX_DAYS)).unwrap_or_default()
+}
+
+impl PgStore {
+    async fn write_absolute(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &Buffer,
+    ) -> Result<()> {
+        for chunk in batch.absolute.sorted().chunks(self.batch_size) {
+            let mut cols = Columns::default();
+            let (mut values, mut times) = (Vec::new(), Vec::new());
+            for (key, meta, latest) in chunk {
+                cols.push(key, meta);
+                values.push(latest.value);
+                times.push(timestamp(latest.event_time_ms));
+            }
+            cols.bind(sqlx::query(ABSOLUTE_SQL))
+                .bind(values)
+                .bind(times)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn write_increments(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &Buffer,
+    ) -> Result<()> {
+        for chunk in batch.increment.sorted().chunks(self.batch_size) {
+            let mut cols = Columns::default();
+            let (mut deltas, mut times) = (Vec::new(), Vec::new());
+            for (key, meta, sum) in chunk {
+                cols.push(key, meta);
+                deltas.push(sum.delta);
+                times.push(timestamp(sum.last_event_ms));
+            }
+            let days: Vec<Option<NaiveDate>> = vec![None; deltas.len()];
+            cols.bind(sqlx::query(INCREMENT_SQL))
+                .bind(deltas)
+                .bind(times)
+                .bind(days)
+                .execute(&mut **tx)
+                .await?;
+        }
+        // Daily increments: one statement round per distinct day, oldest first, so
+        // a key appears at most once per statement and days are counted in order.
+        let rows = batch.daily_increment.sorted();
+        let rounds = rows
+            .iter()
+            .map(|(_, _, days)| days.0.len())
+            .max()
+            .unwrap_or(0);
+        for round in 0..rounds {
+            let in_round: Vec<_> = rows
+                .iter()
+                .filter_map(|(key, meta, days)| {
+                    days.0
+                        .iter()
+                        .nth(round)
+                        .map(|(day, time)| (*key, *meta, *day, *time))
+                })
+                .collect();
+            for chunk in in_round.chunks(self.batch_size) {
+                let mut cols = Columns::default();
+                let (mut times, mut days) = (Vec::new(), Vec::new());
+                for (key, meta, day, time) in chunk {
+                    cols.push(key, meta);
+                    times.push(timestamp(*time));
+                    days.push(Some(date(*day)));
+                }
+                cols.bind(sqlx::query(INCREMENT_SQL))
+                    .bind(vec![1i32; days.len()])
+                    .bind(times)
+                    .bind(days)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_daily(&self, tx: &mut Transaction<'_, Postgres>, batch: &Buffer) -> Result<()> {
+        for chunk in batch.daily.sorted().chunks(self.batch_size) {
+            let mut cols = Columns::default();
+            let (mut times, mut days) = (Vec::new(), Vec::new());
+            for (key, meta, latest) in chunk {
+                cols.push(key, meta);
+                times.push(timestamp(latest.event_time_ms));
+                days.push(date(latest.day));
+            }
+            cols.bind(sqlx::query(DAILY_SQL))
+                .bind(times)
+                .bind(days)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl ProgressStore for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn lease(&self, instance_id: &str) -> Result<Lease> {
+        let (epoch, applied_seq): (i64, i64) = sqlx::query_as(LEASE_SQL)
+            .bind(instance_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Lease {
+            instance_id: instance_id.to_owned(),
+            epoch,
+            applied_seq: applied_seq.max(0) as u64,
+        })
+    }
+
+    async fn applied_seq(&self, lease: &Lease) -> Result<u64> {
+        let row: Option<(i64, i64)> = sqlx::query_as(READ_WATERMARK_SQL)
+            .bind(&lease.instance_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some((epoch, applied)) if epoch == lease.epoch => Ok(applied.max(0) as u64),
+            _ => Err(StoreError::Fenced {
+                instance_id: lease.instance_id.clone(),
+                epoch: lease.epoch,
+            }),
+        }
+    }
+
+    async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        // The watermark first: it locks this instance's row, so a zombie with an
+        // old epoch fails here before touching any progress row.
+        let moved = sqlx::query(WATERMARK_SQL)
+            .bind(&lease.instance_id)
+            .bind(lease.epoch)
+            .bind(upto_seq as i64)
+            .execute(&mut *tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Fenced {
+                instance_id: lease.instance_id.clone(),
+                epoch: lease.epoch,
+            });
+        }
+        self.write_absolute(&mut tx, batch).await?;
+        self.write_increments(&mut tx, batch).await?;
+        self.write_daily(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(batch.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_days_map_to_calendar_dates() {
+        assert_eq!(date(0), NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
+        assert_eq!(date(19_723), NaiveDate::from_ymd_opt(2024, 1, 1).unwrap());
+        assert_eq!(
+            timestamp(1_704_067_200_123).to_string(),
+            "2024-01-01 00:00:00.123"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Logging: `tracing` to stderr, JSON (`LOG_FORMAT=json`) or text, filtered by
+//! `LOG_LEVEL` (an `EnvFilter` directive such as `info` or
+//! `info,challenge_event_handler=debug`).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls are no-ops).
+pub fn init(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

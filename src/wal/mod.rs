@@ -1,0 +1,644 @@
+//! The write-ahead log: sled 0.34, one writer thread, group commit.
+//!
+//! Layout of the sled tree in `<WAL_DIR>/log`:
+//! - `w` + seq (u64 BE) → one [`Update`] record ([`codec`]);
+//! - `d` + bucket (u64 BE) + mark (u128 BE) → nothing: a dedup mark ([`dedup`]).
+//!
+//! The writer thread owns sled. It drains its channel, dedups, assigns
+//! sequence numbers, writes the whole batch with one `apply_batch`, one
+//! `flush()` and one `fsync` of the database file (sled's `flush` alone is not
+//! power-loss durable, see DESIGN.md), applies the batch to the coalescing
+//! buffer in sequence order and only then answers every caller. An fsync error
+//! poisons the log: nothing after it is acknowledged, and the service stops so
+//! that a restart replays what is really on disk.
+
+pub mod codec;
+pub mod dedup;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::Buffer;
+use crate::metrics::Metrics;
+use crate::rules::Update;
+use dedup::{mark_of, Dedup, Mark};
+
+pub type Result<T, E = WalError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("cannot open the WAL in {dir}: {source}")]
+    Open { dir: PathBuf, source: sled::Error },
+    #[error("WAL I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("WAL storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error(
+        "WAL record {seq} is corrupt ({reason}); it was acknowledged and is not yet in the \
+         database. Restore the WAL directory from a backup, or start with \
+         WAL_RECOVERY=skip-corrupt to drop corrupt records (their updates are lost)"
+    )]
+    Corrupt { seq: u64, reason: codec::CodecError },
+    #[error(
+        "the write-ahead log is full ({bytes} bytes not yet in the database, WAL_MAX_BYTES={max}); \
+         the database is probably unreachable, retry later"
+    )]
+    Full { bytes: u64, max: u64 },
+    #[error("the write-ahead log failed to sync to disk; this instance is stopping")]
+    Failed,
+    #[error("the service is shutting down")]
+    Closed,
+}
+
+impl From<WalError> for tonic::Status {
+    fn from(e: WalError) -> Self {
+        match e {
+            WalError::Full { .. } | WalError::Failed | WalError::Closed => {
+                tonic::Status::unavailable(e.to_string())
+            }
+            _ => tonic::Status::internal("internal storage error"),
+        }
+    }
+}
+
+/// What a WAL does with a corrupt record that is not yet in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recovery {
+    /// Refuse to start, naming the record.
+    Strict,
+    /// Drop the record with an error log line and go on.
+    SkipCorrupt,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub dedup_window: Duration,
+    pub dedup_max_marks: usize,
+    pub recovery: Recovery,
+    /// sled's page cache.
+    pub cache_bytes: u64,
+}
+
+const WAL_PREFIX: u8 = b'w';
+const MARK_PREFIX: u8 = b'd';
+/// Commands one group commit takes at most.
+const MAX_GROUP: usize = 4096;
+/// Expired marks removed from disk per group commit.
+const SWEEP_PER_COMMIT: usize = 4096;
+const CHANNEL_CAPACITY: usize = 16_384;
+
+fn wal_key(seq: u64) -> [u8; 9] {
+    let mut key = [WAL_PREFIX; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn mark_key(bucket: u64, mark: Mark) -> [u8; 25] {
+    let mut key = [MARK_PREFIX; 25];
+    key[1..9].copy_from_slice(&bucket.to_be_bytes());
+    key[9..].copy_from_slice(&mark.to_be_bytes());
+    key
+}
+
+fn bucket_prefix(bucket: u64) -> [u8; 9] {
+    let mut key = [MARK_PREFIX; 9];
+    key[1..].copy_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads the instance id stored in the WAL directory, creating one on first start.
+pub fn instance_id(dir: &Path) -> Result<String> {
+    let path = dir.join("instance_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(dir)?;
+    let id = format!("ceh-{}", uuid::Uuid::new_v4().simple());
+    let tmp = dir.join("instance_id.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, id.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    fsync_dir(dir)?;
+    Ok(id)
+}
+
+/// An opened WAL before its writer thread starts: what start-up replays.
+pub struct WalStore {
+    db: sled::Db,
+    db_file: File,
+    dedup: Dedup,
+    /// Buckets past the window whose marks are still on disk.
+    sweep: VecDeque<u64>,
+    /// Live records (seq, encoded size), in seq order.
+    live: VecDeque<(u64, u32)>,
+    bytes: u64,
+    corrupt: Vec<(u64, codec::CodecError)>,
+    config: WalConfig,
+}
+
+impl WalStore {
+    /// Opens (or creates) the WAL, loads the dedup marks and checks every record's crc.
+    pub fn open(config: WalConfig) -> Result<Self> {
+        let dir = config.dir.join("log");
+        std::fs::create_dir_all(&dir)?;
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| WalError::Open {
+                dir: dir.clone(),
+                source,
+            })?;
+        // fsync is per inode: a second handle on sled's log file is enough.
+        let db_file = File::open(dir.join("db"))?;
+        db_file.sync_all()?;
+        fsync_dir(&dir)?;
+        fsync_dir(&config.dir)?;
+
+        let mut dedup = Dedup::new(config.dedup_window, config.dedup_max_marks);
+        let now_bucket = dedup.bucket_of(unix_ms());
+        let mut sweep = VecDeque::new();
+        for item in db.scan_prefix([MARK_PREFIX]).keys() {
+            let key = item?;
+            let (Some(bucket), Some(mark)) = (
+                seq_of(&key),
+                key.get(9..25)
+                    .and_then(|m| m.try_into().ok())
+                    .map(u128::from_be_bytes),
+            ) else {
+                continue;
+            };
+            if dedup.is_expired(bucket, now_bucket) {
+                if sweep.back() != Some(&bucket) {
+                    sweep.push_back(bucket);
+                }
+            } else {
+                sweep.extend(dedup.insert(bucket, mark));
+            }
+        }
+
+        let mut live = VecDeque::new();
+        let mut bytes = 0;
+        let mut corrupt = Vec::new();
+        for item in db.scan_prefix([WAL_PREFIX]) {
+            let (key, value) = item?;
+            let Some(seq) = seq_of(&key) else { continue };
+            if let Err(reason) = codec::decode(&value) {
+                corrupt.push((seq, reason));
+            }
+            live.push_back((seq, value.len() as u32));
+            bytes += value.len() as u64;
+        }
+        Ok(WalStore {
+            db,
+            db_file,
+            dedup,
+            sweep,
+            live,
+            bytes,
+            corrupt,
+            config,
+        })
+    }
+
+    /// The highest sequence number in the log (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.live.back().map_or(0, |&(seq, _)| seq)
+    }
+
+    pub fn records(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Drops records the database already has (seq ≤ `watermark`) and applies
+    /// the rest to `buffer` in order. Returns how many were replayed.
+    pub fn replay(&mut self, watermark: u64, buffer: &mut Buffer) -> Result<u64> {
+        let mut dropped = std::collections::HashSet::new();
+        for (seq, reason) in std::mem::take(&mut self.corrupt) {
+            if seq <= watermark {
+                continue; // already in the database; removed below
+            }
+            match self.config.recovery {
+                Recovery::Strict => return Err(WalError::Corrupt { seq, reason }),
+                Recovery::SkipCorrupt => {
+                    tracing::error!(seq, %reason, "dropping a corrupt WAL record: its update is lost (WAL_RECOVERY=skip-corrupt)");
+                    self.db.remove(wal_key(seq))?;
+                    dropped.insert(seq);
+                }
+            }
+        }
+        self.truncate_to(watermark)?;
+        let mut replayed = 0;
+        for item in self
+            .db
+            .range(wal_key(watermark.saturating_add(1))..=wal_key(u64::MAX))
+        {
+            let (key, value) = item?;
+            let Some(seq) = seq_of(&key) else { continue };
+            let update =
+                codec::decode(&value).map_err(|reason| WalError::Corrupt { seq, reason })?;
+            buffer.apply(seq, update);
+            replayed += 1;
+        }
+        self.live.retain(|(seq, _)| !dropped.contains(seq));
+        self.bytes = self.live.iter().map(|&(_, size)| u64::from(size)).sum();
+        self.sync()?;
+        Ok(replayed)
+    }
+
+    fn truncate_to(&mut self, upto: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        self.remove_upto(upto, &mut batch);
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn remove_upto(&mut self, upto: u64, batch: &mut sled::Batch) {
+        while let Some(&(seq, size)) = self.live.front() {
+            if seq > upto {
+                break;
+            }
+            batch.remove(&wal_key(seq));
+            self.bytes -= u64::from(size);
+            self.live.pop_front();
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush()?;
+        self.db_file.sync_all()?;
+        Ok(())
+    }
+
+    /// Starts the writer thread. `next_seq` must be above both the log's last
+    /// sequence number and the database watermark.
+    pub fn start(
+        self,
+        next_seq: u64,
+        buffer: Arc<Mutex<Buffer>>,
+        flush_early: Arc<Notify>,
+        buffer_max_keys: usize,
+        metrics: Arc<Metrics>,
+        stop_service: CancellationToken,
+    ) -> Result<(Wal, WalThread)> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared {
+            bytes: AtomicU64::new(self.bytes),
+            records: AtomicU64::new(self.live.len() as u64),
+            failed: AtomicBool::new(false),
+        });
+        metrics.wal_bytes.set(self.bytes as i64);
+        metrics.dedup_marks.set(self.dedup.len() as i64);
+        let writer = Writer {
+            store: self,
+            next_seq,
+            buffer,
+            flush_early,
+            buffer_max_keys,
+            metrics,
+            stop_service,
+            shared: shared.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((Wal { tx, shared }, WalThread(handle)))
+    }
+}
+
+/// The writer thread; join it after every [`Wal`] handle is dropped.
+pub struct WalThread(std::thread::JoinHandle<()>);
+
+impl WalThread {
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the WAL writer thread panicked");
+        }
+    }
+}
+
+struct Shared {
+    bytes: AtomicU64,
+    records: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Durable under sequence numbers `first..=last`.
+    Written { first: u64, last: u64 },
+    /// The event id was seen within the dedup window; nothing was written.
+    Duplicate,
+}
+
+enum Command {
+    Append {
+        event_id: String,
+        updates: Vec<Update>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    Truncate {
+        upto: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A handle on the WAL writer; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Wal {
+    /// Makes `updates` durable (or recognises `event_id` as a duplicate).
+    /// Returns only after the fsync; an `Ok` is a promise.
+    pub async fn append(&self, event_id: String, updates: Vec<Update>) -> Result<Appended> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                event_id,
+                updates,
+                reply,
+            })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Removes records with sequence numbers ≤ `upto` (they are in the database).
+    pub async fn truncate(&self, upto: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Truncate { upto, reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    fn closed_error(&self) -> WalError {
+        if self.is_failed() {
+            WalError::Failed
+        } else {
+            WalError::Closed
+        }
+    }
+
+    /// Bytes of records not yet truncated.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn backlog_records(&self) -> u64 {
+        self.shared.records.load(Ordering::Relaxed)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+}
+
+struct Writer {
+    store: WalStore,
+    next_seq: u64,
+    buffer: Arc<Mutex<Buffer>>,
+    flush_early: Arc<Notify>,
+    buffer_max_keys: usize,
+    metrics: Arc<Metrics>,
+    stop_service: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+type AppendReply = (oneshot::Sender<Result<Appended>>, Result<Appended>);
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut commands = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            commands.push(first);
+            while commands.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut commands);
+        }
+        if !self.shared.failed.load(Ordering::Relaxed) {
+            if let Err(e) = self.store.sync() {
+                tracing::error!(error = %e, "final WAL sync failed");
+            }
+        }
+        tracing::debug!("wal writer stopped");
+    }
+
+    /// One group commit.
+    fn commit(&mut self, commands: &mut Vec<Command>) {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            for command in commands.drain(..) {
+                match command {
+                    Command::Append { reply, .. } => drop(reply.send(Err(WalError::Failed))),
+                    Command::Truncate { reply, .. } => drop(reply.send(Err(WalError::Failed))),
+                }
+            }
+            return;
+        }
+        let started = Instant::now();
+        let now_bucket = self.store.dedup.bucket_of(unix_ms());
+        let mut batch = sled::Batch::default();
+        self.expire_marks(now_bucket, &mut batch);
+
+        let mut appends: Vec<AppendReply> = Vec::new();
+        let mut truncates = Vec::new();
+        let mut accepted: Vec<(u64, Update)> = Vec::new();
+        for command in commands.drain(..) {
+            match command {
+                Command::Truncate { upto, reply } => {
+                    self.store.remove_upto(upto, &mut batch);
+                    truncates.push(reply);
+                }
+                Command::Append {
+                    event_id,
+                    updates,
+                    reply,
+                } => {
+                    let outcome =
+                        self.stage(event_id, updates, now_bucket, &mut batch, &mut accepted);
+                    appends.push((reply, outcome));
+                }
+            }
+        }
+
+        let written = self
+            .store
+            .db
+            .apply_batch(batch)
+            .map_err(WalError::from)
+            .and_then(|()| self.store.sync());
+        if let Err(e) = written {
+            self.fail(&e);
+            for (reply, _) in appends {
+                let _ = reply.send(Err(WalError::Failed));
+            }
+            for reply in truncates {
+                let _ = reply.send(Err(WalError::Failed));
+            }
+            return;
+        }
+
+        let updates = accepted.len();
+        if updates > 0 {
+            let keys = {
+                let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
+                for (seq, update) in accepted {
+                    buffer.apply(seq, update);
+                }
+                buffer.len()
+            };
+            self.metrics.buffer_size.set(keys as i64);
+            if keys >= self.buffer_max_keys {
+                self.flush_early.notify_one();
+            }
+            self.metrics.wal_batch_size.observe(updates as f64);
+            self.metrics
+                .wal_append_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.shared.bytes.store(self.store.bytes, Ordering::Relaxed);
+        self.shared
+            .records
+            .store(self.store.live.len() as u64, Ordering::Relaxed);
+        self.metrics.wal_bytes.set(self.store.bytes as i64);
+        self.metrics.dedup_marks.set(self.store.dedup.len() as i64);
+        for (reply, outcome) in appends {
+            let _ = reply.send(outcome);
+        }
+        for reply in truncates {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Puts one event's updates into the batch, or says why not.
+    fn stage(
+        &mut self,
+        event_id: String,
+        updates: Vec<Update>,
+        now_bucket: u64,
+        batch: &mut sled::Batch,
+        accepted: &mut Vec<(u64, Update)>,
+    ) -> Result<Appended> {
+        let mark = (!event_id.is_empty()).then(|| mark_of(&event_id));
+        if mark.is_some_and(|m| self.store.dedup.contains(m)) {
+            return Ok(Appended::Duplicate);
+        }
+        let records: Vec<Vec<u8>> = updates.iter().map(codec::encode).collect();
+        let size: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let max = self.store.config.max_bytes;
+        if self.store.bytes + size > max {
+            return Err(WalError::Full {
+                bytes: self.store.bytes,
+                max,
+            });
+        }
+        let first = self.next_seq;
+        for (update, record) in updates.into_iter().zip(records) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.store.live.push_back((seq, record.len() as u32));
+            batch.insert(&wal_key(seq), record);
+            accepted.push((seq, update));
+        }
+        self.store.bytes += size;
+        if let Some(mark) = mark {
+            let bucket = self.store.dedup.bucket_of(unix_ms()).max(now_bucket);
+            for evicted in self.store.dedup.insert(bucket, mark) {
+                self.metrics.dedup_evicted_early.inc();
+                self.store.sweep.push_back(evicted);
+            }
+            batch.insert(&mark_key(bucket, mark), &[]);
+        }
+        Ok(Appended::Written {
+            first,
+            last: self.next_seq - 1,
+        })
+    }
+
+    /// Forgets buckets past the window and removes a bounded number of their
+    /// marks from disk (a bucket can hold millions; removing it in one go would stall appends).
+    fn expire_marks(&mut self, now_bucket: u64, batch: &mut sled::Batch) {
+        self.store.sweep.extend(self.store.dedup.expire(now_bucket));
+        let mut budget = SWEEP_PER_COMMIT;
+        while let Some(&bucket) = self.store.sweep.front() {
+            let mut removed = 0;
+            for key in self
+                .store
+                .db
+                .scan_prefix(bucket_prefix(bucket))
+                .keys()
+                .take(budget)
+            {
+                match key {
+                    Ok(key) => {
+                        batch.remove(key);
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot scan expired dedup marks");
+                        return;
+                    }
+                }
+            }
+            if removed < budget {
+                self.store.sweep.pop_front();
+                budget -= removed;
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn fail(&mut self, error: &WalError) {
+        tracing::error!(
+            error = %error,
+            "WAL write or fsync failed: nothing more will be acknowledged; stopping so that a restart replays what is on disk"
+        );
+        self.shared.failed.store(true, Ordering::Relaxed);
+        self.stop_service.cancel();
+    }
+}
