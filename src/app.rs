@@ -190,7 +190,7 @@ impl App {
             metrics.clone(),
             fatal.clone(),
         )?;
-        health.attach_wal(wal.clone());
+        health.attach_wal(wal.stats());
         let mut flusher = Flusher::new(
             store.clone(),
             lease,
@@ -268,19 +268,35 @@ async fn serve_grpc(
         .add_service(stat)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stopping.cancelled().await;
-            tracing::info!("shutting down: no new calls; finishing calls in flight");
         });
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(Into::into),
         _ = stop.cancelled() => {}
     }
-    // Stopping: give calls in flight the grace period.
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => {
-            tracing::warn!(grace = ?grace, "calls still in flight after the grace period; closing anyway (they were not acknowledged)");
-            Ok(())
+    // Stopping: no new connections. Calls in flight get the grace period to be
+    // answered; idle connections are not waited for (a client may keep its
+    // connection open forever), they are closed when `server` is dropped.
+    tracing::info!(
+        in_flight = ingress.in_flight(),
+        "shutting down: no new calls; finishing calls in flight"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        if ingress.in_flight() == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                in_flight = ingress.in_flight(),
+                grace = ?grace,
+                "calls still in flight after the grace period; closing anyway (they were not acknowledged)"
+            );
+            return Ok(());
+        }
+        tokio::select! {
+            result = &mut server => return result.map_err(Into::into),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
         }
     }
 }

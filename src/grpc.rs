@@ -7,6 +7,7 @@
 //! here: bad input → `INVALID_ARGUMENT` naming the field; anything not durable
 //! → `UNAVAILABLE` (retryable), never an OK.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +41,16 @@ struct Inner {
     goals: Arc<GoalIndex>,
     wal: Wal,
     metrics: Arc<Metrics>,
+    in_flight: AtomicUsize,
+}
+
+/// Counts a call as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Ingress {
@@ -50,8 +61,14 @@ impl Ingress {
                 goals,
                 wal,
                 metrics,
+                in_flight: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Calls being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
     }
 
     async fn handle(
@@ -61,6 +78,8 @@ impl Ingress {
         parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
     ) -> Result<Response<()>, Status> {
         let started = Instant::now();
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(&self.inner.in_flight);
         let m = &self.inner.metrics;
         m.events.with_label_values(&[kind]).inc();
         let result = self.process(namespace, parse).await;

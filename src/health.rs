@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::wal::Wal;
+use crate::wal::WalStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,7 +41,7 @@ pub struct LastFlush {
 /// What `/healthz` reports; shared by the app, the flusher and the HTTP server.
 pub struct Health {
     phase: AtomicU8,
-    wal: OnceLock<Wal>,
+    wal: OnceLock<WalStats>,
     last_flush: Mutex<Option<LastFlush>>,
 }
 
@@ -69,7 +69,7 @@ impl Health {
         }
     }
 
-    pub fn attach_wal(&self, wal: Wal) {
+    pub fn attach_wal(&self, wal: WalStats) {
         let _ = self.wal.set(wal);
     }
 
@@ -103,8 +103,8 @@ impl Health {
         };
         HealthReport {
             status: phase,
-            wal_backlog_bytes: wal.map_or(0, Wal::backlog_bytes),
-            wal_backlog_records: wal.map_or(0, Wal::backlog_records),
+            wal_backlog_bytes: wal.map_or(0, WalStats::backlog_bytes),
+            wal_backlog_records: wal.map_or(0, WalStats::backlog_records),
             last_flush: self
                 .last_flush
                 .lock()

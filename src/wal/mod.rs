@@ -422,15 +422,34 @@ impl Wal {
 
     /// Bytes of records not yet truncated.
     pub fn backlog_bytes(&self) -> u64 {
-        self.shared.bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn backlog_records(&self) -> u64 {
-        self.shared.records.load(Ordering::Relaxed)
+        self.stats().backlog_bytes()
     }
 
     pub fn is_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Relaxed)
+        self.stats().is_failed()
+    }
+
+    /// A read-only view of the WAL's state that does not keep the writer alive.
+    pub fn stats(&self) -> WalStats {
+        WalStats(self.shared.clone())
+    }
+}
+
+/// Backlog and health of the WAL, for `/healthz`.
+#[derive(Clone)]
+pub struct WalStats(Arc<Shared>);
+
+impl WalStats {
+    pub fn backlog_bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn backlog_records(&self) -> u64 {
+        self.0.records.load(Ordering::Relaxed)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.0.failed.load(Ordering::Relaxed)
     }
 }
 

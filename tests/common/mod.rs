@@ -1,0 +1,487 @@
+//! Test helpers: a real PostgreSQL ([`pg`]), a cuttable TCP proxy ([`proxy`]),
+//! the service in-process on port 0 ([`Service`]) or as the real binary
+//! ([`Binary`]), and event builders.
+
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use challenge_event_handler::config::ServeArgs;
+use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
+use challenge_event_handler::proto::iam::account::v1::user_authentication_user_third_party_logged_in_service_client::UserAuthenticationUserThirdPartyLoggedInServiceClient;
+use challenge_event_handler::proto::iam::account::v1::{
+    AnonymousSchema19, AnonymousSchema21, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
+};
+use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
+use challenge_event_handler::proto::social::statistic::v1::{StatItem, StatItemUpdated};
+use challenge_event_handler::App;
+use clap::Parser;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const NAMESPACE: &str = "testgame";
+
+/// Goals of every kind; `kills` moves two goals at once.
+pub const CHALLENGES: &str = r#"{"challenges":[
+ {"challengeId":"logins","name":"Logins","goals":[
+  {"goalId":"login-count","name":"3 logins","type":"increment","eventSource":"login",
+   "requirement":{"operator":">=","targetValue":3},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}},
+  {"goalId":"login-days","name":"2 days","type":"increment","daily":true,"eventSource":"login",
+   "requirement":{"operator":">=","targetValue":2},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}},
+  {"goalId":"login-daily","name":"today","type":"daily","eventSource":"login",
+   "requirement":{"operator":">=","targetValue":1},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}}]},
+ {"challengeId":"combat","name":"Combat","goals":[
+  {"goalId":"kills","name":"10 kills","type":"increment","eventSource":"statistic",
+   "requirement":{"statCode":"kills","operator":">=","targetValue":10},"reward":{"type":"ITEM","rewardId":"sword","quantity":1}},
+  {"goalId":"kills-total","name":"kill stat 100","type":"absolute","eventSource":"statistic",
+   "requirement":{"statCode":"kills","operator":">=","targetValue":100},"reward":{"type":"ITEM","rewardId":"axe","quantity":1}},
+  {"goalId":"level","name":"level 10","eventSource":"statistic",
+   "requirement":{"statCode":"level","operator":">=","targetValue":10},"reward":{"type":"ITEM","rewardId":"armor","quantity":1}},
+  {"goalId":"wins-daily","name":"win today","type":"daily","eventSource":"statistic",
+   "requirement":{"statCode":"wins","operator":">=","targetValue":1},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}},
+  {"goalId":"wins-days","name":"win on 3 days","type":"increment","daily":true,"eventSource":"statistic",
+   "requirement":{"statCode":"wins","operator":">=","targetValue":3},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}}]}
+]}"#;
+
+/// Writes [`CHALLENGES`] into `dir` and returns its path.
+pub fn write_challenges(dir: &Path) -> PathBuf {
+    let path = dir.join("challenges.json");
+    std::fs::write(&path, CHALLENGES).expect("write challenges.json");
+    path
+}
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// The service running in this process on port 0.
+pub struct Service {
+    pub channel: Channel,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Starts the service and waits until `/healthz` says it serves.
+    pub async fn start(db_url: &str, dir: &Path, extra: &[&str]) -> Service {
+        let app = Service::build(db_url, dir, extra)
+            .await
+            .expect("build the service");
+        Service::run(app).await
+    }
+
+    pub async fn build(db_url: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<App> {
+        // Quiet unless TEST_LOG is set (e.g. TEST_LOG=debug).
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            challenge_event_handler::telemetry::init(
+                &level,
+                challenge_event_handler::telemetry::LogFormat::Text,
+            );
+        }
+        let config = write_challenges(dir);
+        let wal = dir.join("wal");
+        let mut argv: Vec<String> = vec!["test".into()];
+        for arg in [
+            "--namespace",
+            NAMESPACE,
+            "--database-url",
+            db_url,
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--flush-interval",
+            "50ms",
+        ] {
+            argv.push(arg.into());
+        }
+        if !extra.contains(&"--config-path") {
+            argv.push("--config-path".into());
+            argv.push(config.display().to_string());
+        }
+        argv.push("--wal-dir".into());
+        argv.push(wal.display().to_string());
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let settings = Args::try_parse_from(argv)?.serve.validate()?;
+        App::build(settings).await
+    }
+
+    pub async fn run(app: App) -> Service {
+        let grpc_addr = app.grpc_addr();
+        let http_addr = app.http_addr();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(token.clone()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get_quiet(http_addr, "/healthz").await, Ok((200, _))) {
+            if handle.is_finished() {
+                let result = handle.await.expect("service task panicked");
+                panic!("the service stopped before serving: {result:?}");
+            }
+            assert!(Instant::now() < deadline, "service not healthy within 30 s");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the service");
+        Service {
+            channel,
+            grpc_addr,
+            http_addr,
+            token,
+            handle,
+        }
+    }
+
+    /// Graceful stop (as on SIGTERM); returns the service's result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.handle.await.expect("service task panicked")
+    }
+
+    pub fn login_client(&self) -> UserAuthenticationUserLoggedInServiceClient<Channel> {
+        UserAuthenticationUserLoggedInServiceClient::new(self.channel.clone())
+    }
+
+    pub fn third_party_client(
+        &self,
+    ) -> UserAuthenticationUserThirdPartyLoggedInServiceClient<Channel> {
+        UserAuthenticationUserThirdPartyLoggedInServiceClient::new(self.channel.clone())
+    }
+
+    pub fn stat_client(&self) -> StatisticStatItemUpdatedServiceClient<Channel> {
+        StatisticStatItemUpdatedServiceClient::new(self.channel.clone())
+    }
+
+    pub async fn login(&self, msg: UserLoggedIn) -> Result<(), tonic::Status> {
+        self.login_client().on_message(msg).await.map(|_| ())
+    }
+
+    pub async fn stat(&self, msg: StatItemUpdated) -> Result<(), tonic::Status> {
+        self.stat_client().on_message(msg).await.map(|_| ())
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.http_addr, "/metrics").await.1
+    }
+}
+
+/// A login event of `user` at `timestamp` (RFC 3339, or empty for arrival time).
+pub fn login(user: &str, id: &str, timestamp: &str) -> UserLoggedIn {
+    UserLoggedIn {
+        payload: Some(AnonymousSchema19 {
+            user_account: Some(UserAccount {
+                user_id: user.into(),
+                namespace: NAMESPACE.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        id: id.into(),
+        name: "userLoggedIn".into(),
+        namespace: NAMESPACE.into(),
+        timestamp: timestamp.into(),
+        user_id: user.into(),
+        ..Default::default()
+    }
+}
+
+pub fn third_party_login(user: &str, id: &str) -> UserThirdPartyLoggedIn {
+    UserThirdPartyLoggedIn {
+        payload: Some(AnonymousSchema21 {
+            user_account: Some(UserAccount {
+                user_id: user.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        id: id.into(),
+        namespace: NAMESPACE.into(),
+        ..Default::default()
+    }
+}
+
+/// A stat update of `user`.
+pub fn stat(
+    user: &str,
+    code: &str,
+    latest: f64,
+    inc: f64,
+    id: &str,
+    timestamp: &str,
+) -> StatItemUpdated {
+    StatItemUpdated {
+        payload: Some(StatItem {
+            namespace: NAMESPACE.into(),
+            stat_code: code.into(),
+            user_id: user.into(),
+            latest_value: latest,
+            inc,
+            ..Default::default()
+        }),
+        id: id.into(),
+        name: "statItemUpdated".into(),
+        namespace: NAMESPACE.into(),
+        timestamp: timestamp.into(),
+        user_id: user.into(),
+        ..Default::default()
+    }
+}
+
+/// A row of `user_goal_progress` as the tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub progress: i32,
+    pub status: String,
+    pub completed: bool,
+    pub claimed: bool,
+}
+
+pub async fn row(db: &PgPool, user: &str, goal: &str) -> Option<Row> {
+    sqlx::query_as::<_, (i32, String, bool, bool)>(
+        "SELECT progress, status, completed_at IS NOT NULL, claimed_at IS NOT NULL
+         FROM user_goal_progress WHERE user_id = $1 AND goal_id = $2",
+    )
+    .bind(user)
+    .bind(goal)
+    .fetch_optional(db)
+    .await
+    .expect("query user_goal_progress")
+    .map(|(progress, status, completed, claimed)| Row {
+        progress,
+        status,
+        completed,
+        claimed,
+    })
+}
+
+pub async fn count_rows(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM user_goal_progress")
+        .fetch_one(db)
+        .await
+        .expect("count rows")
+}
+
+/// Waits until `user`'s `goal` row exists with `progress`, or panics after `timeout`.
+pub async fn wait_for_progress(
+    db: &PgPool,
+    user: &str,
+    goal: &str,
+    progress: i32,
+    timeout: Duration,
+) -> Row {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let current = row(db, user, goal).await;
+        if let Some(r) = &current {
+            if r.progress == progress {
+                return r.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}/{goal} did not reach progress {progress} within {timeout:?}; last seen {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends a login of a fresh sentinel user and waits for its row: everything
+/// acknowledged before it is then in the database (flushes follow WAL order).
+pub async fn barrier(service: &Service, db: &PgPool) {
+    let user = format!("sentinel-{}", uuid_like());
+    service
+        .login(login(&user, "", ""))
+        .await
+        .expect("sentinel login");
+    wait_for_progress(db, &user, "login-count", 1, Duration::from_secs(20)).await;
+}
+
+pub fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        Instant::now().elapsed().as_nanos()
+    )
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write http request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read http response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn wait_healthy(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Ok((200, _))) =
+            tokio::time::timeout(Duration::from_secs(2), http_get_quiet(addr, "/healthz")).await
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service at {addr} not healthy within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn http_get_quiet(addr: SocketAddr, path: &str) -> Result<(u16, String), ()> {
+    if tokio::net::TcpStream::connect(addr).await.is_err() {
+        return Err(());
+    }
+    Ok(http_get(addr, path).await)
+}
+
+/// The real binary, for crash tests.
+pub struct Binary {
+    pub child: Child,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Binary {
+    /// Starts `challenge-event-handler` with its WAL and config in `dir`.
+    pub fn spawn(db_url: &str, dir: &Path, extra_env: &[(&str, &str)]) -> Binary {
+        let config = write_challenges(dir);
+        let grpc_port = pg::free_port();
+        let http_port = pg::free_port();
+        let log = dir.join(format!("service-{grpc_port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create service log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AB_NAMESPACE", NAMESPACE)
+            .env("DATABASE_URL", db_url)
+            .env("CONFIG_PATH", &config)
+            .env("WAL_DIR", dir.join("wal"))
+            .env("GRPC_PORT", grpc_port.to_string())
+            .env("METRICS_PORT", http_port.to_string())
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file);
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn the service binary");
+        Binary {
+            child,
+            grpc_port,
+            http_port,
+            log,
+        }
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.http_port).into()
+    }
+
+    pub async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the service exited with {status} before serving; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok((200, _)) = http_get_quiet(self.http_addr(), "/healthz").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service not healthy in 60 s; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the service binary")
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL the service");
+        self.child.wait().expect("reap the service");
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the service") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

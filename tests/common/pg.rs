@@ -1,0 +1,224 @@
+//! A real PostgreSQL for tests. With `DATABASE_URL` set, tests use that server;
+//! otherwise one throwaway cluster per test binary is started (`initdb` +
+//! `pg_ctl` on a temp dir and a free port; as root through `runuser -u
+//! postgres`) and stopped by a watchdog when the test binary exits. Every test
+//! gets a database of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+struct Server {
+    /// URL of the maintenance database, ending in `/postgres` (or the user's DATABASE_URL).
+    admin_url: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty database for one test.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = SERVER.get_or_init(start_server);
+        let name = format!(
+            "ceh_test_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server.admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot connect to the test PostgreSQL at {}: {e}",
+                    server.admin_url
+                )
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        TestDb {
+            url: with_database(&server.admin_url, &name),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+fn start_server() -> Server {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return Server { admin_url: url };
+        }
+    }
+    let initdb = find_pg_binary("initdb");
+    let pg_ctl = find_pg_binary("pg_ctl");
+    let root = tempfile::Builder::new()
+        .prefix("ceh-pg-")
+        .tempdir()
+        .expect("temp dir for PostgreSQL")
+        .keep();
+    let data = root.join("data");
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        run(Command::new("chown").arg("postgres:postgres").arg(&root));
+    }
+    let port = free_port();
+    run(pg_command(as_root, &initdb).arg("-D").arg(&data).args([
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    ]));
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+        root.display()
+    );
+    // The server inherits pg_ctl's stdout and stderr: point them at a file, or
+    // reading pg_ctl's output would wait for the server to exit.
+    let log = root.join("server.log");
+    let status = pg_command(as_root, &pg_ctl)
+        .arg("-D")
+        .arg(&data)
+        .arg("-o")
+        .arg(&options)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run pg_ctl start");
+    assert!(
+        status.success(),
+        "pg_ctl start failed ({status}); server log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    spawn_watchdog(as_root, &pg_ctl, &root, &data);
+    Server {
+        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+    }
+}
+
+/// Stops the cluster and removes its files once this test process is gone.
+fn spawn_watchdog(as_root: bool, pg_ctl: &Path, root: &Path, data: &Path) {
+    let stop = format!(
+        "{} {} -D {} stop -m immediate",
+        if as_root {
+            "runuser -u postgres --"
+        } else {
+            ""
+        },
+        pg_ctl.display(),
+        data.display()
+    );
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {root}",
+        pid = std::process::id(),
+        root = root.display()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the PostgreSQL watchdog");
+}
+
+fn pg_command(as_root: bool, binary: &Path) -> Command {
+    if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(binary);
+        c
+    } else {
+        Command::new(binary)
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn find_pg_binary(name: &str) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev().map(|v| v.join("bin").join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL's {name} was not found on PATH or in /usr/lib/postgresql/*/bin. \
+             Install PostgreSQL (apt-get install -y postgresql) or set DATABASE_URL to a server \
+             whose user may CREATE DATABASE."
+            )
+        })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn database_names_are_replaced_in_urls() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5/postgres?sslmode=disable", "x"),
+        "postgres://u:p@h:5/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}

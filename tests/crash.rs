@@ -1,0 +1,272 @@
+//! Crash tests: the real binary, killed with SIGKILL or stopped with SIGTERM,
+//! checked against an oracle of what was acknowledged.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
+use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
+use common::*;
+use sqlx::PgPool;
+
+/// What was acknowledged: (user, goal) → expected progress.
+type Oracle = BTreeMap<(String, String), i32>;
+
+/// Sends `users` × (3 increments of 2 + one level stat + one login) and returns the oracle.
+async fn send_acknowledged(binary: &Binary, users: usize, tag: &str) -> Oracle {
+    let channel = binary.channel().await;
+    let mut stats = StatisticStatItemUpdatedServiceClient::new(channel.clone());
+    let mut logins = UserAuthenticationUserLoggedInServiceClient::new(channel);
+    let mut oracle = Oracle::new();
+    for u in 0..users {
+        let user = format!("{tag}-{u}");
+        for i in 0..3 {
+            stats
+                .on_message(stat(&user, "kills", 0.0, 2.0, &format!("{user}-k{i}"), ""))
+                .await
+                .expect("acknowledged");
+        }
+        stats
+            .on_message(stat(
+                &user,
+                "level",
+                (u % 9) as f64,
+                1.0,
+                &format!("{user}-lvl"),
+                "",
+            ))
+            .await
+            .expect("acknowledged");
+        logins
+            .on_message(login(&user, &format!("{user}-login"), ""))
+            .await
+            .expect("acknowledged");
+        oracle.insert((user.clone(), "kills".into()), 6);
+        oracle.insert((user.clone(), "level".into()), (u % 9) as i32);
+        oracle.insert((user.clone(), "login-count".into()), 1);
+    }
+    oracle
+}
+
+async fn progress_of(db: &PgPool, tag: &str) -> Oracle {
+    sqlx::query_as::<_, (String, String, i32)>(
+        "SELECT user_id, goal_id, progress FROM user_goal_progress
+         WHERE user_id LIKE $1 AND goal_id IN ('kills', 'level', 'login-count')",
+    )
+    .bind(format!("{tag}-%"))
+    .fetch_all(db)
+    .await
+    .expect("read progress")
+    .into_iter()
+    .map(|(u, g, p)| ((u, g), p))
+    .collect()
+}
+
+async fn wait_for_oracle(db: &PgPool, tag: &str, oracle: &Oracle) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = progress_of(db, tag).await;
+        if &seen == oracle {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            assert_eq!(
+                &seen, oracle,
+                "the database does not match what was acknowledged"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_events_survive_kill_9_before_any_flush_and_apply_exactly_once() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
+    first.wait_healthy().await;
+    let oracle = send_acknowledged(&first, 20, "k9").await;
+    first.kill9();
+    assert!(
+        progress_of(&pool, "k9").await.is_empty(),
+        "something was flushed before the kill"
+    );
+
+    let mut second = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    second.wait_healthy().await;
+    wait_for_oracle(&pool, "k9", &oracle).await;
+    assert!(
+        second.log_text().contains("wal replayed"),
+        "{}",
+        second.log_text()
+    );
+
+    // Redelivery of the same events after the crash changes nothing.
+    let again = send_acknowledged(&second, 20, "k9").await;
+    assert_eq!(again, oracle);
+    second.kill9();
+
+    // A further restart replays nothing twice.
+    let mut third = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    third.wait_healthy().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(progress_of(&pool, "k9").await, oracle);
+    third.sigterm();
+    assert_eq!(third.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn a_crash_after_the_database_commit_and_before_wal_truncation_does_not_double_count() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
+    first.wait_healthy().await;
+    let oracle = send_acknowledged(&first, 10, "ct").await;
+    first.kill9();
+    // Keep the WAL as it was before any flush...
+    let before_flush = dir.path().join("wal-before-flush");
+    copy_dir(&dir.path().join("wal"), &before_flush);
+
+    // ...let a restart commit it to the database and truncate the WAL...
+    let mut second = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    second.wait_healthy().await;
+    wait_for_oracle(&pool, "ct", &oracle).await;
+    second.kill9();
+
+    // ...then put the untruncated WAL back: exactly the state of a crash between
+    // COMMIT and truncation. The watermark must keep replay from applying it again.
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    std::fs::rename(&before_flush, dir.path().join("wal")).unwrap();
+    let mut third = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    third.wait_healthy().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        progress_of(&pool, "ct").await,
+        oracle,
+        "an update was applied twice"
+    );
+
+    // New events after that are still applied (sequence numbers moved past the watermark).
+    let channel = third.channel().await;
+    UserAuthenticationUserLoggedInServiceClient::new(channel)
+        .on_message(login("ct-0", "ct-0-login-2", ""))
+        .await
+        .unwrap();
+    wait_for_progress(&pool, "ct-0", "login-count", 2, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn sigterm_flushes_everything_acknowledged_and_exits_zero() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
+    service.wait_healthy().await;
+    let oracle = send_acknowledged(&service, 10, "st").await;
+    assert!(progress_of(&pool, "st").await.is_empty());
+    service.sigterm();
+    assert_eq!(
+        service.wait_exit(Duration::from_secs(30)).await,
+        0,
+        "{}",
+        service.log_text()
+    );
+    assert_eq!(progress_of(&pool, "st").await, oracle);
+    assert!(
+        service.log_text().contains("final flush done"),
+        "{}",
+        service.log_text()
+    );
+}
+
+#[tokio::test]
+async fn an_update_acknowledged_before_its_goal_was_removed_from_the_config_still_arrives() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
+    first.wait_healthy().await;
+    let oracle = send_acknowledged(&first, 3, "rm").await;
+    first.kill9();
+
+    // The operator removes the combat challenge before the restart.
+    let trimmed = dir.path().join("trimmed.json");
+    let mut challenges: serde_json::Value = serde_json::from_str(CHALLENGES).unwrap();
+    challenges["challenges"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["challengeId"] != "combat");
+    std::fs::write(&trimmed, challenges.to_string()).unwrap();
+    let trimmed = trimmed.display().to_string();
+
+    // Binary::spawn writes the full file; point CONFIG_PATH at the trimmed one instead.
+    let mut second = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "50ms"),
+            ("CONFIG_PATH", trimmed.as_str()),
+        ],
+    );
+    second.wait_healthy().await;
+    wait_for_oracle(&pool, "rm", &oracle).await;
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_wal_directory_is_refused() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Binary::spawn(&db.url, dir.path(), &[]);
+    first.wait_healthy().await;
+    let mut second = Binary::spawn(&db.url, dir.path(), &[]);
+    let code = second.wait_exit(Duration::from_secs(30)).await;
+    assert_ne!(code, 0);
+    let log = second.log_text();
+    assert!(log.contains("cannot open the WAL"), "{log}");
+}
+
+#[tokio::test]
+async fn start_up_without_a_namespace_or_with_a_bad_config_exits_non_zero_with_a_clear_message() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut no_namespace = Binary::spawn(&db.url, dir.path(), &[("AB_NAMESPACE", "")]);
+    assert_eq!(no_namespace.wait_exit(Duration::from_secs(30)).await, 1);
+    assert!(
+        no_namespace
+            .log_text()
+            .contains("invalid setting AB_NAMESPACE: is required"),
+        "{}",
+        no_namespace.log_text()
+    );
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"challenges":[{"challengeId":"c","name":"C","goals":[{"goalId":"g","name":"G","eventSource":"login","type":"increment","requirement":{"operator":">=","targetValue":1},"reward":{"type":"ITEM","rewardId":"x","quantity":1},"prerequisites":["ghost"]}]}]}"#).unwrap();
+    let bad = bad.display().to_string();
+    let mut bad_config = Binary::spawn(&db.url, dir.path(), &[("CONFIG_PATH", bad.as_str())]);
+    assert_eq!(bad_config.wait_exit(Duration::from_secs(30)).await, 1);
+    let log = bad_config.log_text();
+    assert!(log.contains("bad.json"), "{log}");
+    assert!(log.contains(r#"challenge "c", goal "g", field "prerequisites": prerequisite "ghost" is not a goalId"#), "{log}");
+}

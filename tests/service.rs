@@ -1,0 +1,623 @@
+//! End-to-end tests of the service in-process on port 0 against a real
+//! PostgreSQL: an event goes in over gRPC, a row comes out after the flush.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Env {
+    db: common::pg::TestDb,
+    dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    Env {
+        db: common::pg::TestDb::new().await,
+        dir: tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+#[tokio::test]
+async fn absolute_goals_take_the_newest_value_and_never_regress_once_completed() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+
+    svc.stat(stat("ana", "level", 5.0, 1.0, "a1", "2026-01-01T10:00:00Z"))
+        .await
+        .unwrap();
+    svc.stat(stat("ana", "level", 3.0, 1.0, "a2", "2026-01-01T09:00:00Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    let r = row(&db, "ana", "level").await.unwrap();
+    assert_eq!(
+        (r.progress, r.status.as_str(), r.completed),
+        (5, "in_progress", false)
+    );
+
+    // An older event in a later flush does not overwrite a newer one either.
+    svc.stat(stat("ana", "level", 2.0, 1.0, "a3", "2026-01-01T08:00:00Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "ana", "level").await.unwrap().progress, 5);
+
+    svc.stat(stat(
+        "ana",
+        "level",
+        12.0,
+        1.0,
+        "a4",
+        "2026-01-01T11:00:00Z",
+    ))
+    .await
+    .unwrap();
+    let r = wait_for_progress(&db, "ana", "level", 12, WAIT).await;
+    assert_eq!((r.status.as_str(), r.completed), ("completed", true));
+
+    svc.stat(stat("ana", "level", 4.0, 1.0, "a5", "2026-01-01T12:00:00Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    let r = row(&db, "ana", "level").await.unwrap();
+    assert_eq!(
+        (r.progress, r.status.as_str()),
+        (12, "completed"),
+        "a completed goal regressed"
+    );
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn increments_add_the_truncated_inc_or_one_and_one_event_moves_several_goals() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+
+    svc.stat(stat("bo", "kills", 40.0, 2.7, "b1", ""))
+        .await
+        .unwrap(); // +2
+    svc.stat(stat("bo", "kills", 41.0, 0.0, "b2", ""))
+        .await
+        .unwrap(); // +1
+    svc.stat(stat("bo", "kills", 42.0, -3.0, "b3", ""))
+        .await
+        .unwrap(); // +1
+    barrier(&svc, &db).await;
+    let r = row(&db, "bo", "kills").await.unwrap();
+    assert_eq!((r.progress, r.status.as_str()), (4, "in_progress"));
+    // The same stat also drives an absolute goal.
+    assert_eq!(row(&db, "bo", "kills-total").await.unwrap().progress, 42);
+
+    svc.stat(stat("bo", "kills", 48.0, 6.0, "b4", ""))
+        .await
+        .unwrap();
+    let r = wait_for_progress(&db, "bo", "kills", 10, WAIT).await;
+    assert_eq!((r.status.as_str(), r.completed), ("completed", true));
+
+    // Completed increments stay put.
+    svc.stat(stat("bo", "kills", 49.0, 1.0, "b5", ""))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "bo", "kills").await.unwrap().progress, 10);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn logins_count_once_each_and_daily_goals_once_per_utc_day() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+
+    svc.login(login("cy", "c1", "2026-03-01T10:00:00Z"))
+        .await
+        .unwrap();
+    svc.login(login("cy", "c2", "2026-03-01T23:59:59Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "cy", "login-count").await.unwrap().progress, 2);
+    let days = row(&db, "cy", "login-days").await.unwrap();
+    assert_eq!((days.progress, days.status.as_str()), (1, "in_progress"));
+    let daily = row(&db, "cy", "login-daily").await.unwrap();
+    assert_eq!((daily.progress, daily.status.as_str()), (1, "completed"));
+
+    // Same UTC day again in a later flush: the daily increment does not count it.
+    svc.third_party_client()
+        .on_message(third_party_login("cy", "c3"))
+        .await
+        .unwrap();
+    svc.login(login("cy", "c4", "2026-03-01T12:00:00+00:00"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    let count = row(&db, "cy", "login-count").await.unwrap();
+    assert_eq!((count.progress, count.status.as_str()), (4, "completed"));
+    // c3 had no timestamp: its day is today (arrival), a new day for login-days.
+    let days = row(&db, "cy", "login-days").await.unwrap();
+    assert_eq!((days.progress, days.status.as_str()), (2, "completed"));
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claimed_daily_goal_completes_again_on_a_later_utc_day_only() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+
+    svc.stat(stat("di", "wins", 1.0, 1.0, "d1", "2026-04-01T08:00:00Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(
+        row(&db, "di", "wins-daily").await.unwrap().status,
+        "completed"
+    );
+    sqlx::query("UPDATE user_goal_progress SET status = 'claimed', claimed_at = now(), completed_at = COALESCE(completed_at, now()) WHERE user_id = 'di'")
+        .execute(&db)
+        .await
+        .unwrap();
+
+    svc.stat(stat("di", "wins", 2.0, 1.0, "d2", "2026-04-01T20:00:00Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    let same_day = row(&db, "di", "wins-daily").await.unwrap();
+    assert_eq!(
+        (same_day.status.as_str(), same_day.claimed),
+        ("claimed", true)
+    );
+    // The claimed daily-increment goal is untouched as well.
+    assert_eq!(row(&db, "di", "wins-days").await.unwrap().status, "claimed");
+
+    svc.stat(stat("di", "wins", 3.0, 1.0, "d3", "2026-04-02T00:00:01Z"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    let next_day = row(&db, "di", "wins-daily").await.unwrap();
+    assert_eq!(
+        (
+            next_day.status.as_str(),
+            next_day.claimed,
+            next_day.completed
+        ),
+        ("completed", false, true)
+    );
+    assert_eq!(row(&db, "di", "wins-days").await.unwrap().status, "claimed");
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn claimed_and_inactive_rows_are_never_modified() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    sqlx::query(
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at, is_active)
+         VALUES ('ed', 'kills', 'combat', 'testgame', 10, 'claimed', now(), now(), true),
+                ('ed', 'level', 'combat', 'testgame', 3, 'in_progress', NULL, NULL, false),
+                ('ed', 'login-count', 'logins', 'testgame', 1, 'in_progress', NULL, NULL, false)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let before: Vec<(String, i32, String, chrono::NaiveDateTime)> =
+        sqlx::query_as("SELECT goal_id, progress, status, updated_at FROM user_goal_progress WHERE user_id = 'ed' ORDER BY goal_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+
+    svc.stat(stat("ed", "kills", 99.0, 5.0, "e1", ""))
+        .await
+        .unwrap();
+    svc.stat(stat("ed", "level", 50.0, 1.0, "e2", ""))
+        .await
+        .unwrap();
+    svc.login(login("ed", "e3", "")).await.unwrap();
+    barrier(&svc, &db).await;
+
+    let after: Vec<(String, i32, String, chrono::NaiveDateTime)> =
+        sqlx::query_as("SELECT goal_id, progress, status, updated_at FROM user_goal_progress WHERE user_id = 'ed' AND goal_id IN ('kills','level','login-count') ORDER BY goal_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(before, after);
+    // Goals without a row were created as usual.
+    assert_eq!(row(&db, "ed", "kills-total").await.unwrap().progress, 99);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_from_another_namespace_are_acknowledged_and_ignored() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    let mut foreign = stat("fi", "kills", 1.0, 1.0, "f1", "");
+    foreign.namespace = "othergame".into();
+    svc.stat(foreign)
+        .await
+        .expect("foreign events are acknowledged");
+    let mut foreign_login = login("fi", "f2", "");
+    foreign_login.namespace = String::new();
+    svc.login(foreign_login).await.expect("acknowledged");
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "fi", "kills").await, None);
+    assert_eq!(row(&db, "fi", "login-count").await, None);
+    assert!(svc
+        .metrics()
+        .await
+        .contains("challenge_event_handler_events_ignored_total 2"));
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_invalid_event_gets_invalid_argument_naming_the_field_and_writes_nothing() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+
+    let mut no_payload = stat("iv", "kills", 1.0, 1.0, "", "");
+    no_payload.payload = None;
+    let mut no_user = stat("", "kills", 1.0, 1.0, "", "");
+    no_user.payload.as_mut().unwrap().user_id.clear();
+    let no_code = stat("iv", "", 1.0, 1.0, "", "");
+    let long_user = stat(&"u".repeat(101), "kills", 1.0, 1.0, "", "");
+    let nan = stat("iv", "kills", f64::NAN, 1.0, "", "");
+    let inf = stat("iv", "kills", 1.0, f64::INFINITY, "", "");
+    let cases = [
+        (no_payload, "payload is required"),
+        (no_user, "user_id is required"),
+        (no_code, "payload.stat_code is required"),
+        (
+            long_user,
+            "user_id is 101 characters; at most 100 are allowed",
+        ),
+        (nan, "payload.latest_value must be a finite number"),
+        (inf, "payload.inc must be a finite number"),
+    ];
+    for (msg, expected) in cases {
+        let status = svc.stat(msg).await.expect_err(expected);
+        assert_eq!(status.code(), Code::InvalidArgument, "{expected}");
+        assert!(
+            status.message().contains(expected),
+            "{:?} lacks {expected:?}",
+            status.message()
+        );
+    }
+    let mut login_without_payload = login("iv", "", "");
+    login_without_payload.payload = None;
+    let status = svc.login(login_without_payload).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "payload is required")
+    );
+    let mut login_without_user = login("", "", "");
+    login_without_user.payload.as_mut().unwrap().user_account = None;
+    let status = svc.login(login_without_user).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "user_id is required")
+    );
+
+    barrier(&svc, &db).await;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_goal_progress WHERE user_id NOT LIKE 'sentinel-%'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "an invalid event wrote a row");
+    assert!(svc
+        .metrics()
+        .await
+        .contains(r#"challenge_event_handler_events_failed_total{reason="invalid"} 8"#));
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_stat_code_is_acknowledged_and_writes_nothing() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    svc.stat(stat("un", "no-such-stat", 5.0, 1.0, "u1", ""))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_goal_progress WHERE user_id = 'un'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_event_id_counts_once_even_across_a_restart() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    svc.stat(stat("du", "kills", 0.0, 3.0, "dup-1", ""))
+        .await
+        .unwrap();
+    svc.stat(stat("du", "kills", 0.0, 3.0, "dup-1", ""))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    svc.stat(stat("du", "kills", 0.0, 3.0, "dup-1", ""))
+        .await
+        .unwrap(); // across a flush
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "du", "kills").await.unwrap().progress, 3);
+    assert!(svc
+        .metrics()
+        .await
+        .contains("challenge_event_handler_events_duplicate_total 2"));
+    svc.stop().await.unwrap();
+
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    svc.stat(stat("du", "kills", 0.0, 3.0, "dup-1", ""))
+        .await
+        .unwrap();
+    svc.stat(stat("du", "kills", 0.0, 1.0, "dup-2", ""))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "du", "kills").await.unwrap().progress, 4);
+    assert!(svc
+        .metrics()
+        .await
+        .contains("challenge_event_handler_events_duplicate_total 1"));
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_the_database_down_calls_are_acknowledged_until_the_wal_is_full_then_unavailable_and_all_arrive_later(
+) {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(&url, e.dir.path(), &["--wal-max-bytes", "8KiB"]).await;
+
+    proxy.set_down(true);
+    let mut acknowledged: i64 = 0;
+    let refusal = loop {
+        assert!(acknowledged < 10_000, "the WAL bound was never reached");
+        match svc
+            .login(login(
+                &format!("dn-{acknowledged}"),
+                &format!("dn-{acknowledged}"),
+                "",
+            ))
+            .await
+        {
+            Ok(()) => acknowledged += 1,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refusal.code(), Code::Unavailable);
+    assert!(
+        refusal.message().contains("write-ahead log is full"),
+        "{}",
+        refusal.message()
+    );
+    assert!(
+        acknowledged > 10,
+        "only {acknowledged} calls acknowledged before UNAVAILABLE"
+    );
+    let (status, body) = http_get(svc.http_addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(r#""wal_backlog_bytes":0"#), "{body}");
+    assert!(body.contains(r#""ok":false"#), "{body}");
+    // Still refused while the database is away.
+    assert_eq!(
+        svc.login(login("dn-more", "dn-more", ""))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+
+    proxy.set_down(false);
+    // Every acknowledged login arrives, exactly once; the refused one does not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let totals = loop {
+        let totals: (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), sum(progress) FROM user_goal_progress WHERE goal_id = 'login-count' AND user_id LIKE 'dn-%'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if totals.0 == acknowledged || std::time::Instant::now() > deadline {
+            break totals;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(totals, (acknowledged, Some(acknowledged)));
+    assert_eq!(row(&db, "dn-more", "login-count").await, None);
+    // After the drain, calls are accepted again.
+    svc.login(login("dn2", "dn2-1", "")).await.unwrap();
+    wait_for_progress(&db, "dn2", "login-count", 1, WAIT).await;
+    let (_, body) = http_get(svc.http_addr, "/healthz").await;
+    assert!(body.contains(r#""ok":true"#), "{body}");
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_the_database_down_every_acknowledged_increment_arrives_exactly_once() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(&url, e.dir.path(), &[]).await;
+
+    proxy.set_down(true);
+    // 30 users × 3 logins, acknowledged while the database is unreachable.
+    for i in 0..90 {
+        let user = format!("out-{}", i % 30);
+        svc.login(login(&user, &format!("out-{i}"), ""))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // a few failed flushes
+    assert_eq!(count_rows(&db).await, 0);
+    proxy.set_down(false);
+    for u in 0..30 {
+        let r = wait_for_progress(
+            &db,
+            &format!("out-{u}"),
+            "login-count",
+            3,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(r.status, "completed");
+    }
+    assert!(svc
+        .metrics()
+        .await
+        .contains("challenge_event_handler_flush_failures_total"));
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn healthz_metrics_grpc_health_and_reflection_are_served() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    barrier(&svc, &db).await;
+
+    let (status, body) = http_get(svc.http_addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["status"], "serving");
+    assert_eq!(report["last_flush"]["ok"], true);
+    assert!(report["wal_backlog_bytes"].is_u64());
+
+    let metrics = svc.metrics().await;
+    assert!(
+        metrics.contains(r#"challenge_event_handler_events_processed_total{event="login"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("challenge_event_handler_wal_append_duration_seconds_count 1"),
+        "{metrics}"
+    );
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(svc.channel.clone());
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(svc.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService",
+        "accelbyte.iam.account.v1.UserAuthenticationUserThirdPartyLoggedInService",
+        "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not in {names:?}"
+        );
+    }
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_on_a_table_the_challenge_service_created() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    // The challenge service's table, without this handler's columns.
+    sqlx::query(
+        "CREATE TABLE user_goal_progress (
+            user_id VARCHAR(100) NOT NULL, goal_id VARCHAR(100) NOT NULL,
+            challenge_id VARCHAR(100) NOT NULL, namespace VARCHAR(100) NOT NULL,
+            progress INT NOT NULL DEFAULT 0, status VARCHAR(20) NOT NULL DEFAULT 'not_started',
+            completed_at TIMESTAMP NULL, claimed_at TIMESTAMP NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT NOW(), updated_at TIMESTAMP NOT NULL DEFAULT NOW(),
+            is_active BOOLEAN NOT NULL DEFAULT true, assigned_at TIMESTAMP NULL, expires_at TIMESTAMP NULL,
+            PRIMARY KEY (user_id, goal_id),
+            CONSTRAINT check_status CHECK (status IN ('not_started', 'in_progress', 'completed', 'claimed')))",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status) VALUES ('mi', 'kills', 'combat', 'testgame', 2, 'in_progress')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    svc.stat(stat("mi", "kills", 0.0, 1.0, "m1", ""))
+        .await
+        .unwrap();
+    wait_for_progress(&db, "mi", "kills", 3, WAIT).await;
+    svc.stop().await.unwrap();
+    // A second start runs the (already applied) migrations again without error.
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_challenges_file_stops_start_up_with_every_problem_named() {
+    let e = env().await;
+    let path = e.dir.path().join("bad.json");
+    std::fs::write(
+        &path,
+        r#"{"challenges":[{"challengeId":"c","name":"C","goals":[{"goalId":"g","name":"G","eventSource":"statistic","requirment":{},"reward":{"type":"ITEM","rewardId":"x","quantity":1}}]}]}"#,
+    )
+    .unwrap();
+    let err = match Service::build(
+        &e.db.url,
+        e.dir.path(),
+        &["--config-path", path.to_str().unwrap()],
+    )
+    .await
+    {
+        Ok(_) => panic!("a bad challenges file was accepted"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("bad.json"), "{err}");
+    assert!(
+        err.contains(r#"challenge "c", goal "g", field "requirment": unknown key"#),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"challenge "c", goal "g", field "requirement": is required"#),
+        "{err}"
+    );
+}
