@@ -174,3 +174,48 @@ pub fn local_addr(listener: &TcpListener) -> SocketAddr {
         .local_addr()
         .expect("a bound listener has an address")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn status_of(health: &Arc<Health>) -> (StatusCode, serde_json::Value) {
+        let state = HttpState {
+            health: health.clone(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let response = healthz(State(state)).await.into_response();
+        let code = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (code, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_200_only_while_serving() {
+        let health = Arc::new(Health::default());
+        for (phase, code, name) in [
+            (Phase::Starting, StatusCode::SERVICE_UNAVAILABLE, "starting"),
+            (Phase::Replaying, StatusCode::SERVICE_UNAVAILABLE, "replaying"),
+            (Phase::Serving, StatusCode::OK, "serving"),
+            (Phase::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        ] {
+            health.set_phase(phase);
+            let (status, body) = status_of(&health).await;
+            assert_eq!(status, code);
+            assert_eq!(body["status"], name);
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_reports_the_last_flush() {
+        let health = Arc::new(Health::default());
+        health.set_phase(Phase::Serving);
+        health.flush_failed("database error: connection refused".into());
+        let (_, body) = status_of(&health).await;
+        assert_eq!(body["last_flush"]["ok"], false);
+        assert_eq!(body["last_flush"]["error"], "database error: connection refused");
+        health.flush_succeeded(12);
+        let (_, body) = status_of(&health).await;
+        assert_eq!(body["last_flush"]["rows"], 12);
+    }
+}

@@ -20,10 +20,12 @@
 //!
 //! Around it: [`config`] (settings and `challenges.json`), [`app`] (assembly,
 //! start-up and shutdown), [`health`] (`/healthz`, `/metrics`), [`metrics`],
-//! [`telemetry`] (logs), [`send`] (the test-event client) and [`proto`]
+//! [`telemetry`] (logs), [`send`] (the test-event client), [`bench`] (a load
+//! generator) and [`proto`]
 //! (generated wire types).
 
 pub mod app;
+pub mod bench;
 pub mod buffer;
 pub mod config;
 pub mod event;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use challenge_event_handler::bench::{self, BenchArgs};
 use challenge_event_handler::config::{challenges, ServeArgs};
 use challenge_event_handler::send::{self, SendArgs};
 use challenge_event_handler::telemetry::{self, LogFormat};
@@ -44,6 +45,8 @@ enum Command {
     Serve(ServeArgs),
     /// Send one test event to a running service.
     Send(SendArgs),
+    /// Load-test a running service (closed loop; prints throughput and latency).
+    Bench(BenchArgs),
     /// Validate a challenges file and exit.
     CheckConfig {
         #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Send(args)) => send::send(args).await,
+            Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::CheckConfig { config_path }) => {
                 let goals = challenges::load(&config_path)?;
                 println!("{}: {} goals, valid", config_path.display(), goals.len());
@@ -91,7 +95,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = App::build(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    app.run_until_stopped(shutdown).await
+    // On a worker thread: block_on's thread is not one of the runtime's workers.
+    tokio::spawn(app.run_until_stopped(shutdown)).await?
 }
 
 /// Cancels `token` at the first SIGTERM or SIGINT.

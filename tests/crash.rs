@@ -270,3 +270,36 @@ async fn start_up_without_a_namespace_or_with_a_bad_config_exits_non_zero_with_a
     assert!(log.contains("bad.json"), "{log}");
     assert!(log.contains(r#"challenge "c", goal "g", field "prerequisites": prerequisite "ghost" is not a goalId"#), "{log}");
 }
+
+#[tokio::test]
+async fn the_send_subcommand_delivers_a_test_event_to_a_running_service() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    service.wait_healthy().await;
+    let addr = format!("http://127.0.0.1:{}", service.grpc_port);
+    for args in [
+        vec!["stat", "--code", "kills", "--inc", "4"],
+        vec!["login"],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"))
+            .args(["send", "--addr", &addr, "--namespace", NAMESPACE, "--user", "sam"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.starts_with("acknowledged: "), "{stdout}");
+    }
+    wait_for_progress(&pool, "sam", "kills", 4, Duration::from_secs(20)).await;
+    wait_for_progress(&pool, "sam", "login-count", 1, Duration::from_secs(20)).await;
+
+    // A service that is not there is a clear error, not a hang.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"))
+        .args(["send", "--addr", &format!("http://127.0.0.1:{}", pg::free_port()), "login"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+}

@@ -89,7 +89,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DEDUP_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub dedup_window: Duration,
     /// Most event ids remembered; past it the oldest are forgotten early (metric dedup_evicted_early_total).
-    #[arg(long, env = "DEDUP_MAX_MARKS", default_value_t = 4_000_000)]
+    #[arg(long, env = "DEDUP_MAX_MARKS", default_value_t = 2_000_000)]
     pub dedup_max_marks: usize,
     /// How long shutdown may take before giving up (in-flight calls, final flush).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]

@@ -154,7 +154,9 @@ fn spawn_watchdog(as_root: bool, pg_ctl: &Path, root: &Path, data: &Path) {
         pid = std::process::id(),
         root = root.display()
     );
-    Command::new("sh")
+    // Deliberately not waited for: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(Stdio::null())
