@@ -116,6 +116,7 @@ impl App {
         } = self;
         let tasks = TaskTracker::new();
         let http_stop = CancellationToken::new();
+        let http_addr = health::local_addr(&http);
         tasks.spawn(health::serve(
             http,
             health.clone(),
@@ -124,6 +125,7 @@ impl App {
         ));
         tracing::info!(
             grpc = %health::local_addr(&grpc),
+            http = %http_addr,
             goals = goals.len(),
             instance_id = %instance_id,
             namespace = %settings.namespace,

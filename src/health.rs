@@ -186,7 +186,9 @@ mod tests {
         };
         let response = healthz(State(state)).await.into_response();
         let code = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (code, serde_json::from_slice(&body).unwrap())
     }
 
@@ -195,9 +197,17 @@ mod tests {
         let health = Arc::new(Health::default());
         for (phase, code, name) in [
             (Phase::Starting, StatusCode::SERVICE_UNAVAILABLE, "starting"),
-            (Phase::Replaying, StatusCode::SERVICE_UNAVAILABLE, "replaying"),
+            (
+                Phase::Replaying,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replaying",
+            ),
             (Phase::Serving, StatusCode::OK, "serving"),
-            (Phase::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            (
+                Phase::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+            ),
         ] {
             health.set_phase(phase);
             let (status, body) = status_of(&health).await;
@@ -213,7 +223,10 @@ mod tests {
         health.flush_failed("database error: connection refused".into());
         let (_, body) = status_of(&health).await;
         assert_eq!(body["last_flush"]["ok"], false);
-        assert_eq!(body["last_flush"]["error"], "database error: connection refused");
+        assert_eq!(
+            body["last_flush"]["error"],
+            "database error: connection refused"
+        );
         health.flush_succeeded(12);
         let (_, body) = status_of(&health).await;
         assert_eq!(body["last_flush"]["rows"], 12);

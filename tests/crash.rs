@@ -279,17 +279,26 @@ async fn the_send_subcommand_delivers_a_test_event_to_a_running_service() {
     let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
     service.wait_healthy().await;
     let addr = format!("http://127.0.0.1:{}", service.grpc_port);
-    for args in [
-        vec!["stat", "--code", "kills", "--inc", "4"],
-        vec!["login"],
-    ] {
+    for args in [vec!["stat", "--code", "kills", "--inc", "4"], vec!["login"]] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"))
-            .args(["send", "--addr", &addr, "--namespace", NAMESPACE, "--user", "sam"])
+            .args([
+                "send",
+                "--addr",
+                &addr,
+                "--namespace",
+                NAMESPACE,
+                "--user",
+                "sam",
+            ])
             .args(&args)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(stdout.starts_with("acknowledged: "), "{stdout}");
     }
     wait_for_progress(&pool, "sam", "kills", 4, Duration::from_secs(20)).await;
@@ -297,7 +306,12 @@ async fn the_send_subcommand_delivers_a_test_event_to_a_running_service() {
 
     // A service that is not there is a clear error, not a hang.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"))
-        .args(["send", "--addr", &format!("http://127.0.0.1:{}", pg::free_port()), "login"])
+        .args([
+            "send",
+            "--addr",
+            &format!("http://127.0.0.1:{}", pg::free_port()),
+            "login",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -625,13 +625,22 @@ async fn a_bad_challenges_file_stops_start_up_with_every_problem_named() {
 #[tokio::test]
 async fn a_message_over_the_size_limit_is_refused_and_writes_nothing() {
     let e = env().await;
-    let svc = Service::start(&e.db.url, e.dir.path(), &["--grpc-max-message-bytes", "64KiB"]).await;
+    let svc = Service::start(
+        &e.db.url,
+        e.dir.path(),
+        &["--grpc-max-message-bytes", "64KiB"],
+    )
+    .await;
     let db = e.db.pool().await;
     let mut huge = stat("big", "kills", 1.0, 1.0, "big-1", "");
     huge.payload.as_mut().unwrap().update_strategy = "x".repeat(100_000);
     let status = svc.stat(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(status.message().contains("message length too large"), "{}", status.message());
+    assert!(
+        status.message().contains("message length too large"),
+        "{}",
+        status.message()
+    );
     barrier(&svc, &db).await;
     assert_eq!(row(&db, "big", "kills").await, None);
     svc.stop().await.unwrap();

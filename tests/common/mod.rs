@@ -384,9 +384,7 @@ impl Binary {
     /// Starts `challenge-event-handler` with its WAL and config in `dir`.
     pub fn spawn(db_url: &str, dir: &Path, extra_env: &[(&str, &str)]) -> Binary {
         let config = write_challenges(dir);
-        let grpc_port = pg::free_port();
-        let http_port = pg::free_port();
-        let log = dir.join(format!("service-{grpc_port}.log"));
+        let log = dir.join(format!("service-{}.log", uuid_like()));
         let log_file = std::fs::File::create(&log).expect("create service log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"));
         command
@@ -396,8 +394,9 @@ impl Binary {
             .env("DATABASE_URL", db_url)
             .env("CONFIG_PATH", &config)
             .env("WAL_DIR", dir.join("wal"))
-            .env("GRPC_PORT", grpc_port.to_string())
-            .env("METRICS_PORT", http_port.to_string())
+            // Port 0: the service logs the ports it bound ("starting grpc=… http=…").
+            .env("GRPC_PORT", "0")
+            .env("METRICS_PORT", "0")
             .env("BIND_ADDRESS", "127.0.0.1")
             .env("LOG_LEVEL", "info")
             .stdin(Stdio::null())
@@ -409,10 +408,18 @@ impl Binary {
         let child = command.spawn().expect("spawn the service binary");
         Binary {
             child,
-            grpc_port,
-            http_port,
+            grpc_port: 0,
+            http_port: 0,
             log,
         }
+    }
+
+    /// The port after `key=` in the service's "starting" log line.
+    fn logged_port(&self, key: &str) -> Option<u16> {
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains(" starting "))?;
+        let value = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+        value.rsplit(':').next()?.parse().ok()
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -428,8 +435,18 @@ impl Binary {
                     self.log_text()
                 );
             }
-            if let Ok((200, _)) = http_get_quiet(self.http_addr(), "/healthz").await {
-                return;
+            if self.http_port == 0 {
+                if let (Some(grpc), Some(http)) =
+                    (self.logged_port("grpc="), self.logged_port("http="))
+                {
+                    self.grpc_port = grpc;
+                    self.http_port = http;
+                }
+            }
+            if self.http_port != 0 {
+                if let Ok((200, _)) = http_get_quiet(self.http_addr(), "/healthz").await {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
