@@ -645,3 +645,38 @@ async fn a_message_over_the_size_limit_is_refused_and_writes_nothing() {
     assert_eq!(row(&db, "big", "kills").await, None);
     svc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(
+        &url,
+        e.dir.path(),
+        &["--flush-interval", "1h", "--shutdown-grace", "3s"],
+    )
+    .await;
+    for i in 0..5 {
+        svc.login(login(&format!("ff-{i}"), &format!("ff-{i}"), ""))
+            .await
+            .unwrap();
+    }
+    proxy.set_down(true);
+    svc.stop()
+        .await
+        .expect("a failed final flush is not an error exit: the WAL keeps the updates");
+    assert_eq!(count_rows(&db).await, 0);
+
+    proxy.set_down(false);
+    let svc = Service::start(&url, e.dir.path(), &[]).await;
+    for i in 0..5 {
+        wait_for_progress(&db, &format!("ff-{i}"), "login-count", 1, WAIT).await;
+    }
+    assert!(svc
+        .metrics()
+        .await
+        .contains("challenge_event_handler_wal_replayed_total 15"));
+    svc.stop().await.unwrap();
+}

@@ -661,3 +661,169 @@ impl Writer {
         self.stop_service.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Op;
+
+    fn config(dir: &Path, recovery: Recovery) -> WalConfig {
+        WalConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            dedup_window: Duration::from_secs(600),
+            dedup_max_marks: 1000,
+            recovery,
+            cache_bytes: 1 << 20,
+        }
+    }
+
+    fn update(n: i32) -> Update {
+        Update {
+            user_id: format!("u{n}"),
+            goal_id: "g".into(),
+            challenge_id: "c".into(),
+            namespace: "ns".into(),
+            target: 10,
+            event_time_ms: 0,
+            event_id: format!("e{n}"),
+            op: Op::Add(n),
+        }
+    }
+
+    /// Appends `n` events (one update each) through the writer thread, then closes the WAL.
+    fn write_events(dir: &Path, n: i32) -> Buffer {
+        let store = WalStore::open(config(dir, Recovery::Strict)).unwrap();
+        let next = store.last_seq() + 1;
+        let buffer = Arc::new(Mutex::new(Buffer::default()));
+        let (wal, thread) = store
+            .start(
+                next,
+                buffer.clone(),
+                Arc::new(Notify::new()),
+                usize::MAX,
+                Arc::new(Metrics::new()),
+                CancellationToken::new(),
+            )
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 1..=n {
+                let outcome = wal.append(format!("e{i}"), vec![update(i)]).await.unwrap();
+                assert!(matches!(outcome, Appended::Written { .. }));
+            }
+            // The same id again is a duplicate and writes nothing.
+            let again = wal.append("e1".into(), vec![update(1)]).await.unwrap();
+            assert_eq!(again, Appended::Duplicate);
+        });
+        drop(wal);
+        thread.join();
+        let buffer = buffer.lock().unwrap().clone();
+        buffer
+    }
+
+    #[test]
+    fn records_are_replayed_above_the_watermark_only_and_marks_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_events(dir.path(), 5);
+        assert_eq!(written.last_seq(), 5);
+
+        let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        assert_eq!((store.last_seq(), store.records()), (5, 5));
+        assert!(store.dedup.contains(mark_of("e3")));
+        let mut buffer = Buffer::starting_after(2);
+        assert_eq!(store.replay(2, &mut buffer).unwrap(), 3);
+        assert_eq!(buffer.last_seq(), 5);
+        assert_eq!(buffer.increment.len(), 3); // u3, u4, u5
+        assert_eq!(
+            store.records(),
+            3,
+            "records at or below the watermark are removed"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_stops_replay_naming_it_unless_skip_corrupt_is_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        write_events(dir.path(), 4);
+        {
+            let db = sled::open(dir.path().join("log")).unwrap();
+            let mut value = db.get(wal_key(3)).unwrap().unwrap().to_vec();
+            value[2] ^= 0xff;
+            db.insert(wal_key(3), value).unwrap();
+            db.flush().unwrap();
+        }
+        let mut strict = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        let err = strict.replay(0, &mut Buffer::default()).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { seq: 3, .. }), "{err}");
+        assert!(err.to_string().contains("WAL record 3 is corrupt"));
+        assert!(err.to_string().contains("WAL_RECOVERY=skip-corrupt"));
+        drop(strict);
+
+        // Below the watermark a corrupt record is harmless: it is already applied.
+        let mut above = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        let mut buffer = Buffer::starting_after(3);
+        assert_eq!(above.replay(3, &mut buffer).unwrap(), 1);
+        drop(above);
+
+        let dir2 = tempfile::tempdir().unwrap();
+        write_events(dir2.path(), 4);
+        {
+            let db = sled::open(dir2.path().join("log")).unwrap();
+            db.insert(wal_key(2), &b"garbage"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let mut lenient = WalStore::open(config(dir2.path(), Recovery::SkipCorrupt)).unwrap();
+        let mut buffer = Buffer::default();
+        assert_eq!(lenient.replay(0, &mut buffer).unwrap(), 3);
+        assert_eq!(lenient.records(), 3);
+    }
+
+    #[test]
+    fn appends_past_the_byte_bound_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Recovery::Strict);
+        cfg.max_bytes = 200;
+        let store = WalStore::open(cfg).unwrap();
+        let buffer = Arc::new(Mutex::new(Buffer::default()));
+        let (wal, thread) = store
+            .start(
+                1,
+                buffer.clone(),
+                Arc::new(Notify::new()),
+                usize::MAX,
+                Arc::new(Metrics::new()),
+                CancellationToken::new(),
+            )
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let refused = rt.block_on(async {
+            let mut i = 0;
+            loop {
+                i += 1;
+                match wal.append(format!("e{i}"), vec![update(i)]).await {
+                    Ok(_) => assert!(i < 100, "never refused"),
+                    Err(e) => return (i, e),
+                }
+            }
+        });
+        assert!(
+            matches!(refused.1, WalError::Full { max: 200, .. }),
+            "{}",
+            refused.1
+        );
+        assert_eq!(buffer.lock().unwrap().updates(), refused.0 as u64 - 1);
+        // Truncation frees the space again.
+        rt.block_on(async {
+            wal.truncate(u64::MAX).await.unwrap();
+            assert_eq!(wal.backlog_bytes(), 0);
+            wal.append("again".into(), vec![update(1)]).await.unwrap();
+        });
+        drop(wal);
+        thread.join();
+    }
+}

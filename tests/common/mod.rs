@@ -91,29 +91,25 @@ impl Service {
         }
         let config = write_challenges(dir);
         let wal = dir.join("wal");
+        let config = config.display().to_string();
+        let wal = wal.display().to_string();
+        let defaults = [
+            ("--namespace", NAMESPACE),
+            ("--database-url", db_url),
+            ("--grpc-port", "0"),
+            ("--metrics-port", "0"),
+            ("--bind-address", "127.0.0.1"),
+            ("--flush-interval", "50ms"),
+            ("--config-path", config.as_str()),
+            ("--wal-dir", wal.as_str()),
+        ];
         let mut argv: Vec<String> = vec!["test".into()];
-        for arg in [
-            "--namespace",
-            NAMESPACE,
-            "--database-url",
-            db_url,
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--bind-address",
-            "127.0.0.1",
-            "--flush-interval",
-            "50ms",
-        ] {
-            argv.push(arg.into());
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                argv.push(flag.into());
+                argv.push(value.into());
+            }
         }
-        if !extra.contains(&"--config-path") {
-            argv.push("--config-path".into());
-            argv.push(config.display().to_string());
-        }
-        argv.push("--wal-dir".into());
-        argv.push(wal.display().to_string());
         argv.extend(extra.iter().map(|s| s.to_string()));
         let settings = Args::try_parse_from(argv)?.serve.validate()?;
         App::build(settings).await
