@@ -148,12 +148,13 @@ impl App {
 
         // 1. Schema and lease (waiting for the database as long as it takes).
         if settings.migrate {
-            let migrated = retry("run database migrations", &stop, || store.migrate()).await;
+            let migrated =
+                retry("run database migrations", &stop, &fatal, || store.migrate()).await;
             if migrated.is_none() {
                 return finish(tasks, http_stop, &fatal, None).await;
             }
         }
-        let Some(lease) = retry("read this instance's watermark", &stop, || {
+        let Some(lease) = retry("read this instance's watermark", &stop, &fatal, || {
             store.lease(&instance_id)
         })
         .await
@@ -352,8 +353,14 @@ async fn retry_flush<S: ProgressStore>(
     }
 }
 
-/// Runs `op` until it succeeds or `stop`; logs the first failure and the recovery.
-async fn retry<T, F, Fut>(what: &str, stop: &CancellationToken, mut op: F) -> Option<T>
+/// Runs `op` until it succeeds or `stop`; logs the first failure and the
+/// recovery. An error that waiting cannot fix cancels `fatal`.
+async fn retry<T, F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    fatal: &CancellationToken,
+    mut op: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -370,9 +377,10 @@ where
                 }
                 return Some(value);
             }
-            Err(e @ StoreError::Migrate(_)) if failures >= 3 => {
-                tracing::error!(error = %e, "cannot {what}");
-                failures += 1;
+            Err(e) if !e.is_transient() => {
+                tracing::error!(error = %e, "cannot {what}; this needs an operator");
+                fatal.cancel();
+                return None;
             }
             Err(e) => {
                 failures += 1;

@@ -317,3 +317,18 @@ async fn the_send_subcommand_delivers_a_test_event_to_a_running_service() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_stops_start_up_instead_of_retrying_forever() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = pg::with_database(&db.url, "no_such_database");
+    let mut service = Binary::spawn(&missing, dir.path(), &[]);
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 1);
+    let log = service.log_text();
+    assert!(
+        log.contains("cannot run database migrations; this needs an operator"),
+        "{log}"
+    );
+    assert!(log.contains("no_such_database"), "{log}");
+}

@@ -23,6 +23,38 @@ pub enum StoreError {
     Fenced { instance_id: String, epoch: i64 },
 }
 
+impl StoreError {
+    /// Whether waiting and retrying can help (the database is unreachable or
+    /// restarting), as opposed to a problem an operator must fix.
+    pub fn is_transient(&self) -> bool {
+        fn transient(e: &sqlx::Error) -> bool {
+            match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
+                // 53: insufficient resources; 40: serialization failure / deadlock.
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code.starts_with("53")
+                        || code.starts_with("40")
+                }),
+                _ => false,
+            }
+        }
+        match self {
+            StoreError::Database(e) => transient(e),
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => transient(e),
+            StoreError::Migrate(_) => false,
+            StoreError::Fenced { .. } => false,
+        }
+    }
+}
+
 /// This process's claim on its instance's watermark, from [`ProgressStore::lease`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
