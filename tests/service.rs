@@ -680,3 +680,40 @@ async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
         .contains("challenge_event_handler_wal_replayed_total 15"));
     svc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_process_whose_instance_was_taken_over_stops_instead_of_writing() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let old = Service::start(&e.db.url, e.dir.path(), &["--instance-id", "shared-id"]).await;
+    let new = Service::start(&e.db.url, dir_b.path(), &["--instance-id", "shared-id"]).await;
+
+    // The old process still acknowledges (its WAL is durable) but may not write.
+    old.login(login("zo", "zo-1", "")).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if old
+                .metrics()
+                .await
+                .contains("challenge_event_handler_flush_failures_total 1")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "the fenced flush was never attempted");
+    let err = old
+        .stop()
+        .await
+        .expect_err("a fenced process stops with an error");
+    assert!(err.to_string().contains("fatal"), "{err}");
+    assert_eq!(row(&db, "zo", "login-count").await, None);
+
+    // The new owner works normally.
+    new.login(login("zn", "zn-1", "")).await.unwrap();
+    wait_for_progress(&db, "zn", "login-count", 1, WAIT).await;
+    new.stop().await.unwrap();
+}
