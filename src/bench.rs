@@ -10,9 +10,8 @@ use anyhow::Context;
 use tonic::transport::Channel;
 
 use crate::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
-use crate::proto::iam::account::v1::{AnonymousSchema19, UserAccount, UserLoggedIn};
 use crate::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
-use crate::proto::social::statistic::v1::{StatItem, StatItemUpdated};
+use crate::send::{login_message, stat_message};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -71,12 +70,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let sent = Instant::now();
                 let result = if args.kind == "login" {
                     logins
-                        .on_message(login(&args.namespace, &user, id))
+                        .on_message(login_message(&args.namespace, &user, &id, ""))
                         .await
                         .map(|_| ())
                 } else {
                     stats
-                        .on_message(stat(&args.namespace, &args.stat_code, &user, id, i))
+                        .on_message(stat_message(
+                            &args.namespace,
+                            &args.stat_code,
+                            &user,
+                            i as f64,
+                            1.0,
+                            &id,
+                            "",
+                        ))
                         .await
                         .map(|_| ())
                 };
@@ -130,36 +137,4 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn login(namespace: &str, user: &str, id: String) -> UserLoggedIn {
-    UserLoggedIn {
-        payload: Some(AnonymousSchema19 {
-            user_account: Some(UserAccount {
-                user_id: user.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        id,
-        namespace: namespace.to_owned(),
-        user_id: user.to_owned(),
-        ..Default::default()
-    }
-}
-
-fn stat(namespace: &str, code: &str, user: &str, id: String, i: u64) -> StatItemUpdated {
-    StatItemUpdated {
-        payload: Some(StatItem {
-            stat_code: code.to_owned(),
-            user_id: user.to_owned(),
-            latest_value: i as f64,
-            inc: 1.0,
-            ..Default::default()
-        }),
-        id,
-        namespace: namespace.to_owned(),
-        user_id: user.to_owned(),
-        ..Default::default()
-    }
 }

@@ -71,6 +71,17 @@ pub enum TimeSource {
 }
 
 /// The envelope fields shared by all three messages.
+macro_rules! envelope {
+    ($msg:expr) => {
+        Envelope {
+            id: &$msg.id,
+            namespace: &$msg.namespace,
+            timestamp: &$msg.timestamp,
+            user_id: &$msg.user_id,
+        }
+    };
+}
+
 struct Envelope<'a> {
     id: &'a str,
     namespace: &'a str,
@@ -80,16 +91,7 @@ struct Envelope<'a> {
 
 pub fn from_login(msg: &UserLoggedIn, now_ms: i64) -> Result<(Event, TimeSource), EventError> {
     let payload = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
-    login(
-        Envelope {
-            id: &msg.id,
-            namespace: &msg.namespace,
-            timestamp: &msg.timestamp,
-            user_id: &msg.user_id,
-        },
-        payload.user_account.as_ref(),
-        now_ms,
-    )
+    login(envelope!(msg), payload.user_account.as_ref(), now_ms)
 }
 
 pub fn from_third_party_login(
@@ -97,16 +99,7 @@ pub fn from_third_party_login(
     now_ms: i64,
 ) -> Result<(Event, TimeSource), EventError> {
     let payload = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
-    login(
-        Envelope {
-            id: &msg.id,
-            namespace: &msg.namespace,
-            timestamp: &msg.timestamp,
-            user_id: &msg.user_id,
-        },
-        payload.user_account.as_ref(),
-        now_ms,
-    )
+    login(envelope!(msg), payload.user_account.as_ref(), now_ms)
 }
 
 fn login(
@@ -133,12 +126,7 @@ pub fn from_stat(msg: &StatItemUpdated, now_ms: i64) -> Result<(Event, TimeSourc
     check_finite("payload.latest_value", item.latest_value)?;
     check_finite("payload.inc", item.inc)?;
     build(
-        Envelope {
-            id: &msg.id,
-            namespace: &msg.namespace,
-            timestamp: &msg.timestamp,
-            user_id: &msg.user_id,
-        },
+        envelope!(msg),
         &item.user_id,
         "payload.user_id",
         EventKind::Stat {

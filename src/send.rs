@@ -63,44 +63,14 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot connect to {}", args.addr))?;
     let what = match args.event {
         SendEvent::Login => {
-            let msg = UserLoggedIn {
-                payload: Some(AnonymousSchema19 {
-                    user_account: Some(UserAccount {
-                        user_id: args.user.clone(),
-                        namespace: namespace.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                id: id.clone(),
-                name: "userLoggedIn".into(),
-                namespace: namespace.clone(),
-                timestamp,
-                user_id: args.user.clone(),
-                ..Default::default()
-            };
+            let msg = login_message(&namespace, &args.user, &id, &timestamp);
             UserAuthenticationUserLoggedInServiceClient::new(channel)
                 .on_message(msg)
                 .await?;
             "login".to_owned()
         }
         SendEvent::Stat { code, value, inc } => {
-            let msg = StatItemUpdated {
-                payload: Some(StatItem {
-                    namespace: namespace.clone(),
-                    stat_code: code.clone(),
-                    user_id: args.user.clone(),
-                    latest_value: value,
-                    inc,
-                    ..Default::default()
-                }),
-                id: id.clone(),
-                name: "statItemUpdated".into(),
-                namespace: namespace.clone(),
-                timestamp,
-                user_id: args.user.clone(),
-                ..Default::default()
-            };
+            let msg = stat_message(&namespace, &code, &args.user, value, inc, &id, &timestamp);
             StatisticStatItemUpdatedServiceClient::new(channel)
                 .on_message(msg)
                 .await?;
@@ -112,4 +82,52 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         args.user
     );
     Ok(())
+}
+
+/// A `userLoggedIn` event as AGS sends it (user id at the top level and in the payload).
+pub fn login_message(namespace: &str, user: &str, id: &str, timestamp: &str) -> UserLoggedIn {
+    UserLoggedIn {
+        payload: Some(AnonymousSchema19 {
+            user_account: Some(UserAccount {
+                user_id: user.to_owned(),
+                namespace: namespace.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        id: id.to_owned(),
+        name: "userLoggedIn".into(),
+        namespace: namespace.to_owned(),
+        timestamp: timestamp.to_owned(),
+        user_id: user.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A `statItemUpdated` event as AGS sends it.
+pub fn stat_message(
+    namespace: &str,
+    code: &str,
+    user: &str,
+    latest_value: f64,
+    inc: f64,
+    id: &str,
+    timestamp: &str,
+) -> StatItemUpdated {
+    StatItemUpdated {
+        payload: Some(StatItem {
+            namespace: namespace.to_owned(),
+            stat_code: code.to_owned(),
+            user_id: user.to_owned(),
+            latest_value,
+            inc,
+            ..Default::default()
+        }),
+        id: id.to_owned(),
+        name: "statItemUpdated".into(),
+        namespace: namespace.to_owned(),
+        timestamp: timestamp.to_owned(),
+        user_id: user.to_owned(),
+        ..Default::default()
+    }
 }

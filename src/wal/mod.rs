@@ -691,21 +691,25 @@ mod tests {
         }
     }
 
-    /// Appends `n` events (one update each) through the writer thread, then closes the WAL.
-    fn write_events(dir: &Path, n: i32) -> Buffer {
-        let store = WalStore::open(config(dir, Recovery::Strict)).unwrap();
-        let next = store.last_seq() + 1;
-        let buffer = Arc::new(Mutex::new(Buffer::default()));
-        let (wal, thread) = store
+    fn start(store: WalStore, next_seq: u64, buffer: &Arc<Mutex<Buffer>>) -> (Wal, WalThread) {
+        store
             .start(
-                next,
+                next_seq,
                 buffer.clone(),
                 Arc::new(Notify::new()),
                 usize::MAX,
                 Arc::new(Metrics::new()),
                 CancellationToken::new(),
             )
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Appends `n` events (one update each) through the writer thread, then closes the WAL.
+    fn write_events(dir: &Path, n: i32) -> Buffer {
+        let store = WalStore::open(config(dir, Recovery::Strict)).unwrap();
+        let next = store.last_seq() + 1;
+        let buffer = Arc::new(Mutex::new(Buffer::default()));
+        let (wal, thread) = start(store, next, &buffer);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -788,16 +792,7 @@ mod tests {
         cfg.max_bytes = 200;
         let store = WalStore::open(cfg).unwrap();
         let buffer = Arc::new(Mutex::new(Buffer::default()));
-        let (wal, thread) = store
-            .start(
-                1,
-                buffer.clone(),
-                Arc::new(Notify::new()),
-                usize::MAX,
-                Arc::new(Metrics::new()),
-                CancellationToken::new(),
-            )
-            .unwrap();
+        let (wal, thread) = start(store, 1, &buffer);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -16,10 +16,10 @@ use challenge_event_handler::config::ServeArgs;
 use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
 use challenge_event_handler::proto::iam::account::v1::user_authentication_user_third_party_logged_in_service_client::UserAuthenticationUserThirdPartyLoggedInServiceClient;
 use challenge_event_handler::proto::iam::account::v1::{
-    AnonymousSchema19, AnonymousSchema21, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
+    AnonymousSchema21, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
 };
 use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
-use challenge_event_handler::proto::social::statistic::v1::{StatItem, StatItemUpdated};
+use challenge_event_handler::proto::social::statistic::v1::StatItemUpdated;
 use challenge_event_handler::App;
 use clap::Parser;
 use sqlx::PgPool;
@@ -178,22 +178,7 @@ impl Service {
 
 /// A login event of `user` at `timestamp` (RFC 3339, or empty for arrival time).
 pub fn login(user: &str, id: &str, timestamp: &str) -> UserLoggedIn {
-    UserLoggedIn {
-        payload: Some(AnonymousSchema19 {
-            user_account: Some(UserAccount {
-                user_id: user.into(),
-                namespace: NAMESPACE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        id: id.into(),
-        name: "userLoggedIn".into(),
-        namespace: NAMESPACE.into(),
-        timestamp: timestamp.into(),
-        user_id: user.into(),
-        ..Default::default()
-    }
+    challenge_event_handler::send::login_message(NAMESPACE, user, id, timestamp)
 }
 
 pub fn third_party_login(user: &str, id: &str) -> UserThirdPartyLoggedIn {
@@ -220,22 +205,7 @@ pub fn stat(
     id: &str,
     timestamp: &str,
 ) -> StatItemUpdated {
-    StatItemUpdated {
-        payload: Some(StatItem {
-            namespace: NAMESPACE.into(),
-            stat_code: code.into(),
-            user_id: user.into(),
-            latest_value: latest,
-            inc,
-            ..Default::default()
-        }),
-        id: id.into(),
-        name: "statItemUpdated".into(),
-        namespace: NAMESPACE.into(),
-        timestamp: timestamp.into(),
-        user_id: user.into(),
-        ..Default::default()
-    }
+    challenge_event_handler::send::stat_message(NAMESPACE, code, user, latest, inc, id, timestamp)
 }
 
 /// A row of `user_goal_progress` as the tests look at it.
