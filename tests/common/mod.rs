@@ -349,7 +349,18 @@ pub struct Binary {
 impl Binary {
     /// Starts `challenge-event-handler` with its WAL and config in `dir`.
     pub fn spawn(db_url: &str, dir: &Path, extra_env: &[(&str, &str)]) -> Binary {
-        let config = write_challenges(dir);
+        Binary::spawn_with_config(db_url, dir, CHALLENGES, extra_env)
+    }
+
+    /// Like [`Binary::spawn`], with `challenges` as the challenges file.
+    pub fn spawn_with_config(
+        db_url: &str,
+        dir: &Path,
+        challenges: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Binary {
+        let config = dir.join("challenges.json");
+        std::fs::write(&config, challenges).expect("write challenges.json");
         let log = dir.join(format!("service-{}.log", uuid_like()));
         let log_file = std::fs::File::create(&log).expect("create service log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"));
