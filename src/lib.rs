@@ -29,6 +29,7 @@ pub mod bench;
 pub mod buffer;
 pub mod config;
 pub mod event;
+pub mod failpoints;
 pub mod flusher;
 pub mod grpc;
 pub mod health;

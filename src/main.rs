@@ -57,6 +57,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(&cli.log_level, cli.log_format);
+    // No-op unless built with `--features failpoints` and FAILPOINTS is set.
+    let _failpoints = challenge_event_handler::failpoints::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

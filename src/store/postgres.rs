@@ -329,9 +329,14 @@ impl ProgressStore for PgStore {
             });
         }
         self.write_absolute(&mut tx, batch).await?;
+        fail::fail_point!("flush-between-statements", |_| Err(StoreError::Database(
+            sqlx::Error::Protocol("injected failure (failpoint flush-between-statements)".into())
+        )));
+        crate::crash_point!("flush-mid-transaction");
         self.write_increments(&mut tx, batch).await?;
         self.write_daily(&mut tx, batch).await?;
         tx.commit().await?;
+        crate::crash_point!("flush-after-commit");
         Ok(batch.len())
     }
 }

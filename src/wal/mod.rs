@@ -274,6 +274,9 @@ impl WalStore {
                 codec::decode(&value).map_err(|reason| WalError::Corrupt { seq, reason })?;
             buffer.apply(seq, update);
             replayed += 1;
+            if replayed == 1 {
+                crate::crash_point!("replay-mid");
+            }
         }
         self.live.retain(|(seq, _)| !dropped.contains(seq));
         self.bytes = self.live.iter().map(|&(_, size)| u64::from(size)).sum();
@@ -529,7 +532,12 @@ impl Writer {
             .db
             .apply_batch(batch)
             .map_err(WalError::from)
-            .and_then(|()| self.store.sync());
+            .and_then(|()| {
+                fail::fail_point!("wal-fsync", |_| Err(WalError::Io(std::io::Error::other(
+                    "injected fsync failure (failpoint wal-fsync)"
+                ))));
+                self.store.sync()
+            });
         if let Err(e) = written {
             self.fail(&e);
             for (reply, _) in appends {
@@ -540,6 +548,7 @@ impl Writer {
             }
             return;
         }
+        crate::crash_point!("wal-after-fsync");
 
         let updates = accepted.len();
         if updates > 0 {

@@ -7,6 +7,7 @@
 pub mod pg;
 pub mod proxy;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -477,5 +478,75 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What was acknowledged: (user, goal) → expected progress.
+pub type Oracle = BTreeMap<(String, String), i32>;
+
+/// Sends `users` × (3 increments of 2 + one level stat + one login) and returns the oracle.
+pub async fn send_acknowledged(binary: &Binary, users: usize, tag: &str) -> Oracle {
+    let channel = binary.channel().await;
+    let mut stats = StatisticStatItemUpdatedServiceClient::new(channel.clone());
+    let mut logins = UserAuthenticationUserLoggedInServiceClient::new(channel);
+    let mut oracle = Oracle::new();
+    for u in 0..users {
+        let user = format!("{tag}-{u}");
+        for i in 0..3 {
+            stats
+                .on_message(stat(&user, "kills", 0.0, 2.0, &format!("{user}-k{i}"), ""))
+                .await
+                .expect("acknowledged");
+        }
+        stats
+            .on_message(stat(
+                &user,
+                "level",
+                (u % 9) as f64,
+                1.0,
+                &format!("{user}-lvl"),
+                "",
+            ))
+            .await
+            .expect("acknowledged");
+        logins
+            .on_message(login(&user, &format!("{user}-login"), ""))
+            .await
+            .expect("acknowledged");
+        oracle.insert((user.clone(), "kills".into()), 6);
+        oracle.insert((user.clone(), "level".into()), (u % 9) as i32);
+        oracle.insert((user.clone(), "login-count".into()), 1);
+    }
+    oracle
+}
+
+pub async fn progress_of(db: &PgPool, tag: &str) -> Oracle {
+    sqlx::query_as::<_, (String, String, i32)>(
+        "SELECT user_id, goal_id, progress FROM user_goal_progress
+         WHERE user_id LIKE $1 AND goal_id IN ('kills', 'level', 'login-count')",
+    )
+    .bind(format!("{tag}-%"))
+    .fetch_all(db)
+    .await
+    .expect("read progress")
+    .into_iter()
+    .map(|(u, g, p)| ((u, g), p))
+    .collect()
+}
+
+pub async fn wait_for_oracle(db: &PgPool, tag: &str, oracle: &Oracle) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = progress_of(db, tag).await;
+        if &seen == oracle {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            assert_eq!(
+                &seen, oracle,
+                "the database does not match what was acknowledged"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

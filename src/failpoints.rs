@@ -1,0 +1,29 @@
+//! Fault injection for the crash tests, built only with `--features failpoints`
+//! (otherwise every point compiles to nothing). Points are switched on at
+//! start-up with the `FAILPOINTS` environment variable of the `fail` crate,
+//! e.g. `FAILPOINTS="flush-after-commit=return"`; `1*return` fires once.
+//!
+//! | point | where | effect |
+//! | --- | --- | --- |
+//! | `wal-fsync` | the WAL group commit's flush + fsync | the sync fails (an I/O error) |
+//! | `wal-after-fsync` | after the fsync, before the buffer and the replies | the process aborts |
+//! | `flush-between-statements` | between the UPSERT statements of a flush | the statement fails |
+//! | `flush-mid-transaction` | same place | the process aborts |
+//! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |
+//! | `replay-mid` | start-up replay, after the first record | the process aborts |
+
+/// Aborts the process (as kill -9 would end it) when `name` is configured.
+#[macro_export]
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| {
+            eprintln!(concat!("failpoint ", $name, ": aborting"));
+            std::process::abort()
+        })
+    };
+}
+
+/// Sets up the points named in `FAILPOINTS`; keep the guard for the process's life.
+pub fn setup() -> fail::FailScenario<'static> {
+    fail::FailScenario::setup()
+}

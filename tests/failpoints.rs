@@ -1,0 +1,193 @@
+//! Faults injected at the dangerous instants of the data path (see
+//! `src/failpoints.rs`), in the real binary built with `--features failpoints`.
+//! Each: nothing acknowledged is lost, nothing is applied twice, and the
+//! process does what an operator would expect.
+
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::time::Duration;
+
+use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
+use common::*;
+use tonic::Code;
+
+const EXIT: Duration = Duration::from_secs(30);
+
+/// Exit code of a process that aborted (SIGABRT), as `Binary::wait_exit` reports it.
+const ABORTED: i32 = -1;
+
+#[tokio::test]
+async fn an_fsync_error_is_never_followed_by_an_ok_and_stops_the_service() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(&db.url, dir.path(), &[("FAILPOINTS", "wal-fsync=return")]);
+    service.wait_healthy().await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    let first = client
+        .on_message(stat("fs", "kills", 0.0, 3.0, "fs-1", ""))
+        .await
+        .expect_err("an update whose fsync failed was acknowledged");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    // Nothing after the failure is acknowledged either.
+    if let Ok(reply) = client
+        .on_message(stat("fs", "kills", 0.0, 1.0, "fs-2", ""))
+        .await
+    {
+        panic!("acknowledged after an fsync failure: {reply:?}");
+    }
+    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
+    assert!(
+        service.log_text().contains("WAL write or fsync failed"),
+        "{}",
+        service.log_text()
+    );
+
+    // After a restart the client's retry of the same event counts exactly once,
+    // whether or not the failed batch reached the disk.
+    let mut again = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(again.channel().await);
+    client
+        .on_message(stat("fs", "kills", 0.0, 3.0, "fs-1", ""))
+        .await
+        .unwrap();
+    wait_for_progress(&pool, "fs", "kills", 3, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(row(&pool, "fs", "kills").await.unwrap().progress, 3);
+}
+
+#[tokio::test]
+async fn a_crash_after_the_fsync_and_before_the_reply_counts_the_redelivered_event_once() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("FAILPOINTS", "wal-after-fsync=return")],
+    );
+    service.wait_healthy().await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    client
+        .on_message(stat("af", "kills", 0.0, 4.0, "af-1", ""))
+        .await
+        .expect_err("the process died before answering");
+    assert_eq!(service.wait_exit(EXIT).await, ABORTED);
+
+    let mut again = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    // The durable-but-unanswered event was replayed; its redelivery is a duplicate.
+    wait_for_progress(&pool, "af", "kills", 4, Duration::from_secs(20)).await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(again.channel().await);
+    client
+        .on_message(stat("af", "kills", 0.0, 4.0, "af-1", ""))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(row(&pool, "af", "kills").await.unwrap().progress, 4);
+}
+
+#[tokio::test]
+async fn a_statement_failing_mid_flush_rolls_back_and_the_retry_applies_everything_once() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "100ms"),
+            ("FAILPOINTS", "flush-between-statements=2*return"),
+        ],
+    );
+    service.wait_healthy().await;
+    let oracle = send_acknowledged(&service, 10, "fb").await;
+    wait_for_oracle(&pool, "fb", &oracle).await;
+    let log = service.log_text();
+    assert!(
+        log.contains("flush failed; acknowledged updates stay in the WAL"),
+        "{log}"
+    );
+    assert!(log.contains("flushing recovered"), "{log}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(EXIT).await, 0);
+    assert_eq!(progress_of(&pool, "fb").await, oracle);
+}
+
+/// Sends the standard load with flushing held back, then makes the process
+/// flush (SIGTERM's final flush) with `failpoint` set to abort it there.
+async fn crash_at_flush(failpoint: &str, tag: &str) {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "1h"),
+            ("FAILPOINTS", &format!("{failpoint}=return")),
+        ],
+    );
+    service.wait_healthy().await;
+    let oracle = send_acknowledged(&service, 10, tag).await;
+    service.sigterm();
+    assert_eq!(
+        service.wait_exit(EXIT).await,
+        ABORTED,
+        "{}",
+        service.log_text()
+    );
+    assert!(service
+        .log_text()
+        .contains(&format!("failpoint {failpoint}: aborting")));
+
+    let mut again = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    wait_for_oracle(&pool, tag, &oracle).await;
+    // Give a wrongly replayed record time to show up, then check again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        progress_of(&pool, tag).await,
+        oracle,
+        "an update was applied twice"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_a_flush_transaction_loses_nothing() {
+    crash_at_flush("flush-mid-transaction", "mt").await;
+}
+
+#[tokio::test]
+async fn a_crash_after_commit_and_before_wal_truncation_applies_nothing_twice() {
+    crash_at_flush("flush-after-commit", "ac").await;
+}
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_start_up_replay_loses_nothing_and_doubles_nothing() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
+    first.wait_healthy().await;
+    let oracle = send_acknowledged(&first, 10, "rp").await;
+    first.kill9();
+
+    let mut replaying = Binary::spawn(&db.url, dir.path(), &[("FAILPOINTS", "replay-mid=return")]);
+    assert_eq!(
+        replaying.wait_exit(EXIT).await,
+        ABORTED,
+        "{}",
+        replaying.log_text()
+    );
+    assert!(progress_of(&pool, "rp").await.is_empty());
+
+    let mut again = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    wait_for_oracle(&pool, "rp", &oracle).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(progress_of(&pool, "rp").await, oracle);
+}
