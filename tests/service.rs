@@ -717,3 +717,57 @@ async fn a_process_whose_instance_was_taken_over_stops_instead_of_writing() {
     wait_for_progress(&db, "zn", "login-count", 1, WAIT).await;
     new.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_cut_right_after_commit_neither_loses_nor_doubles_the_flush() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(&url, e.dir.path(), &["--flush-interval", "200ms"]).await;
+
+    for round in 0..3 {
+        proxy.cut_after_next_commit();
+        for u in 0..20 {
+            svc.stat(stat(
+                &format!("cc-{u}"),
+                "kills",
+                0.0,
+                2.0,
+                &format!("cc-{u}-{round}"),
+                "",
+            ))
+            .await
+            .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while proxy.commit_cuts() <= round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no COMMIT was cut in round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Each user got three increments of 2, each applied exactly once.
+    for u in 0..20 {
+        let r = wait_for_progress(&db, &format!("cc-{u}"), "kills", 6, WAIT).await;
+        assert_eq!(r.status, "in_progress");
+    }
+    barrier(&svc, &db).await;
+    for u in 0..20 {
+        assert_eq!(
+            row(&db, &format!("cc-{u}"), "kills")
+                .await
+                .unwrap()
+                .progress,
+            6
+        );
+    }
+    assert_eq!(proxy.commit_cuts(), 3);
+    assert!(svc
+        .metrics()
+        .await
+        .contains("challenge_event_handler_flush_failures_total 3"));
+    svc.stop().await.unwrap();
+}

@@ -3,15 +3,28 @@
 //! would look from the service; `set_down(false)` lets connections through again.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct Proxy {
     pub addr: SocketAddr,
     down: Arc<watch::Sender<bool>>,
+    cut: Arc<CutAfterCommit>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// When armed: the next client→server chunk holding `COMMIT` is delivered,
+/// then the connection is cut before the server's answer comes back, so the
+/// client cannot know whether its transaction committed.
+#[derive(Default)]
+struct CutAfterCommit {
+    armed: AtomicBool,
+    cuts: AtomicUsize,
 }
 
 impl Proxy {
@@ -21,6 +34,8 @@ impl Proxy {
         let (down, _) = watch::channel(false);
         let down = Arc::new(down);
         let state = down.clone();
+        let cut = Arc::new(CutAfterCommit::default());
+        let cutter = cut.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -30,24 +45,78 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let mut cut = state.subscribe();
+                let mut outage = state.subscribe();
+                let cutter = cutter.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let mut client = client;
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let muted = AtomicBool::new(false);
+                    let upstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_client.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if to_server.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                            if commit && cutter.armed.swap(false, Ordering::SeqCst) {
+                                // Let the server commit; its reply is swallowed, then the connection is cut.
+                                muted.store(true, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                cutter.cuts.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    };
+                    let downstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_server.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if muted.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to_client.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|down| *down) => {}
+                        _ = upstream => {}
+                        _ = downstream => {}
+                        _ = outage.wait_for(|down| *down) => {}
                     }
                 });
             }
         });
-        Proxy { addr, down, task }
+        Proxy {
+            addr,
+            down,
+            cut,
+            task,
+        }
     }
 
     pub fn set_down(&self, down: bool) {
         self.down.send_replace(down);
+    }
+
+    /// Cuts the next connection that sends a COMMIT right after sending it.
+    pub fn cut_after_next_commit(&self) {
+        self.cut.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// How many connections were cut after a COMMIT.
+    pub fn commit_cuts(&self) -> usize {
+        self.cut.cuts.load(Ordering::SeqCst)
     }
 
     /// The URL of `url`'s database reached through this proxy.
