@@ -29,6 +29,11 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let server = SERVER.get_or_init(start_server);
+        TestDb::on(&server.admin_url).await
+    }
+
+    /// A fresh database on the server at `admin_url`.
+    pub async fn on(admin_url: &str) -> TestDb {
         let name = format!(
             "ceh_test_{}_{}",
             std::process::id(),
@@ -36,13 +41,10 @@ impl TestDb {
         );
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect(&server.admin_url)
+            .connect(admin_url)
             .await
             .unwrap_or_else(|e| {
-                panic!(
-                    "cannot connect to the test PostgreSQL at {}: {e}",
-                    server.admin_url
-                )
+                panic!("cannot connect to the test PostgreSQL at {admin_url}: {e}")
             });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
@@ -50,7 +52,7 @@ impl TestDb {
             .expect("create test database");
         admin.close().await;
         TestDb {
-            url: with_database(&server.admin_url, &name),
+            url: with_database(admin_url, &name),
             name,
         }
     }
@@ -84,56 +86,95 @@ fn start_server() -> Server {
             return Server { admin_url: url };
         }
     }
-    let initdb = find_pg_binary("initdb");
-    let pg_ctl = find_pg_binary("pg_ctl");
-    let root = tempfile::Builder::new()
-        .prefix("ceh-pg-")
-        .tempdir()
-        .expect("temp dir for PostgreSQL")
-        .keep();
-    let data = root.join("data");
-    let as_root = unsafe { libc::geteuid() } == 0;
-    if as_root {
-        run(Command::new("chown").arg("postgres:postgres").arg(&root));
-    }
-    let port = free_port();
-    run(pg_command(as_root, &initdb).arg("-D").arg(&data).args([
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "-E",
-        "UTF8",
-        "--no-sync",
-    ]));
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
-        root.display()
-    );
-    // The server inherits pg_ctl's stdout and stderr: point them at a file, or
-    // reading pg_ctl's output would wait for the server to exit.
-    let log = root.join("server.log");
-    let status = pg_command(as_root, &pg_ctl)
-        .arg("-D")
-        .arg(&data)
-        .arg("-o")
-        .arg(&options)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "60", "start"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run pg_ctl start");
-    assert!(
-        status.success(),
-        "pg_ctl start failed ({status}); server log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    spawn_watchdog(as_root, &pg_ctl, &root, &data);
+    let cluster = Cluster::start();
     Server {
-        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        admin_url: cluster.admin_url.clone(),
+    }
+}
+
+/// A PostgreSQL cluster of this test process's own (always local, whatever
+/// `DATABASE_URL` says), which a test may stop and start.
+pub struct Cluster {
+    pub admin_url: String,
+    as_root: bool,
+    pg_ctl: PathBuf,
+    data: PathBuf,
+    options: String,
+    log: PathBuf,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let initdb = find_pg_binary("initdb");
+        let pg_ctl = find_pg_binary("pg_ctl");
+        let root = tempfile::Builder::new()
+            .prefix("ceh-pg-")
+            .tempdir()
+            .expect("temp dir for PostgreSQL")
+            .keep();
+        let data = root.join("data");
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root {
+            run(Command::new("chown").arg("postgres:postgres").arg(&root));
+        }
+        let port = free_port();
+        run(pg_command(as_root, &initdb).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]));
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+            root.display()
+        );
+        let cluster = Cluster {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            as_root,
+            pg_ctl,
+            log: root.join("server.log"),
+            data,
+            options,
+        };
+        cluster.start_server();
+        spawn_watchdog(as_root, &cluster.pg_ctl, &root, &cluster.data);
+        cluster
+    }
+
+    /// (Re)starts the server and waits until it accepts connections.
+    pub fn start_server(&self) {
+        // The server inherits pg_ctl's stdout and stderr: point them at a file, or
+        // reading pg_ctl's output would wait for the server to exit.
+        let status = pg_command(self.as_root, &self.pg_ctl)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-o")
+            .arg(&self.options)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "start"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_ctl start");
+        assert!(
+            status.success(),
+            "pg_ctl start failed ({status}); server log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server the hard way (`pg_ctl stop -m immediate`: no checkpoint,
+    /// connections dropped), as a crash would.
+    pub fn stop_immediately(&self) {
+        run(pg_command(self.as_root, &self.pg_ctl)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"]));
     }
 }
 

@@ -1,0 +1,185 @@
+//! Database faults under load: PostgreSQL stopped the hard way in the middle
+//! of flushes, and PostgreSQL unreachable for a long stretch. Concurrent
+//! clients send logins with unique event ids; every acknowledged login must be
+//! counted exactly once, every refused one not at all.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
+use common::*;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// One increment goal that never completes, so every login shows.
+const COUNTING: &str = r#"{"challenges":[{"challengeId":"c","name":"C","goals":[
+ {"goalId":"logins","name":"l","type":"increment","eventSource":"login",
+  "requirement":{"operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}}]}]}"#;
+
+const CLIENTS: usize = 8;
+
+#[derive(Default, Debug)]
+struct Tally {
+    /// user → logins acknowledged.
+    acknowledged: BTreeMap<String, i64>,
+    refused: u64,
+    other_errors: Vec<String>,
+}
+
+/// Runs CLIENTS concurrent clients until `stop`; each sends logins for its own
+/// user with unique ids. Returns what was acknowledged and refused.
+async fn load(channel: Channel, tag: &str, stop: Arc<AtomicBool>) -> Tally {
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (channel, stop) = (channel.clone(), stop.clone());
+        let user = format!("{tag}-{c}");
+        tasks.push(tokio::spawn(async move {
+            let mut client = UserAuthenticationUserLoggedInServiceClient::new(channel);
+            let (mut ok, mut refused, mut errors) = (0i64, 0u64, Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match client
+                    .on_message(login(&user, &format!("{user}-{n}"), ""))
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(s) if s.code() == Code::Unavailable => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(s) => errors.push(format!("{s:?}")),
+                }
+            }
+            (user, ok, refused, errors)
+        }));
+    }
+    let mut tally = Tally::default();
+    for task in tasks {
+        let (user, ok, refused, errors) = task.await.unwrap();
+        tally.acknowledged.insert(user, ok);
+        tally.refused += refused;
+        tally.other_errors.extend(errors);
+    }
+    tally
+}
+
+async fn counted(db: &PgPool, tag: &str) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i32)>(
+        "SELECT user_id, progress FROM user_goal_progress WHERE goal_id = 'logins' AND user_id LIKE $1",
+    )
+    .bind(format!("{tag}-%"))
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(u, p)| (u, i64::from(p)))
+    .collect()
+}
+
+async fn wait_until_counted(db: &PgPool, tag: &str, expected: &BTreeMap<String, i64>) {
+    let expected: BTreeMap<_, _> = expected
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(u, n)| (u.clone(), *n))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = counted(db, tag).await;
+        if seen == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledged logins and rows differ:\nacknowledged {expected:?}\nin the table {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_stopped_the_hard_way_mid_flush_under_load_loses_nothing_and_doubles_nothing() {
+    let cluster = pg::Cluster::start();
+    let db = pg::TestDb::on(&cluster.admin_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service =
+        Binary::spawn_with_config(&db.url, dir.path(), COUNTING, &[("FLUSH_INTERVAL", "20ms")]);
+    service.wait_healthy().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(load(service.channel().await, "pk", stop.clone()));
+
+    // Three outages, each begun at an arbitrary point of the 20 ms flush cycle.
+    for pause_ms in [150u64, 370, 260] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        cluster.stop_immediately();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        cluster.start_server();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = traffic.await.unwrap();
+    assert!(tally.other_errors.is_empty(), "{:?}", tally.other_errors);
+    let total: i64 = tally.acknowledged.values().sum();
+    assert!(total > 100, "too little traffic: {total}");
+
+    let pool = db.pool().await;
+    wait_until_counted(&pool, "pk", &tally.acknowledged).await;
+    assert!(
+        service.log_text().contains("flush failed"),
+        "no flush ever failed: the outages missed"
+    );
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    println!("db_faults: 3 immediate stops, {total} logins acknowledged, 0 lost, 0 doubled");
+}
+
+#[tokio::test]
+async fn postgres_unreachable_for_a_long_outage_under_load_acks_until_the_wal_bound_then_drains() {
+    let outage: u64 = std::env::var("OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let db = pg::TestDb::new().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
+    let url = proxy.url_for(&db.url);
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn_with_config(
+        &url,
+        dir.path(),
+        COUNTING,
+        &[("FLUSH_INTERVAL", "100ms"), ("WAL_MAX_BYTES", "32KiB")],
+    );
+    service.wait_healthy().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(load(service.channel().await, "lo", stop.clone()));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_down(true);
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    let (_, health) = http_get(service.http_addr(), "/healthz").await;
+    proxy.set_down(false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = traffic.await.unwrap();
+    assert!(tally.other_errors.is_empty(), "{:?}", tally.other_errors);
+    assert!(
+        tally.refused > 0,
+        "the WAL bound was never reached during a {outage} s outage"
+    );
+    assert!(health.contains(r#""ok":false"#), "{health}");
+
+    let pool = db.pool().await;
+    wait_until_counted(&pool, "lo", &tally.acknowledged).await;
+    let total: i64 = tally.acknowledged.values().sum();
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    println!(
+        "db_faults: {outage} s outage, {total} logins acknowledged, {} refused with UNAVAILABLE, 0 lost, 0 doubled",
+        tally.refused
+    );
+}
