@@ -151,7 +151,7 @@ impl App {
             let migrated =
                 retry("run database migrations", &stop, &fatal, || store.migrate()).await;
             if migrated.is_none() {
-                return finish(tasks, http_stop, &fatal, None).await;
+                return finish(tasks, http_stop, &fatal).await;
             }
         }
         let Some(lease) = retry("read this instance's watermark", &stop, &fatal, || {
@@ -159,7 +159,7 @@ impl App {
         })
         .await
         else {
-            return finish(tasks, http_stop, &fatal, None).await;
+            return finish(tasks, http_stop, &fatal).await;
         };
 
         // 2. Replay everything above the watermark.
@@ -204,7 +204,7 @@ impl App {
         );
 
         // 3. Flush the replayed updates before taking new ones.
-        let flushed = retry_flush(&mut flusher, &stop, settings.flush_interval).await;
+        let flushed = retry_flush(&mut flusher, &stop, &fatal, settings.flush_interval).await;
         if flushed {
             // 4. Serve.
             health.set_phase(Phase::Serving);
@@ -238,7 +238,7 @@ impl App {
         drop(flusher);
         drop(wal);
         let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
-        finish(tasks, http_stop, &fatal, None).await
+        finish(tasks, http_stop, &fatal).await
     }
 }
 
@@ -315,6 +315,10 @@ async fn final_flush<S: ProgressStore>(
     }
     match tokio::time::timeout(grace, flusher.flush_once()).await {
         Ok(Ok(rows)) => tracing::info!(rows, "final flush done"),
+        Ok(Err(e @ StoreError::Fenced { .. })) => {
+            tracing::error!(error = %e, "final flush refused: this instance was fenced");
+            fatal.cancel();
+        }
         Ok(Err(e)) => tracing::warn!(
             error = %e,
             "final flush failed; the acknowledged updates stay in the WAL and are applied at the next start"
@@ -329,6 +333,7 @@ async fn final_flush<S: ProgressStore>(
 async fn retry_flush<S: ProgressStore>(
     flusher: &mut Flusher<S>,
     stop: &CancellationToken,
+    fatal: &CancellationToken,
     interval: Duration,
 ) -> bool {
     let mut failures = 0;
@@ -337,6 +342,7 @@ async fn retry_flush<S: ProgressStore>(
             Ok(_) => return true,
             Err(e @ StoreError::Fenced { .. }) => {
                 tracing::error!(error = %e, "cannot start");
+                fatal.cancel();
                 return false;
             }
             Err(e) => {
@@ -400,14 +406,10 @@ async fn finish(
     tasks: TaskTracker,
     http_stop: CancellationToken,
     fatal: &CancellationToken,
-    error: Option<anyhow::Error>,
 ) -> anyhow::Result<()> {
     http_stop.cancel();
     tasks.close();
     tasks.wait().await;
-    if let Some(e) = error {
-        return Err(e);
-    }
     if fatal.is_cancelled() {
         anyhow::bail!("stopped after a fatal error (see the log above)");
     }

@@ -144,6 +144,14 @@ impl Service {
         }
     }
 
+    /// Waits for the service to stop by itself (e.g. after a fatal error).
+    pub async fn wait_stopped(self, timeout: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(timeout, self.handle)
+            .await
+            .expect("the service did not stop by itself")
+            .expect("service task panicked")
+    }
+
     /// Graceful stop (as on SIGTERM); returns the service's result.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.token.cancel();

@@ -1,0 +1,18 @@
+//! Arbitrary bytes as a userLoggedIn OnMessage body: decoding and conversion
+//! never panic; a rejection is INVALID_ARGUMENT; an accepted event is valid
+//! and its WAL records round-trip.
+#![no_main]
+
+use challenge_event_handler::event;
+use challenge_event_handler::proto::iam::account::v1::UserLoggedIn;
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = UserLoggedIn::decode(data) {
+        common::check(event::from_login(&msg, common::NOW));
+    }
+});
