@@ -758,3 +758,106 @@ async fn a_connection_cut_right_after_commit_neither_loses_nor_doubles_the_flush
         .contains("challenge_event_handler_flush_failures_total 3"));
     svc.stop().await.unwrap();
 }
+
+/// Sends raw bytes as the request body of `method`, so malformed protobuf can be tested.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::transport::Channel;
+    use tonic::Status;
+
+    #[derive(Default)]
+    pub struct RawCodec;
+    pub struct RawEncoder;
+    pub struct RawDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = ();
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = ();
+        type Error = Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+            buf.advance(buf.remaining());
+            Ok(Some(()))
+        }
+    }
+
+    pub async fn call(
+        channel: &Channel,
+        method: &'static str,
+        body: Vec<u8>,
+    ) -> Result<(), Status> {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unknown(e.to_string()))?;
+        grpc.unary(
+            tonic::Request::new(body),
+            PathAndQuery::from_static(method),
+            RawCodec,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn malformed_protobuf_and_a_message_sent_to_the_wrong_method_are_refused_and_write_nothing() {
+    use prost::Message;
+    const STAT: &str = "/accelbyte.social.statistic.v1.StatisticStatItemUpdatedService/OnMessage";
+    const LOGIN: &str = "/accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService/OnMessage";
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+
+    let body = stat("mf", "kills", 5.0, 2.0, "mf-1", "").encode_to_vec();
+    let truncated = body[..body.len() / 2].to_vec();
+    let status = raw::call(&svc.channel, STAT, truncated).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("failed to decode Protobuf message"),
+        "{status:?}"
+    );
+
+    let status = raw::call(&svc.channel, LOGIN, body.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Internal | Code::InvalidArgument),
+        "{status:?}"
+    );
+
+    // The untouched body on its own method is fine.
+    raw::call(&svc.channel, STAT, body).await.unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(
+        row(&db, "mf", "kills").await.unwrap().progress,
+        2,
+        "only the well-formed call counted"
+    );
+    assert_eq!(row(&db, "mf", "login-count").await, None);
+    svc.stop().await.unwrap();
+}
