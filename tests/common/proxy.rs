@@ -121,19 +121,8 @@ impl Proxy {
 
     /// The URL of `url`'s database reached through this proxy.
     pub fn url_for(&self, url: &str) -> String {
-        let scheme_end = url.find("://").expect("a URL") + 3;
-        let rest = &url[scheme_end..];
-        let host_start = rest.find('@').map_or(0, |i| i + 1);
-        let host_end = rest[host_start..]
-            .find(['/', '?'])
-            .map_or(rest.len(), |i| host_start + i);
-        format!(
-            "{}{}{}{}",
-            &url[..scheme_end],
-            &rest[..host_start],
-            self.addr,
-            &rest[host_end..]
-        )
+        let (start, end) = host_span(url);
+        format!("{}{}{}", &url[..start], self.addr, &url[end..])
     }
 }
 
@@ -145,12 +134,8 @@ impl Drop for Proxy {
 
 /// The host:port of a PostgreSQL URL.
 pub async fn upstream_of(url: &str) -> SocketAddr {
-    let rest = &url[url.find("://").expect("a URL") + 3..];
-    let host_start = rest.find('@').map_or(0, |i| i + 1);
-    let host_end = rest[host_start..]
-        .find(['/', '?'])
-        .map_or(rest.len(), |i| host_start + i);
-    let mut host = rest[host_start..host_end].to_owned();
+    let (start, end) = host_span(url);
+    let mut host = url[start..end].to_owned();
     if !host.contains(':') {
         host.push_str(":5432");
     }
@@ -159,4 +144,15 @@ pub async fn upstream_of(url: &str) -> SocketAddr {
         .expect("resolve database host")
         .next()
         .expect("database host has an address")
+}
+
+/// Where `host[:port]` sits in a URL `scheme://[user[:password]@]host[:port][/db][?query]`.
+fn host_span(url: &str) -> (usize, usize) {
+    let scheme_end = url.find("://").expect("a URL") + 3;
+    let rest = &url[scheme_end..];
+    let start = rest.find('@').map_or(0, |i| i + 1);
+    let end = rest[start..]
+        .find(['/', '?'])
+        .map_or(rest.len(), |i| start + i);
+    (scheme_end + start, scheme_end + end)
 }
