@@ -6,6 +6,7 @@
 //! | point | where | effect |
 //! | --- | --- | --- |
 //! | `wal-fsync` | the WAL group commit's flush + fsync | the sync fails (an I/O error) |
+//! | `wal-flush-only` | same place | the fsync is skipped: sled's `flush()` alone (the unsafe WAL the power-loss test must catch) |
 //! | `wal-after-fsync` | after the fsync, before the buffer and the replies | the process aborts |
 //! | `flush-between-statements` | between the UPSERT statements of a flush | the statement fails |
 //! | `flush-mid-transaction` | same place | the process aborts |

@@ -6,6 +6,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,347 @@
+//! The crash tests' workload and oracle (tests/torture.rs, tests/power_loss.rs).
+//!
+//! Each client owns a few users and sends each user's events in order: stat
+//! events (an increment goal and an absolute goal) and logins (an increment, a
+//! daily-increment and a daily goal), with event times three hours apart so
+//! days go by. A call that fails because of a kill is *uncertain*: it may or
+//! may not be in the WAL. The client re-sends it, with the same event id, first
+//! thing after the restart (as Kafka redelivers), so at the end every event is
+//! acknowledged and the oracle is exact: each goal's row must equal what the
+//! acknowledged events make of it, counted once — nothing lost, nothing doubled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
+use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
+use chrono::{DateTime, NaiveDate};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+use super::{login, stat};
+
+/// Targets high enough that no goal completes (a completed goal stops moving).
+pub const CHALLENGES: &str = r#"{"challenges":[{"challengeId":"t","name":"T","goals":[
+ {"goalId":"inc","name":"i","type":"increment","eventSource":"statistic",
+  "requirement":{"statCode":"points","operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"abs","name":"a","type":"absolute","eventSource":"statistic",
+  "requirement":{"statCode":"points","operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"logins","name":"l","type":"increment","eventSource":"login",
+  "requirement":{"operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"login-days","name":"d","type":"increment","daily":true,"eventSource":"login",
+  "requirement":{"operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"daily","name":"y","type":"daily","eventSource":"login",
+  "requirement":{"operator":">=","targetValue":1},"reward":{"type":"ITEM","rewardId":"r","quantity":1}}]}]}"#;
+
+const CLIENTS: usize = 8;
+const USERS_PER_CLIENT: usize = 4;
+/// 2026-01-01T00:00:00Z.
+const BASE_MS: i64 = 1_767_225_600_000;
+const STEP_MS: i64 = 3 * 3_600_000;
+
+/// A small deterministic generator (xorshift64*), so a seed replays a run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// `seed_var` (e.g. `TORTURE_SEED`) when set, else the clock; prints it.
+    pub fn from_env(seed_var: &str) -> (Rng, u64) {
+        let seed: u64 = std::env::var(seed_var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        (Rng(seed), seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A count from the environment variable `name`, or `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The n-th event of a user.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    n: i64,
+}
+
+impl Event {
+    fn is_login(self) -> bool {
+        self.n % 3 == 1
+    }
+
+    fn inc(self) -> i32 {
+        (self.n % 5 + 1) as i32
+    }
+
+    fn time_ms(self) -> i64 {
+        BASE_MS + self.n * STEP_MS
+    }
+
+    fn day(self) -> i64 {
+        self.time_ms().div_euclid(86_400_000)
+    }
+
+    fn timestamp(self) -> String {
+        DateTime::from_timestamp_millis(self.time_ms())
+            .unwrap()
+            .to_rfc3339()
+    }
+}
+
+/// What one user's acknowledged events add up to.
+#[derive(Debug, Default, Clone)]
+struct Expected {
+    next: i64,
+    /// Sent, failed: resent (same id) before anything newer for this user.
+    pending: Option<Event>,
+    inc: i64,
+    abs: Option<i64>,
+    logins: i64,
+    login_days: BTreeSet<i64>,
+    acknowledged: u64,
+}
+
+impl Expected {
+    fn acknowledge(&mut self, e: Event) {
+        self.acknowledged += 1;
+        if e.is_login() {
+            self.logins += 1;
+            self.login_days.insert(e.day());
+        } else {
+            self.inc += i64::from(e.inc());
+            self.abs = Some(e.n);
+        }
+    }
+}
+
+async fn send(channel: &Channel, user: &str, e: Event) -> Result<(), tonic::Status> {
+    let id = format!("{user}-{}", e.n);
+    if e.is_login() {
+        UserAuthenticationUserLoggedInServiceClient::new(channel.clone())
+            .on_message(login(user, &id, &e.timestamp()))
+            .await
+            .map(|_| ())
+    } else {
+        StatisticStatItemUpdatedServiceClient::new(channel.clone())
+            .on_message(stat(
+                user,
+                "points",
+                e.n as f64,
+                f64::from(e.inc()),
+                &id,
+                &e.timestamp(),
+            ))
+            .await
+            .map(|_| ())
+    }
+}
+
+type Users = Vec<(String, Expected)>;
+
+/// Sends `users`' events until a call fails (the kill) or `until`; pending
+/// events go first.
+async fn client(channel: Channel, mut users: Users, until: Instant) -> Users {
+    let mut turn = 0;
+    while Instant::now() < until {
+        let (user, expected) = &mut users[turn % USERS_PER_CLIENT];
+        turn += 1;
+        let event = match expected.pending.take() {
+            Some(e) => e,
+            None => {
+                expected.next += 1;
+                Event { n: expected.next }
+            }
+        };
+        match send(&channel, user, event).await {
+            Ok(()) => expected.acknowledge(event),
+            Err(_) => {
+                expected.pending = Some(event);
+                break;
+            }
+        }
+    }
+    users
+}
+
+/// How the database compares with the oracle.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub acknowledged: u64,
+    /// Rows behind what was acknowledged (or missing).
+    pub lost: Vec<String>,
+    /// Rows ahead of it, or with another value.
+    pub wrong: Vec<String>,
+}
+
+impl Verdict {
+    pub fn is_exact(&self) -> bool {
+        self.lost.is_empty() && self.wrong.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} rows lost, {} rows doubled or wrong:\n{}",
+            self.lost.len(),
+            self.wrong.len(),
+            self.lost
+                .iter()
+                .chain(&self.wrong)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+}
+
+/// Every client's users and what they have been acknowledged.
+pub struct Workload {
+    groups: Vec<Users>,
+    /// Calls that were in flight when a kill came (each redelivered later).
+    pub uncertain_at_kills: usize,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload::new()
+    }
+}
+
+impl Workload {
+    pub fn new() -> Workload {
+        Workload {
+            groups: (0..CLIENTS)
+                .map(|c| {
+                    (0..USERS_PER_CLIENT)
+                        .map(|u| (format!("t{c}-{u}"), Expected::default()))
+                        .collect()
+                })
+                .collect(),
+            uncertain_at_kills: 0,
+        }
+    }
+
+    /// Runs every client for `run_for`. With `kill`, calls it `after` that
+    /// long (it should end the service); calls cut by it become pending.
+    pub async fn run(
+        &mut self,
+        channel: &Channel,
+        run_for: Duration,
+        kill: Option<(Duration, &mut dyn FnMut())>,
+    ) {
+        let until = Instant::now() + run_for;
+        let tasks: Vec<_> = self
+            .groups
+            .drain(..)
+            .map(|users| tokio::spawn(client(channel.clone(), users, until)))
+            .collect();
+        let killed = kill.is_some();
+        if let Some((after, kill)) = kill {
+            tokio::time::sleep(after).await;
+            kill();
+        }
+        for task in tasks {
+            self.groups.push(task.await.unwrap());
+        }
+        if killed {
+            self.uncertain_at_kills += self.pending();
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.groups
+            .iter()
+            .flatten()
+            .filter(|(_, e)| e.pending.is_some())
+            .count()
+    }
+
+    /// Redelivers whatever is still uncertain; each must be acknowledged now.
+    pub async fn redeliver(&mut self, channel: &Channel) {
+        for users in &mut self.groups {
+            for (user, expected) in users.iter_mut() {
+                if let Some(e) = expected.pending.take() {
+                    send(channel, user, e)
+                        .await
+                        .expect("redelivery after the last restart");
+                    expected.acknowledge(e);
+                }
+            }
+        }
+    }
+
+    /// Compares every row with what the acknowledged events make of it.
+    pub async fn check(&self, pool: &PgPool) -> Verdict {
+        let rows: BTreeMap<(String, String), (i32, Option<NaiveDate>)> =
+            sqlx::query_as::<_, (String, String, i32, Option<NaiveDate>)>(
+                "SELECT user_id, goal_id, progress, last_counted_day FROM user_goal_progress",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(u, g, p, d)| ((u, g), (p, d)))
+            .collect();
+        let mut verdict = Verdict::default();
+        for (user, e) in self.groups.iter().flatten() {
+            verdict.acknowledged += e.acknowledged;
+            let get = |goal: &str| {
+                rows.get(&(user.clone(), goal.to_string()))
+                    .map(|r| i64::from(r.0))
+            };
+            let nonzero = |v: i64| (v > 0).then_some(v);
+            let mut expect = |goal: &str, value: Option<i64>, seen: Option<i64>| {
+                if value != seen {
+                    let line = format!("{user}/{goal}: expected {value:?}, found {seen:?}");
+                    // None < Some: a missing row is a loss.
+                    if seen < value {
+                        verdict.lost.push(line);
+                    } else {
+                        verdict.wrong.push(line);
+                    }
+                }
+            };
+            expect("inc", nonzero(e.inc), get("inc"));
+            expect("abs", e.abs, get("abs"));
+            expect("logins", nonzero(e.logins), get("logins"));
+            expect(
+                "login-days",
+                nonzero(e.login_days.len() as i64),
+                get("login-days"),
+            );
+            let daily = rows.get(&(user.clone(), "daily".to_string())).map(|r| r.1);
+            let last_day = e
+                .login_days
+                .last()
+                .map(|d| Some(NaiveDate::from_num_days_from_ce_opt(*d as i32 + 719_163).unwrap()));
+            if daily != last_day {
+                let line = format!("{user}/daily: expected last day {last_day:?}, found {daily:?}");
+                if daily < last_day {
+                    verdict.lost.push(line);
+                } else {
+                    verdict.wrong.push(line);
+                }
+            }
+        }
+        verdict
+    }
+}
