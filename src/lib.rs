@@ -27,6 +27,7 @@
 pub mod app;
 pub mod bench;
 pub mod buffer;
+pub mod codec;
 pub mod config;
 pub mod event;
 pub mod failpoints;

@@ -7,6 +7,13 @@ use challenge_event_handler::wal::codec;
 /// A fixed "now", so runs are reproducible.
 pub const NOW: i64 = 1_767_225_600_000;
 
+/// A body that is not a valid message: INVALID_ARGUMENT naming the type.
+#[allow(dead_code)]
+pub fn check_malformed(status: &tonic::Status) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("the request body is not a valid "));
+}
+
 pub fn check(result: Result<(Event, TimeSource), EventError>) {
     match result {
         Err(e) => {

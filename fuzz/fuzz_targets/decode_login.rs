@@ -3,16 +3,16 @@
 //! and its WAL records round-trip.
 #![no_main]
 
-use challenge_event_handler::event;
+use challenge_event_handler::{codec, event};
 use challenge_event_handler::proto::iam::account::v1::UserLoggedIn;
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
 
 #[path = "common.rs"]
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = UserLoggedIn::decode(data) {
-        common::check(event::from_login(&msg, common::NOW));
+    match codec::decode_request::<UserLoggedIn>(data) {
+        Ok(msg) => common::check(event::from_login(&msg, common::NOW)),
+        Err(status) => common::check_malformed(&status),
     }
 });

@@ -3,16 +3,16 @@
 //! and its WAL records round-trip.
 #![no_main]
 
-use challenge_event_handler::event;
+use challenge_event_handler::{codec, event};
 use challenge_event_handler::proto::social::statistic::v1::StatItemUpdated;
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
 
 #[path = "common.rs"]
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = StatItemUpdated::decode(data) {
-        common::check(event::from_stat(&msg, common::NOW));
+    match codec::decode_request::<StatItemUpdated>(data) {
+        Ok(msg) => common::check(event::from_stat(&msg, common::NOW)),
+        Err(status) => common::check_malformed(&status),
     }
 });

@@ -562,6 +562,25 @@ mod tests {
     }
 
     #[test]
+    fn mistyped_missing_and_unknown_values_are_reported() {
+        let bad = r#"{"challenges":[{"challengeId":"c1","name":5,"goals":[
+            {"name":"G","eventSource":"statistic","type":"absolute",
+             "requirement":{"statCode":"k","operator":">=","targetValue":"5"},"reward":{"type":"ITEM","rewardId":"x","quantity":1}},
+            {"goalId":"g2","name":"G","eventSource":"stats","type":"weekly",
+             "requirement":{"statCode":"k","operator":">=","targetValue":5},"reward":{"type":"ITEM","rewardId":"x","quantity":1}}]}]}"#;
+        let text = parse(bad).unwrap_err().join("\n");
+        for needle in [
+            r#"challenge "c1", field "name": must be a string, got 5"#,
+            r##"challenge "c1", goal "#0", field "goalId": is required"##,
+            r#"field "requirement.targetValue": must be a whole number, got "5""#,
+            r#"goal "g2", field "type": must be "absolute", "increment" or "daily", got "weekly""#,
+            r#"goal "g2", field "eventSource": must be "login" or "statistic", got "stats""#,
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn duplicate_challenge_ids_and_bad_top_level_are_reported() {
         let two = r#"{"challenges":[{"challengeId":"c","name":"A","goals":[]},{"challengeId":"c","name":"B","goals":[]}],"extra":1}"#;
         let text = parse(two).unwrap_err().join("\n");
