@@ -6,7 +6,8 @@
 //! boundary is one sequence number. Each goal kind has its own map and its own
 //! merge rule, the same rule the SQL applies on conflict (DESIGN.md, "Progress
 //! rules"); a merge is associative, so coalescing N updates and applying them one
-//! by one give the same row.
+//! by one give the same row — `src/model.rs` states both and the property tests
+//! check that they agree.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,24 +33,32 @@ pub trait Coalesce: Sized {
     fn merge(self, newer: Self) -> Self;
 }
 
-/// Absolute goal: the value of the newest event (by event time; a tie goes to the later one).
+/// Absolute goal: the value of the newest event (by event time; a tie goes to
+/// the later one), and when the first event that reached the target was
+/// applied. One by one, a goal completes at that event and stops moving, so a
+/// value that later falls below the target must not undo the completion. An
+/// event older than what came before it would be skipped one by one, so it is
+/// skipped here too, reaching or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latest {
     pub value: i32,
     pub event_time_ms: i64,
+    pub reached_ms: Option<i64>,
 }
 
 impl Coalesce for Latest {
     fn merge(self, newer: Self) -> Self {
         if newer.event_time_ms >= self.event_time_ms {
-            newer
+            Latest {
+                reached_ms: self.reached_ms.or(newer.reached_ms),
+                ..newer
+            }
         } else {
             self
         }
     }
 }
 
-/// Increment goal: the sum of the deltas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sum {
     pub delta: i32,
@@ -65,21 +74,27 @@ impl Coalesce for Sum {
     }
 }
 
-/// Daily increment goal: the UTC days seen, each with its first event time.
+/// Daily increment goal: the UTC days to count, each with its first event
+/// time. One by one, a day is counted only when it is later than the last day
+/// counted, so a day that arrives after a later one is dropped here too: the
+/// result never depends on where the flushes fell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Days(pub BTreeMap<i32, i64>);
 
 impl Coalesce for Days {
     fn merge(mut self, newer: Self) -> Self {
+        let last = self.0.keys().next_back().copied();
         for (day, time) in newer.0 {
-            let first = self.0.entry(day).or_insert(time);
-            *first = (*first).min(time);
+            if last.is_none_or(|last| day > last) {
+                self.0.entry(day).or_insert(time);
+            }
         }
         self
     }
 }
 
-/// Daily goal: the latest UTC day completed, with the first event time of that day.
+/// Daily goal: the latest UTC day completed, with the time of the first event
+/// that arrived for that day (the one that completed it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatestDay {
     pub day: i32,
@@ -91,10 +106,7 @@ impl Coalesce for LatestDay {
         match newer.day.cmp(&self.day) {
             std::cmp::Ordering::Greater => newer,
             std::cmp::Ordering::Less => self,
-            std::cmp::Ordering::Equal => LatestDay {
-                day: self.day,
-                event_time_ms: self.event_time_ms.min(newer.event_time_ms),
-            },
+            std::cmp::Ordering::Equal => self,
         }
     }
 }
@@ -190,14 +202,18 @@ impl Buffer {
         };
         let time = update.event_time_ms;
         match update.op {
-            Op::Set(value) => self.absolute.add(
-                key,
-                meta,
-                Latest {
-                    value,
-                    event_time_ms: time,
-                },
-            ),
+            Op::Set(value) => {
+                let reached_ms = (value >= meta.target).then_some(time);
+                self.absolute.add(
+                    key,
+                    meta,
+                    Latest {
+                        value,
+                        event_time_ms: time,
+                        reached_ms,
+                    },
+                )
+            }
             Op::Add(delta) => self.increment.add(
                 key,
                 meta,
@@ -303,12 +319,36 @@ mod tests {
         b.apply(4, update("d", Op::CompleteDay(6), 61));
         b.apply(5, update("d", Op::CompleteDay(5), 51));
         let days = &b.daily_increment.get(&key("di")).unwrap().1;
-        assert_eq!(days.0, BTreeMap::from([(5, 40), (6, 60)]));
+        assert_eq!(days.0, BTreeMap::from([(5, 50), (6, 60)]));
         assert_eq!(
             b.daily.get(&key("d")).unwrap().1,
             LatestDay {
                 day: 6,
                 event_time_ms: 61
+            }
+        );
+        // A day arriving after a later one is not counted (as one by one).
+        b.apply(6, update("di", Op::CountDay(4), 30));
+        assert_eq!(
+            b.daily_increment.get(&key("di")).unwrap().1 .0,
+            BTreeMap::from([(5, 50), (6, 60)])
+        );
+    }
+
+    #[test]
+    fn an_absolute_goal_that_reached_its_target_stays_reached_when_the_value_falls() {
+        let mut b = Buffer::default();
+        b.apply(1, update("abs", Op::Set(4), 10));
+        b.apply(2, update("abs", Op::Set(12), 20)); // target 10
+        b.apply(3, update("abs", Op::Set(3), 30));
+        b.apply(4, update("abs", Op::Set(50), 25)); // older than the last: skipped
+        let latest = b.absolute.get(&key("abs")).unwrap().1;
+        assert_eq!(
+            latest,
+            Latest {
+                value: 3,
+                event_time_ms: 30,
+                reached_ms: Some(20)
             }
         );
     }

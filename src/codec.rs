@@ -67,7 +67,9 @@ fn malformed<U>(why: &str) -> Status {
         .unwrap_or(why);
     let name = std::any::type_name::<U>();
     let name = name.rsplit("::").next().unwrap_or(name);
-    Status::invalid_argument(format!("the request body is not a valid {name} message: {why}"))
+    Status::invalid_argument(format!(
+        "the request body is not a valid {name} message: {why}"
+    ))
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub mod flusher;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod model;
 pub mod proto;
 pub mod rules;
 pub mod send;

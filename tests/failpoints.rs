@@ -111,12 +111,13 @@ async fn a_statement_failing_mid_flush_rolls_back_and_the_retry_applies_everythi
     service.wait_healthy().await;
     let oracle = send_acknowledged(&service, 10, "fb").await;
     wait_for_oracle(&pool, "fb", &oracle).await;
-    let log = service.log_text();
+    let log = service
+        .wait_for_log("flushing recovered", Duration::from_secs(10))
+        .await;
     assert!(
         log.contains("flush failed; acknowledged updates stay in the WAL"),
         "{log}"
     );
-    assert!(log.contains("flushing recovered"), "{log}");
     service.sigterm();
     assert_eq!(service.wait_exit(EXIT).await, 0);
     assert_eq!(progress_of(&pool, "fb").await, oracle);

@@ -5,7 +5,9 @@
 //! The SQL applies the same rules as the coalescing buffer (DESIGN.md):
 //! claimed, completed and inactive rows are left alone (a daily goal
 //! re-completes on a later UTC day even when claimed); an absolute goal is never
-//! overwritten by an older event; a daily-increment goal counts a UTC day once.
+//! overwritten by an older event; a daily-increment goal counts a UTC day once;
+//! progress never exceeds the target. `src/model.rs` states the same rules in
+//! Rust, and tests/model_agreement.rs checks these statements against it.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -30,18 +32,20 @@ WHERE instance_id = $1 AND epoch = $2";
 const READ_WATERMARK_SQL: &str = "
 SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = $1";
 
-/// Absolute goals: the newest event's value replaces progress.
+/// Absolute goals: the newest event's value replaces progress; a batch in which an
+/// event reached the target completes the goal at that event (progress = target).
 const ABSOLUTE_SQL: &str = "
 INSERT INTO user_goal_progress AS t
     (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
      target_value, last_event_at, created_at, updated_at)
-SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.value,
-       CASE WHEN u.value >= u.target THEN 'completed' ELSE 'in_progress' END,
-       CASE WHEN u.value >= u.target THEN u.event_at END,
+SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace,
+       CASE WHEN u.reached_at IS NOT NULL THEN u.target ELSE u.value END,
+       CASE WHEN u.reached_at IS NOT NULL THEN 'completed' ELSE 'in_progress' END,
+       u.reached_at,
        u.target, u.event_at, now(), now()
 FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
-            $6::int4[], $7::timestamp[])
-     AS u(user_id, goal_id, challenge_id, namespace, target, value, event_at)
+            $6::int4[], $7::timestamp[], $8::timestamp[])
+     AS u(user_id, goal_id, challenge_id, namespace, target, value, event_at, reached_at)
 ON CONFLICT (user_id, goal_id) DO UPDATE SET
     challenge_id = EXCLUDED.challenge_id,
     progress = EXCLUDED.progress,
@@ -60,7 +64,7 @@ const INCREMENT_SQL: &str = "
 INSERT INTO user_goal_progress AS t
     (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
      target_value, last_event_at, last_counted_day, created_at, updated_at)
-SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.delta,
+SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, LEAST(u.delta, u.target),
        CASE WHEN u.delta >= u.target THEN 'completed' ELSE 'in_progress' END,
        CASE WHEN u.delta >= u.target THEN u.event_at END,
        u.target, u.event_at, u.day, now(), now()
@@ -69,7 +73,7 @@ FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4
      AS u(user_id, goal_id, challenge_id, namespace, target, delta, event_at, day)
 ON CONFLICT (user_id, goal_id) DO UPDATE SET
     challenge_id = EXCLUDED.challenge_id,
-    progress = LEAST(t.progress::int8 + EXCLUDED.progress, 2147483647)::int4,
+    progress = LEAST(t.progress::int8 + EXCLUDED.progress, EXCLUDED.target_value)::int4,
     status = CASE WHEN t.progress::int8 + EXCLUDED.progress >= EXCLUDED.target_value
                   THEN 'completed' ELSE 'in_progress' END,
     completed_at = CASE WHEN t.progress::int8 + EXCLUDED.progress >= EXCLUDED.target_value
@@ -188,15 +192,17 @@ impl PgStore {
     ) -> Result<()> {
         for chunk in batch.absolute.sorted().chunks(self.batch_size) {
             let mut cols = Columns::default();
-            let (mut values, mut times) = (Vec::new(), Vec::new());
+            let (mut values, mut times, mut reached) = (Vec::new(), Vec::new(), Vec::new());
             for (key, meta, latest) in chunk {
                 cols.push(key, meta);
                 values.push(latest.value);
                 times.push(timestamp(latest.event_time_ms));
+                reached.push(latest.reached_ms.map(timestamp));
             }
             cols.bind(sqlx::query(ABSOLUTE_SQL))
                 .bind(values)
                 .bind(times)
+                .bind(reached)
                 .execute(&mut **tx)
                 .await?;
         }

@@ -1,0 +1,252 @@
+//! The reference semantics of a `user_goal_progress` row, in plain Rust.
+//!
+//! [`apply_one`] is the rule book (DESIGN.md, "Progress rules"): what one
+//! update, applied on its own in WAL order, does to a row. [`apply_batch`] is
+//! what the flusher's SQL statements (`src/store/postgres.rs`) do with a
+//! coalesced [`Buffer`]. The promise of coalescing is that both end in the same
+//! row, wherever the flushes fall; the property tests and the `rules_model`
+//! fuzz target check it, and tests/model_agreement.rs checks the real SQL
+//! against [`apply_one`].
+//!
+//! Rows the challenge service changed (`claimed`, `is_active = false`) are not
+//! modelled: neither path ever writes them.
+
+use std::collections::BTreeMap;
+
+use crate::buffer::{Buffer, Key};
+use crate::rules::{Op, Update};
+
+/// What a row's goal type is, as far as the rules go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Absolute,
+    Increment,
+    DailyIncrement,
+    Daily,
+}
+
+impl Kind {
+    fn of(op: &Op) -> Kind {
+        match op {
+            Op::Set(_) => Kind::Absolute,
+            Op::Add(_) => Kind::Increment,
+            Op::CountDay(_) => Kind::DailyIncrement,
+            Op::CompleteDay(_) => Kind::Daily,
+        }
+    }
+}
+
+/// The columns the rules decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub kind: Kind,
+    pub progress: i32,
+    pub completed: bool,
+    /// Event time (Unix ms) of the completion.
+    pub completed_at: Option<i64>,
+    pub last_event_ms: i64,
+    pub last_counted_day: Option<i32>,
+}
+
+impl Row {
+    /// Whether two rows say the same to the challenge service: progress,
+    /// status and counted day always; the completion time exactly where the
+    /// rules fix it (absolute and daily goals), otherwise only whether there is
+    /// one — an increment goal completed inside one batch gets the batch's last
+    /// event time, at most one flush interval after the event that completed
+    /// it; the last event time only while the goal is open, where it orders
+    /// later absolute values.
+    pub fn agrees_with(&self, other: &Row) -> bool {
+        let exact_completion = matches!(self.kind, Kind::Absolute | Kind::Daily);
+        self.kind == other.kind
+            && self.progress == other.progress
+            && self.completed == other.completed
+            && self.last_counted_day == other.last_counted_day
+            && if exact_completion {
+                self.completed_at == other.completed_at
+            } else {
+                self.completed_at.is_some() == other.completed_at.is_some()
+            }
+            && (self.completed
+                || self.kind != Kind::Absolute
+                || self.last_event_ms == other.last_event_ms)
+    }
+}
+
+pub type Rows = BTreeMap<Key, Row>;
+
+fn key(update: &Update) -> Key {
+    Key {
+        user_id: update.user_id.clone(),
+        goal_id: update.goal_id.clone(),
+    }
+}
+
+/// `prev + delta` toward `target`: (progress, completed), progress capped at the target.
+fn add(prev: i32, delta: i32, target: i32) -> (i32, bool) {
+    let total = i64::from(prev) + i64::from(delta);
+    (
+        total.min(i64::from(target)) as i32,
+        total >= i64::from(target),
+    )
+}
+
+/// One update on its own: the rule book.
+pub fn apply_one(rows: &mut Rows, update: &Update) {
+    let key = key(update);
+    let row = rows.get(&key);
+    let time = update.event_time_ms;
+    let target = update.target;
+    let next = match update.op {
+        Op::Set(value) => {
+            if row.is_some_and(|r| r.completed || r.last_event_ms > time) {
+                return;
+            }
+            let completed = value >= target;
+            Row {
+                kind: Kind::Absolute,
+                progress: value.min(target),
+                completed,
+                completed_at: completed.then_some(time),
+                last_event_ms: time,
+                last_counted_day: None,
+            }
+        }
+        Op::Add(delta) => {
+            if row.is_some_and(|r| r.completed) {
+                return;
+            }
+            let (progress, completed) = add(row.map_or(0, |r| r.progress), delta, target);
+            Row {
+                kind: Kind::Increment,
+                progress,
+                completed,
+                completed_at: completed.then_some(time),
+                last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
+                last_counted_day: row.and_then(|r| r.last_counted_day),
+            }
+        }
+        Op::CountDay(day) => {
+            if row.is_some_and(|r| r.completed || r.last_counted_day >= Some(day)) {
+                return;
+            }
+            let (progress, completed) = add(row.map_or(0, |r| r.progress), 1, target);
+            Row {
+                kind: Kind::DailyIncrement,
+                progress,
+                completed,
+                completed_at: completed.then_some(time),
+                last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
+                last_counted_day: Some(day),
+            }
+        }
+        Op::CompleteDay(day) => {
+            if row.is_some_and(|r| r.last_counted_day >= Some(day)) {
+                return;
+            }
+            Row {
+                kind: Kind::Daily,
+                progress: 1,
+                completed: true,
+                completed_at: Some(time),
+                last_event_ms: time,
+                last_counted_day: Some(day),
+            }
+        }
+    };
+    debug_assert_eq!(next.kind, Kind::of(&update.op));
+    rows.insert(key, next);
+}
+
+/// A coalesced batch applied once, as the flusher's statements do.
+pub fn apply_batch(rows: &mut Rows, batch: &Buffer) {
+    for (key, meta, latest) in batch.absolute.sorted() {
+        let row = rows.get(key);
+        if row.is_some_and(|r| r.completed || r.last_event_ms > latest.event_time_ms) {
+            continue;
+        }
+        let completed = latest.reached_ms.is_some();
+        let next = Row {
+            kind: Kind::Absolute,
+            progress: if completed { meta.target } else { latest.value },
+            completed,
+            completed_at: latest.reached_ms,
+            last_event_ms: latest.event_time_ms,
+            last_counted_day: None,
+        };
+        rows.insert(key.clone(), next);
+    }
+    for (key, meta, sum) in batch.increment.sorted() {
+        let row = rows.get(key);
+        if row.is_some_and(|r| r.completed) {
+            continue;
+        }
+        let (progress, completed) = add(row.map_or(0, |r| r.progress), sum.delta, meta.target);
+        let next = Row {
+            kind: Kind::Increment,
+            progress,
+            completed,
+            completed_at: completed.then_some(sum.last_event_ms),
+            last_event_ms: row.map_or(sum.last_event_ms, |r| {
+                r.last_event_ms.max(sum.last_event_ms)
+            }),
+            last_counted_day: row.and_then(|r| r.last_counted_day),
+        };
+        rows.insert(key.clone(), next);
+    }
+    for (key, meta, days) in batch.daily_increment.sorted() {
+        // One statement round per day, oldest first.
+        for (&day, &time) in &days.0 {
+            let row = rows.get(key);
+            if row.is_some_and(|r| r.completed || r.last_counted_day >= Some(day)) {
+                continue;
+            }
+            let (progress, completed) = add(row.map_or(0, |r| r.progress), 1, meta.target);
+            let next = Row {
+                kind: Kind::DailyIncrement,
+                progress,
+                completed,
+                completed_at: completed.then_some(time),
+                last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
+                last_counted_day: Some(day),
+            };
+            rows.insert(key.clone(), next);
+        }
+    }
+    for (key, _meta, latest) in batch.daily.sorted() {
+        let row = rows.get(key);
+        if row.is_some_and(|r| r.last_counted_day >= Some(latest.day)) {
+            continue;
+        }
+        let next = Row {
+            kind: Kind::Daily,
+            progress: 1,
+            completed: true,
+            completed_at: Some(latest.event_time_ms),
+            last_event_ms: latest.event_time_ms,
+            last_counted_day: Some(latest.day),
+        };
+        rows.insert(key.clone(), next);
+    }
+}
+
+/// Keys whose rows disagree between `a` and `b`, with both rows.
+pub fn disagreements<'a>(
+    a: &'a Rows,
+    b: &'a Rows,
+) -> Vec<(&'a Key, Option<&'a Row>, Option<&'a Row>)> {
+    let mut keys: Vec<&Key> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (x, y) = (a.get(k), b.get(k));
+            let same = match (x, y) {
+                (Some(x), Some(y)) => x.agrees_with(y),
+                (None, None) => true,
+                _ => false,
+            };
+            (!same).then_some((k, x, y))
+        })
+        .collect()
+}
