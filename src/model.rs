@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use crate::buffer::{Buffer, Key};
-use crate::rules::{Op, Update};
+use crate::rules::{utc_day, Op, Update};
 
 /// What a row's goal type is, as far as the rules go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,4 +249,91 @@ pub fn disagreements<'a>(
             (!same).then_some((k, x, y))
         })
         .collect()
+}
+
+/// What follows an update in [`coalesced`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    /// The buffer is flushed.
+    Flush,
+    /// The buffer is taken for a flush that fails; its batch is merged back
+    /// under the next one (as the flusher does).
+    FailedFlush,
+}
+
+/// `updates` applied one by one.
+pub fn one_by_one(updates: &[Update]) -> Rows {
+    let mut rows = Rows::new();
+    for update in updates {
+        apply_one(&mut rows, update);
+    }
+    rows
+}
+
+/// `updates` through the buffer, flushed where `after(i)` says and at the end.
+pub fn coalesced(updates: &[Update], after: impl Fn(usize) -> After) -> Rows {
+    let mut rows = Rows::new();
+    let mut buffer = Buffer::default();
+    let mut held: Option<Buffer> = None;
+    for (i, update) in updates.iter().enumerate() {
+        buffer.apply(i as u64 + 1, update.clone());
+        let last = i + 1 == updates.len();
+        let what = if last { After::Flush } else { after(i) };
+        if what == After::Nothing {
+            continue;
+        }
+        let mut batch = buffer.take();
+        if let Some(older) = held.take() {
+            batch.merge_back(older);
+        }
+        match what {
+            After::FailedFlush => held = Some(batch),
+            _ => apply_batch(&mut rows, &batch),
+        }
+    }
+    rows
+}
+
+/// 2026-01-01T00:00:00Z.
+const SAMPLE_BASE_MS: i64 = 1_767_225_600_000;
+
+/// A small universe for the property tests and the `rules_model` fuzzer: the
+/// `i`-th update of a sequence, for user `user % 3` and goal `goal % 4` —
+/// 0 absolute (target 10; values arrive in time order, as a user's stat
+/// updates do), 1 increment (target 12), 2 daily increment (target 3),
+/// 3 daily — at `offset_ms` (taken modulo ten days) after 2026-01-01 for the
+/// kinds that take any order.
+pub fn sample_update(i: usize, user: u8, goal: u8, value: i32, offset_ms: i64) -> Update {
+    let any_time = SAMPLE_BASE_MS + offset_ms.rem_euclid(10 * 86_400_000);
+    let (goal_id, target, time, op) = match goal % 4 {
+        0 => (
+            "abs",
+            10,
+            SAMPLE_BASE_MS + i as i64 * 60_000,
+            Op::Set(value.rem_euclid(21)),
+        ),
+        1 => ("inc", 12, any_time, Op::Add(value.rem_euclid(5) + 1)),
+        2 => ("dinc", 3, any_time, Op::CountDay(utc_day(any_time))),
+        _ => ("daily", 1, any_time, Op::CompleteDay(utc_day(any_time))),
+    };
+    Update {
+        user_id: format!("u{}", user % 3),
+        goal_id: goal_id.into(),
+        challenge_id: "c".into(),
+        namespace: "ns".into(),
+        target,
+        event_time_ms: time,
+        event_id: format!("e{i}"),
+        op,
+    }
+}
+
+/// The disagreements of `a` and `b`, one line each.
+pub fn describe(a: &Rows, b: &Rows) -> String {
+    disagreements(a, b)
+        .iter()
+        .map(|(k, x, y)| format!("{}/{}: {x:?} vs {y:?}", k.user_id, k.goal_id))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -17,8 +17,8 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use challenge_event_handler::buffer::{Buffer, Key};
-use challenge_event_handler::model::{self, Kind, Row, Rows};
-use challenge_event_handler::rules::{utc_day, Op, Update, MAX_ID_LEN};
+use challenge_event_handler::model::{self, After, Kind, Row, Rows};
+use challenge_event_handler::rules::{Op, Update, MAX_ID_LEN};
 use challenge_event_handler::store::postgres::PgStore;
 use challenge_event_handler::store::ProgressStore;
 use challenge_event_handler::wal::codec;
@@ -27,8 +27,6 @@ use common::pg;
 use proptest::prelude::*;
 
 const DAY_MS: i64 = 86_400_000;
-/// 2026-01-01T00:00:00Z.
-const BASE_MS: i64 = 1_767_225_600_000;
 
 /// One generated event: which user, which goal, a value and a time offset.
 #[derive(Debug, Clone)]
@@ -39,78 +37,23 @@ struct Ev {
     offset_ms: i64,
 }
 
-/// Goals: 0 absolute (target 10), 1 increment (target 12), 2 daily increment
-/// (target 3), 3 daily. Absolute values arrive in time order (a user's stat
-/// updates do); the other kinds get times in any order over ten days.
 fn updates(events: &[Ev]) -> Vec<Update> {
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            let (goal, target, time, op) = match e.goal % 4 {
-                0 => {
-                    let time = BASE_MS + i as i64 * 60_000;
-                    ("abs", 10, time, Op::Set(e.value.rem_euclid(21)))
-                }
-                1 => (
-                    "inc",
-                    12,
-                    BASE_MS + e.offset_ms,
-                    Op::Add(e.value.rem_euclid(5) + 1),
-                ),
-                2 => {
-                    let time = BASE_MS + e.offset_ms;
-                    ("dinc", 3, time, Op::CountDay(utc_day(time)))
-                }
-                _ => {
-                    let time = BASE_MS + e.offset_ms;
-                    ("daily", 1, time, Op::CompleteDay(utc_day(time)))
-                }
-            };
-            Update {
-                user_id: format!("u{}", e.user % 3),
-                goal_id: goal.into(),
-                challenge_id: "c".into(),
-                namespace: "ns".into(),
-                target,
-                event_time_ms: time,
-                event_id: format!("e{i}"),
-                op,
-            }
-        })
+        .map(|(i, e)| model::sample_update(i, e.user, e.goal, e.value, e.offset_ms))
         .collect()
 }
 
-fn one_by_one(updates: &[Update]) -> Rows {
-    let mut rows = Rows::new();
-    for u in updates {
-        model::apply_one(&mut rows, u);
-    }
-    rows
-}
-
-/// Flushes at each of `cuts` (indexes into `updates`); a flush whose cut is
-/// in `failing` fails and its batch is merged back under the next one.
+/// Flushes after each of `cuts`; those also in `failing` fail.
 fn coalesced(updates: &[Update], cuts: &[usize], failing: &[usize]) -> Rows {
-    let mut rows = Rows::new();
-    let mut buffer = Buffer::default();
-    let mut held: Option<Buffer> = None;
-    for (i, u) in updates.iter().enumerate() {
-        buffer.apply(i as u64 + 1, u.clone());
-        let last = i + 1 == updates.len();
-        if cuts.contains(&i) || last {
-            let mut batch = buffer.take();
-            if let Some(older) = held.take() {
-                batch.merge_back(older);
-            }
-            if failing.contains(&i) && !last {
-                held = Some(batch);
-            } else {
-                model::apply_batch(&mut rows, &batch);
-            }
+    model::coalesced(updates, |i| {
+        match (cuts.contains(&i), failing.contains(&i)) {
+            (false, _) => After::Nothing,
+            (true, false) => After::Flush,
+            (true, true) => After::FailedFlush,
         }
-    }
-    rows
+    })
 }
 
 fn events() -> impl Strategy<Value = Vec<Ev>> {
@@ -127,14 +70,6 @@ fn events() -> impl Strategy<Value = Vec<Ev>> {
     )
 }
 
-fn describe(a: &Rows, b: &Rows) -> String {
-    model::disagreements(a, b)
-        .iter()
-        .map(|(k, x, y)| format!("{}/{}: {x:?} vs {y:?}", k.user_id, k.goal_id))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -145,12 +80,12 @@ proptest! {
         failing in prop::collection::vec(0usize..80, 0..4),
     ) {
         let updates = updates(&events);
-        let sequential = one_by_one(&updates);
+        let sequential = model::one_by_one(&updates);
         let batched = coalesced(&updates, &cuts, &failing);
         prop_assert!(
             model::disagreements(&sequential, &batched).is_empty(),
             "{}",
-            describe(&sequential, &batched)
+            model::describe(&sequential, &batched)
         );
     }
 
@@ -176,9 +111,9 @@ proptest! {
         for q in &mut queues {
             shuffled.extend(q.drain(..));
         }
-        prop_assert_eq!(one_by_one(&updates), one_by_one(&shuffled));
+        prop_assert_eq!(model::one_by_one(&updates), model::one_by_one(&shuffled));
         let (a, b) = (coalesced(&updates, &cuts, &[]), coalesced(&shuffled, &cuts, &[]));
-        prop_assert!(model::disagreements(&a, &b).is_empty(), "{}", describe(&a, &b));
+        prop_assert!(model::disagreements(&a, &b).is_empty(), "{}", model::describe(&a, &b));
     }
 
     #[test]
@@ -284,7 +219,7 @@ fn the_sql_statements_agree_with_the_rule_book() {
     let result = runner.run(&strategy, |(events, cuts)| {
         let prefix = format!("case{}-", case.fetch_add(1, Ordering::Relaxed));
         let updates = updates(&events);
-        let expected = one_by_one(&updates);
+        let expected = model::one_by_one(&updates);
         let mut buffer = Buffer::default();
         for (i, u) in updates.iter().enumerate() {
             let mut u = u.clone();
@@ -300,7 +235,7 @@ fn the_sql_statements_agree_with_the_rule_book() {
         prop_assert!(
             model::disagreements(&expected, &written).is_empty(),
             "rule book vs database:\n{}",
-            describe(&expected, &written)
+            model::describe(&expected, &written)
         );
         Ok(())
     });

@@ -1,0 +1,38 @@
+//! Rules: any sequence of updates applied one by one to the rule book
+//! (`model::apply_one`) ends in the same rows as the same sequence through the
+//! coalescing buffer, flushed — or failing and merged back — wherever the
+//! input says (`model::apply_batch`, the SQL's semantics).
+#![no_main]
+
+use challenge_event_handler::model::{self, After};
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Step {
+    user: u8,
+    goal: u8,
+    value: i32,
+    offset_ms: i64,
+    after: u8,
+}
+
+fuzz_target!(|steps: Vec<Step>| {
+    let steps = &steps[..steps.len().min(256)];
+    let updates: Vec<_> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| model::sample_update(i, s.user, s.goal, s.value, s.offset_ms))
+        .collect();
+    let one_by_one = model::one_by_one(&updates);
+    let coalesced = model::coalesced(&updates, |i| match steps[i].after % 8 {
+        0 => After::Flush,
+        1 => After::FailedFlush,
+        _ => After::Nothing,
+    });
+    assert!(
+        model::disagreements(&one_by_one, &coalesced).is_empty(),
+        "{}",
+        model::describe(&one_by_one, &coalesced)
+    );
+});
