@@ -91,6 +91,52 @@ fn add(prev: i32, delta: i32, target: i32) -> (i32, bool) {
     )
 }
 
+/// `delta` more toward `target` at `time`; `None` once the goal is completed.
+fn increment(
+    row: Option<&Row>,
+    kind: Kind,
+    delta: i32,
+    target: i32,
+    time: i64,
+    day: Option<i32>,
+) -> Option<Row> {
+    if row.is_some_and(|r| r.completed) {
+        return None;
+    }
+    let (progress, completed) = add(row.map_or(0, |r| r.progress), delta, target);
+    Some(Row {
+        kind,
+        progress,
+        completed,
+        completed_at: completed.then_some(time),
+        last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
+        last_counted_day: day.or(row.and_then(|r| r.last_counted_day)),
+    })
+}
+
+/// A daily increment: `day` counted once, and only after the last day counted.
+fn count_day(row: Option<&Row>, day: i32, target: i32, time: i64) -> Option<Row> {
+    if row.is_some_and(|r| r.last_counted_day >= Some(day)) {
+        return None;
+    }
+    increment(row, Kind::DailyIncrement, 1, target, time, Some(day))
+}
+
+/// A daily goal: completed for `day`, when that is later than its last day.
+fn complete_day(row: Option<&Row>, day: i32, time: i64) -> Option<Row> {
+    if row.is_some_and(|r| r.last_counted_day >= Some(day)) {
+        return None;
+    }
+    Some(Row {
+        kind: Kind::Daily,
+        progress: 1,
+        completed: true,
+        completed_at: Some(time),
+        last_event_ms: time,
+        last_counted_day: Some(day),
+    })
+}
+
 /// One update on its own: the rule book.
 pub fn apply_one(rows: &mut Rows, update: &Update) {
     let key = key(update);
@@ -103,59 +149,23 @@ pub fn apply_one(rows: &mut Rows, update: &Update) {
                 return;
             }
             let completed = value >= target;
-            Row {
+            Some(Row {
                 kind: Kind::Absolute,
                 progress: value.min(target),
                 completed,
                 completed_at: completed.then_some(time),
                 last_event_ms: time,
                 last_counted_day: None,
-            }
+            })
         }
-        Op::Add(delta) => {
-            if row.is_some_and(|r| r.completed) {
-                return;
-            }
-            let (progress, completed) = add(row.map_or(0, |r| r.progress), delta, target);
-            Row {
-                kind: Kind::Increment,
-                progress,
-                completed,
-                completed_at: completed.then_some(time),
-                last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
-                last_counted_day: row.and_then(|r| r.last_counted_day),
-            }
-        }
-        Op::CountDay(day) => {
-            if row.is_some_and(|r| r.completed || r.last_counted_day >= Some(day)) {
-                return;
-            }
-            let (progress, completed) = add(row.map_or(0, |r| r.progress), 1, target);
-            Row {
-                kind: Kind::DailyIncrement,
-                progress,
-                completed,
-                completed_at: completed.then_some(time),
-                last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
-                last_counted_day: Some(day),
-            }
-        }
-        Op::CompleteDay(day) => {
-            if row.is_some_and(|r| r.last_counted_day >= Some(day)) {
-                return;
-            }
-            Row {
-                kind: Kind::Daily,
-                progress: 1,
-                completed: true,
-                completed_at: Some(time),
-                last_event_ms: time,
-                last_counted_day: Some(day),
-            }
-        }
+        Op::Add(delta) => increment(row, Kind::Increment, delta, target, time, None),
+        Op::CountDay(day) => count_day(row, day, target, time),
+        Op::CompleteDay(day) => complete_day(row, day, time),
     };
-    debug_assert_eq!(next.kind, Kind::of(&update.op));
-    rows.insert(key, next);
+    if let Some(next) = next {
+        debug_assert_eq!(next.kind, Kind::of(&update.op));
+        rows.insert(key, next);
+    }
 }
 
 /// A coalesced batch applied once, as the flusher's statements do.
@@ -178,55 +188,30 @@ pub fn apply_batch(rows: &mut Rows, batch: &Buffer) {
     }
     for (key, meta, sum) in batch.increment.sorted() {
         let row = rows.get(key);
-        if row.is_some_and(|r| r.completed) {
-            continue;
+        let next = increment(
+            row,
+            Kind::Increment,
+            sum.delta,
+            meta.target,
+            sum.last_event_ms,
+            None,
+        );
+        if let Some(next) = next {
+            rows.insert(key.clone(), next);
         }
-        let (progress, completed) = add(row.map_or(0, |r| r.progress), sum.delta, meta.target);
-        let next = Row {
-            kind: Kind::Increment,
-            progress,
-            completed,
-            completed_at: completed.then_some(sum.last_event_ms),
-            last_event_ms: row.map_or(sum.last_event_ms, |r| {
-                r.last_event_ms.max(sum.last_event_ms)
-            }),
-            last_counted_day: row.and_then(|r| r.last_counted_day),
-        };
-        rows.insert(key.clone(), next);
     }
     for (key, meta, days) in batch.daily_increment.sorted() {
         // One statement round per day, oldest first.
         for (&day, &time) in &days.0 {
-            let row = rows.get(key);
-            if row.is_some_and(|r| r.completed || r.last_counted_day >= Some(day)) {
-                continue;
+            if let Some(next) = count_day(rows.get(key), day, meta.target, time) {
+                rows.insert(key.clone(), next);
             }
-            let (progress, completed) = add(row.map_or(0, |r| r.progress), 1, meta.target);
-            let next = Row {
-                kind: Kind::DailyIncrement,
-                progress,
-                completed,
-                completed_at: completed.then_some(time),
-                last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
-                last_counted_day: Some(day),
-            };
-            rows.insert(key.clone(), next);
         }
     }
     for (key, _meta, latest) in batch.daily.sorted() {
-        let row = rows.get(key);
-        if row.is_some_and(|r| r.last_counted_day >= Some(latest.day)) {
-            continue;
+        if let Some(next) = complete_day(rows.get(key), latest.day, latest.event_time_ms) {
+            rows.insert(key.clone(), next);
         }
-        let next = Row {
-            kind: Kind::Daily,
-            progress: 1,
-            completed: true,
-            completed_at: Some(latest.event_time_ms),
-            last_event_ms: latest.event_time_ms,
-            last_counted_day: Some(latest.day),
-        };
-        rows.insert(key.clone(), next);
     }
 }
 

@@ -132,21 +132,11 @@ async fn cut_power_repeatedly(
     for round in 0..=cuts {
         let mut service = Binary::spawn_with_config(&db.url, dir.path(), CHALLENGES, &env);
         service.wait_healthy().await;
-        let channel = service.channel().await;
         if round == cuts {
-            workload
-                .run(&channel, Duration::from_millis(300), None)
-                .await;
-            workload.redeliver(&channel).await;
-            service.sigterm();
-            assert_eq!(
-                service.wait_exit(Duration::from_secs(30)).await,
-                0,
-                "{}",
-                service.log_text()
-            );
+            workload.finish(&mut service).await;
             break;
         }
+        let channel = service.channel().await;
         let run_for = 100 + rng.below(500);
         let kill_after = Duration::from_millis(50 + rng.below(run_for - 49));
         let mut kill = || service.kill9();

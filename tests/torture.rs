@@ -32,21 +32,11 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_and_doubles_nothing()
     for round in 0..=kills {
         let mut service = Binary::spawn_with_config(&db.url, dir.path(), CHALLENGES, &env);
         service.wait_healthy().await;
-        let channel = service.channel().await;
         if round == kills {
-            workload
-                .run(&channel, Duration::from_millis(300), None)
-                .await;
-            workload.redeliver(&channel).await;
-            service.sigterm();
-            assert_eq!(
-                service.wait_exit(Duration::from_secs(30)).await,
-                0,
-                "{}",
-                service.log_text()
-            );
+            workload.finish(&mut service).await;
             break;
         }
+        let channel = service.channel().await;
         // Traffic for a random while, killed at a random moment within it.
         let run_for = 20 + rng.below(300);
         let kill_after = Duration::from_millis(rng.below(run_for + 1));

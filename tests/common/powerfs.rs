@@ -320,6 +320,14 @@ impl Handler {
     }
 }
 
+fn new_file(mode: u32, umask: u32) -> Node {
+    Node::File {
+        data: Vec::new(),
+        dirty: Vec::new(),
+        perm: (mode & !umask & 0o7777) as u16,
+    }
+}
+
 fn empty(reply: ReplyEmpty, result: Result<(), i32>) {
     match result {
         Ok(()) => reply.ok(),
@@ -401,12 +409,7 @@ impl Filesystem for Handler {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(libc::EPERM);
         }
-        let node = Node::File {
-            data: Vec::new(),
-            dirty: Vec::new(),
-            perm: (mode & !umask & 0o7777) as u16,
-        };
-        entry(reply, self.disk().add(parent, name, node));
+        entry(reply, self.disk().add(parent, name, new_file(mode, umask)));
     }
 
     fn mkdir(
@@ -582,12 +585,7 @@ impl Filesystem for Handler {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let node = Node::File {
-            data: Vec::new(),
-            dirty: Vec::new(),
-            perm: (mode & !umask & 0o7777) as u16,
-        };
-        match self.disk().add(parent, name, node) {
+        match self.disk().add(parent, name, new_file(mode, umask)) {
             Ok(attr) => reply.created(&TTL, &attr, 0, 0, 0),
             Err(e) => reply.error(e),
         }

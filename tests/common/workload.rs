@@ -18,7 +18,7 @@ use chrono::{DateTime, NaiveDate};
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
-use super::{login, stat};
+use super::{login, stat, Binary};
 
 /// Targets high enough that no goal completes (a completed goal stops moving).
 pub const CHALLENGES: &str = r#"{"challenges":[{"challengeId":"t","name":"T","goals":[
@@ -287,6 +287,21 @@ impl Workload {
                 }
             }
         }
+    }
+
+    /// The last round: traffic for 300 ms, every uncertain call redelivered,
+    /// then SIGTERM — the service must flush everything and exit 0.
+    pub async fn finish(&mut self, service: &mut Binary) {
+        let channel = service.channel().await;
+        self.run(&channel, Duration::from_millis(300), None).await;
+        self.redeliver(&channel).await;
+        service.sigterm();
+        assert_eq!(
+            service.wait_exit(Duration::from_secs(30)).await,
+            0,
+            "{}",
+            service.log_text()
+        );
     }
 
     /// Compares every row with what the acknowledged events make of it.
