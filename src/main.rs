@@ -47,6 +47,8 @@ enum Command {
     Send(SendArgs),
     /// Load-test a running service (closed loop; prints throughput and latency).
     Bench(BenchArgs),
+    /// Measure the memory the dedup index of event ids takes (no service needed).
+    BenchDedup(bench::DedupBenchArgs),
     /// Validate a challenges file and exit.
     CheckConfig {
         #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Send(args)) => send::send(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::BenchDedup(args)) => bench::dedup_memory(&args),
             Some(Command::CheckConfig { config_path }) => {
                 let goals = challenges::load(&config_path)?;
                 println!("{}: {} goals, valid", config_path.display(), goals.len());
