@@ -5,8 +5,8 @@
 //! what the flusher's SQL statements (`src/store/postgres.rs`) do with a
 //! coalesced [`Buffer`]. The promise of coalescing is that both end in the same
 //! row, wherever the flushes fall; the property tests and the `rules_model`
-//! fuzz target check it, and tests/model_agreement.rs checks the real SQL
-//! against [`apply_one`].
+//! fuzz target check it, and `the_sql_statements_agree_with_the_rule_book`
+//! (tests/properties.rs) checks the real SQL against [`apply_one`].
 //!
 //! Rows the challenge service changed (`claimed`, `is_active = false`) are not
 //! modelled: neither path ever writes them.

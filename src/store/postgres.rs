@@ -7,7 +7,8 @@
 //! re-completes on a later UTC day even when claimed); an absolute goal is never
 //! overwritten by an older event; a daily-increment goal counts a UTC day once;
 //! progress never exceeds the target. `src/model.rs` states the same rules in
-//! Rust, and tests/model_agreement.rs checks these statements against it.
+//! Rust, and tests/properties.rs checks these statements against it on a real
+//! PostgreSQL.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
