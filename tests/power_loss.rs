@@ -100,6 +100,36 @@ fn the_filesystem_keeps_exactly_what_was_fsynced() {
     assert_eq!(read(&dir.join("kept")), None);
 }
 
+#[test]
+fn a_torn_cut_keeps_some_unsynced_writes_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let test = "a_torn_cut_keeps_some_unsynced_writes_and_nothing_else";
+    let Some(mut fs) = mount_or_skip(test, tmp.path()) else {
+        return;
+    };
+    let path = fs.path().join("f");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&[b'.'; 200]).unwrap();
+    f.sync_all().unwrap();
+    sync_dir(fs.path());
+    // 100 one-byte writes, none synced, each where the other 99 are not.
+    for i in 0..100u64 {
+        std::os::unix::fs::FileExt::write_at(&f, b"x", i * 2).unwrap();
+    }
+    drop(f);
+    let report = fs.torn_power_cut(42);
+    let bytes = read(&path).unwrap();
+    assert_eq!(bytes.len(), 200);
+    let kept = bytes.iter().filter(|&&b| b == b'x').count();
+    assert!(bytes.iter().all(|&b| b == b'.' || b == b'x'), "{bytes:?}");
+    assert!(
+        bytes.iter().skip(1).step_by(2).all(|&b| b == b'.'),
+        "bytes never written changed"
+    );
+    assert!(0 < kept && kept < 100, "kept {kept} of 100 writes");
+    assert!(report.writes_kept >= kept, "{report:?}");
+}
+
 struct Run {
     verdict: Verdict,
     uncertain: usize,
@@ -108,11 +138,14 @@ struct Run {
 }
 
 /// The service with its WAL on the power-loss filesystem, under the torture
-/// workload; `cuts` times: a kill at a random moment, then a power cut.
+/// workload; `cuts` times: a kill at a random moment, then a power cut —
+/// with `torn`, every other cut lets a random part of the unsynced writes
+/// reach the disk, some of them torn.
 async fn cut_power_repeatedly(
     fs: &mut PowerFs,
     cuts: usize,
     rng: &mut Rng,
+    torn: bool,
     extra_env: &[(&str, &str)],
 ) -> Run {
     let db = pg::TestDb::new().await;
@@ -147,7 +180,12 @@ async fn cut_power_repeatedly(
                 Some((kill_after, &mut kill)),
             )
             .await;
-        let report = fs.power_cut();
+        let report = if torn && round % 2 == 1 {
+            fs.torn_power_cut(rng.next())
+        } else {
+            fs.power_cut()
+        };
+        dropped.writes_kept += report.writes_kept;
         dropped.files_rolled_back += report.files_rolled_back;
         dropped.bytes_dropped += report.bytes_dropped;
         dropped.entries_dropped += report.entries_dropped;
@@ -171,16 +209,25 @@ async fn power_cuts_under_load_lose_no_acknowledged_update_and_double_none() {
     };
     println!("power loss: {cuts} cuts, POWER_SEED={seed}");
     let started = Instant::now();
-    let run = cut_power_repeatedly(&mut fs, cuts, &mut rng, &[("FLUSH_INTERVAL", "200ms")]).await;
+    let run = cut_power_repeatedly(
+        &mut fs,
+        cuts,
+        &mut rng,
+        true,
+        &[("FLUSH_INTERVAL", "200ms")],
+    )
+    .await;
     println!(
         "power loss: {cuts} cuts, {} events acknowledged, {} calls in flight at cuts, \
-         {} unsynced bytes in {} files and {} unsynced entries dropped, {} fsyncs, \
+         {} unsynced bytes in {} files and {} unsynced entries dropped, \
+         {} unsynced writes kept by torn cuts, {} fsyncs, \
          {} rows lost, {} rows doubled or wrong, {:.1}s",
         run.verdict.acknowledged,
         run.uncertain,
         run.dropped.bytes_dropped,
         run.dropped.files_rolled_back,
         run.dropped.entries_dropped,
+        run.dropped.writes_kept,
         run.fsyncs,
         run.verdict.lost.len(),
         run.verdict.wrong.len(),
@@ -215,7 +262,7 @@ async fn a_wal_that_only_flushes_loses_acknowledged_updates_at_a_power_cut() {
         ("FAILPOINTS", "wal-flush-only=return"),
         ("FLUSH_INTERVAL", "1h"),
     ];
-    let run = cut_power_repeatedly(&mut fs, 3, &mut rng, &env).await;
+    let run = cut_power_repeatedly(&mut fs, 3, &mut rng, false, &env).await;
     println!(
         "flush-only WAL: 3 cuts, {} events acknowledged, {} unsynced bytes dropped, {} rows lost, {} rows doubled or wrong",
         run.verdict.acknowledged,

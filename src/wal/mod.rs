@@ -150,6 +150,43 @@ fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| WalError::Open {
+            dir: dir.to_owned(),
+            source,
+        })
+}
+
+/// Makes sled's directory in `log.new`, syncs every file in it and renames it
+/// into place, so `log` never exists half-made. sled writes its `conf` file
+/// once, on creation, and never syncs it: a power cut during the first start
+/// could leave it torn, and sled then refuses to open (found by the torn cuts
+/// of tests/power_loss.rs). A leftover `log.new` is such an interrupted first
+/// start; nothing in it was ever acknowledged.
+fn create_log_dir(parent: &Path, dir: &Path, cache_bytes: u64) -> Result<()> {
+    let staging = parent.join("log.new");
+    if staging.exists() {
+        tracing::warn!(dir = %staging.display(), "removing a WAL directory left half-made by an interrupted first start");
+        std::fs::remove_dir_all(&staging)?;
+    }
+    create_dir_durable(&staging)?;
+    let db = open_sled(&staging, cache_bytes)?;
+    db.flush()?;
+    drop(db);
+    for name in ["conf", "db"] {
+        File::open(staging.join(name))?.sync_all()?;
+    }
+    fsync_dir(&staging)?;
+    std::fs::rename(&staging, dir)?;
+    fsync_dir(parent)?;
+    Ok(())
+}
+
 /// Reads the instance id stored in the WAL directory, creating one on first start.
 pub fn instance_id(dir: &Path) -> Result<String> {
     let path = dir.join("instance_id");
@@ -190,19 +227,15 @@ impl WalStore {
     /// Opens (or creates) the WAL, loads the dedup marks and checks every record's crc.
     pub fn open(config: WalConfig) -> Result<Self> {
         let dir = config.dir.join("log");
-        create_dir_durable(&dir)?;
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| WalError::Open {
-                dir: dir.clone(),
-                source,
-            })?;
+        if !dir.exists() {
+            create_log_dir(&config.dir, &dir, config.cache_bytes)?;
+        }
+        let db = open_sled(&dir, config.cache_bytes)?;
         // fsync is per inode: a second handle on sled's log file is enough.
         let db_file = File::open(dir.join("db"))?;
         db_file.sync_all()?;
+        // sled writes `conf` once and never syncs it (WALs made by older builds).
+        File::open(dir.join("conf"))?.sync_all()?;
         fsync_dir(&dir)?;
         fsync_dir(&config.dir)?;
 

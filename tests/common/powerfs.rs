@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::common::workload::Rng;
 use fuser::{
     FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
@@ -29,8 +30,8 @@ const ROOT: u64 = fuser::FUSE_ROOT_ID;
 const TTL: Duration = Duration::from_secs(1);
 const BLOCK: u64 = 4096;
 
-/// Byte ranges (offset, length) written since the last fsync.
-type Dirty = Vec<(u64, u64)>;
+/// Writes (offset, bytes) since the last fsync, in order.
+type Dirty = Vec<(u64, Vec<u8>)>;
 
 enum Node {
     File {
@@ -54,9 +55,10 @@ pub struct CutReport {
     pub bytes_dropped: u64,
     /// Files and directories that existed only in the live image.
     pub entries_dropped: usize,
+    /// Unsynced writes that reached the disk anyway (torn cuts only).
+    pub writes_kept: usize,
 }
 
-/// Counters since the filesystem was created.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
     pub writes: u64,
@@ -226,7 +228,7 @@ impl Disk {
             data.resize(end, 0);
         }
         data[offset as usize..end].copy_from_slice(bytes);
-        dirty.push((offset, bytes.len() as u64));
+        dirty.push((offset, bytes.to_vec()));
         self.counters.writes += 1;
         Ok(())
     }
@@ -244,9 +246,9 @@ impl Disk {
         };
         let durable = self.durable_data.entry(ino).or_default();
         durable.resize(data.len(), 0);
-        for (offset, len) in dirty.drain(..) {
+        for (offset, bytes) in dirty.drain(..) {
             let start = (offset as usize).min(data.len());
-            let end = ((offset + len) as usize).min(data.len());
+            let end = (offset as usize + bytes.len()).min(data.len());
             durable[start..end].copy_from_slice(&data[start..end]);
         }
         self.counters.fsyncs += 1;
@@ -261,9 +263,38 @@ impl Disk {
         Ok(())
     }
 
-    /// The power cut: the live image becomes what is durable.
-    fn cut(&mut self) -> CutReport {
+    /// The power cut: the live image becomes what is durable. With `torn`,
+    /// the disk got part of the unsynced writes out first: each survives or
+    /// not at random, in any combination, and a survivor may be cut short.
+    fn cut(&mut self, torn: Option<&mut Rng>) -> CutReport {
         let mut report = CutReport::default();
+        if let Some(rng) = torn {
+            for (ino, node) in &self.live {
+                let Node::File { dirty, .. } = node else {
+                    continue;
+                };
+                if dirty.is_empty() {
+                    continue;
+                }
+                let durable = self.durable_data.entry(*ino).or_default();
+                for (offset, bytes) in dirty {
+                    if rng.below(2) == 0 {
+                        continue;
+                    }
+                    let len = if rng.below(4) == 0 {
+                        rng.below(bytes.len() as u64 + 1) as usize
+                    } else {
+                        bytes.len()
+                    };
+                    let (start, end) = (*offset as usize, *offset as usize + len);
+                    if durable.len() < end {
+                        durable.resize(end, 0);
+                    }
+                    durable[start..end].copy_from_slice(&bytes[..len]);
+                    report.writes_kept += 1;
+                }
+            }
+        }
         let mut live = HashMap::new();
         let mut stack = vec![(ROOT, ROOT)];
         while let Some((ino, parent)) = stack.pop() {
@@ -608,7 +639,7 @@ impl Filesystem for Handler {
         let result = disk.file(ino).map(|(data, dirty)| {
             let end = (offset + length) as usize;
             if data.len() < end {
-                dirty.push((data.len() as u64, (end - data.len()) as u64));
+                dirty.push((data.len() as u64, vec![0; end - data.len()]));
                 data.resize(end, 0);
             }
         });
@@ -684,8 +715,19 @@ impl PowerFs {
     /// everything not synced, and mounts again. Whatever had files open on
     /// the filesystem must be dead first.
     pub fn power_cut(&mut self) -> CutReport {
+        self.cut_and_remount(None)
+    }
+
+    /// Like [`PowerFs::power_cut`], but a random part of the unsynced writes
+    /// (seeded by `seed`) reached the disk before the power went, some of
+    /// them torn: what a real disk may leave behind.
+    pub fn torn_power_cut(&mut self, seed: u64) -> CutReport {
+        self.cut_and_remount(Some(&mut Rng(seed | 1)))
+    }
+
+    fn cut_and_remount(&mut self, torn: Option<&mut Rng>) -> CutReport {
         self.detach();
-        let report = self.disk.lock().expect("powerfs disk lock").cut();
+        let report = self.disk.lock().expect("powerfs disk lock").cut(torn);
         self.attach().expect("remount the power-loss filesystem");
         report
     }

@@ -40,7 +40,7 @@ const BASE_MS: i64 = 1_767_225_600_000;
 const STEP_MS: i64 = 3 * 3_600_000;
 
 /// A small deterministic generator (xorshift64*), so a seed replays a run.
-pub struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     /// `seed_var` (e.g. `TORTURE_SEED`) when set, else the clock; prints it.
