@@ -794,6 +794,20 @@ mod tests {
     }
 
     #[test]
+    fn a_half_made_wal_directory_from_an_interrupted_first_start_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("log.new");
+        std::fs::create_dir_all(&staging).unwrap();
+        // A torn `conf`, as a power cut during sled's first open leaves it.
+        std::fs::write(staging.join("conf"), b"segment_size: 52428\0\0\0").unwrap();
+        write_events(dir.path(), 2);
+        assert!(!staging.exists(), "the leftover staging directory is gone");
+        assert!(dir.path().join("log/conf").exists());
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        assert_eq!((store.last_seq(), store.records()), (2, 2));
+    }
+
+    #[test]
     fn records_are_replayed_above_the_watermark_only_and_marks_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let written = write_events(dir.path(), 5);
