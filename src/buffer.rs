@@ -59,6 +59,7 @@ impl Coalesce for Latest {
     }
 }
 
+/// Increment goal: the sum of the deltas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sum {
     pub delta: i32,

@@ -11,7 +11,9 @@ pub const NOW: i64 = 1_767_225_600_000;
 #[allow(dead_code)]
 pub fn check_malformed(status: &tonic::Status) {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().starts_with("the request body is not a valid "));
+    assert!(status
+        .message()
+        .starts_with("the request body is not a valid "));
 }
 
 pub fn check(result: Result<(Event, TimeSource), EventError>) {
@@ -24,7 +26,12 @@ pub fn check(result: Result<(Event, TimeSource), EventError>) {
         Ok((event, _)) => {
             assert!(!event.user_id.is_empty());
             assert!(event.user_id.chars().count() <= MAX_ID_LEN);
-            if let EventKind::Stat { stat_code, latest_value, inc } = &event.kind {
+            if let EventKind::Stat {
+                stat_code,
+                latest_value,
+                inc,
+            } = &event.kind
+            {
                 assert!(!stat_code.is_empty());
                 assert!(latest_value.is_finite() && inc.is_finite());
             }
@@ -44,8 +51,17 @@ fn index(event: &Event) -> GoalIndex {
         EventKind::Stat { stat_code, .. } => Some(stat_code.clone()),
         EventKind::Login => None,
     };
-    let source = if stat.is_some() { Source::Statistic } else { Source::Login };
-    let kinds = [GoalKind::Absolute, GoalKind::Increment, GoalKind::DailyIncrement, GoalKind::Daily];
+    let source = if stat.is_some() {
+        Source::Statistic
+    } else {
+        Source::Login
+    };
+    let kinds = [
+        GoalKind::Absolute,
+        GoalKind::Increment,
+        GoalKind::DailyIncrement,
+        GoalKind::Daily,
+    ];
     GoalIndex::new(
         kinds
             .into_iter()

@@ -7,12 +7,12 @@
 //! from a usable timestamp (else arrival time) and its WAL records round-trip.
 #![no_main]
 
+use challenge_event_handler::codec;
 use challenge_event_handler::event::{self, TimeSource};
 use challenge_event_handler::proto::iam::account::v1::{
     AnonymousSchema19, AnonymousSchema21, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
 };
 use challenge_event_handler::proto::social::statistic::v1::{StatItem, StatItemUpdated};
-use challenge_event_handler::codec;
 use chrono::{DateTime, FixedOffset};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -75,7 +75,11 @@ impl Number {
 enum Timestamp {
     None,
     /// A real instant in years 1..=9999 (what RFC 3339 can write), in some UTC offset.
-    At { secs: i64, nanos: u32, offset_min: i16 },
+    At {
+        secs: i64,
+        nanos: u32,
+        offset_min: i16,
+    },
     Garbage(String),
 }
 
@@ -84,7 +88,11 @@ impl Timestamp {
     fn make(&self) -> (String, Option<i64>) {
         match self {
             Timestamp::None => (String::new(), None),
-            Timestamp::At { secs, nanos, offset_min } => {
+            Timestamp::At {
+                secs,
+                nanos,
+                offset_min,
+            } => {
                 let offset = FixedOffset::east_opt(i32::from(*offset_min % 1440) * 60).unwrap();
                 const FIRST: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
                 const LAST: i64 = 253_402_214_400; // 9999-12-30T00:00:00Z
@@ -139,57 +147,57 @@ fn through_the_wire<M: Message + Default>(
     let bytes = msg.encode_to_vec();
     let decoded = codec::decode_request::<M>(&bytes).expect("a valid message decodes");
     // Bytes, not values: NaN != NaN.
-    assert!(decoded.encode_to_vec() == bytes, "the message changed on the wire");
+    assert!(
+        decoded.encode_to_vec() == bytes,
+        "the message changed on the wire"
+    );
     convert(&decoded)
+}
+
+/// An AGS event of type `$msg` around `$payload`, with the fuzzed envelope.
+macro_rules! event_with {
+    ($msg:ident, $payload:expr, $env:expr) => {{
+        let (id, namespace, user_id, timestamp) = $env;
+        $msg {
+            payload: $payload,
+            id,
+            namespace,
+            user_id,
+            timestamp,
+            ..Default::default()
+        }
+    }};
 }
 
 fuzz_target!(|f: Fields| {
     let (timestamp, instant) = f.timestamp.make();
-    let (id, namespace, user_id) = (f.id.make(), f.namespace.make(), f.user_id.make());
+    let env = (f.id.make(), f.namespace.make(), f.user_id.make(), timestamp);
     let result = match f.kind {
         Kind::Login => {
-            let msg = UserLoggedIn {
-                payload: f.payload.then(|| AnonymousSchema19 {
-                    user_account: account(&f),
-                    ..Default::default()
-                }),
-                id,
-                namespace,
-                user_id,
-                timestamp,
+            let payload = f.payload.then(|| AnonymousSchema19 {
+                user_account: account(&f),
                 ..Default::default()
-            };
+            });
+            let msg = event_with!(UserLoggedIn, payload, env);
             through_the_wire(&msg, |m| event::from_login(m, common::NOW))
         }
         Kind::ThirdPartyLogin => {
-            let msg = UserThirdPartyLoggedIn {
-                payload: f.payload.then(|| AnonymousSchema21 {
-                    user_account: account(&f),
-                    ..Default::default()
-                }),
-                id,
-                namespace,
-                user_id,
-                timestamp,
+            let payload = f.payload.then(|| AnonymousSchema21 {
+                user_account: account(&f),
                 ..Default::default()
-            };
+            });
+            let msg = event_with!(UserThirdPartyLoggedIn, payload, env);
             through_the_wire(&msg, |m| event::from_third_party_login(m, common::NOW))
         }
         Kind::Stat => {
-            let msg = StatItemUpdated {
-                payload: f.payload.then(|| StatItem {
-                    user_id: f.payload_user.make(),
-                    stat_code: f.stat_code.make(),
-                    latest_value: f.latest_value.make(),
-                    inc: f.inc.make(),
-                    ..Default::default()
-                }),
-                id,
-                namespace,
-                user_id,
-                timestamp,
+            let payload = f.payload.then(|| StatItem {
+                user_id: f.payload_user.make(),
+                stat_code: f.stat_code.make(),
+                latest_value: f.latest_value.make(),
+                inc: f.inc.make(),
                 ..Default::default()
-            };
+            });
+            let msg = event_with!(StatItemUpdated, payload, env);
             through_the_wire(&msg, |m| event::from_stat(m, common::NOW))
         }
     };
@@ -197,7 +205,9 @@ fuzz_target!(|f: Fields| {
         Err(e) => {
             let text = e.to_string();
             assert!(
-                ["payload", "user_id", "id", "namespace"].iter().any(|f| text.contains(f)),
+                ["payload", "user_id", "id", "namespace"]
+                    .iter()
+                    .any(|f| text.contains(f)),
                 "a rejection that names no field: {text}"
             );
         }
