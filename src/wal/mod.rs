@@ -162,29 +162,29 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
         })
 }
 
-/// Makes sled's directory in `log.new`, syncs every file in it and renames it
-/// into place, so `log` never exists half-made. sled writes its `conf` file
-/// once, on creation, and never syncs it: a power cut during the first start
-/// could leave it torn, and sled then refuses to open (found by the torn cuts
-/// of tests/power_loss.rs). A leftover `log.new` is such an interrupted first
-/// start; nothing in it was ever acknowledged.
-fn create_log_dir(parent: &Path, dir: &Path, cache_bytes: u64) -> Result<()> {
-    let staging = parent.join("log.new");
-    if staging.exists() {
-        tracing::warn!(dir = %staging.display(), "removing a WAL directory left half-made by an interrupted first start");
-        std::fs::remove_dir_all(&staging)?;
+/// Marks a first start with a durable `log.creating` file until sled's files
+/// are all synced (the caller removes it, durably, before anything is
+/// acknowledged). sled writes its `conf` file once, on creation, and never
+/// syncs it: a power cut during the first start can leave it torn, and sled
+/// then refuses to open (found by the torn cuts of tests/power_loss.rs). A
+/// marker left over means exactly that interrupted first start, whose `log`
+/// holds nothing acknowledged: it is removed and made again. Returns whether
+/// this is a first start.
+fn begin_first_start(dir: &Path, creating: &Path) -> Result<bool> {
+    if creating.exists() {
+        if dir.exists() {
+            tracing::warn!(dir = %dir.display(), "removing a WAL directory left half-made by an interrupted first start");
+            std::fs::remove_dir_all(dir)?;
+        }
+    } else if dir.exists() {
+        return Ok(false);
     }
-    create_dir_durable(&staging)?;
-    let db = open_sled(&staging, cache_bytes)?;
-    db.flush()?;
-    drop(db);
-    for name in ["conf", "db"] {
-        File::open(staging.join(name))?.sync_all()?;
-    }
-    fsync_dir(&staging)?;
-    std::fs::rename(&staging, dir)?;
+    let parent = creating.parent().unwrap_or(Path::new("."));
+    create_dir_durable(parent)?;
+    File::create(creating)?.sync_all()?;
     fsync_dir(parent)?;
-    Ok(())
+    create_dir_durable(dir)?;
+    Ok(true)
 }
 
 /// Reads the instance id stored in the WAL directory, creating one on first start.
@@ -227,17 +227,20 @@ impl WalStore {
     /// Opens (or creates) the WAL, loads the dedup marks and checks every record's crc.
     pub fn open(config: WalConfig) -> Result<Self> {
         let dir = config.dir.join("log");
-        if !dir.exists() {
-            create_log_dir(&config.dir, &dir, config.cache_bytes)?;
-        }
+        let creating = config.dir.join("log.creating");
+        let first_start = begin_first_start(&dir, &creating)?;
         let db = open_sled(&dir, config.cache_bytes)?;
         // fsync is per inode: a second handle on sled's log file is enough.
         let db_file = File::open(dir.join("db"))?;
         db_file.sync_all()?;
-        // sled writes `conf` once and never syncs it (WALs made by older builds).
+        // sled writes `conf` once, on creation, and never syncs it.
         File::open(dir.join("conf"))?.sync_all()?;
         fsync_dir(&dir)?;
         fsync_dir(&config.dir)?;
+        if first_start {
+            std::fs::remove_file(&creating)?;
+            fsync_dir(&config.dir)?;
+        }
 
         let mut dedup = Dedup::new(config.dedup_window, config.dedup_max_marks);
         let now_bucket = dedup.bucket_of(unix_ms());
@@ -796,13 +799,17 @@ mod tests {
     #[test]
     fn a_half_made_wal_directory_from_an_interrupted_first_start_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let staging = dir.path().join("log.new");
-        std::fs::create_dir_all(&staging).unwrap();
-        // A torn `conf`, as a power cut during sled's first open leaves it.
-        std::fs::write(staging.join("conf"), b"segment_size: 52428\0\0\0").unwrap();
+        let log = dir.path().join("log");
+        std::fs::create_dir_all(&log).unwrap();
+        // A torn `conf`, as a power cut during sled's first open leaves it,
+        // and the marker of that unfinished first start.
+        std::fs::write(log.join("conf"), b"segment_size: 52428\0\0\0").unwrap();
+        std::fs::write(dir.path().join("log.creating"), b"").unwrap();
         write_events(dir.path(), 2);
-        assert!(!staging.exists(), "the leftover staging directory is gone");
-        assert!(dir.path().join("log/conf").exists());
+        assert!(
+            !dir.path().join("log.creating").exists(),
+            "the marker is gone"
+        );
         let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!((store.last_seq(), store.records()), (2, 2));
     }
