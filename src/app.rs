@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
 use crate::config::{challenges, Settings};
-use crate::flusher::{backoff, Flusher};
+use crate::flusher::{backoff, Flusher, Intake};
 use crate::grpc::Ingress;
 use crate::health::{self, Health, Phase};
 use crate::metrics::Metrics;
@@ -175,6 +175,9 @@ impl App {
         .await
         .context("WAL replay task failed")??;
         metrics.wal_replayed.inc_by(replayed);
+        metrics
+            .gdpr_deletions_pending
+            .set(buffer.deletions.len() as i64);
         tracing::info!(
             epoch = lease.epoch,
             watermark,
@@ -185,14 +188,14 @@ impl App {
         let buffer = Arc::new(Mutex::new(buffer));
         let flush_early = Arc::new(Notify::new());
         let next_seq = wal_last.max(watermark) + 1;
-        let (wal, wal_thread) = wal_store.start(
-            next_seq,
-            buffer.clone(),
-            flush_early.clone(),
-            settings.buffer_max_keys,
-            metrics.clone(),
-            fatal.clone(),
-        )?;
+        let intake = Intake {
+            buffer: buffer.clone(),
+            flush_early: flush_early.clone(),
+            max_keys: settings.buffer_max_keys,
+            metrics: metrics.clone(),
+        };
+        let (wal, wal_thread) =
+            wal_store.start(next_seq, intake, metrics.clone(), fatal.clone())?;
         health.attach_wal(wal.stats());
         let mut flusher = Flusher::new(
             store.clone(),
@@ -249,10 +252,11 @@ async fn serve_grpc(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let (login, third_party, stat) = ingress.services(settings.grpc_max_message_bytes);
-    reporter.set_serving::<crate::proto::iam::account::v1::user_authentication_user_logged_in_service_server::UserAuthenticationUserLoggedInServiceServer<Ingress>>().await;
-    reporter.set_serving::<crate::proto::iam::account::v1::user_authentication_user_third_party_logged_in_service_server::UserAuthenticationUserThirdPartyLoggedInServiceServer<Ingress>>().await;
-    reporter.set_serving::<crate::proto::social::statistic::v1::statistic_stat_item_updated_service_server::StatisticStatItemUpdatedServiceServer<Ingress>>().await;
+    let services = ingress.services(settings.grpc_max_message_bytes);
+    serving(&reporter, &services.login).await;
+    serving(&reporter, &services.third_party_login).await;
+    serving(&reporter, &services.stat).await;
+    serving(&reporter, &services.gdpr_deletion).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -266,9 +270,10 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(login)
-        .add_service(third_party)
-        .add_service(stat)
+        .add_service(services.login)
+        .add_service(services.third_party_login)
+        .add_service(services.stat)
+        .add_service(services.gdpr_deletion)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stopping.cancelled().await;
         });
@@ -302,6 +307,14 @@ async fn serve_grpc(
             _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
         }
     }
+}
+
+/// Marks a service as serving in `grpc.health.v1` (the value only gives its type).
+async fn serving<S: tonic::server::NamedService>(
+    reporter: &tonic_health::server::HealthReporter,
+    _service: &S,
+) {
+    reporter.set_serving::<S>().await;
 }
 
 /// The last flush on the way out. A failure leaves the WAL for the next start.

@@ -1,5 +1,5 @@
 //! The coalescing buffer: acknowledged updates, merged per user-goal, waiting for
-//! the flusher.
+//! the flusher, and acknowledged GDPR deletions waiting to be applied.
 //!
 //! The WAL writer applies updates here in sequence order (invariant 3), so the
 //! buffer always holds exactly the WAL sequence numbers `(W, last_seq]`: a swap
@@ -8,10 +8,16 @@
 //! rules"); a merge is associative, so coalescing N updates and applying them one
 //! by one give the same row — `src/model.rs` states both and the property tests
 //! check that they agree.
+//!
+//! A deletion removes every pending entry of its user (they were acknowledged
+//! before it) and is kept until the flush, which deletes the user's rows
+//! before it writes anything; entries applied after it are the user's fresh
+//! start. A failed flush merged back under a newer batch loses its entries of
+//! users that the newer batch deleted, for the same reason.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::rules::{Op, Update};
+use crate::rules::{Deletion, Op, Record, Update};
 
 /// A `user_goal_progress` primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +32,8 @@ pub struct Meta {
     pub challenge_id: String,
     pub namespace: String,
     pub target: i32,
+    /// Whether the row may be created (the goal's `defaultAssigned`).
+    pub creates_row: bool,
 }
 
 /// How two pending values for one key combine. `self` is the older one.
@@ -162,6 +170,19 @@ impl<T: Coalesce> Pending<T> {
     pub fn get(&self, key: &Key) -> Option<&(Meta, T)> {
         self.map.get(key)
     }
+
+    /// Drops every entry of `user_id` in `namespace`.
+    fn remove_user(&mut self, user_id: &str, namespace: &str) {
+        self.map
+            .retain(|key, (meta, _)| key.user_id != user_id || meta.namespace != namespace);
+    }
+}
+
+/// An acknowledged GDPR deletion waiting for the flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDeletion {
+    pub seq: u64,
+    pub deletion: Deletion,
 }
 
 /// Everything acknowledged and not yet in the database.
@@ -171,6 +192,8 @@ pub struct Buffer {
     pub increment: Pending<Sum>,
     pub daily_increment: Pending<Days>,
     pub daily: Pending<LatestDay>,
+    /// GDPR deletions, in sequence order; the flush applies them first.
+    pub deletions: Vec<PendingDeletion>,
     /// The highest WAL sequence number applied.
     last_seq: u64,
     /// How many updates were applied (before coalescing).
@@ -186,12 +209,31 @@ impl Buffer {
         }
     }
 
-    /// Applies the update with WAL sequence number `seq`. Callers apply in
+    /// Applies the record with WAL sequence number `seq`. Callers apply in
     /// increasing `seq` order.
-    pub fn apply(&mut self, seq: u64, update: Update) {
+    pub fn apply(&mut self, seq: u64, record: Record) {
         debug_assert!(seq > self.last_seq || self.updates == 0);
         self.last_seq = self.last_seq.max(seq);
         self.updates += 1;
+        match record {
+            Record::Update(update) => self.apply_update(update),
+            Record::Delete(deletion) => self.apply_deletion(seq, deletion),
+        }
+    }
+
+    fn apply_deletion(&mut self, seq: u64, deletion: Deletion) {
+        self.remove_user(&deletion.user_id, &deletion.namespace);
+        self.deletions.push(PendingDeletion { seq, deletion });
+    }
+
+    fn remove_user(&mut self, user_id: &str, namespace: &str) {
+        self.absolute.remove_user(user_id, namespace);
+        self.increment.remove_user(user_id, namespace);
+        self.daily_increment.remove_user(user_id, namespace);
+        self.daily.remove_user(user_id, namespace);
+    }
+
+    fn apply_update(&mut self, update: Update) {
         let key = Key {
             user_id: update.user_id,
             goal_id: update.goal_id,
@@ -200,6 +242,7 @@ impl Buffer {
             challenge_id: update.challenge_id,
             namespace: update.namespace,
             target: update.target,
+            creates_row: update.creates_row,
         };
         let time = update.event_time_ms;
         match update.op {
@@ -243,8 +286,9 @@ impl Buffer {
         self.absolute.len() + self.increment.len() + self.daily_increment.len() + self.daily.len()
     }
 
+    /// Nothing to flush: no entry and no deletion.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.deletions.is_empty()
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -263,7 +307,15 @@ impl Buffer {
 
     /// Puts back a buffer taken earlier whose flush failed. Its entries are older
     /// than everything applied since, and merge under the same rules.
-    pub fn merge_back(&mut self, older: Buffer) {
+    pub fn merge_back(&mut self, mut older: Buffer) {
+        // What the older batch holds of a user deleted since was acknowledged
+        // before that deletion.
+        for pending in &self.deletions {
+            let d = &pending.deletion;
+            older.remove_user(&d.user_id, &d.namespace);
+        }
+        older.deletions.append(&mut self.deletions);
+        self.deletions = older.deletions;
         self.absolute.absorb_older(older.absolute);
         self.increment.absorb_older(older.increment);
         self.daily_increment.absorb_older(older.daily_increment);
@@ -273,21 +325,74 @@ impl Buffer {
     }
 }
 
+/// Replay (and anything else single-threaded) applies straight into a buffer.
+impl crate::wal::Sink for Buffer {
+    fn committed(&mut self, records: Vec<(u64, Record)>) {
+        for (seq, record) in records {
+            self.apply(seq, record);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn update(goal: &str, op: Op, time: i64) -> Update {
-        Update {
+    fn update(goal: &str, op: Op, time: i64) -> Record {
+        Record::Update(Update {
             user_id: "u".into(),
             goal_id: goal.into(),
             challenge_id: "c".into(),
             namespace: "ns".into(),
             target: 10,
+            creates_row: true,
             event_time_ms: time,
             event_id: String::new(),
             op,
+        })
+    }
+
+    fn deletion(user: &str) -> Record {
+        Record::Delete(Deletion {
+            user_id: user.into(),
+            namespace: "ns".into(),
+            event_time_ms: 0,
+            event_id: format!("gdpr-{user}"),
+        })
+    }
+
+    #[test]
+    fn a_deletion_drops_the_users_pending_entries_and_later_ones_start_afresh() {
+        let mut b = Buffer::default();
+        b.apply(1, update("inc", Op::Add(2), 1));
+        b.apply(2, update("abs", Op::Set(4), 2));
+        let mut other = update("inc", Op::Add(7), 3);
+        if let Record::Update(u) = &mut other {
+            u.user_id = "someone-else".into();
         }
+        b.apply(3, other);
+        b.apply(4, deletion("u"));
+        assert!(b.absolute.is_empty());
+        assert_eq!(b.increment.len(), 1, "only the other user's entry is left");
+        b.apply(5, update("inc", Op::Add(3), 5));
+        assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, 3);
+        assert_eq!(b.deletions.len(), 1);
+        assert_eq!(b.deletions[0].seq, 4);
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn a_failed_flush_merged_back_loses_what_a_newer_deletion_removed() {
+        let mut b = Buffer::default();
+        b.apply(1, update("inc", Op::Add(2), 1));
+        b.apply(2, deletion("v"));
+        let failed = b.take();
+        b.apply(3, deletion("u"));
+        b.apply(4, update("inc", Op::Add(5), 4));
+        b.merge_back(failed);
+        assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, 5);
+        let seqs: Vec<u64> = b.deletions.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [2, 3], "deletions in sequence order");
     }
 
     fn key(goal: &str) -> Key {

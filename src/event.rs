@@ -1,12 +1,14 @@
 //! Domain events: the three AGS messages decoded into one [`Event`], validated.
 //!
 //! Everything a client can get wrong is caught here, before the WAL, and
-//! becomes an [`EventError`] that names the field; the gRPC layer turns it into
-//! `INVALID_ARGUMENT`. Nothing here panics on any input.
+//! becomes an [`EventError`] that names the field; the ingress layers turn it
+//! into `INVALID_ARGUMENT` (gRPC) or a 400 (HTTP). Nothing here panics on any input.
 
 use chrono::DateTime;
 
-use crate::proto::iam::account::v1::{UserAccount, UserLoggedIn, UserThirdPartyLoggedIn};
+use crate::proto::iam::account::v1::{
+    GdprRequestDataDeletionResponse, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
+};
 use crate::proto::social::statistic::v1::StatItemUpdated;
 use crate::rules::MAX_ID_LEN;
 
@@ -37,6 +39,8 @@ pub enum EventKind {
         latest_value: f64,
         inc: f64,
     },
+    /// A GDPR data deletion: every row of the user in this namespace goes.
+    GdprDeletion,
 }
 
 /// Why an event was rejected. Each names the offending field.
@@ -52,12 +56,6 @@ pub enum EventError {
     },
     #[error("{field} must be a finite number, got {value}")]
     NotFinite { field: &'static str, value: f64 },
-}
-
-impl From<EventError> for tonic::Status {
-    fn from(e: EventError) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
-    }
 }
 
 /// Where an event's time came from, for logging.
@@ -89,17 +87,45 @@ struct Envelope<'a> {
     user_id: &'a str,
 }
 
+/// A login: the user is the top-level `user_id` (as the Go handler reads it),
+/// else the payload's; the payload itself is optional.
 pub fn from_login(msg: &UserLoggedIn, now_ms: i64) -> Result<(Event, TimeSource), EventError> {
-    let payload = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
-    login(envelope!(msg), payload.user_account.as_ref(), now_ms)
+    let account = msg.payload.as_ref().and_then(|p| p.user_account.as_ref());
+    login(envelope!(msg), account, now_ms)
 }
 
 pub fn from_third_party_login(
     msg: &UserThirdPartyLoggedIn,
     now_ms: i64,
 ) -> Result<(Event, TimeSource), EventError> {
-    let payload = msg.payload.as_ref().ok_or(EventError::Missing("payload"))?;
-    login(envelope!(msg), payload.user_account.as_ref(), now_ms)
+    let account = msg.payload.as_ref().and_then(|p| p.user_account.as_ref());
+    login(envelope!(msg), account, now_ms)
+}
+
+/// A GDPR data deletion: the user is `payload.deletion_gdpr.user_id`, else the
+/// top-level `user_id` (the order AccelByte's handler reads them in).
+pub fn from_gdpr_deletion(
+    msg: &GdprRequestDataDeletionResponse,
+    now_ms: i64,
+) -> Result<(Event, TimeSource), EventError> {
+    let gdpr = msg.payload.as_ref().and_then(|p| p.deletion_gdpr.as_ref());
+    let payload_user = gdpr.map_or("", |g| g.user_id.as_str());
+    let user = first_of(
+        (payload_user, "payload.deletion_gdpr.user_id"),
+        (&msg.user_id, "user_id"),
+    );
+    build(envelope!(msg), user, EventKind::GdprDeletion, now_ms)
+}
+
+/// The namespace a deletion is for: the top-level one, else the payload's.
+pub fn gdpr_namespace(msg: &GdprRequestDataDeletionResponse) -> &str {
+    if !msg.namespace.is_empty() {
+        return &msg.namespace;
+    }
+    msg.payload
+        .as_ref()
+        .and_then(|p| p.deletion_gdpr.as_ref())
+        .map_or("", |g| g.namespace.as_str())
 }
 
 fn login(
@@ -107,14 +133,12 @@ fn login(
     account: Option<&UserAccount>,
     now_ms: i64,
 ) -> Result<(Event, TimeSource), EventError> {
-    let payload_user = account.map(|a| a.user_id.as_str()).unwrap_or("");
-    build(
-        env,
-        payload_user,
-        "payload.user_account.user_id",
-        EventKind::Login,
-        now_ms,
-    )
+    let payload_user = account.map_or("", |a| a.user_id.as_str());
+    let user = first_of(
+        (env.user_id, "user_id"),
+        (payload_user, "payload.user_account.user_id"),
+    );
+    build(env, user, EventKind::Login, now_ms)
 }
 
 pub fn from_stat(msg: &StatItemUpdated, now_ms: i64) -> Result<(Event, TimeSource), EventError> {
@@ -125,10 +149,13 @@ pub fn from_stat(msg: &StatItemUpdated, now_ms: i64) -> Result<(Event, TimeSourc
     check_len("payload.stat_code", &item.stat_code, MAX_STAT_CODE_LEN)?;
     check_finite("payload.latest_value", item.latest_value)?;
     check_finite("payload.inc", item.inc)?;
+    let user = first_of(
+        (&msg.user_id, "user_id"),
+        (&item.user_id, "payload.user_id"),
+    );
     build(
         envelope!(msg),
-        &item.user_id,
-        "payload.user_id",
+        user,
         EventKind::Stat {
             stat_code: item.stat_code.clone(),
             latest_value: item.latest_value,
@@ -138,19 +165,24 @@ pub fn from_stat(msg: &StatItemUpdated, now_ms: i64) -> Result<(Event, TimeSourc
     )
 }
 
+/// The first non-empty of two user ids, with the field it came from.
+fn first_of<'a>(
+    first: (&'a str, &'static str),
+    second: (&'a str, &'static str),
+) -> (&'a str, &'static str) {
+    if first.0.is_empty() {
+        second
+    } else {
+        first
+    }
+}
+
 fn build(
     env: Envelope,
-    payload_user: &str,
-    payload_user_field: &'static str,
+    (user_id, field): (&str, &'static str),
     kind: EventKind,
     now_ms: i64,
 ) -> Result<(Event, TimeSource), EventError> {
-    // The top-level user id wins; the payload's is the fallback.
-    let (user_id, field) = if env.user_id.is_empty() {
-        (payload_user, payload_user_field)
-    } else {
-        (env.user_id, "user_id")
-    };
     if user_id.is_empty() {
         return Err(EventError::Missing("user_id"));
     }
@@ -306,8 +338,72 @@ mod tests {
         let login = UserLoggedIn::default();
         assert_eq!(
             from_login(&login, NOW).unwrap_err(),
-            EventError::Missing("payload")
+            EventError::Missing("user_id")
         );
+        assert_eq!(
+            from_gdpr_deletion(&GdprRequestDataDeletionResponse::default(), NOW).unwrap_err(),
+            EventError::Missing("user_id")
+        );
+    }
+
+    #[test]
+    fn a_login_without_a_payload_is_valid_when_the_top_level_user_id_is_set() {
+        let login = UserLoggedIn {
+            user_id: "top".into(),
+            id: "ev".into(),
+            ..Default::default()
+        };
+        let (event, _) = from_login(&login, NOW).unwrap();
+        assert_eq!(
+            (event.user_id.as_str(), event.kind),
+            ("top", EventKind::Login)
+        );
+        let third = UserThirdPartyLoggedIn {
+            user_id: "top".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_third_party_login(&third, NOW).unwrap().0.user_id,
+            "top"
+        );
+    }
+
+    #[test]
+    fn a_gdpr_deletion_names_its_user_in_the_payload_first_then_at_the_top_level() {
+        use crate::proto::iam::account::v1::{
+            DeletionGdpr, GdprRequestDataDeletionResponsePayloadData,
+        };
+        let mut msg = GdprRequestDataDeletionResponse {
+            payload: Some(GdprRequestDataDeletionResponsePayloadData {
+                deletion_gdpr: Some(DeletionGdpr {
+                    user_id: "from-payload".into(),
+                    namespace: "payload-ns".into(),
+                    ..Default::default()
+                }),
+            }),
+            user_id: "top".into(),
+            ..Default::default()
+        };
+        let (event, _) = from_gdpr_deletion(&msg, NOW).unwrap();
+        assert_eq!(event.user_id, "from-payload");
+        assert_eq!(event.kind, EventKind::GdprDeletion);
+        assert_eq!(gdpr_namespace(&msg), "payload-ns");
+        msg.namespace = "top-ns".into();
+        assert_eq!(gdpr_namespace(&msg), "top-ns");
+
+        msg.payload
+            .as_mut()
+            .unwrap()
+            .deletion_gdpr
+            .as_mut()
+            .unwrap()
+            .user_id = "p".repeat(101);
+        assert_eq!(
+            from_gdpr_deletion(&msg, NOW).unwrap_err().to_string(),
+            "payload.deletion_gdpr.user_id is 101 characters; at most 100 are allowed"
+        );
+        msg.payload = None;
+        assert_eq!(from_gdpr_deletion(&msg, NOW).unwrap().0.user_id, "top");
     }
 
     #[test]

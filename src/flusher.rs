@@ -20,10 +20,41 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::Buffer;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::store::{Lease, ProgressStore, StoreError};
-use crate::wal::Wal;
+use crate::rules::Record;
+use crate::store::{Deleted, Lease, ProgressStore, StoreError};
+use crate::wal::{Sink, Wal};
 
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The WAL's sink in a running service: committed records go into the shared
+/// buffer in sequence order; a buffer of `max_keys` entries wakes the flusher early.
+pub struct Intake {
+    pub buffer: Arc<Mutex<Buffer>>,
+    pub flush_early: Arc<Notify>,
+    pub max_keys: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sink for Intake {
+    fn committed(&mut self, records: Vec<(u64, Record)>) {
+        let deletions = records
+            .iter()
+            .filter(|(_, r)| matches!(r, Record::Delete(_)))
+            .count();
+        let keys = {
+            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
+            buffer.committed(records);
+            buffer.len()
+        };
+        self.metrics.buffer_size.set(keys as i64);
+        if deletions > 0 {
+            self.metrics.gdpr_deletions_pending.add(deletions as i64);
+        }
+        if keys >= self.max_keys {
+            self.flush_early.notify_one();
+        }
+    }
+}
 
 pub struct Flusher<S> {
     store: Arc<S>,
@@ -78,7 +109,9 @@ impl<S: ProgressStore> Flusher<S> {
                     "the last flush had committed after all; not writing it again"
                 );
                 let upto = doubt.last_seq();
-                self.in_doubt = None;
+                if let Some(doubt) = self.in_doubt.take() {
+                    self.audit_unknown(&doubt);
+                }
                 self.truncate(upto).await;
             }
         }
@@ -97,20 +130,69 @@ impl<S: ProgressStore> Flusher<S> {
         let upto = batch.last_seq();
         let started = Instant::now();
         match self.store.apply(&self.lease, upto, &batch).await {
-            Ok(rows) => {
+            Ok(applied) => {
                 self.metrics
                     .flush_duration
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.db_batch_size.observe(rows as f64);
-                tracing::debug!(rows, updates = batch.updates(), upto_seq = upto, "flushed");
+                self.metrics.db_batch_size.observe(applied.rows as f64);
+                tracing::debug!(
+                    rows = applied.rows,
+                    deletions = applied.deleted.len(),
+                    updates = batch.updates(),
+                    upto_seq = upto,
+                    "flushed"
+                );
+                self.audit(&applied.deleted);
                 self.truncate(upto).await;
-                Ok(rows)
+                Ok(applied.rows)
             }
             Err(e) => {
                 self.in_doubt = Some(batch);
                 Err(e)
             }
         }
+    }
+
+    /// The audit trail of committed GDPR deletions: one line each, and metrics.
+    fn audit(&self, deleted: &[Deleted]) {
+        self.metrics
+            .gdpr_deletions_pending
+            .sub(deleted.len() as i64);
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for d in deleted {
+            self.metrics.gdpr_deletions.inc();
+            self.metrics.gdpr_rows_deleted.inc_by(d.rows);
+            tracing::info!(
+                audit = "gdpr_user_data_deletion",
+                user_id = %d.user_id,
+                namespace = %d.namespace,
+                event_id = %d.event_id,
+                rows_deleted = d.rows,
+                requested_at = %rfc3339(d.requested_ms),
+                deleted_at = %at,
+                "gdpr deletion applied: the user's challenge progress is deleted"
+            );
+        }
+    }
+
+    /// A batch found committed after its reply was lost: its deletions were
+    /// applied, the row counts are not known.
+    fn audit_unknown(&self, batch: &Buffer) {
+        for pending in &batch.deletions {
+            let d = &pending.deletion;
+            self.metrics.gdpr_deletions.inc();
+            tracing::info!(
+                audit = "gdpr_user_data_deletion",
+                user_id = %d.user_id,
+                namespace = %d.namespace,
+                event_id = %d.event_id,
+                requested_at = %rfc3339(d.event_time_ms),
+                "gdpr deletion applied (the commit reply was lost; rows deleted unknown)"
+            );
+        }
+        self.metrics
+            .gdpr_deletions_pending
+            .sub(batch.deletions.len() as i64);
     }
 
     /// WAL truncation after a commit. A failure here costs disk, not
@@ -128,7 +210,8 @@ impl<S: ProgressStore> Flusher<S> {
 
     /// Whether anything acknowledged is still not in the database.
     pub fn has_pending(&self) -> bool {
-        self.buffered_keys() > 0
+        !self.buffer.lock().expect("buffer lock poisoned").is_empty()
+            || self.in_doubt.as_ref().is_some_and(|b| !b.is_empty())
     }
 
     /// Flushes every `interval` (or when `early` is notified) until `stop`.
@@ -183,6 +266,12 @@ impl<S: ProgressStore> Flusher<S> {
         }
         self
     }
+}
+
+fn rfc3339(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `interval × 2^failures`, capped at [`MAX_BACKOFF`].

@@ -1,4 +1,5 @@
-//! gRPC ingress: the three AGS `OnMessage` services, plus `grpc.health.v1` and
+//! gRPC ingress: the four AGS `OnMessage` services (IAM login, third-party
+//! login and GDPR data deletion; Social statistic updates), plus `grpc.health.v1` and
 //! server reflection (v1 and v1alpha; the Extend sidecar and grpcurl use them).
 //!
 //! Each call: decode + validate ([`crate::event`]) → namespace filter → goal
@@ -14,6 +15,11 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::event::{self, Event, EventError, TimeSource};
+use crate::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_server::{
+    DeletionAccountGdprGdprRequestDataDeletionResponseService,
+    DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer,
+};
+use crate::proto::iam::account::v1::GdprRequestDataDeletionResponse;
 use crate::metrics::Metrics;
 use crate::proto::iam::account::v1::user_authentication_user_logged_in_service_server::{
     UserAuthenticationUserLoggedInService, UserAuthenticationUserLoggedInServiceServer,
@@ -28,9 +34,35 @@ use crate::proto::social::statistic::v1::statistic_stat_item_updated_service_ser
 };
 use crate::proto::social::statistic::v1::StatItemUpdated;
 use crate::rules::GoalIndex;
-use crate::wal::{unix_ms, Appended, Wal};
+use crate::wal::{unix_ms, Appended, Wal, WalError};
 
-/// The handler behind all three services.
+impl From<EventError> for Status {
+    fn from(e: EventError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<WalError> for Status {
+    fn from(e: WalError) -> Self {
+        match e {
+            WalError::Full { .. } | WalError::Failed | WalError::Closed => {
+                Status::unavailable(e.to_string())
+            }
+            // Never send storage details to a client; the log has them.
+            _ => Status::internal("internal storage error"),
+        }
+    }
+}
+
+/// The generated servers of the AGS event services, all backed by one [`Ingress`].
+pub struct Services {
+    pub login: UserAuthenticationUserLoggedInServiceServer<Ingress>,
+    pub third_party_login: UserAuthenticationUserThirdPartyLoggedInServiceServer<Ingress>,
+    pub stat: StatisticStatItemUpdatedServiceServer<Ingress>,
+    pub gdpr_deletion: DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer<Ingress>,
+}
+
+/// The handler behind all four services.
 #[derive(Clone)]
 pub struct Ingress {
     inner: Arc<Inner>,
@@ -117,12 +149,33 @@ impl Ingress {
             inner.metrics.events_bad_timestamp.inc();
             tracing::warn!(event_id = %event.id, "event timestamp unusable; using arrival time");
         }
-        let updates = inner.goals.updates(&event);
-        if updates.is_empty() {
+        let records = inner.goals.records(&event);
+        if records.is_empty() {
             return Ok(());
         }
-        match inner.wal.append(event.id, updates).await? {
-            Appended::Written { .. } => Ok(()),
+        let deletion = event.kind == event::EventKind::GdprDeletion;
+        let appended = inner
+            .wal
+            .append(event.id.clone(), records)
+            .await
+            .inspect_err(|e| {
+                if !matches!(e, WalError::Full { .. } | WalError::Closed) {
+                    tracing::error!(error = %e, "cannot make an event durable");
+                }
+            })?;
+        match appended {
+            Appended::Written { .. } => {
+                if deletion {
+                    tracing::info!(
+                        audit = "gdpr_user_data_deletion",
+                        user_id = %event.user_id,
+                        namespace = %event.namespace,
+                        event_id = %event.id,
+                        "gdpr deletion acknowledged: durable in the WAL, applied at the next flush"
+                    );
+                }
+                Ok(())
+            }
             Appended::Duplicate => {
                 inner.metrics.events_duplicate.inc();
                 Ok(())
@@ -130,23 +183,22 @@ impl Ingress {
         }
     }
 
-    /// The three services, each with a decoding limit of `max_message_bytes`.
-    pub fn services(
-        &self,
-        max_message_bytes: usize,
-    ) -> (
-        UserAuthenticationUserLoggedInServiceServer<Ingress>,
-        UserAuthenticationUserThirdPartyLoggedInServiceServer<Ingress>,
-        StatisticStatItemUpdatedServiceServer<Ingress>,
-    ) {
-        (
-            UserAuthenticationUserLoggedInServiceServer::new(self.clone())
+    /// The four services, each with a decoding limit of `max_message_bytes`.
+    pub fn services(&self, max_message_bytes: usize) -> Services {
+        Services {
+            login: UserAuthenticationUserLoggedInServiceServer::new(self.clone())
                 .max_decoding_message_size(max_message_bytes),
-            UserAuthenticationUserThirdPartyLoggedInServiceServer::new(self.clone())
+            third_party_login: UserAuthenticationUserThirdPartyLoggedInServiceServer::new(
+                self.clone(),
+            )
+            .max_decoding_message_size(max_message_bytes),
+            stat: StatisticStatItemUpdatedServiceServer::new(self.clone())
                 .max_decoding_message_size(max_message_bytes),
-            StatisticStatItemUpdatedServiceServer::new(self.clone())
-                .max_decoding_message_size(max_message_bytes),
-        )
+            gdpr_deletion: DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer::new(
+                self.clone(),
+            )
+            .max_decoding_message_size(max_message_bytes),
+        }
     }
 }
 
@@ -179,6 +231,20 @@ impl StatisticStatItemUpdatedService for Ingress {
         let msg = request.into_inner();
         self.handle("stat_item_updated", &msg.namespace, |now| {
             event::from_stat(&msg, now)
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl DeletionAccountGdprGdprRequestDataDeletionResponseService for Ingress {
+    async fn on_message(
+        &self,
+        request: Request<GdprRequestDataDeletionResponse>,
+    ) -> Result<Response<()>, Status> {
+        let msg = request.into_inner();
+        self.handle("gdpr_deletion", event::gdpr_namespace(&msg), |now| {
+            event::from_gdpr_deletion(&msg, now)
         })
         .await
     }

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub wal_replayed: IntCounter,
     pub dedup_marks: IntGauge,
     pub dedup_evicted_early: IntCounter,
+    pub gdpr_deletions: IntCounter,
+    pub gdpr_rows_deleted: IntCounter,
+    pub gdpr_deletions_pending: IntGauge,
 }
 
 impl Metrics {
@@ -123,6 +126,18 @@ impl Metrics {
                 "dedup_evicted_early_total",
                 "dedup marks dropped before DEDUP_WINDOW ended because DEDUP_MAX_MARKS was reached",
             ),
+            gdpr_deletions: counter(
+                "gdpr_deletions_total",
+                "GDPR data deletions applied to the database (each also logged as an audit line)",
+            ),
+            gdpr_rows_deleted: counter(
+                "gdpr_rows_deleted_total",
+                "user_goal_progress rows removed by GDPR data deletions",
+            ),
+            gdpr_deletions_pending: gauge(
+                "gdpr_deletions_pending",
+                "GDPR data deletions acknowledged (durable in the WAL) and not yet applied to the database",
+            ),
             registry,
         }
     }
@@ -169,6 +184,9 @@ mod tests {
             "challenge_event_handler_events_duplicate_total",
             "challenge_event_handler_events_ignored_total",
             "challenge_event_handler_flush_failures_total",
+            "challenge_event_handler_gdpr_deletions_total",
+            "challenge_event_handler_gdpr_rows_deleted_total",
+            "challenge_event_handler_gdpr_deletions_pending",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

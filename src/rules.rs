@@ -1,8 +1,11 @@
-//! Goal index and progress rules: `Event × goals → [Update]`, pure and without I/O.
+//! Goal index and progress rules: `Event × goals → [Record]`, pure and without I/O.
 //!
-//! An [`Update`] is self-contained (invariant 7 of DESIGN.md): it carries the
-//! user, goal, challenge, namespace, target, the operation and the event's time
-//! and id, so replaying the WAL never needs today's `challenges.json`.
+//! A [`Record`] is what the WAL stores: an [`Update`] of one user-goal row or a
+//! GDPR [`Deletion`] of all of a user's rows. Records are self-contained
+//! (docs/DESIGN.md, invariant 7): an update carries the user, goal, challenge,
+//! namespace, target, whether it may create the row, the operation and the
+//! event's time and id, so replaying the WAL never needs today's
+//! `challenges.json`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +48,10 @@ pub struct GoalDef {
     pub source: Source,
     pub stat_code: Option<String>,
     pub target: i32,
+    /// `defaultAssigned` (true when absent): an event may create this goal's
+    /// row. When false, the challenge service creates the row when the player
+    /// activates the goal, and an event only updates an existing, active row.
+    pub default_assigned: bool,
 }
 
 /// Goals by the events that move them; built once, O(1) lookup per event.
@@ -85,6 +92,7 @@ impl GoalIndex {
     fn goals_for(&self, kind: &EventKind) -> &[Arc<GoalDef>] {
         match kind {
             EventKind::Login => &self.login,
+            EventKind::GdprDeletion => &[],
             EventKind::Stat { stat_code, .. } => self
                 .by_stat
                 .get(stat_code)
@@ -93,19 +101,31 @@ impl GoalIndex {
         }
     }
 
-    /// The updates one event makes: one per goal it moves (possibly none).
-    pub fn updates(&self, event: &Event) -> Vec<Update> {
-        self.goals_for(&event.kind)
-            .iter()
-            .map(|goal| Update {
+    /// The records one event makes: an update per goal it moves (possibly
+    /// none), or one deletion.
+    pub fn records(&self, event: &Event) -> Vec<Record> {
+        if event.kind == EventKind::GdprDeletion {
+            return vec![Record::Delete(Deletion {
                 user_id: event.user_id.clone(),
-                goal_id: goal.goal_id.clone(),
-                challenge_id: goal.challenge_id.clone(),
                 namespace: event.namespace.clone(),
-                target: goal.target,
                 event_time_ms: event.time_ms,
                 event_id: event.id.clone(),
-                op: op_for(goal.kind, event),
+            })];
+        }
+        self.goals_for(&event.kind)
+            .iter()
+            .map(|goal| {
+                Record::Update(Update {
+                    user_id: event.user_id.clone(),
+                    goal_id: goal.goal_id.clone(),
+                    challenge_id: goal.challenge_id.clone(),
+                    namespace: event.namespace.clone(),
+                    target: goal.target,
+                    creates_row: goal.default_assigned,
+                    event_time_ms: event.time_ms,
+                    event_id: event.id.clone(),
+                    op: op_for(goal.kind, event),
+                })
             })
             .collect()
     }
@@ -119,9 +139,9 @@ fn op_for(kind: GoalKind, event: &Event) -> Op {
         }
         // Not reachable through a validated config (absolute goals are statistic goals);
         // a login moving an absolute goal counts as reaching 1.
-        (GoalKind::Absolute, EventKind::Login) => Op::Set(1),
+        (GoalKind::Absolute, _) => Op::Set(1),
         (GoalKind::Increment, EventKind::Stat { inc, .. }) => Op::Add(increment_of(*inc)),
-        (GoalKind::Increment, EventKind::Login) => Op::Add(1),
+        (GoalKind::Increment, _) => Op::Add(1),
         (GoalKind::DailyIncrement, _) => Op::CountDay(day),
         (GoalKind::Daily, _) => Op::CompleteDay(day),
     }
@@ -161,7 +181,7 @@ pub enum Op {
     CompleteDay(i32),
 }
 
-/// One acknowledged change to one `user_goal_progress` row; the WAL's unit.
+/// One acknowledged change to one `user_goal_progress` row.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Update {
     pub user_id: String,
@@ -169,10 +189,40 @@ pub struct Update {
     pub challenge_id: String,
     pub namespace: String,
     pub target: i32,
+    /// Whether this update may create the row (the goal's `defaultAssigned`);
+    /// when false it only changes a row that exists and is active.
+    pub creates_row: bool,
     /// The event's time (its `timestamp`, else arrival), Unix milliseconds.
     pub event_time_ms: i64,
     pub event_id: String,
     pub op: Op,
+}
+
+/// An acknowledged GDPR data deletion: every row of `user_id` in `namespace`
+/// goes, and nothing acknowledged before it may bring one back.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Deletion {
+    pub user_id: String,
+    pub namespace: String,
+    /// The event's time (its `timestamp`, else arrival), Unix milliseconds.
+    pub event_time_ms: i64,
+    pub event_id: String,
+}
+
+/// What the WAL stores, one per sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Record {
+    Update(Update),
+    Delete(Deletion),
+}
+
+impl Record {
+    pub fn user_id(&self) -> &str {
+        match self {
+            Record::Update(u) => &u.user_id,
+            Record::Delete(d) => &d.user_id,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +237,19 @@ mod tests {
             source,
             stat_code: stat.map(Into::into),
             target,
+            default_assigned: true,
         }
+    }
+
+    fn updates(index: &GoalIndex, event: &Event) -> Vec<Update> {
+        index
+            .records(event)
+            .into_iter()
+            .map(|r| match r {
+                Record::Update(u) => u,
+                Record::Delete(d) => panic!("unexpected deletion {d:?}"),
+            })
+            .collect()
     }
 
     fn stat(code: &str, latest: f64, inc: f64) -> Event {
@@ -238,8 +300,7 @@ mod tests {
             ),
             goal("login", GoalKind::Increment, Source::Login, None, 10),
         ]);
-        let ops: Vec<_> = index
-            .updates(&stat("kills", 7.9, 2.5))
+        let ops: Vec<_> = updates(&index, &stat("kills", 7.9, 2.5))
             .into_iter()
             .map(|u| (u.goal_id, u.op))
             .collect();
@@ -252,7 +313,7 @@ mod tests {
                 ("day".to_string(), Op::CompleteDay(3)),
             ]
         );
-        assert!(index.updates(&stat("unknown", 1.0, 1.0)).is_empty());
+        assert!(index.records(&stat("unknown", 1.0, 1.0)).is_empty());
     }
 
     #[test]
@@ -266,11 +327,43 @@ mod tests {
         )]);
         let mut event = stat("x", 0.0, 0.0);
         event.kind = EventKind::Login;
-        let updates = index.updates(&event);
+        let updates = updates(&index, &event);
         assert_eq!(updates.len(), 1);
         assert_eq!(updates[0].op, Op::Add(1));
         assert_eq!(updates[0].target, 3);
         assert_eq!(updates[0].event_id, "e1");
+    }
+
+    #[test]
+    fn a_gdpr_deletion_is_one_record_whatever_the_goals() {
+        let index = GoalIndex::new(vec![goal(
+            "login",
+            GoalKind::Increment,
+            Source::Login,
+            None,
+            3,
+        )]);
+        let mut event = stat("x", 0.0, 0.0);
+        event.kind = EventKind::GdprDeletion;
+        assert_eq!(
+            index.records(&event),
+            [Record::Delete(Deletion {
+                user_id: "u1".into(),
+                namespace: "ns".into(),
+                event_time_ms: event.time_ms,
+                event_id: "e1".into(),
+            })]
+        );
+    }
+
+    #[test]
+    fn an_update_carries_whether_its_goal_is_assigned_by_default() {
+        let mut unassigned = goal("login", GoalKind::Increment, Source::Login, None, 3);
+        unassigned.default_assigned = false;
+        let index = GoalIndex::new(vec![unassigned]);
+        let mut event = stat("x", 0.0, 0.0);
+        event.kind = EventKind::Login;
+        assert!(!updates(&index, &event)[0].creates_row);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 use anyhow::Context;
 
 use crate::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
-use crate::proto::iam::account::v1::{AnonymousSchema19, UserAccount, UserLoggedIn};
+use crate::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient;
+use crate::proto::iam::account::v1::{
+    AnonymousSchema19, DeletionGdpr, GdprRequestDataDeletionResponse,
+    GdprRequestDataDeletionResponsePayloadData, UserAccount, UserLoggedIn,
+};
 use crate::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
 use crate::proto::social::statistic::v1::{StatItem, StatItemUpdated};
 
@@ -45,6 +49,9 @@ pub enum SendEvent {
         #[arg(long, default_value_t = 1.0)]
         inc: f64,
     },
+    /// An IAM GDPR data deletion (gdprRequestDataDeletionResponse): deletes all
+    /// of the user's challenge progress in the namespace.
+    GdprDeletion,
 }
 
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
@@ -75,6 +82,13 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
                 .on_message(msg)
                 .await?;
             format!("stat {code}={value} (inc {inc})")
+        }
+        SendEvent::GdprDeletion => {
+            let msg = gdpr_deletion_message(&namespace, &args.user, &id, &timestamp);
+            DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(channel)
+                .on_message(msg)
+                .await?;
+            "GDPR data deletion".to_owned()
         }
     };
     println!(
@@ -128,6 +142,29 @@ pub fn stat_message(
         namespace: namespace.to_owned(),
         timestamp: timestamp.to_owned(),
         user_id: user.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A `gdprRequestDataDeletionResponse` event as AGS sends it (the user in the payload).
+pub fn gdpr_deletion_message(
+    namespace: &str,
+    user: &str,
+    id: &str,
+    timestamp: &str,
+) -> GdprRequestDataDeletionResponse {
+    GdprRequestDataDeletionResponse {
+        payload: Some(GdprRequestDataDeletionResponsePayloadData {
+            deletion_gdpr: Some(DeletionGdpr {
+                user_id: user.to_owned(),
+                namespace: namespace.to_owned(),
+                ..Default::default()
+            }),
+        }),
+        id: id.to_owned(),
+        name: "gdprRequestDataDeletionResponse".into(),
+        namespace: namespace.to_owned(),
+        timestamp: timestamp.to_owned(),
         ..Default::default()
     }
 }

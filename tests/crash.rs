@@ -259,3 +259,128 @@ async fn a_database_that_does_not_exist_stops_start_up_instead_of_retrying_forev
     );
     assert!(log.contains("no_such_database"), "{log}");
 }
+
+/// The rows of `user` as (goal, progress), sorted.
+async fn rows_of(pool: &sqlx::PgPool, user: &str) -> Vec<(String, i32)> {
+    sqlx::query_as(
+        "SELECT goal_id, progress FROM user_goal_progress WHERE user_id = $1 ORDER BY goal_id",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_gdpr_deletion_acknowledged_before_a_kill_9_is_applied_by_replay_and_nothing_older_returns(
+) {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let send = |channel: tonic::transport::Channel| async move {
+        challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient::new(channel)
+    };
+
+    // Rows in the database first.
+    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    first.wait_healthy().await;
+    send(first.channel().await)
+        .await
+        .on_message(stat("gk", "kills", 0.0, 4.0, "gk-1", ""))
+        .await
+        .unwrap();
+    wait_for_progress(&pool, "gk", "kills", 4, Duration::from_secs(20)).await;
+    first.kill9();
+
+    // Then, with no flush: more progress, the deletion, progress after it; kill -9.
+    let mut second = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
+    second.wait_healthy().await;
+    let channel = second.channel().await;
+    send(channel.clone())
+        .await
+        .on_message(stat("gk", "kills", 0.0, 5.0, "gk-2", ""))
+        .await
+        .unwrap();
+    UserAuthenticationUserLoggedInServiceClient::new(channel.clone())
+        .on_message(login("gk", "gk-3", ""))
+        .await
+        .unwrap();
+    challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(channel.clone())
+        .on_message(challenge_event_handler::send::gdpr_deletion_message(NAMESPACE, "gk", "gk-gdpr", ""))
+        .await
+        .unwrap();
+    send(channel)
+        .await
+        .on_message(stat("gk", "kills", 0.0, 2.0, "gk-4", ""))
+        .await
+        .unwrap();
+    second.kill9();
+    let before = [("kills".to_string(), 4), ("kills-total".to_string(), 0)];
+    assert_eq!(rows_of(&pool, "gk").await, before);
+
+    let mut third = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    third.wait_healthy().await;
+    wait_for_progress(&pool, "gk", "kills", 2, Duration::from_secs(20)).await;
+    assert_eq!(
+        rows_of(&pool, "gk").await,
+        [("kills".to_string(), 2), ("kills-total".to_string(), 0)],
+        "something acknowledged before the deletion came back"
+    );
+    let log = third
+        .wait_for_log("gdpr deletion applied", Duration::from_secs(10))
+        .await;
+    let audit = log
+        .lines()
+        .find(|l| l.contains("gdpr deletion applied"))
+        .unwrap();
+    for field in [
+        "user_id=gk",
+        "namespace=testgame",
+        "rows_deleted=2",
+        "event_id=gk-gdpr",
+    ] {
+        assert!(
+            audit.contains(field),
+            "{field} not in the audit line {audit:?}"
+        );
+    }
+    third.sigterm();
+    assert_eq!(third.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn a_wal_written_in_the_previous_record_format_replays_after_an_upgrade() {
+    use challenge_event_handler::rules::{Op, Update};
+    use challenge_event_handler::wal::codec;
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    // What a build of format 1 leaves after acknowledging three updates and
+    // dying before its flush: sled records `w` + seq → format-1 update.
+    {
+        let log = sled::open(dir.path().join("wal").join("log")).unwrap();
+        for (seq, delta) in [(1u64, 2), (2, 3), (3, 4)] {
+            let update = Update {
+                user_id: "up".into(),
+                goal_id: "kills".into(),
+                challenge_id: "combat".into(),
+                namespace: NAMESPACE.into(),
+                target: 10,
+                creates_row: true,
+                event_time_ms: 1_767_225_600_000,
+                event_id: format!("up-{seq}"),
+                op: Op::Add(delta),
+            };
+            let mut key = vec![b'w'];
+            key.extend_from_slice(&seq.to_be_bytes());
+            log.insert(key, codec::encode_v1(&update)).unwrap();
+        }
+        log.flush().unwrap();
+    }
+    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    service.wait_healthy().await;
+    let r = wait_for_progress(&pool, "up", "kills", 9, Duration::from_secs(20)).await;
+    assert_eq!(r.status, "in_progress");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}

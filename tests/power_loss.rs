@@ -7,7 +7,8 @@
 //!   acknowledges after sled's `flush()` alone (failpoint `wal-flush-only`)
 //!   loses acknowledged updates at a cut.
 //! - The service as built loses none and doubles none over many cuts under the
-//!   torture workload (tests/common/workload.rs, the same oracle).
+//!   torture workload (tests/common/workload.rs, the same oracle, GDPR
+//!   deletions included).
 //!
 //! `POWER_CUTS` sets the number of cuts (default 8, the CI size); `POWER_SEED`
 //! replays a run. FUSE needs /dev/fuse and the right to mount (root, or
@@ -218,11 +219,12 @@ async fn power_cuts_under_load_lose_no_acknowledged_update_and_double_none() {
     )
     .await;
     println!(
-        "power loss: {cuts} cuts, {} events acknowledged, {} calls in flight at cuts, \
+        "power loss: {cuts} cuts, {} events acknowledged ({} GDPR deletions), {} calls in flight at cuts, \
          {} unsynced bytes in {} files and {} unsynced entries dropped, \
          {} unsynced writes kept by torn cuts, {} fsyncs, \
          {} rows lost, {} rows doubled or wrong, {:.1}s",
         run.verdict.acknowledged,
+        run.verdict.deletions,
         run.uncertain,
         run.dropped.bytes_dropped,
         run.dropped.files_rolled_back,

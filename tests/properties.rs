@@ -1,11 +1,16 @@
 //! Property tests (proptest) for the rules and the WAL record codec.
 //!
-//! - Coalescing: a sequence of updates applied one by one (`model::apply_one`,
-//!   the rule book) and the same sequence coalesced into buffers at random
-//!   flush boundaries, some flushes failing and merged back, then applied as
-//!   the SQL does (`model::apply_batch`), end in rows that agree.
+//! - Coalescing: a sequence of records (updates of goals of every kind, one
+//!   not assigned by default, and GDPR deletions) applied one by one
+//!   (`model::apply_one`, the rule book) and the same sequence coalesced into
+//!   buffers at random flush boundaries, some flushes failing and merged back,
+//!   then applied as the SQL does (`model::apply_batch`), end in rows that agree.
 //! - The interleaving of independent users changes nothing.
-//! - A completed goal never regresses, one by one or batch by batch.
+//! - A completed goal never regresses (it keeps counting), one by one or
+//!   batch by batch; only a deletion removes it.
+//! - Nothing acknowledged before a user's last deletion survives it: the rows
+//!   are those of the records after it alone, wherever the flushes fall.
+//! - An event never creates the row of a goal that is not assigned by default.
 //! - The real SQL (`PgStore::apply` on a real PostgreSQL) ends where the rule
 //!   book ends, batch boundaries anywhere.
 //! - Every record round-trips through the codec; any one-byte change or
@@ -18,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use challenge_event_handler::buffer::{Buffer, Key};
 use challenge_event_handler::model::{self, After, Kind, Row, Rows};
-use challenge_event_handler::rules::{Op, Update, MAX_ID_LEN};
+use challenge_event_handler::rules::{Deletion, Op, Record, Update, MAX_ID_LEN};
 use challenge_event_handler::store::postgres::PgStore;
 use challenge_event_handler::store::ProgressStore;
 use challenge_event_handler::wal::codec;
@@ -28,26 +33,30 @@ use proptest::prelude::*;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// One generated event: which user, which goal, a value and a time offset.
+/// One generated event: which user, which goal (or a deletion), a value and a time offset.
 #[derive(Debug, Clone)]
 struct Ev {
     user: u8,
-    goal: u8,
+    what: u8,
     value: i32,
     offset_ms: i64,
 }
 
-fn updates(events: &[Ev]) -> Vec<Update> {
+fn records(events: &[Ev]) -> Vec<Record> {
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| model::sample_update(i, e.user, e.goal, e.value, e.offset_ms))
+        .map(|(i, e)| model::sample_record(i, e.user, e.what, e.value, e.offset_ms))
         .collect()
 }
 
+fn one_by_one(records: &[Record]) -> Rows {
+    model::one_by_one(&model::seeded_rows(), records)
+}
+
 /// Flushes after each of `cuts`; those also in `failing` fail.
-fn coalesced(updates: &[Update], cuts: &[usize], failing: &[usize]) -> Rows {
-    model::coalesced(updates, |i| {
+fn coalesced(records: &[Record], cuts: &[usize], failing: &[usize]) -> Rows {
+    model::coalesced(&model::seeded_rows(), records, |i| {
         match (cuts.contains(&i), failing.contains(&i)) {
             (false, _) => After::Nothing,
             (true, false) => After::Flush,
@@ -58,14 +67,19 @@ fn coalesced(updates: &[Update], cuts: &[usize], failing: &[usize]) -> Rows {
 
 fn events() -> impl Strategy<Value = Vec<Ev>> {
     prop::collection::vec(
-        (0u8..3, 0u8..4, any::<i32>(), 0..10 * DAY_MS).prop_map(
-            |(user, goal, value, offset_ms)| Ev {
+        // Deletions (what = 5) one time in 12.
+        (
+            0u8..3,
+            prop_oneof![11 => 0u8..5, 1 => Just(5u8)],
+            any::<i32>(),
+            0..10 * DAY_MS,
+        )
+            .prop_map(|(user, what, value, offset_ms)| Ev {
                 user,
-                goal,
+                what,
                 value,
                 offset_ms,
-            },
-        ),
+            }),
         0..80,
     )
 }
@@ -79,9 +93,9 @@ proptest! {
         cuts in prop::collection::vec(0usize..80, 0..10),
         failing in prop::collection::vec(0usize..80, 0..4),
     ) {
-        let updates = updates(&events);
-        let sequential = model::one_by_one(&updates);
-        let batched = coalesced(&updates, &cuts, &failing);
+        let records = records(&events);
+        let sequential = one_by_one(&records);
+        let batched = coalesced(&records, &cuts, &failing);
         prop_assert!(
             model::disagreements(&sequential, &batched).is_empty(),
             "{}",
@@ -95,12 +109,12 @@ proptest! {
         picks in prop::collection::vec(0u8..3, 0..200),
         cuts in prop::collection::vec(0usize..80, 0..10),
     ) {
-        let updates = updates(&events);
-        // Each user's updates in their own order; users interleaved by `picks`.
-        let mut queues: Vec<std::collections::VecDeque<Update>> = vec![Default::default(); 3];
-        for u in &updates {
-            let user: usize = u.user_id[1..].parse().unwrap();
-            queues[user].push_back(u.clone());
+        let records = records(&events);
+        // Each user's records in their own order; users interleaved by `picks`.
+        let mut queues: Vec<std::collections::VecDeque<Record>> = vec![Default::default(); 3];
+        for r in &records {
+            let user: usize = r.user_id()[1..].parse().unwrap();
+            queues[user].push_back(r.clone());
         }
         let mut shuffled = Vec::new();
         for p in picks {
@@ -111,41 +125,115 @@ proptest! {
         for q in &mut queues {
             shuffled.extend(q.drain(..));
         }
-        prop_assert_eq!(model::one_by_one(&updates), model::one_by_one(&shuffled));
-        let (a, b) = (coalesced(&updates, &cuts, &[]), coalesced(&shuffled, &cuts, &[]));
+        prop_assert_eq!(one_by_one(&records), one_by_one(&shuffled));
+        let (a, b) = (coalesced(&records, &cuts, &[]), coalesced(&shuffled, &cuts, &[]));
         prop_assert!(model::disagreements(&a, &b).is_empty(), "{}", model::describe(&a, &b));
     }
 
     #[test]
-    fn a_completed_goal_never_regresses(events in events(), cuts in prop::collection::vec(0usize..80, 0..10)) {
-        let updates = updates(&events);
-        let check = |before: &Rows, after: &Rows| -> Result<(), TestCaseError> {
+    fn a_completed_goal_never_regresses_and_only_a_deletion_removes_it(
+        events in events(),
+        cuts in prop::collection::vec(0usize..80, 0..10),
+    ) {
+        let records = records(&events);
+        // `deleted`: the users a deletion between `before` and `after` removed.
+        let check = |before: &Rows, after: &Rows, deleted: &[&str]| -> Result<(), TestCaseError> {
             for (key, was) in before.iter().filter(|(_, r)| r.completed) {
-                let now = &after[key];
+                let Some(now) = after.get(key) else {
+                    prop_assert!(deleted.contains(&key.user_id.as_str()), "{key:?} vanished without a deletion");
+                    continue;
+                };
+                if deleted.contains(&key.user_id.as_str()) {
+                    continue; // deleted and made again from zero
+                }
                 prop_assert!(now.completed, "{key:?} was completed: {was:?}, now {now:?}");
-                prop_assert!(now.progress >= was.progress, "{key:?}: {was:?} -> {now:?}");
-                if now.kind == model::Kind::Daily {
-                    prop_assert!(now.last_counted_day >= was.last_counted_day);
-                } else {
-                    prop_assert_eq!(now, was, "a completed goal changed");
+                match now.kind {
+                    Kind::Daily => prop_assert!(now.last_counted_day >= was.last_counted_day),
+                    Kind::Absolute => prop_assert_eq!(now.completed_at, was.completed_at),
+                    Kind::Increment | Kind::DailyIncrement => {
+                        prop_assert_eq!(now.completed_at, was.completed_at);
+                        prop_assert!(now.progress >= was.progress, "{key:?}: {was:?} -> {now:?}");
+                    }
                 }
             }
             Ok(())
         };
-        let mut rows = Rows::new();
-        for u in &updates {
+        let deletions = |records: &[Record]| -> Vec<String> {
+            records.iter().filter_map(|r| match r {
+                Record::Delete(d) => Some(d.user_id.clone()),
+                Record::Update(_) => None,
+            }).collect()
+        };
+        let mut rows = model::seeded_rows();
+        for r in &records {
             let before = rows.clone();
-            model::apply_one(&mut rows, u);
-            check(&before, &rows)?;
+            model::apply_one(&mut rows, r);
+            let deleted = deletions(std::slice::from_ref(r));
+            check(&before, &rows, &deleted.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
-        let mut rows = Rows::new();
+        let mut rows = model::seeded_rows();
         let mut buffer = Buffer::default();
-        for (i, u) in updates.iter().enumerate() {
-            buffer.apply(i as u64 + 1, u.clone());
-            if cuts.contains(&i) || i + 1 == updates.len() {
+        let mut since = 0;
+        for (i, r) in records.iter().enumerate() {
+            buffer.apply(i as u64 + 1, r.clone());
+            if cuts.contains(&i) || i + 1 == records.len() {
                 let before = rows.clone();
                 model::apply_batch(&mut rows, &buffer.take());
-                check(&before, &rows)?;
+                let deleted = deletions(&records[since..=i]);
+                since = i + 1;
+                check(&before, &rows, &deleted.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_acknowledged_before_a_users_last_deletion_survives_it(
+        events in events(),
+        cuts in prop::collection::vec(0usize..80, 0..10),
+        failing in prop::collection::vec(0usize..80, 0..4),
+    ) {
+        let records = records(&events);
+        let rows = coalesced(&records, &cuts, &failing);
+        for user in ["u0", "u1", "u2"] {
+            let Some(last) = records.iter().rposition(|r| {
+                matches!(r, Record::Delete(d) if d.user_id == user)
+            }) else {
+                continue;
+            };
+            // The user's rows are those of the records after the deletion
+            // alone, starting from nothing (the seeded rows went too).
+            let after: Vec<Record> = records[last + 1..]
+                .iter()
+                .filter(|r| r.user_id() == user)
+                .cloned()
+                .collect();
+            let fresh = model::one_by_one(&Rows::new(), &after);
+            let mine: Rows = rows
+                .iter()
+                .filter(|(k, _)| k.user_id == user)
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect();
+            prop_assert!(
+                model::disagreements(&fresh, &mine).is_empty(),
+                "{user} after its deletion at #{last}:\n{}",
+                model::describe(&fresh, &mine)
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_never_creates_the_row_of_a_goal_not_assigned_by_default(
+        events in events(),
+        cuts in prop::collection::vec(0usize..80, 0..10),
+    ) {
+        let records = records(&events);
+        let opt = |user: &str| Key { user_id: user.into(), goal_id: "opt".into() };
+        for rows in [one_by_one(&records), coalesced(&records, &cuts, &[])] {
+            // u2 never activated "opt"; u0 and u1 lose it at a deletion.
+            prop_assert!(!rows.contains_key(&opt("u2")));
+            for user in ["u0", "u1"] {
+                let deleted = records.iter().any(|r| matches!(r, Record::Delete(d) if d.user_id == user));
+                prop_assert_eq!(rows.contains_key(&opt(user)), !deleted);
             }
         }
     }
@@ -177,7 +265,7 @@ async fn rows_in_db(pool: &sqlx::PgPool, prefix: &str) -> Rows {
             |(user_id, goal_id, progress, status, completed_at, last_event, day)| {
                 let kind = match goal_id.as_str() {
                     "abs" => Kind::Absolute,
-                    "inc" => Kind::Increment,
+                    "inc" | "opt" => Kind::Increment,
                     "dinc" => Kind::DailyIncrement,
                     _ => Kind::Daily,
                 };
@@ -186,7 +274,7 @@ async fn rows_in_db(pool: &sqlx::PgPool, prefix: &str) -> Rows {
                     progress,
                     completed: status == "completed",
                     completed_at: ms(completed_at),
-                    last_event_ms: ms(last_event).unwrap_or_default(),
+                    last_event_ms: ms(last_event).unwrap_or(model::NO_EVENT),
                     last_counted_day: day.map(|d| {
                         (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
                     }),
@@ -218,14 +306,34 @@ fn the_sql_statements_agree_with_the_rule_book() {
     let strategy = (events(), prop::collection::vec(0usize..80, 0..10));
     let result = runner.run(&strategy, |(events, cuts)| {
         let prefix = format!("case{}-", case.fetch_add(1, Ordering::Relaxed));
-        let updates = updates(&events);
-        let expected = model::one_by_one(&updates);
+        let records = records(&events);
+        let expected = one_by_one(&records);
+        // The rows the challenge service made (model::seeded_rows).
+        for user in ["u0", "u1"] {
+            rt.block_on(
+                sqlx::query(
+                    "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, status)
+                     VALUES ($1, 'opt', 'c', 'ns', 'not_started')",
+                )
+                .bind(format!("{prefix}{user}"))
+                .execute(store.pool()),
+            )
+            .unwrap();
+        }
         let mut buffer = Buffer::default();
-        for (i, u) in updates.iter().enumerate() {
-            let mut u = u.clone();
-            u.user_id = format!("{prefix}{}", u.user_id);
-            buffer.apply(seq.fetch_add(1, Ordering::Relaxed) + 1, u);
-            if cuts.contains(&i) || i + 1 == updates.len() {
+        for (i, r) in records.iter().enumerate() {
+            let r = match r.clone() {
+                Record::Update(mut u) => {
+                    u.user_id = format!("{prefix}{}", u.user_id);
+                    Record::Update(u)
+                }
+                Record::Delete(mut d) => {
+                    d.user_id = format!("{prefix}{}", d.user_id);
+                    Record::Delete(d)
+                }
+            };
+            buffer.apply(seq.fetch_add(1, Ordering::Relaxed) + 1, r);
+            if cuts.contains(&i) || i + 1 == records.len() {
                 let batch = buffer.take();
                 rt.block_on(store.apply(&lease, batch.last_seq(), &batch))
                     .unwrap();
@@ -248,6 +356,17 @@ fn text() -> impl Strategy<Value = String> {
     prop::string::string_regex(&format!(".{{0,{MAX_ID_LEN}}}")).unwrap()
 }
 
+fn any_record() -> impl Strategy<Value = Record> {
+    prop_oneof![
+        4 => any_update().prop_map(Record::Update),
+        1 => ((text(), text()), any::<i64>(), text()).prop_map(
+            |((user_id, namespace), event_time_ms, event_id)| {
+                Record::Delete(Deletion { user_id, namespace, event_time_ms, event_id })
+            }
+        ),
+    ]
+}
+
 fn any_update() -> impl Strategy<Value = Update> {
     let op = prop_oneof![
         any::<i32>().prop_map(Op::Set),
@@ -257,19 +376,26 @@ fn any_update() -> impl Strategy<Value = Update> {
     ];
     (
         (text(), text(), text(), text()),
-        any::<i32>(),
+        (any::<i32>(), any::<bool>()),
         any::<i64>(),
         text(),
         op,
     )
         .prop_map(
-            |((user_id, goal_id, challenge_id, namespace), target, event_time_ms, event_id, op)| {
+            |(
+                (user_id, goal_id, challenge_id, namespace),
+                (target, creates_row),
+                event_time_ms,
+                event_id,
+                op,
+            )| {
                 Update {
                     user_id,
                     goal_id,
                     challenge_id,
                     namespace,
                     target,
+                    creates_row,
                     event_time_ms,
                     event_id,
                     op,
@@ -283,13 +409,13 @@ proptest! {
 
     #[test]
     fn every_record_round_trips_and_any_damage_is_detected(
-        update in any_update(),
+        original in any_record(),
         at in any::<prop::sample::Index>(),
         flip in 1u8..=255,
     ) {
-        let record = codec::encode(&update);
+        let record = codec::encode(&original);
         prop_assert!(record.len() <= codec::MAX_RECORD_BYTES);
-        prop_assert_eq!(codec::decode(&record).unwrap(), update);
+        prop_assert_eq!(codec::decode(&record).unwrap(), original);
         let mut damaged = record.clone();
         let i = at.index(damaged.len());
         damaged[i] ^= flip;

@@ -23,7 +23,7 @@ async fn env() -> Env {
 }
 
 #[tokio::test]
-async fn absolute_goals_take_the_newest_value_and_never_regress_once_completed() {
+async fn absolute_goals_follow_the_newest_value_and_stay_completed_once_reached() {
     let e = env().await;
     let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
     let db = e.db.pool().await;
@@ -58,20 +58,23 @@ async fn absolute_goals_take_the_newest_value_and_never_regress_once_completed()
     ))
     .await
     .unwrap();
-    // Progress is capped at the target (10).
-    let r = wait_for_progress(&db, "ana", "level", 10, WAIT).await;
+    // Never capped at the target (10): a level-12 player shows 12.
+    let r = wait_for_progress(&db, "ana", "level", 12, WAIT).await;
     assert_eq!((r.status.as_str(), r.completed), ("completed", true));
+    let first_completion = completed_at(&db, "ana", "level").await;
 
     svc.stat(stat("ana", "level", 4.0, 1.0, "a5", "2026-01-01T12:00:00Z"))
         .await
         .unwrap();
     barrier(&svc, &db).await;
     let r = row(&db, "ana", "level").await.unwrap();
+    // Progress follows the stat; the completion stays, with its time.
     assert_eq!(
         (r.progress, r.status.as_str()),
-        (10, "completed"),
+        (4, "completed"),
         "a completed goal regressed"
     );
+    assert_eq!(completed_at(&db, "ana", "level").await, first_completion);
     svc.stop().await.unwrap();
 }
 
@@ -102,12 +105,20 @@ async fn increments_add_the_truncated_inc_or_one_and_one_event_moves_several_goa
     let r = wait_for_progress(&db, "bo", "kills", 10, WAIT).await;
     assert_eq!((r.status.as_str(), r.completed), ("completed", true));
 
-    // Completed increments stay put.
+    let first_completion = completed_at(&db, "bo", "kills").await;
+
+    // A completed, unclaimed goal keeps counting, uncapped, and keeps its
+    // completion time (AccelByte's "overflow beyond target": 4 + 100 → 104).
     svc.stat(stat("bo", "kills", 49.0, 1.0, "b5", ""))
         .await
         .unwrap();
+    svc.stat(stat("bo", "kills", 149.0, 100.0, "b6", ""))
+        .await
+        .unwrap();
     barrier(&svc, &db).await;
-    assert_eq!(row(&db, "bo", "kills").await.unwrap().progress, 10);
+    let r = row(&db, "bo", "kills").await.unwrap();
+    assert_eq!((r.progress, r.status.as_str()), (111, "completed"));
+    assert_eq!(completed_at(&db, "bo", "kills").await, first_completion);
     svc.stop().await.unwrap();
 }
 
@@ -140,8 +151,8 @@ async fn logins_count_once_each_and_daily_goals_once_per_utc_day() {
         .unwrap();
     barrier(&svc, &db).await;
     let count = row(&db, "cy", "login-count").await.unwrap();
-    // Four logins toward a target of 3: completed, progress capped at 3.
-    assert_eq!((count.progress, count.status.as_str()), (3, "completed"));
+    // Four logins toward a target of 3: completed, and still counting.
+    assert_eq!((count.progress, count.status.as_str()), (4, "completed"));
     // c3 had no timestamp: its day is today (arrival), a new day for login-days.
     let days = row(&db, "cy", "login-days").await.unwrap();
     assert_eq!((days.progress, days.status.as_str()), (2, "completed"));
@@ -293,19 +304,35 @@ async fn each_invalid_event_gets_invalid_argument_naming_the_field_and_writes_no
             status.message()
         );
     }
-    let mut login_without_payload = login("iv", "", "");
-    login_without_payload.payload = None;
-    let status = svc.login(login_without_payload).await.unwrap_err();
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::InvalidArgument, "payload is required")
-    );
     let mut login_without_user = login("", "", "");
     login_without_user.payload.as_mut().unwrap().user_account = None;
     let status = svc.login(login_without_user).await.unwrap_err();
     assert_eq!(
         (status.code(), status.message()),
         (Code::InvalidArgument, "user_id is required")
+    );
+    let mut login_with_nothing = login("", "", "");
+    login_with_nothing.payload = None;
+    let status = svc.login(login_with_nothing).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "user_id is required")
+    );
+    let deletion_without_user = gdpr_deletion("", "iv-gdpr");
+    let status = svc.gdpr_deletion(deletion_without_user).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "user_id is required")
+    );
+    let mut deletion_long_user = gdpr_deletion(&"g".repeat(101), "iv-gdpr2");
+    deletion_long_user.user_id = "top".into();
+    let status = svc.gdpr_deletion(deletion_long_user).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::InvalidArgument,
+            "payload.deletion_gdpr.user_id is 101 characters; at most 100 are allowed"
+        )
     );
 
     barrier(&svc, &db).await;
@@ -319,7 +346,7 @@ async fn each_invalid_event_gets_invalid_argument_naming_the_field_and_writes_no
     assert!(svc
         .metrics()
         .await
-        .contains(r#"challenge_event_handler_events_failed_total{reason="invalid"} 8"#));
+        .contains(r#"challenge_event_handler_events_failed_total{reason="invalid"} 10"#));
     svc.stop().await.unwrap();
 }
 
@@ -550,6 +577,7 @@ async fn healthz_metrics_grpc_health_and_reflection_are_served() {
         "accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService",
         "accelbyte.iam.account.v1.UserAuthenticationUserThirdPartyLoggedInService",
         "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService",
+        "accelbyte.iam.account.v1.DeletionAccountGdprGdprRequestDataDeletionResponseService",
         "grpc.health.v1.Health",
     ] {
         assert!(
@@ -679,7 +707,7 @@ async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
     assert!(svc
         .metrics()
         .await
-        .contains("challenge_event_handler_wal_replayed_total 15"));
+        .contains("challenge_event_handler_wal_replayed_total 20"));
     svc.stop().await.unwrap();
 }
 
@@ -860,5 +888,200 @@ async fn malformed_protobuf_and_a_message_sent_to_the_wrong_method_are_refused_a
         "only the well-formed call counted"
     );
     assert_eq!(row(&db, "mf", "login-count").await, None);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_login_without_a_payload_counts_for_its_top_level_user() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    let mut bare = login("np", "np-1", "");
+    bare.payload = None;
+    svc.login(bare)
+        .await
+        .expect("a payload-less login is valid");
+    let mut third = third_party_login("ignored", "np-2");
+    third.payload = None;
+    third.user_id = "np".into();
+    svc.third_party_client()
+        .on_message(third)
+        .await
+        .expect("a payload-less third-party login is valid");
+    wait_for_progress(&db, "np", "login-count", 2, WAIT).await;
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_goal_not_assigned_by_default_moves_only_a_row_the_challenge_service_made_active() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    // "login-opt" has "defaultAssigned": false. oa activated it, oi has it inactive,
+    // on never had it.
+    sqlx::query(
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, status, is_active)
+         VALUES ('oa', 'login-opt', 'logins', 'testgame', 'not_started', true),
+                ('oi', 'login-opt', 'logins', 'testgame', 'not_started', false)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    for user in ["oa", "oi", "on"] {
+        for n in 0..3 {
+            svc.login(login(user, &format!("{user}-{n}"), ""))
+                .await
+                .unwrap();
+        }
+    }
+    barrier(&svc, &db).await;
+    let active = row(&db, "oa", "login-opt").await.unwrap();
+    assert_eq!((active.progress, active.status.as_str()), (3, "completed"));
+    let inactive = row(&db, "oi", "login-opt").await.unwrap();
+    assert_eq!(
+        (inactive.progress, inactive.status.as_str()),
+        (0, "not_started")
+    );
+    assert_eq!(
+        row(&db, "on", "login-opt").await,
+        None,
+        "a goal was assigned by an event"
+    );
+    // Goals assigned by default get their rows from the first event, as before.
+    for user in ["oa", "oi", "on"] {
+        assert_eq!(row(&db, user, "login-count").await.unwrap().progress, 3);
+    }
+    svc.stop().await.unwrap();
+}
+
+/// The rows of `user` as (goal, progress), sorted.
+async fn progress_rows(db: &sqlx::PgPool, user: &str) -> Vec<(String, i32)> {
+    sqlx::query_as(
+        "SELECT goal_id, progress FROM user_goal_progress
+         WHERE user_id = $1 AND namespace = 'testgame' ORDER BY goal_id",
+    )
+    .bind(user)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_gdpr_deletion_removes_the_users_rows_here_and_later_events_start_from_zero() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    for (user, n) in [("gd", 1), ("gd", 2), ("keep", 1)] {
+        svc.stat(stat(user, "kills", 5.0, 5.0, &format!("{user}-k{n}"), ""))
+            .await
+            .unwrap();
+        svc.login(login(user, &format!("{user}-l{n}"), ""))
+            .await
+            .unwrap();
+    }
+    // The same user in another namespace (another game's handler wrote it).
+    sqlx::query(
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status)
+         VALUES ('gd', 'other-kills', 'other-combat', 'othergame', 7, 'in_progress')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(progress_rows(&db, "gd").await.len(), 5);
+    let keep_before = progress_rows(&db, "keep").await;
+
+    // A deletion for another namespace is acknowledged and changes nothing.
+    let mut foreign = gdpr_deletion("gd", "gdpr-foreign");
+    foreign.namespace = "othergame".into();
+    svc.gdpr_deletion(foreign).await.unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(progress_rows(&db, "gd").await.len(), 5);
+
+    svc.gdpr_deletion(gdpr_deletion("gd", "gdpr-1"))
+        .await
+        .unwrap();
+    // Acknowledged after the deletion: counts from zero.
+    svc.stat(stat("gd", "kills", 1.0, 2.0, "gd-k3", ""))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(
+        progress_rows(&db, "gd").await,
+        [("kills".to_string(), 2), ("kills-total".to_string(), 1)]
+    );
+    assert_eq!(
+        progress_rows(&db, "keep").await,
+        keep_before,
+        "another user's rows changed"
+    );
+    let other_namespace: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_goal_progress WHERE user_id = 'gd' AND namespace = 'othergame'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        other_namespace, 1,
+        "only this deployment's namespace is deleted"
+    );
+
+    // The deletion redelivered (same event id) is harmless.
+    svc.gdpr_deletion(gdpr_deletion("gd", "gdpr-1"))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(progress_rows(&db, "gd").await.len(), 2);
+
+    let metrics = svc.metrics().await;
+    for line in [
+        "challenge_event_handler_gdpr_deletions_total 1",
+        // kills, kills-total, login-count, login-days, login-daily
+        "challenge_event_handler_gdpr_rows_deleted_total 5",
+        "challenge_event_handler_gdpr_deletions_pending 0",
+        "challenge_event_handler_events_duplicate_total 1",
+        r#"challenge_event_handler_events_processed_total{event="gdpr_deletion"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gdpr_deletion_during_a_database_outage_drops_what_the_buffer_and_the_failed_flushes_held(
+) {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(&url, e.dir.path(), &[]).await;
+    svc.stat(stat("go", "kills", 3.0, 3.0, "go-1", ""))
+        .await
+        .unwrap();
+    wait_for_progress(&db, "go", "kills", 3, WAIT).await;
+
+    proxy.set_down(true);
+    svc.stat(stat("go", "kills", 4.0, 4.0, "go-2", ""))
+        .await
+        .unwrap();
+    svc.login(login("go", "go-3", "")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // failed flushes hold these
+    svc.gdpr_deletion(gdpr_deletion("go", "go-gdpr"))
+        .await
+        .expect("acknowledged while the database is away: durable in the WAL");
+    svc.stat(stat("go", "kills", 1.0, 1.0, "go-4", ""))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(row(&db, "go", "kills").await.unwrap().progress, 3);
+    proxy.set_down(false);
+
+    let r = wait_for_progress(&db, "go", "kills", 1, Duration::from_secs(60)).await;
+    assert_eq!(r.status, "in_progress");
+    assert_eq!(
+        progress_rows(&db, "go").await,
+        [("kills".to_string(), 1), ("kills-total".to_string(), 1)],
+        "an update acknowledged before the deletion reached the database"
+    );
     svc.stop().await.unwrap();
 }

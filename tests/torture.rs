@@ -1,7 +1,8 @@
 //! kill -9 torture: the real binary under concurrent load, killed with SIGKILL
 //! at random moments and restarted, again and again; then checked against an
-//! oracle of what was acknowledged (the workload and the oracle are in
-//! tests/common/workload.rs).
+//! oracle of what was acknowledged, GDPR deletions included: nothing
+//! acknowledged before a user's last deletion may be in the database (the
+//! workload and the oracle are in tests/common/workload.rs).
 //!
 //! `TORTURE_KILLS` sets the number of kills (default 50, the CI size);
 //! `TORTURE_SEED` replays a run.
@@ -52,8 +53,9 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_and_doubles_nothing()
 
     let verdict = workload.check(&pool).await;
     println!(
-        "torture: {kills} kills, {} events acknowledged, {} calls in flight at kills, {} rows lost, {} rows doubled or wrong, {:.1}s",
+        "torture: {kills} kills, {} events acknowledged ({} GDPR deletions), {} calls in flight at kills, {} rows lost, {} rows doubled or wrong, {:.1}s",
         verdict.acknowledged,
+        verdict.deletions,
         workload.uncertain_at_kills,
         verdict.lost.len(),
         verdict.wrong.len(),
@@ -69,4 +71,5 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_and_doubles_nothing()
         "too little traffic to mean anything: {}",
         verdict.acknowledged
     );
+    assert!(verdict.deletions > 0, "no deletion in the workload");
 }

@@ -1,7 +1,7 @@
 //! Invariants shared by the decode targets.
 
 use challenge_event_handler::event::{Event, EventError, EventKind, TimeSource};
-use challenge_event_handler::rules::{GoalDef, GoalIndex, GoalKind, Source, MAX_ID_LEN};
+use challenge_event_handler::rules::{GoalDef, GoalIndex, GoalKind, Record, Source, MAX_ID_LEN};
 use challenge_event_handler::wal::codec;
 
 /// A fixed "now", so runs are reproducible.
@@ -35,11 +35,15 @@ pub fn check(result: Result<(Event, TimeSource), EventError>) {
                 assert!(!stat_code.is_empty());
                 assert!(latest_value.is_finite() && inc.is_finite());
             }
-            // Every update the event makes is a WAL record that round-trips.
-            for update in index(&event).updates(&event) {
-                let record = codec::encode(&update);
-                assert!(record.len() < codec::MAX_RECORD_BYTES);
-                assert_eq!(codec::decode(&record).unwrap(), update);
+            let records = index(&event).records(&event);
+            if event.kind == EventKind::GdprDeletion {
+                assert!(matches!(records.as_slice(), [Record::Delete(d)] if d.user_id == event.user_id));
+            }
+            // Every record the event makes round-trips through the WAL codec.
+            for record in records {
+                let bytes = codec::encode(&record);
+                assert!(bytes.len() < codec::MAX_RECORD_BYTES);
+                assert_eq!(codec::decode(&bytes).unwrap(), record);
             }
         }
     }
@@ -49,7 +53,7 @@ pub fn check(result: Result<(Event, TimeSource), EventError>) {
 fn index(event: &Event) -> GoalIndex {
     let stat = match &event.kind {
         EventKind::Stat { stat_code, .. } => Some(stat_code.clone()),
-        EventKind::Login => None,
+        EventKind::Login | EventKind::GdprDeletion => None,
     };
     let source = if stat.is_some() {
         Source::Statistic
@@ -74,6 +78,7 @@ fn index(event: &Event) -> GoalIndex {
                 source,
                 stat_code: stat.clone(),
                 target: 10,
+                default_assigned: i % 2 == 0,
             })
             .collect(),
     )

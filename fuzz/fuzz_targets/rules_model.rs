@@ -1,4 +1,5 @@
-//! Rules: any sequence of updates applied one by one to the rule book
+//! Rules: any sequence of records (updates of every goal kind, one goal not
+//! assigned by default, GDPR deletions) applied one by one to the rule book
 //! (`model::apply_one`) ends in the same rows as the same sequence through the
 //! coalescing buffer, flushed — or failing and merged back — wherever the
 //! input says (`model::apply_batch`, the SQL's semantics).
@@ -19,13 +20,14 @@ struct Step {
 
 fuzz_target!(|steps: Vec<Step>| {
     let steps = &steps[..steps.len().min(256)];
-    let updates: Vec<_> = steps
+    let records: Vec<_> = steps
         .iter()
         .enumerate()
-        .map(|(i, s)| model::sample_update(i, s.user, s.goal, s.value, s.offset_ms))
+        .map(|(i, s)| model::sample_record(i, s.user, s.goal, s.value, s.offset_ms))
         .collect();
-    let one_by_one = model::one_by_one(&updates);
-    let coalesced = model::coalesced(&updates, |i| match steps[i].after % 8 {
+    let seeded = model::seeded_rows();
+    let one_by_one = model::one_by_one(&seeded, &records);
+    let coalesced = model::coalesced(&seeded, &records, |i| match steps[i].after % 8 {
         0 => After::Flush,
         1 => After::FailedFlush,
         _ => After::Nothing,

@@ -1,4 +1,4 @@
-//! Structured fuzzing of the OnMessage path: `arbitrary` events of all three
+//! Structured fuzzing of the OnMessage path: `arbitrary` events of all four
 //! types with extreme values — empty, maximal, over-long and huge strings,
 //! NaN/±inf/negative/huge stat values, odd and far-future timestamps, missing
 //! payloads, other namespaces — encoded, decoded by the server's codec and
@@ -10,7 +10,8 @@
 use challenge_event_handler::codec;
 use challenge_event_handler::event::{self, TimeSource};
 use challenge_event_handler::proto::iam::account::v1::{
-    AnonymousSchema19, AnonymousSchema21, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
+    AnonymousSchema19, AnonymousSchema21, DeletionGdpr, GdprRequestDataDeletionResponse,
+    GdprRequestDataDeletionResponsePayloadData, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
 };
 use challenge_event_handler::proto::social::statistic::v1::{StatItem, StatItemUpdated};
 use chrono::{DateTime, FixedOffset};
@@ -115,6 +116,7 @@ enum Kind {
     Login,
     ThirdPartyLogin,
     Stat,
+    GdprDeletion,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -199,6 +201,17 @@ fuzz_target!(|f: Fields| {
             });
             let msg = event_with!(StatItemUpdated, payload, env);
             through_the_wire(&msg, |m| event::from_stat(m, common::NOW))
+        }
+        Kind::GdprDeletion => {
+            let payload = f.payload.then(|| GdprRequestDataDeletionResponsePayloadData {
+                deletion_gdpr: f.account.then(|| DeletionGdpr {
+                    user_id: f.payload_user.make(),
+                    namespace: f.stat_code.make(),
+                    ..Default::default()
+                }),
+            });
+            let msg = event_with!(GdprRequestDataDeletionResponse, payload, env);
+            through_the_wire(&msg, |m| event::from_gdpr_deletion(m, common::NOW))
         }
     };
     match &result {

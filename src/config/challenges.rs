@@ -216,7 +216,7 @@ impl Validator {
             }
         };
         let daily = self.boolean(obj, "daily", at).unwrap_or(false);
-        self.boolean(obj, "defaultAssigned", at);
+        let default_assigned = self.boolean(obj, "defaultAssigned", at).unwrap_or(true);
         let source = match obj.get("eventSource") {
             Some(Value::String(s)) if s == "login" => Some(Source::Login),
             Some(Value::String(s)) if s == "statistic" => Some(Source::Statistic),
@@ -266,6 +266,7 @@ impl Validator {
             source: source?,
             stat_code,
             target: target?,
+            default_assigned,
         })
     }
 
@@ -504,6 +505,23 @@ mod tests {
         assert_eq!(goals[0].kind, GoalKind::Absolute);
         assert_eq!(goals[0].target, 5);
         assert_eq!(goals[0].stat_code.as_deref(), Some("kills"));
+    }
+
+    #[test]
+    fn default_assigned_is_true_when_absent_and_read_when_given() {
+        let goals = parse(&file(&[
+            goal("").replace("g1", "a"),
+            goal(r#","defaultAssigned":false"#).replace("g1", "b"),
+            goal(r#","defaultAssigned":true"#).replace("g1", "c"),
+        ]))
+        .unwrap();
+        let assigned: Vec<_> = goals.iter().map(|g| g.default_assigned).collect();
+        assert_eq!(assigned, [true, false, true]);
+        let problems = parse(&file(&[goal(r#","defaultAssigned":"no""#)])).unwrap_err();
+        assert!(
+            problems[0].contains(r#"field "defaultAssigned": must be true or false, got "no""#),
+            "{problems:?}"
+        );
     }
 
     #[test]

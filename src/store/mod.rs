@@ -6,7 +6,7 @@ pub mod postgres;
 
 use std::future::Future;
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, PendingDeletion};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -65,6 +65,52 @@ pub struct Lease {
     pub applied_seq: u64,
 }
 
+/// What one flush transaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// User-goal rows sent.
+    pub rows: usize,
+    /// The GDPR deletions applied, with the rows each removed.
+    pub deleted: Vec<Deleted>,
+}
+
+/// One GDPR deletion as applied, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub user_id: String,
+    pub namespace: String,
+    pub event_id: String,
+    /// The deletion event's time (its `timestamp`, else arrival), Unix ms.
+    pub requested_ms: i64,
+    pub rows: u64,
+}
+
+impl Deleted {
+    /// One entry per deletion, with the rows of `gone` (user, namespace) that
+    /// were its user's. A user deleted twice in one batch is counted on the first.
+    pub fn count(deletions: &[PendingDeletion], gone: &[(String, String)]) -> Vec<Deleted> {
+        let mut counts = std::collections::HashMap::<(&str, &str), u64>::new();
+        for (user, namespace) in gone {
+            *counts.entry((user, namespace)).or_default() += 1;
+        }
+        deletions
+            .iter()
+            .map(|pending| {
+                let d = &pending.deletion;
+                Deleted {
+                    user_id: d.user_id.clone(),
+                    namespace: d.namespace.clone(),
+                    event_id: d.event_id.clone(),
+                    requested_ms: d.event_time_ms,
+                    rows: counts
+                        .remove(&(d.user_id.as_str(), d.namespace.as_str()))
+                        .unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+}
+
 pub trait ProgressStore: Send + Sync + 'static {
     /// Creates or upgrades the schema.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
@@ -77,11 +123,12 @@ pub trait ProgressStore: Send + Sync + 'static {
     fn applied_seq(&self, lease: &Lease) -> impl Future<Output = Result<u64>> + Send;
 
     /// In ONE transaction: moves the watermark to `upto_seq` (only under the
-    /// lease's epoch) and writes every entry of `batch`. Returns the rows sent.
+    /// lease's epoch), applies the batch's GDPR deletions, then writes every
+    /// entry of `batch`.
     fn apply(
         &self,
         lease: &Lease,
         upto_seq: u64,
         batch: &Buffer,
-    ) -> impl Future<Output = Result<usize>> + Send;
+    ) -> impl Future<Output = Result<Applied>> + Send;
 }

@@ -1,15 +1,24 @@
 //! WAL record codec: `[format version: u8][bincode 2 payload][crc32 of both: u32 LE]`.
 //!
+//! Format 2 (written by this build) holds a [`Record`]: an update or a GDPR
+//! deletion. Format 1 (written before deletions and `defaultAssigned`
+//! existed) holds a bare update; it is still read, as an update that may
+//! create its row (what every update did then), so a WAL left by an older
+//! build replays after an upgrade.
+//!
 //! Decoding never panics and never allocates more than [`MAX_RECORD_BYTES`]:
-//! any byte string either decodes to the update that was encoded or is
+//! any byte string either decodes to the record that was encoded or is
 //! rejected with a [`CodecError`].
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
+use bincode::{Decode, Encode};
 
-use crate::rules::Update;
+use crate::rules::{Op, Record, Update};
 
-/// The record format this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The record format this build writes.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest record format this build reads.
+pub const OLDEST_FORMAT_VERSION: u8 = 1;
 /// An upper bound on one encoded record (ids are bounded by validation).
 pub const MAX_RECORD_BYTES: usize = 4096;
 
@@ -25,7 +34,7 @@ pub enum CodecError {
     TooShort(usize),
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Crc { stored: u32, computed: u32 },
-    #[error("unknown record format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error("unknown record format version {0} (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})")]
     Version(u8),
     #[error("payload does not decode: {0}")]
     Payload(String),
@@ -33,17 +42,65 @@ pub enum CodecError {
     Trailing(usize),
 }
 
-pub fn encode(update: &Update) -> Vec<u8> {
+/// An update as format 1 stored it (no `creates_row`).
+#[derive(Encode, Decode)]
+struct UpdateV1 {
+    user_id: String,
+    goal_id: String,
+    challenge_id: String,
+    namespace: String,
+    target: i32,
+    event_time_ms: i64,
+    event_id: String,
+    op: Op,
+}
+
+impl From<UpdateV1> for Update {
+    fn from(v1: UpdateV1) -> Update {
+        Update {
+            user_id: v1.user_id,
+            goal_id: v1.goal_id,
+            challenge_id: v1.challenge_id,
+            namespace: v1.namespace,
+            target: v1.target,
+            creates_row: true,
+            event_time_ms: v1.event_time_ms,
+            event_id: v1.event_id,
+            op: v1.op,
+        }
+    }
+}
+
+pub fn encode(record: &Record) -> Vec<u8> {
+    framed(FORMAT_VERSION, record)
+}
+
+/// A format-1 record, as builds before format 2 wrote it (for upgrade tests).
+pub fn encode_v1(update: &Update) -> Vec<u8> {
+    let v1 = UpdateV1 {
+        user_id: update.user_id.clone(),
+        goal_id: update.goal_id.clone(),
+        challenge_id: update.challenge_id.clone(),
+        namespace: update.namespace.clone(),
+        target: update.target,
+        event_time_ms: update.event_time_ms,
+        event_id: update.event_id.clone(),
+        op: update.op.clone(),
+    };
+    framed(1, &v1)
+}
+
+fn framed(version: u8, payload: &impl Encode) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
-    out.push(FORMAT_VERSION);
-    bincode::encode_into_std_write(update, &mut out, bincode_config())
-        .expect("a validated update fits MAX_RECORD_BYTES");
+    out.push(version);
+    bincode::encode_into_std_write(payload, &mut out, bincode_config())
+        .expect("a validated record fits MAX_RECORD_BYTES");
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Update, CodecError> {
+pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
     if bytes.len() < 1 + CRC_LEN {
         return Err(CodecError::TooShort(bytes.len()));
     }
@@ -53,21 +110,26 @@ pub fn decode(bytes: &[u8]) -> Result<Update, CodecError> {
     if stored != computed {
         return Err(CodecError::Crc { stored, computed });
     }
-    if body[0] != FORMAT_VERSION {
-        return Err(CodecError::Version(body[0]));
+    match body[0] {
+        1 => payload::<UpdateV1>(&body[1..]).map(|v1| Record::Update(v1.into())),
+        FORMAT_VERSION => payload::<Record>(&body[1..]),
+        other => Err(CodecError::Version(other)),
     }
-    let (update, used) = bincode::decode_from_slice(&body[1..], bincode_config())
+}
+
+fn payload<T: Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::decode_from_slice(body, bincode_config())
         .map_err(|e| CodecError::Payload(e.to_string()))?;
-    if used != body.len() - 1 {
-        return Err(CodecError::Trailing(body.len() - 1 - used));
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
     }
-    Ok(update)
+    Ok(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Op;
+    use crate::rules::Deletion;
 
     fn sample() -> Update {
         Update {
@@ -76,6 +138,7 @@ mod tests {
             challenge_id: "ch".into(),
             namespace: "ns".into(),
             target: 10,
+            creates_row: false,
             event_time_ms: -5,
             event_id: "ev".into(),
             op: Op::CountDay(19_000),
@@ -90,14 +153,35 @@ mod tests {
             Op::CountDay(-1),
             Op::CompleteDay(7),
         ] {
-            let update = Update { op, ..sample() };
-            assert_eq!(decode(&encode(&update)).unwrap(), update);
+            let record = Record::Update(Update { op, ..sample() });
+            assert_eq!(decode(&encode(&record)).unwrap(), record);
         }
+        let deletion = Record::Delete(Deletion {
+            user_id: "u".into(),
+            namespace: "ns".into(),
+            event_time_ms: 7,
+            event_id: "gdpr-1".into(),
+        });
+        assert_eq!(decode(&encode(&deletion)).unwrap(), deletion);
+    }
+
+    #[test]
+    fn a_format_1_record_reads_as_an_update_that_may_create_its_row() {
+        let update = sample();
+        let old = encode_v1(&update);
+        assert_eq!(old[0], 1);
+        assert_eq!(
+            decode(&old).unwrap(),
+            Record::Update(Update {
+                creates_row: true,
+                ..update
+            })
+        );
     }
 
     #[test]
     fn a_flipped_bit_anywhere_is_detected() {
-        let good = encode(&sample());
+        let good = encode(&Record::Update(sample()));
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x10;
@@ -107,16 +191,18 @@ mod tests {
 
     #[test]
     fn truncated_records_and_other_versions_are_rejected() {
-        let good = encode(&sample());
+        let good = encode(&Record::Update(sample()));
         for len in 0..good.len() {
             assert!(decode(&good[..len]).is_err());
         }
-        let mut v2 = good.clone();
-        v2[0] = 2;
-        let n = v2.len() - CRC_LEN;
-        let crc = crc32fast::hash(&v2[..n]);
-        v2[n..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&v2), Err(CodecError::Version(2)));
+        for version in [0, 3, 255] {
+            let mut other = good.clone();
+            other[0] = version;
+            let n = other.len() - CRC_LEN;
+            let crc = crc32fast::hash(&other[..n]);
+            other[n..].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode(&other), Err(CodecError::Version(version)));
+        }
     }
 
     #[test]
@@ -129,6 +215,6 @@ mod tests {
             event_id: "e".repeat(1024),
             ..sample()
         };
-        assert!(encode(&big).len() < MAX_RECORD_BYTES);
+        assert!(encode(&Record::Update(big)).len() < MAX_RECORD_BYTES);
     }
 }

@@ -7,8 +7,10 @@
 //! The writer thread owns sled. It drains its channel, dedups, assigns
 //! sequence numbers, writes the whole batch with one `apply_batch`, one
 //! `flush()` and one `fsync` of the database file (sled's `flush` alone is not
-//! power-loss durable, see DESIGN.md), applies the batch to the coalescing
-//! buffer in sequence order and only then answers every caller. An fsync error
+//! power-loss durable, see docs/DESIGN.md), hands the committed records to its
+//! [`Sink`] in sequence order and only then answers every caller. Replay at
+//! start-up hands records to a sink the same way; the WAL knows nothing of
+//! what the sink does with them (the app's sink is the coalescing buffer). An fsync error
 //! poisons the log: nothing after it is acknowledged, and the service stops so
 //! that a restart replays what is really on disk.
 
@@ -19,15 +21,14 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::Buffer;
 use crate::metrics::Metrics;
-use crate::rules::Update;
+use crate::rules::Record;
 use dedup::{mark_of, Dedup, Mark};
 
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
@@ -55,17 +56,6 @@ pub enum WalError {
     Failed,
     #[error("the service is shutting down")]
     Closed,
-}
-
-impl From<WalError> for tonic::Status {
-    fn from(e: WalError) -> Self {
-        match e {
-            WalError::Full { .. } | WalError::Failed | WalError::Closed => {
-                tonic::Status::unavailable(e.to_string())
-            }
-            _ => tonic::Status::internal("internal storage error"),
-        }
-    }
 }
 
 /// What a WAL does with a corrupt record that is not yet in the database.
@@ -209,6 +199,15 @@ pub fn instance_id(dir: &Path) -> Result<String> {
     Ok(id)
 }
 
+/// Where committed records go, in sequence order, before any caller hears
+/// that they are durable (and, at start-up, where replayed records go).
+pub trait Sink: Send + 'static {
+    fn committed(&mut self, records: Vec<(u64, Record)>);
+}
+
+/// Records handed to a sink at once during replay.
+const REPLAY_CHUNK: usize = 4096;
+
 /// An opened WAL before its writer thread starts: what start-up replays.
 pub struct WalStore {
     db: sled::Db,
@@ -301,9 +300,9 @@ impl WalStore {
         self.bytes
     }
 
-    /// Drops records the database already has (seq ≤ `watermark`) and applies
-    /// the rest to `buffer` in order. Returns how many were replayed.
-    pub fn replay(&mut self, watermark: u64, buffer: &mut Buffer) -> Result<u64> {
+    /// Drops records the database already has (seq ≤ `watermark`) and hands
+    /// the rest to `sink` in order. Returns how many were replayed.
+    pub fn replay(&mut self, watermark: u64, sink: &mut impl Sink) -> Result<u64> {
         let mut dropped = std::collections::HashSet::new();
         for (seq, reason) in std::mem::take(&mut self.corrupt) {
             if seq <= watermark {
@@ -320,19 +319,26 @@ impl WalStore {
         }
         self.truncate_to(watermark)?;
         let mut replayed = 0;
+        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
         for item in self
             .db
             .range(wal_key(watermark.saturating_add(1))..=wal_key(u64::MAX))
         {
             let (key, value) = item?;
             let Some(seq) = seq_of(&key) else { continue };
-            let update =
+            let record =
                 codec::decode(&value).map_err(|reason| WalError::Corrupt { seq, reason })?;
-            buffer.apply(seq, update);
+            chunk.push((seq, record));
             replayed += 1;
             if replayed == 1 {
                 crate::crash_point!("replay-mid");
             }
+            if chunk.len() == REPLAY_CHUNK {
+                sink.committed(std::mem::take(&mut chunk));
+            }
+        }
+        if !chunk.is_empty() {
+            sink.committed(chunk);
         }
         self.live.retain(|(seq, _)| !dropped.contains(seq));
         self.bytes = self.live.iter().map(|&(_, size)| u64::from(size)).sum();
@@ -372,9 +378,7 @@ impl WalStore {
     pub fn start(
         self,
         next_seq: u64,
-        buffer: Arc<Mutex<Buffer>>,
-        flush_early: Arc<Notify>,
-        buffer_max_keys: usize,
+        sink: impl Sink,
         metrics: Arc<Metrics>,
         stop_service: CancellationToken,
     ) -> Result<(Wal, WalThread)> {
@@ -389,9 +393,7 @@ impl WalStore {
         let writer = Writer {
             store: self,
             next_seq,
-            buffer,
-            flush_early,
-            buffer_max_keys,
+            sink: Box::new(sink),
             metrics,
             stop_service,
             shared: shared.clone(),
@@ -432,7 +434,7 @@ pub enum Appended {
 enum Command {
     Append {
         event_id: String,
-        updates: Vec<Update>,
+        records: Vec<Record>,
         reply: oneshot::Sender<Result<Appended>>,
     },
     Truncate {
@@ -449,14 +451,14 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Makes `updates` durable (or recognises `event_id` as a duplicate).
+    /// Makes `records` durable (or recognises `event_id` as a duplicate).
     /// Returns only after the fsync; an `Ok` is a promise.
-    pub async fn append(&self, event_id: String, updates: Vec<Update>) -> Result<Appended> {
+    pub async fn append(&self, event_id: String, records: Vec<Record>) -> Result<Appended> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
                 event_id,
-                updates,
+                records,
                 reply,
             })
             .await
@@ -518,9 +520,7 @@ impl WalStats {
 struct Writer {
     store: WalStore,
     next_seq: u64,
-    buffer: Arc<Mutex<Buffer>>,
-    flush_early: Arc<Notify>,
-    buffer_max_keys: usize,
+    sink: Box<dyn Sink>,
     metrics: Arc<Metrics>,
     stop_service: CancellationToken,
     shared: Arc<Shared>,
@@ -567,7 +567,7 @@ impl Writer {
 
         let mut appends: Vec<AppendReply> = Vec::new();
         let mut truncates = Vec::new();
-        let mut accepted: Vec<(u64, Update)> = Vec::new();
+        let mut accepted: Vec<(u64, Record)> = Vec::new();
         for command in commands.drain(..) {
             match command {
                 Command::Truncate { upto, reply } => {
@@ -576,11 +576,11 @@ impl Writer {
                 }
                 Command::Append {
                     event_id,
-                    updates,
+                    records,
                     reply,
                 } => {
                     let outcome =
-                        self.stage(event_id, updates, now_bucket, &mut batch, &mut accepted);
+                        self.stage(event_id, records, now_bucket, &mut batch, &mut accepted);
                     appends.push((reply, outcome));
                 }
             }
@@ -609,20 +609,10 @@ impl Writer {
         }
         crate::crash_point!("wal-after-fsync");
 
-        let updates = accepted.len();
-        if updates > 0 {
-            let keys = {
-                let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
-                for (seq, update) in accepted {
-                    buffer.apply(seq, update);
-                }
-                buffer.len()
-            };
-            self.metrics.buffer_size.set(keys as i64);
-            if keys >= self.buffer_max_keys {
-                self.flush_early.notify_one();
-            }
-            self.metrics.wal_batch_size.observe(updates as f64);
+        let records = accepted.len();
+        if records > 0 {
+            self.sink.committed(accepted);
+            self.metrics.wal_batch_size.observe(records as f64);
             self.metrics
                 .wal_append_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -641,21 +631,21 @@ impl Writer {
         }
     }
 
-    /// Puts one event's updates into the batch, or says why not.
+    /// Puts one event's records into the batch, or says why not.
     fn stage(
         &mut self,
         event_id: String,
-        updates: Vec<Update>,
+        records: Vec<Record>,
         now_bucket: u64,
         batch: &mut sled::Batch,
-        accepted: &mut Vec<(u64, Update)>,
+        accepted: &mut Vec<(u64, Record)>,
     ) -> Result<Appended> {
         let mark = (!event_id.is_empty()).then(|| mark_of(&event_id));
         if mark.is_some_and(|m| self.store.dedup.contains(m)) {
             return Ok(Appended::Duplicate);
         }
-        let records: Vec<Vec<u8>> = updates.iter().map(codec::encode).collect();
-        let size: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let encoded: Vec<Vec<u8>> = records.iter().map(codec::encode).collect();
+        let size: u64 = encoded.iter().map(|r| r.len() as u64).sum();
         let max = self.store.config.max_bytes;
         if self.store.bytes + size > max {
             return Err(WalError::Full {
@@ -664,12 +654,12 @@ impl Writer {
             });
         }
         let first = self.next_seq;
-        for (update, record) in updates.into_iter().zip(records) {
+        for (record, bytes) in records.into_iter().zip(encoded) {
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.store.live.push_back((seq, record.len() as u32));
-            batch.insert(&wal_key(seq), record);
-            accepted.push((seq, update));
+            self.store.live.push_back((seq, bytes.len() as u32));
+            batch.insert(&wal_key(seq), bytes);
+            accepted.push((seq, record));
         }
         self.store.bytes += size;
         if let Some(mark) = mark {
@@ -733,7 +723,19 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Op;
+    use crate::buffer::Buffer;
+    use crate::rules::{Op, Update};
+    use std::sync::Mutex;
+
+    /// A buffer the test can look at while the writer thread fills it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Buffer>>);
+
+    impl Sink for Shared {
+        fn committed(&mut self, records: Vec<(u64, Record)>) {
+            self.0.lock().unwrap().committed(records);
+        }
+    }
 
     fn config(dir: &Path, recovery: Recovery) -> WalConfig {
         WalConfig {
@@ -746,26 +748,25 @@ mod tests {
         }
     }
 
-    fn update(n: i32) -> Update {
-        Update {
+    fn update(n: i32) -> Record {
+        Record::Update(Update {
             user_id: format!("u{n}"),
             goal_id: "g".into(),
             challenge_id: "c".into(),
             namespace: "ns".into(),
             target: 10,
+            creates_row: true,
             event_time_ms: 0,
             event_id: format!("e{n}"),
             op: Op::Add(n),
-        }
+        })
     }
 
-    fn start(store: WalStore, next_seq: u64, buffer: &Arc<Mutex<Buffer>>) -> (Wal, WalThread) {
+    fn start(store: WalStore, next_seq: u64, buffer: &Shared) -> (Wal, WalThread) {
         store
             .start(
                 next_seq,
                 buffer.clone(),
-                Arc::new(Notify::new()),
-                usize::MAX,
                 Arc::new(Metrics::new()),
                 CancellationToken::new(),
             )
@@ -776,7 +777,7 @@ mod tests {
     fn write_events(dir: &Path, n: i32) -> Buffer {
         let store = WalStore::open(config(dir, Recovery::Strict)).unwrap();
         let next = store.last_seq() + 1;
-        let buffer = Arc::new(Mutex::new(Buffer::default()));
+        let buffer = Shared::default();
         let (wal, thread) = start(store, next, &buffer);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -792,7 +793,7 @@ mod tests {
         });
         drop(wal);
         thread.join();
-        let buffer = buffer.lock().unwrap().clone();
+        let buffer = buffer.0.lock().unwrap().clone();
         buffer
     }
 
@@ -877,7 +878,7 @@ mod tests {
         let mut cfg = config(dir.path(), Recovery::Strict);
         cfg.max_bytes = 200;
         let store = WalStore::open(cfg).unwrap();
-        let buffer = Arc::new(Mutex::new(Buffer::default()));
+        let buffer = Shared::default();
         let (wal, thread) = start(store, 1, &buffer);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -897,7 +898,7 @@ mod tests {
             "{}",
             refused.1
         );
-        assert_eq!(buffer.lock().unwrap().updates(), refused.0 as u64 - 1);
+        assert_eq!(buffer.0.lock().unwrap().updates(), refused.0 as u64 - 1);
         // Truncation frees the space again.
         rt.block_on(async {
             wal.truncate(u64::MAX).await.unwrap();

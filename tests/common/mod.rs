@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use challenge_event_handler::config::ServeArgs;
 use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
 use challenge_event_handler::proto::iam::account::v1::user_authentication_user_third_party_logged_in_service_client::UserAuthenticationUserThirdPartyLoggedInServiceClient;
+use challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient;
 use challenge_event_handler::proto::iam::account::v1::{
-    AnonymousSchema21, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
+    AnonymousSchema21, GdprRequestDataDeletionResponse, UserAccount, UserLoggedIn,
+    UserThirdPartyLoggedIn,
 };
 use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
 use challenge_event_handler::proto::social::statistic::v1::StatItemUpdated;
@@ -30,7 +32,8 @@ use tonic::transport::Channel;
 
 pub const NAMESPACE: &str = "testgame";
 
-/// Goals of every kind; `kills` moves two goals at once.
+/// Goals of every kind; `kills` moves two goals at once; `login-opt` is not
+/// assigned by default.
 pub const CHALLENGES: &str = r#"{"challenges":[
  {"challengeId":"logins","name":"Logins","goals":[
   {"goalId":"login-count","name":"3 logins","type":"increment","eventSource":"login",
@@ -38,7 +41,9 @@ pub const CHALLENGES: &str = r#"{"challenges":[
   {"goalId":"login-days","name":"2 days","type":"increment","daily":true,"eventSource":"login",
    "requirement":{"operator":">=","targetValue":2},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}},
   {"goalId":"login-daily","name":"today","type":"daily","eventSource":"login",
-   "requirement":{"operator":">=","targetValue":1},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}}]},
+   "requirement":{"operator":">=","targetValue":1},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}},
+  {"goalId":"login-opt","name":"opt-in: 2 logins","type":"increment","eventSource":"login","defaultAssigned":false,
+   "requirement":{"operator":">=","targetValue":2},"reward":{"type":"WALLET","rewardId":"GOLD","quantity":1}}]},
  {"challengeId":"combat","name":"Combat","goals":[
   {"goalId":"kills","name":"10 kills","type":"increment","eventSource":"statistic",
    "requirement":{"statCode":"kills","operator":">=","targetValue":10},"reward":{"type":"ITEM","rewardId":"sword","quantity":1}},
@@ -181,6 +186,16 @@ impl Service {
         self.stat_client().on_message(msg).await.map(|_| ())
     }
 
+    pub async fn gdpr_deletion(
+        &self,
+        msg: GdprRequestDataDeletionResponse,
+    ) -> Result<(), tonic::Status> {
+        DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(self.channel.clone())
+            .on_message(msg)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn metrics(&self) -> String {
         http_get(self.http_addr, "/metrics").await.1
     }
@@ -204,6 +219,11 @@ pub fn third_party_login(user: &str, id: &str) -> UserThirdPartyLoggedIn {
         namespace: NAMESPACE.into(),
         ..Default::default()
     }
+}
+
+/// A GDPR data deletion of `user` (named in the payload).
+pub fn gdpr_deletion(user: &str, id: &str) -> GdprRequestDataDeletionResponse {
+    challenge_event_handler::send::gdpr_deletion_message(NAMESPACE, user, id, "")
 }
 
 /// A stat update of `user`.
@@ -243,6 +263,18 @@ pub async fn row(db: &PgPool, user: &str, goal: &str) -> Option<Row> {
         completed,
         claimed,
     })
+}
+
+/// The row's `completed_at`.
+pub async fn completed_at(db: &PgPool, user: &str, goal: &str) -> Option<chrono::NaiveDateTime> {
+    sqlx::query_scalar(
+        "SELECT completed_at FROM user_goal_progress WHERE user_id = $1 AND goal_id = $2",
+    )
+    .bind(user)
+    .bind(goal)
+    .fetch_one(db)
+    .await
+    .expect("read completed_at")
 }
 
 pub async fn count_rows(db: &PgPool) -> i64 {

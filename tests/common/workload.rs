@@ -1,26 +1,29 @@
 //! The crash tests' workload and oracle (tests/torture.rs, tests/power_loss.rs).
 //!
 //! Each client owns a few users and sends each user's events in order: stat
-//! events (an increment goal and an absolute goal) and logins (an increment, a
-//! daily-increment and a daily goal), with event times three hours apart so
-//! days go by. A call that fails because of a kill is *uncertain*: it may or
+//! events (an increment goal and an absolute goal), logins (an increment, a
+//! daily-increment and a daily goal) and, every 13th event, a GDPR data
+//! deletion of the user, with event times three hours apart so days go by. A call that fails because of a kill is *uncertain*: it may or
 //! may not be in the WAL. The client re-sends it, with the same event id, first
 //! thing after the restart (as Kafka redelivers), so at the end every event is
 //! acknowledged and the oracle is exact: each goal's row must equal what the
-//! acknowledged events make of it, counted once — nothing lost, nothing doubled.
+//! acknowledged events after the user's last deletion make of it, counted
+//! once — nothing lost, nothing doubled, nothing from before a deletion.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient;
 use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
 use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
 use chrono::{DateTime, NaiveDate};
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
-use super::{login, stat, Binary};
+use super::{gdpr_deletion, login, stat, Binary};
 
-/// Targets high enough that no goal completes (a completed goal stops moving).
+/// Targets high enough that no increment goal completes (so the oracle is a
+/// plain count).
 pub const CHALLENGES: &str = r#"{"challenges":[{"challengeId":"t","name":"T","goals":[
  {"goalId":"inc","name":"i","type":"increment","eventSource":"statistic",
   "requirement":{"statCode":"points","operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
@@ -85,8 +88,12 @@ struct Event {
 }
 
 impl Event {
+    fn is_deletion(self) -> bool {
+        self.n % 13 == 0
+    }
+
     fn is_login(self) -> bool {
-        self.n % 3 == 1
+        !self.is_deletion() && self.n % 3 == 1
     }
 
     fn inc(self) -> i32 {
@@ -119,12 +126,20 @@ struct Expected {
     logins: i64,
     login_days: BTreeSet<i64>,
     acknowledged: u64,
+    deletions: u64,
 }
 
 impl Expected {
     fn acknowledge(&mut self, e: Event) {
         self.acknowledged += 1;
-        if e.is_login() {
+        if e.is_deletion() {
+            // Nothing acknowledged before it may remain.
+            self.deletions += 1;
+            self.inc = 0;
+            self.abs = None;
+            self.logins = 0;
+            self.login_days.clear();
+        } else if e.is_login() {
             self.logins += 1;
             self.login_days.insert(e.day());
         } else {
@@ -136,7 +151,14 @@ impl Expected {
 
 async fn send(channel: &Channel, user: &str, e: Event) -> Result<(), tonic::Status> {
     let id = format!("{user}-{}", e.n);
-    if e.is_login() {
+    if e.is_deletion() {
+        let mut msg = gdpr_deletion(user, &id);
+        msg.timestamp = e.timestamp();
+        DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(channel.clone())
+            .on_message(msg)
+            .await
+            .map(|_| ())
+    } else if e.is_login() {
         UserAuthenticationUserLoggedInServiceClient::new(channel.clone())
             .on_message(login(user, &id, &e.timestamp()))
             .await
@@ -187,6 +209,8 @@ async fn client(channel: Channel, mut users: Users, until: Instant) -> Users {
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub acknowledged: u64,
+    /// GDPR deletions among them.
+    pub deletions: u64,
     /// Rows behind what was acknowledged (or missing).
     pub lost: Vec<String>,
     /// Rows ahead of it, or with another value.
@@ -319,6 +343,7 @@ impl Workload {
         let mut verdict = Verdict::default();
         for (user, e) in self.groups.iter().flatten() {
             verdict.acknowledged += e.acknowledged;
+            verdict.deletions += e.deletions;
             let get = |goal: &str| {
                 rows.get(&(user.clone(), goal.to_string()))
                     .map(|r| i64::from(r.0))
