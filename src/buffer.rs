@@ -4,7 +4,7 @@
 //! The WAL writer applies updates here in sequence order (invariant 3), so the
 //! buffer always holds exactly the WAL sequence numbers `(W, last_seq]`: a swap
 //! boundary is one sequence number. Each goal kind has its own map and its own
-//! merge rule, the same rule the SQL applies on conflict (DESIGN.md, "Progress
+//! merge rule, the same rule the SQL applies on conflict (docs/DESIGN.md, "Progress
 //! rules"); a merge is associative, so coalescing N updates and applying them one
 //! by one give the same row — `src/model.rs` states both and the property tests
 //! check that they agree.

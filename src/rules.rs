@@ -19,7 +19,7 @@ pub const MAX_ID_LEN: usize = 100;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// How a goal's progress moves (DESIGN.md, "Progress rules").
+/// How a goal's progress moves (docs/DESIGN.md, "Progress rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GoalKind {
     /// progress = the stat's latest value; the newest event wins.
