@@ -19,8 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
-        // Malformed request bodies get INVALID_ARGUMENT (src/codec.rs).
-        .codec_path("crate::codec::StrictCodec")
+        // Malformed request bodies get INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::StrictCodec")
         .file_descriptor_set_path(&descriptor)
         .compile_with_config(
             config,

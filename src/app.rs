@@ -1,7 +1,8 @@
 //! The service assembled: `App::build(settings)` binds the listeners and opens
-//! the WAL; `run_until_stopped(token)` starts up (migrate, lease, replay, flush),
-//! serves until the token is cancelled, then shuts down in order: stop
-//! accepting, finish in-flight calls, final flush, close the WAL.
+//! the WAL; `run_until_stopped(token)` runs three phases — [`start_up`]
+//! (migrate, lease, replay, flush), [`serve`] (gRPC, HTTP ingest and the flush
+//! loop until the token is cancelled) and [`shut_down`] (stop accepting,
+//! finish in-flight calls, final flush, close the WAL).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,21 +17,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
 use crate::config::{challenges, Settings};
-use crate::flusher::{backoff, Flusher, Intake};
+use crate::flusher::{Flusher, Intake, MAX_BACKOFF};
 use crate::grpc::Ingress;
 use crate::health::{self, Health, Phase};
+use crate::ingest;
 use crate::metrics::Metrics;
+use crate::retry::{self, Backoff, GiveUp};
 use crate::rules::GoalIndex;
-use crate::store::postgres::PgStore;
-use crate::store::{ProgressStore, StoreError};
-use crate::wal::{self, WalConfig, WalStore};
+use crate::store::{Database, ProgressStore, Store, StoreError};
+use crate::wal::{self, Wal, WalConfig, WalStore, WalThread};
 
 pub struct App {
     settings: Settings,
     goals: Arc<GoalIndex>,
     grpc: TcpListener,
     http: TcpListener,
-    store: Arc<PgStore>,
+    store: Arc<Store>,
     wal: WalStore,
     instance_id: String,
     metrics: Arc<Metrics>,
@@ -69,8 +71,8 @@ impl App {
         let http = TcpListener::bind(settings.metrics_addr)
             .await
             .with_context(|| format!("cannot bind the metrics port {}", settings.metrics_addr))?;
-        let store = Arc::new(PgStore::connect_lazy(
-            settings.database.clone(),
+        let store = Arc::new(Store::connect_lazy(
+            &settings.database,
             settings.db_max_connections,
             settings.db_batch_size,
         ));
@@ -103,40 +105,113 @@ impl App {
     /// gracefully. An error means the service stopped for a reason an operator
     /// must see (the process should exit non-zero).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let http_stop = CancellationToken::new();
+        tracing::info!(
+            grpc = %health::local_addr(&self.grpc),
+            http = %health::local_addr(&self.http),
+            goals = self.goals.len(),
+            instance_id = %self.instance_id,
+            namespace = %self.settings.namespace,
+            store = %self.settings.database.describe(),
+            "starting"
+        );
+        if matches!(self.settings.database, Database::Sqlite(_)) {
+            tracing::info!(
+                path = %self.settings.database.describe(),
+                "no database configured: using the embedded SQLite store (set DATABASE_URL or DB_HOST for PostgreSQL)"
+            );
+        }
+        for warning in &self.settings.warnings {
+            tracing::warn!("{warning}");
+        }
         let App {
             settings,
             goals,
             grpc,
             http,
             store,
-            wal: mut wal_store,
+            wal,
             instance_id,
             metrics,
             health,
         } = self;
-        let tasks = TaskTracker::new();
-        let http_stop = CancellationToken::new();
-        let http_addr = health::local_addr(&http);
+        let gate = Arc::new(ingest::Gate::default());
         tasks.spawn(health::serve(
             http,
-            health.clone(),
-            metrics.clone(),
+            health::HttpState {
+                health: health.clone(),
+                metrics: metrics.clone(),
+                ingest: gate.clone(),
+                ingest_token: settings.http_ingest_token.clone(),
+            },
+            settings.http_max_body_bytes,
             http_stop.clone(),
         ));
-        tracing::info!(
-            grpc = %health::local_addr(&grpc),
-            http = %http_addr,
-            goals = goals.len(),
-            instance_id = %instance_id,
-            namespace = %settings.namespace,
-            "starting"
-        );
+        let lifetime = Lifetime::new(shutdown);
+        let parts = Parts {
+            store,
+            wal,
+            instance_id,
+            metrics,
+            health: health.clone(),
+        };
+        if let Some(running) = start_up(parts, &settings, &lifetime).await? {
+            health.set_phase(Phase::Serving);
+            let ingress = Ingress::new(
+                settings.namespace.clone(),
+                goals,
+                running.wal.clone(),
+                running.metrics.clone(),
+            );
+            gate.open(ingress.clone());
+            {
+                // HTTP ingest closes with gRPC: no new call once stopping.
+                let (gate, stop) = (gate.clone(), lifetime.stop.clone());
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    gate.close();
+                });
+            }
+            let flusher = serve(
+                &running.flush_early,
+                running.flusher,
+                ingress,
+                grpc,
+                &settings,
+                &lifetime,
+            )
+            .await?;
+            health.set_phase(Phase::ShuttingDown);
+            gate.close();
+            shut_down(
+                flusher,
+                running.wal,
+                running.wal_thread,
+                &settings,
+                &lifetime,
+            )
+            .await;
+        } else {
+            health.set_phase(Phase::ShuttingDown);
+        }
+        finish(tasks, http_stop, &lifetime.fatal).await
+    }
+}
 
-        // Fatal conditions (WAL fsync failure, fenced lease) stop the service too.
+/// Why the service stops: `stop` is cancelled by a shutdown signal or by a
+/// fatal error (a WAL fsync failure, a fenced lease), which also cancels `fatal`.
+struct Lifetime {
+    stop: CancellationToken,
+    fatal: CancellationToken,
+}
+
+impl Lifetime {
+    fn new(shutdown: CancellationToken) -> Lifetime {
         let fatal = CancellationToken::new();
         let stop = CancellationToken::new();
         {
-            let (shutdown, fatal, stop) = (shutdown.clone(), fatal.clone(), stop.clone());
+            let (fatal, stop) = (fatal.clone(), stop.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -145,104 +220,175 @@ impl App {
                 stop.cancel();
             });
         }
-
-        // 1. Schema and lease (waiting for the database as long as it takes).
-        if settings.migrate {
-            let migrated =
-                retry("run database migrations", &stop, &fatal, || store.migrate()).await;
-            if migrated.is_none() {
-                return finish(tasks, http_stop, &fatal).await;
-            }
-        }
-        let Some(lease) = retry("read this instance's watermark", &stop, &fatal, || {
-            store.lease(&instance_id)
-        })
-        .await
-        else {
-            return finish(tasks, http_stop, &fatal).await;
-        };
-
-        // 2. Replay everything above the watermark.
-        health.set_phase(Phase::Replaying);
-        let watermark = lease.applied_seq;
-        let wal_last = wal_store.last_seq();
-        let pending = wal_store.records();
-        let (wal_store, buffer, replayed) = tokio::task::spawn_blocking(move || {
-            let mut buffer = Buffer::starting_after(watermark);
-            let replayed = wal_store.replay(watermark, &mut buffer);
-            replayed.map(|n| (wal_store, buffer, n))
-        })
-        .await
-        .context("WAL replay task failed")??;
-        metrics.wal_replayed.inc_by(replayed);
-        metrics
-            .gdpr_deletions_pending
-            .set(buffer.deletions.len() as i64);
-        tracing::info!(
-            epoch = lease.epoch,
-            watermark,
-            wal_records = pending,
-            replayed,
-            "wal replayed"
-        );
-        let buffer = Arc::new(Mutex::new(buffer));
-        let flush_early = Arc::new(Notify::new());
-        let next_seq = wal_last.max(watermark) + 1;
-        let intake = Intake {
-            buffer: buffer.clone(),
-            flush_early: flush_early.clone(),
-            max_keys: settings.buffer_max_keys,
-            metrics: metrics.clone(),
-        };
-        let (wal, wal_thread) =
-            wal_store.start(next_seq, intake, metrics.clone(), fatal.clone())?;
-        health.attach_wal(wal.stats());
-        let mut flusher = Flusher::new(
-            store.clone(),
-            lease,
-            buffer,
-            wal.clone(),
-            metrics.clone(),
-            health.clone(),
-        );
-
-        // 3. Flush the replayed updates before taking new ones.
-        let flushed = retry_flush(&mut flusher, &stop, &fatal, settings.flush_interval).await;
-        if flushed {
-            // 4. Serve.
-            health.set_phase(Phase::Serving);
-            let ingress = Ingress::new(
-                settings.namespace.clone(),
-                goals,
-                wal.clone(),
-                metrics.clone(),
-            );
-            let flusher_stop = CancellationToken::new();
-            let flush_loop = tokio::spawn(flusher.run(
-                settings.flush_interval,
-                flush_early,
-                flusher_stop.clone(),
-                fatal.clone(),
-            ));
-            let served = serve_grpc(grpc, ingress, &settings, stop.clone()).await;
-            health.set_phase(Phase::ShuttingDown);
-            if let Err(e) = &served {
-                tracing::error!(error = %e, "gRPC server failed");
-                fatal.cancel();
-            }
-            flusher_stop.cancel();
-            flusher = flush_loop.await.context("flush loop panicked")?;
-            final_flush(&mut flusher, &fatal, settings.shutdown_grace).await;
-        } else {
-            health.set_phase(Phase::ShuttingDown);
-        }
-
-        // 5. Close the WAL: the writer exits once every handle is gone.
-        drop(flusher);
-        drop(wal);
-        let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
-        finish(tasks, http_stop, &fatal).await
+        Lifetime { stop, fatal }
     }
+}
+
+/// What start-up works with.
+struct Parts {
+    store: Arc<Store>,
+    wal: WalStore,
+    instance_id: String,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// A started service: the WAL writer running, everything replayed flushed.
+struct Running {
+    flusher: Flusher<Store>,
+    wal: Wal,
+    wal_thread: WalThread,
+    flush_early: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+/// Start-up: migrations, this instance's lease, replay of everything above
+/// the watermark, the WAL writer, and a flush of the replayed updates — each
+/// waiting for the database as long as it takes. None: stopped meanwhile.
+async fn start_up(
+    parts: Parts,
+    settings: &Settings,
+    lifetime: &Lifetime,
+) -> anyhow::Result<Option<Running>> {
+    let Parts {
+        store,
+        wal: mut wal_store,
+        instance_id,
+        metrics,
+        health,
+    } = parts;
+    let (stop, fatal) = (&lifetime.stop, &lifetime.fatal);
+    let patient = || Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    if settings.migrate {
+        let migrated = retry::until_ok(
+            "run database migrations",
+            patient(),
+            GiveUp::OnPermanent,
+            (stop, fatal),
+            &mut &*store,
+            |store| Box::pin(store.migrate()),
+        )
+        .await;
+        if migrated.is_none() {
+            return Ok(None);
+        }
+    }
+    let Some(lease) = retry::until_ok(
+        "read this instance's watermark",
+        patient(),
+        GiveUp::OnPermanent,
+        (stop, fatal),
+        &mut (&*store, instance_id.as_str()),
+        |(store, id)| Box::pin(store.lease(id)),
+    )
+    .await
+    else {
+        return Ok(None);
+    };
+
+    health.set_phase(Phase::Replaying);
+    let watermark = lease.applied_seq;
+    let wal_last = wal_store.last_seq();
+    let pending = wal_store.records();
+    let (wal_store, buffer, replayed) = tokio::task::spawn_blocking(move || {
+        let mut buffer = Buffer::starting_after(watermark);
+        let replayed = wal_store.replay(watermark, &mut buffer);
+        replayed.map(|n| (wal_store, buffer, n))
+    })
+    .await
+    .context("WAL replay task failed")??;
+    metrics.wal_replayed.inc_by(replayed);
+    metrics
+        .gdpr_deletions_pending
+        .set(buffer.deletions.len() as i64);
+    tracing::info!(
+        epoch = lease.epoch,
+        watermark,
+        wal_records = pending,
+        replayed,
+        "wal replayed"
+    );
+
+    let buffer = Arc::new(Mutex::new(buffer));
+    let flush_early = Arc::new(Notify::new());
+    let intake = Intake {
+        buffer: buffer.clone(),
+        flush_early: flush_early.clone(),
+        max_keys: settings.buffer_max_keys,
+        metrics: metrics.clone(),
+    };
+    // Sequence numbers never go backwards, even after a truncation.
+    let next_seq = wal_last.max(watermark) + 1;
+    let (wal, wal_thread) = wal_store.start(next_seq, intake, metrics.clone(), fatal.clone())?;
+    health.attach_wal(wal.stats());
+    let mut flusher = Flusher::new(store, lease, buffer, wal.clone(), metrics.clone(), health);
+    let flushed = retry::until_ok(
+        "flush the replayed WAL",
+        Backoff::new(settings.flush_interval, MAX_BACKOFF),
+        GiveUp::OnFenced,
+        (stop, fatal),
+        &mut flusher,
+        |flusher| Box::pin(flusher.flush_once()),
+    )
+    .await;
+    let running = Running {
+        flusher,
+        wal,
+        wal_thread,
+        flush_early,
+        metrics,
+    };
+    if flushed.is_none() {
+        // Close the WAL before giving up; nothing was acknowledged yet.
+        close_wal(running.flusher, running.wal, running.wal_thread).await;
+        return Ok(None);
+    }
+    Ok(Some(running))
+}
+
+/// Serving: gRPC and the flush loop until `stop`; returns the flusher for the
+/// last flush.
+async fn serve(
+    flush_early: &Arc<Notify>,
+    flusher: Flusher<Store>,
+    ingress: Ingress,
+    grpc: TcpListener,
+    settings: &Settings,
+    lifetime: &Lifetime,
+) -> anyhow::Result<Flusher<Store>> {
+    let flusher_stop = CancellationToken::new();
+    let flush_loop = tokio::spawn(flusher.run(
+        settings.flush_interval,
+        flush_early.clone(),
+        flusher_stop.clone(),
+        lifetime.fatal.clone(),
+    ));
+    let served = serve_grpc(grpc, ingress, settings, lifetime.stop.clone()).await;
+    if let Err(e) = &served {
+        tracing::error!(error = %e, "gRPC server failed");
+        lifetime.fatal.cancel();
+    }
+    flusher_stop.cancel();
+    flush_loop.await.context("flush loop panicked")
+}
+
+/// Shutting down: the last flush, then the WAL closed.
+async fn shut_down(
+    mut flusher: Flusher<Store>,
+    wal: Wal,
+    wal_thread: WalThread,
+    settings: &Settings,
+    lifetime: &Lifetime,
+) {
+    final_flush(&mut flusher, &lifetime.fatal, settings.shutdown_grace).await;
+    close_wal(flusher, wal, wal_thread).await;
+}
+
+/// The writer exits once every handle is gone; its thread is joined.
+async fn close_wal<S: ProgressStore>(flusher: Flusher<S>, wal: Wal, wal_thread: WalThread) {
+    drop(flusher);
+    drop(wal);
+    let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
 }
 
 async fn serve_grpc(
@@ -339,79 +485,6 @@ async fn final_flush<S: ProgressStore>(
         Err(_) => tracing::warn!(
             "final flush timed out; the acknowledged updates stay in the WAL and are applied at the next start"
         ),
-    }
-}
-
-/// Flushes the replayed updates, retrying until it works or `stop`.
-async fn retry_flush<S: ProgressStore>(
-    flusher: &mut Flusher<S>,
-    stop: &CancellationToken,
-    fatal: &CancellationToken,
-    interval: Duration,
-) -> bool {
-    let mut failures = 0;
-    loop {
-        match flusher.flush_once().await {
-            Ok(_) => return true,
-            Err(e @ StoreError::Fenced { .. }) => {
-                tracing::error!(error = %e, "cannot start");
-                fatal.cancel();
-                return false;
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(error = %e, "cannot flush the replayed WAL yet; retrying");
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(backoff(interval, failures)) => {}
-        }
-    }
-}
-
-/// Runs `op` until it succeeds or `stop`; logs the first failure and the
-/// recovery. An error that waiting cannot fix cancels `fatal`.
-async fn retry<T, F, Fut>(
-    what: &str,
-    stop: &CancellationToken,
-    fatal: &CancellationToken,
-    mut op: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut failures = 0;
-    loop {
-        match op().await {
-            Ok(value) => {
-                if failures > 0 {
-                    tracing::info!(
-                        failed_attempts = failures,
-                        "database reachable; could {what}"
-                    );
-                }
-                return Some(value);
-            }
-            Err(e) if !e.is_transient() => {
-                tracing::error!(error = %e, "cannot {what}; this needs an operator");
-                fatal.cancel();
-                return None;
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(error = %e, "cannot {what} yet; retrying until the database answers");
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff(Duration::from_millis(200), failures).min(Duration::from_secs(5))) => {}
-        }
     }
 }
 

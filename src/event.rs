@@ -10,8 +10,9 @@ use crate::proto::iam::account::v1::{
     GdprRequestDataDeletionResponse, UserAccount, UserLoggedIn, UserThirdPartyLoggedIn,
 };
 use crate::proto::social::statistic::v1::StatItemUpdated;
-use crate::rules::MAX_ID_LEN;
 
+/// The longest user, goal, challenge or namespace id the table stores (`VARCHAR(100)`).
+pub const MAX_ID_LEN: usize = 100;
 /// The longest event id kept for deduplication.
 pub const MAX_EVENT_ID_LEN: usize = 256;
 /// The longest stat code accepted (it only selects goals; it is not stored).

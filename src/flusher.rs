@@ -18,12 +18,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Buffer;
+use crate::clock::rfc3339;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 use crate::rules::Record;
 use crate::store::{Deleted, Lease, ProgressStore, StoreError};
 use crate::wal::{Sink, Wal};
 
+/// The longest wait between flush attempts while the database is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The WAL's sink in a running service: committed records go into the shared
@@ -158,7 +161,7 @@ impl<S: ProgressStore> Flusher<S> {
         self.metrics
             .gdpr_deletions_pending
             .sub(deleted.len() as i64);
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let at = rfc3339(crate::clock::unix_ms() as i64);
         for d in deleted {
             self.metrics.gdpr_deletions.inc();
             self.metrics.gdpr_rows_deleted.inc_by(d.rows);
@@ -214,8 +217,9 @@ impl<S: ProgressStore> Flusher<S> {
             || self.in_doubt.as_ref().is_some_and(|b| !b.is_empty())
     }
 
-    /// Flushes every `interval` (or when `early` is notified) until `stop`.
-    /// A fenced lease cancels `fatal` (this instance must stop).
+    /// Flushes every `interval` (or when `early` is notified) until `stop`;
+    /// after a failure, with backoff. A fenced lease cancels `fatal` (this
+    /// instance must stop).
     pub async fn run(
         mut self,
         interval: Duration,
@@ -223,27 +227,22 @@ impl<S: ProgressStore> Flusher<S> {
         stop: CancellationToken,
         fatal: CancellationToken,
     ) -> Self {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(interval, MAX_BACKOFF);
         loop {
-            let wait = if failures == 0 {
-                interval
-            } else {
-                backoff(interval, failures)
-            };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-                _ = early.notified(), if failures == 0 => {}
+                _ = tokio::time::sleep(backoff.delay()) => {}
+                _ = early.notified(), if backoff.failures() == 0 => {}
             }
             match self.flush_once().await {
                 Ok(_) => {
-                    if failures > 0 {
+                    let failed = backoff.succeeded();
+                    if failed > 0 {
                         tracing::info!(
-                            failed_attempts = failures,
+                            failed_attempts = failed,
                             "flushing recovered; the WAL backlog is draining"
                         );
                     }
-                    failures = 0;
                 }
                 Err(e @ StoreError::Fenced { .. }) => {
                     tracing::error!(error = %e, "stopping: this instance was fenced");
@@ -251,45 +250,19 @@ impl<S: ProgressStore> Flusher<S> {
                     break;
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 {
+                    backoff.failed();
+                    if backoff.failures() == 1 {
                         tracing::warn!(
                             error = %e,
                             wal_backlog_bytes = self.wal.backlog_bytes(),
                             "flush failed; acknowledged updates stay in the WAL and are retried with backoff"
                         );
                     } else {
-                        tracing::debug!(error = %e, failures, "flush retry failed");
+                        tracing::debug!(error = %e, failures = backoff.failures(), "flush retry failed");
                     }
                 }
             }
         }
         self
-    }
-}
-
-fn rfc3339(unix_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// `interval × 2^failures`, capped at [`MAX_BACKOFF`].
-pub fn backoff(interval: Duration, failures: u32) -> Duration {
-    let factor = 1u32 << failures.min(16);
-    interval.saturating_mul(factor).min(MAX_BACKOFF)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let s = Duration::from_secs(1);
-        assert_eq!(backoff(s, 1), Duration::from_secs(2));
-        assert_eq!(backoff(s, 3), Duration::from_secs(8));
-        assert_eq!(backoff(s, 10), MAX_BACKOFF);
-        assert_eq!(backoff(s, u32::MAX), MAX_BACKOFF);
     }
 }

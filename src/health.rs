@@ -1,19 +1,23 @@
-//! The HTTP side: `GET /healthz` (200 only while serving, with the WAL backlog
-//! and the last flush result as JSON) and `GET /metrics` (Prometheus text).
+//! The HTTP port: `GET /healthz` (200 only while serving, with the WAL backlog
+//! and the last flush result as JSON), `GET /metrics` (Prometheus text), and
+//! the JSON ingest endpoints of [`crate::http_ingest`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_ingest::{self, IngestState};
+use crate::ingest::Gate;
 use crate::metrics::Metrics;
 use crate::wal::WalStats;
 
@@ -126,10 +130,15 @@ struct HealthReport {
     last_flush: Option<LastFlush>,
 }
 
+/// What the HTTP handlers share.
 #[derive(Clone)]
-struct HttpState {
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
+pub struct HttpState {
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// The ingestion path, open while serving.
+    pub ingest: Arc<Gate>,
+    /// `HTTP_INGEST_TOKEN`, when set.
+    pub ingest_token: Option<String>,
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -149,20 +158,31 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// Serves `/healthz` and `/metrics` until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    health: Arc<Health>,
-    metrics_registry: Arc<Metrics>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// The HTTP routes; ingest bodies are limited to `max_body_bytes` (413 beyond).
+pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
+    let ingest = Router::new()
+        .route("/v1/events", post(http_ingest::post_event))
+        .route("/v1/events/batch", post(http_ingest::post_batch))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(IngestState {
+            gate: state.ingest.clone(),
+            token: state.ingest_token.clone(),
+        });
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(HttpState {
-            health,
-            metrics: metrics_registry,
-        });
+        .with_state(state)
+        .merge(ingest)
+}
+
+/// Serves the HTTP routes until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    max_body_bytes: usize,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state, max_body_bytes);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -183,6 +203,8 @@ mod tests {
         let state = HttpState {
             health: health.clone(),
             metrics: Arc::new(Metrics::new()),
+            ingest: Arc::new(Gate::default()),
+            ingest_token: None,
         };
         let response = healthz(State(state)).await.into_response();
         let code = response.status();

@@ -6,37 +6,45 @@
 //! across kill -9, restarts, database outages and redelivery. The data path,
 //! top to bottom:
 //!
-//! - [`grpc`] — the three AGS `OnMessage` services, health and reflection;
-//!   maps every error to a gRPC status once.
-//! - [`event`] — decodes and validates the wire messages into an [`event::Event`].
-//! - [`rules`] — the goal index and the progress rules: `Event → [Update]`, pure.
+//! - [`grpc`] — the four AGS `OnMessage` services ([`grpc::codec`] decodes),
+//!   health and reflection; [`http_ingest`] — the same events as HTTP JSON.
+//! - [`ingest`] — the one path both take: namespace filter, validation,
+//!   rules, WAL append; answered once durable.
+//! - [`event`] — validates the wire messages into an [`event::Event`].
+//! - [`rules`] — the goal index and the progress rules: `Event → [Record]`, pure.
 //! - [`wal`] — sled write-ahead log: dedup by event id, group commit with one
-//!   fsync per batch, replay at start-up ([`wal::codec`] record format,
-//!   [`wal::dedup`] marks).
-//! - [`buffer`] — coalesces acknowledged updates per user-goal, in WAL order.
-//! - [`flusher`] — every `FLUSH_INTERVAL`: batch UPSERT + watermark in one
-//!   transaction, then WAL truncation.
-//! - [`store`] — the progress store seam and PostgreSQL ([`store::postgres`]).
+//!   fsync per batch, replay at start-up; hands committed records to a sink.
+//! - [`buffer`] — coalesces acknowledged records per user-goal, in WAL order.
+//! - [`flusher`] — every `FLUSH_INTERVAL`: deletions + batch UPSERT +
+//!   watermark in one transaction, then WAL truncation.
+//! - [`store`] — the progress store seam: PostgreSQL ([`store::postgres`]) and
+//!   the embedded SQLite default ([`store::sqlite`]).
 //!
 //! Around it: [`config`] (settings and `challenges.json`), [`app`] (assembly,
-//! start-up and shutdown), [`health`] (`/healthz`, `/metrics`), [`metrics`],
-//! [`telemetry`] (logs), [`send`] (the test-event client), [`bench`] (a load
-//! generator) and [`proto`]
-//! (generated wire types).
+//! start-up, serving and shutdown), [`retry`] (backoff), [`health`] (the HTTP
+//! port: `/healthz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
+//! [`clock`], [`model`] (the rules as a rule book, for tests and fuzzing), the
+//! operator commands [`send`], [`inspect`] (`progress`, `wal inspect`) and
+//! [`bench`], and [`proto`] (generated wire types). docs/DESIGN.md explains
+//! the whole.
 
 pub mod app;
 pub mod bench;
 pub mod buffer;
-pub mod codec;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod failpoints;
 pub mod flusher;
 pub mod grpc;
 pub mod health;
+pub mod http_ingest;
+pub mod ingest;
+pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod retry;
 pub mod rules;
 pub mod send;
 pub mod store;

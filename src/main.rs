@@ -8,12 +8,16 @@ use tokio_util::sync::CancellationToken;
 
 use challenge_event_handler::bench::{self, BenchArgs};
 use challenge_event_handler::config::{challenges, ServeArgs};
+use challenge_event_handler::inspect::{self, ProgressArgs, WalCommand};
 use challenge_event_handler::send::{self, SendArgs};
 use challenge_event_handler::telemetry::{self, LogFormat};
 use challenge_event_handler::App;
 
-/// Durable AccelByte challenge event handler: AGS events over gRPC → fsync'd
-/// WAL → coalesced batch UPSERT into PostgreSQL.
+/// Durable AccelByte challenge event handler: AGS events over gRPC (or HTTP
+/// JSON) → fsync'd WAL → coalesced batch UPSERT into PostgreSQL (or the
+/// embedded SQLite store when no database is configured).
+///
+/// With no command it serves (`serve`).
 #[derive(Parser)]
 #[command(
     name = "challenge-event-handler",
@@ -43,17 +47,22 @@ struct Cli {
 enum Command {
     /// Run the service (the default when no command is given).
     Serve(ServeArgs),
-    /// Send one test event to a running service.
+    /// Send one test event (login, stat, GDPR deletion) to a running service.
     Send(SendArgs),
-    /// Load-test a running service (closed loop; prints throughput and latency).
-    Bench(BenchArgs),
-    /// Measure the memory the dedup index of event ids takes (no service needed).
-    BenchDedup(bench::DedupBenchArgs),
+    /// Show a user's challenge progress from the configured store.
+    Progress(ProgressArgs),
+    /// Look at a WAL directory (`wal inspect`).
+    #[command(subcommand)]
+    Wal(WalCommand),
     /// Validate a challenges file and exit.
     CheckConfig {
         #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
         config_path: std::path::PathBuf,
     },
+    /// Load-test a running service (closed loop; prints throughput and latency).
+    Bench(BenchArgs),
+    /// Measure the memory the dedup index of event ids takes (no service needed).
+    BenchDedup(bench::DedupBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +83,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Send(args)) => send::send(args).await,
+            Some(Command::Progress(args)) => inspect::progress(args).await,
+            Some(Command::Wal(command)) => inspect::wal(command).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::BenchDedup(args)) => bench::dedup_memory(&args),
             Some(Command::CheckConfig { config_path }) => {

@@ -14,9 +14,6 @@ use bincode::{Decode, Encode};
 
 use crate::event::{Event, EventKind};
 
-/// The longest user, goal, challenge or namespace id the table stores (`VARCHAR(100)`).
-pub const MAX_ID_LEN: usize = 100;
-
 const DAY_MS: i64 = 86_400_000;
 
 /// How a goal's progress moves (docs/DESIGN.md, "Progress rules").

@@ -272,8 +272,10 @@ async fn a_wal_that_only_flushes_loses_acknowledged_updates_at_a_power_cut() {
         run.verdict.lost.len(),
         run.verdict.wrong.len(),
     );
+    // A lost update shows as a row behind the oracle; a lost deletion as a
+    // row ahead of it (what the deletion should have removed came back).
     assert!(
-        !run.verdict.lost.is_empty(),
+        !run.verdict.is_exact(),
         "POWER_SEED={seed}: a WAL without fsync lost nothing at 3 power cuts: the simulation does not bite"
     );
     assert!(run.dropped.bytes_dropped > 0, "{:?}", run.dropped);

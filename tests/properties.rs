@@ -22,8 +22,9 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use challenge_event_handler::buffer::{Buffer, Key};
+use challenge_event_handler::event::MAX_ID_LEN;
 use challenge_event_handler::model::{self, After, Kind, Row, Rows};
-use challenge_event_handler::rules::{Deletion, Op, Record, Update, MAX_ID_LEN};
+use challenge_event_handler::rules::{Deletion, Op, Record, Update};
 use challenge_event_handler::store::postgres::PgStore;
 use challenge_event_handler::store::ProgressStore;
 use challenge_event_handler::wal::codec;

@@ -4,7 +4,8 @@
 #![no_main]
 
 use challenge_event_handler::config::challenges;
-use challenge_event_handler::rules::{Source, MAX_ID_LEN};
+use challenge_event_handler::event::MAX_ID_LEN;
+use challenge_event_handler::rules::Source;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,8 @@
 //! Invariants shared by the decode targets.
 
 use challenge_event_handler::event::{Event, EventError, EventKind, TimeSource};
-use challenge_event_handler::rules::{GoalDef, GoalIndex, GoalKind, Record, Source, MAX_ID_LEN};
+use challenge_event_handler::event::MAX_ID_LEN;
+use challenge_event_handler::rules::{GoalDef, GoalIndex, GoalKind, Record, Source};
 use challenge_event_handler::wal::codec;
 
 /// A fixed "now", so runs are reproducible.

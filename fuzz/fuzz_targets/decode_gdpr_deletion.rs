@@ -4,7 +4,8 @@
 #![no_main]
 
 use challenge_event_handler::proto::iam::account::v1::GdprRequestDataDeletionResponse;
-use challenge_event_handler::{codec, event};
+use challenge_event_handler::event;
+use challenge_event_handler::grpc::codec;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]

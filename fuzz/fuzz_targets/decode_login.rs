@@ -3,7 +3,8 @@
 //! and its WAL records round-trip.
 #![no_main]
 
-use challenge_event_handler::{codec, event};
+use challenge_event_handler::event;
+use challenge_event_handler::grpc::codec;
 use challenge_event_handler::proto::iam::account::v1::UserLoggedIn;
 use libfuzzer_sys::fuzz_target;
 

@@ -3,7 +3,8 @@
 //! and its WAL records round-trip.
 #![no_main]
 
-use challenge_event_handler::{codec, event};
+use challenge_event_handler::event;
+use challenge_event_handler::grpc::codec;
 use challenge_event_handler::proto::social::statistic::v1::StatItemUpdated;
 use libfuzzer_sys::fuzz_target;
 

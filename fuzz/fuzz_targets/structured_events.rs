@@ -7,7 +7,7 @@
 //! from a usable timestamp (else arrival time) and its WAL records round-trip.
 #![no_main]
 
-use challenge_event_handler::codec;
+use challenge_event_handler::grpc::codec;
 use challenge_event_handler::event::{self, TimeSource};
 use challenge_event_handler::proto::iam::account::v1::{
     AnonymousSchema19, AnonymousSchema21, DeletionGdpr, GdprRequestDataDeletionResponse,

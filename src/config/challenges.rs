@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::rules::{GoalDef, GoalKind, Source, MAX_ID_LEN};
+use crate::event::MAX_ID_LEN;
+use crate::rules::{GoalDef, GoalKind, Source};
 
 /// Every problem found in one `challenges.json`.
 #[derive(Debug, thiserror::Error)]

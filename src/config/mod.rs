@@ -11,12 +11,105 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
+use crate::store::Database;
 use crate::wal::Recovery;
+
+/// The namespace the embedded store falls back to when AB_NAMESPACE is unset.
+pub const DEVELOPMENT_NAMESPACE: &str = "mygame";
+
+/// Where the service keeps its state: which database, and the WAL directory.
+/// Shared by `serve`, `progress` and `wal inspect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The service's data directory: the WAL (unless WAL_DIR says otherwise)
+    /// and the embedded store's file.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Database URL: postgres://… for PostgreSQL, sqlite://<file> for a SQLite
+    /// file. When unset: PostgreSQL from DB_HOST, DB_PORT, DB_NAME, DB_USER and
+    /// DB_PASSWORD if any of them is set, else the embedded store
+    /// (DATA_DIR/progress.sqlite3).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL host [default when PostgreSQL is chosen by DB_*: localhost].
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    /// [default: 5432]
+    #[arg(long, env = "DB_PORT")]
+    pub db_port: Option<u16>,
+    /// [default: challenge_db]
+    #[arg(long, env = "DB_NAME")]
+    pub db_name: Option<String>,
+    /// [default: postgres]
+    #[arg(long, env = "DB_USER")]
+    pub db_user: Option<String>,
+    /// [default: empty]
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub db_password: Option<String>,
+    /// The write-ahead log directory (a persistent volume in production)
+    /// [default: DATA_DIR/wal].
+    #[arg(long, env = "WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn wal_dir(&self) -> PathBuf {
+        self.wal_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("wal"))
+    }
+
+    /// The database these settings choose.
+    pub fn database(&self) -> Result<Database, SettingsError> {
+        if let Some(url) = self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                return PgConnectOptions::from_str(url)
+                    .map(|o| Database::Postgres(Box::new(o)))
+                    .map_err(|e| invalid("DATABASE_URL", format!("is not a PostgreSQL URL: {e}")));
+            }
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() || path == ":memory:" {
+                    return Err(invalid(
+                        "DATABASE_URL",
+                        "a SQLite URL needs a file (sqlite://data/progress.sqlite3); an in-memory database would lose acknowledged progress",
+                    ));
+                }
+                return Ok(Database::Sqlite(PathBuf::from(path)));
+            }
+            return Err(invalid(
+                "DATABASE_URL",
+                "must start with postgres://, postgresql:// or sqlite://",
+            ));
+        }
+        let any_pg = self.db_host.is_some()
+            || self.db_port.is_some()
+            || self.db_name.is_some()
+            || self.db_user.is_some()
+            || self.db_password.is_some();
+        if !any_pg {
+            return Ok(Database::Sqlite(self.data_dir.join("progress.sqlite3")));
+        }
+        Ok(Database::Postgres(Box::new(
+            PgConnectOptions::new()
+                .host(self.db_host.as_deref().unwrap_or("localhost"))
+                .port(self.db_port.unwrap_or(5432))
+                .database(self.db_name.as_deref().unwrap_or("challenge_db"))
+                .username(self.db_user.as_deref().unwrap_or("postgres"))
+                .password(self.db_password.as_deref().unwrap_or("")),
+        )))
+    }
+}
 
 /// Flags of `challenge-event-handler serve`. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// The AGS namespace this handler serves; events from other namespaces are acknowledged and ignored.
+    /// The AGS namespace this handler serves; events from other namespaces are
+    /// acknowledged and ignored. Required with PostgreSQL; the embedded store
+    /// falls back to "mygame" with a warning.
     #[arg(long, env = "AB_NAMESPACE")]
     pub namespace: Option<String>,
 
@@ -24,25 +117,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
     pub config_path: PathBuf,
 
-    /// PostgreSQL URL; when unset, built from DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    #[arg(long, env = "DB_HOST", default_value = "localhost")]
-    pub db_host: String,
-    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-    pub db_port: u16,
-    #[arg(long, env = "DB_NAME", default_value = "challenge_db")]
-    pub db_name: String,
-    #[arg(long, env = "DB_USER", default_value = "postgres")]
-    pub db_user: String,
-    #[arg(
-        long,
-        env = "DB_PASSWORD",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub db_password: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 4)]
     pub db_max_connections: u32,
@@ -50,9 +126,6 @@ pub struct ServeArgs {
     #[arg(long, env = "DB_BATCH_SIZE", default_value_t = 1000)]
     pub db_batch_size: usize,
 
-    /// The write-ahead log directory (a persistent volume in production).
-    #[arg(long, env = "WAL_DIR", default_value = "data/wal")]
-    pub wal_dir: PathBuf,
     /// Bytes of WAL not yet in the database past which calls get UNAVAILABLE (e.g. 512MiB, 2GiB).
     #[arg(long, env = "WAL_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub wal_max_bytes: u64,
@@ -69,12 +142,19 @@ pub struct ServeArgs {
     /// gRPC port (0: any free port).
     #[arg(long, env = "GRPC_PORT", default_value_t = 6565)]
     pub grpc_port: u16,
-    /// HTTP port for /metrics and /healthz (0: any free port).
+    /// HTTP port: /healthz, /metrics and the JSON ingest endpoints (0: any free port).
     #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
     pub metrics_port: u16,
     /// Address both ports bind to.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
+    /// A bearer token the HTTP ingest endpoints (POST /v1/events…) require;
+    /// unset: no token needed (keep the port private then).
+    #[arg(long, env = "HTTP_INGEST_TOKEN", hide_env_values = true)]
+    pub http_ingest_token: Option<String>,
+    /// Largest HTTP request body accepted by the ingest endpoints.
+    #[arg(long, env = "HTTP_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub http_max_body_bytes: u64,
     /// Largest gRPC message accepted.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub grpc_max_message_bytes: u64,
@@ -105,7 +185,7 @@ pub struct ServeArgs {
 pub struct Settings {
     pub namespace: String,
     pub config_path: PathBuf,
-    pub database: PgConnectOptions,
+    pub database: Database,
     pub db_max_connections: u32,
     pub db_batch_size: usize,
     pub wal_dir: PathBuf,
@@ -116,12 +196,16 @@ pub struct Settings {
     pub grpc_addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
     pub grpc_max_message_bytes: usize,
+    pub http_ingest_token: Option<String>,
+    pub http_max_body_bytes: usize,
     pub flush_interval: Duration,
     pub buffer_max_keys: usize,
     pub dedup_window: Duration,
     pub dedup_max_marks: usize,
     pub shutdown_grace: Duration,
     pub migrate: bool,
+    /// Things the operator should know about these settings, logged at start-up.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,35 +224,28 @@ fn invalid(name: &'static str, problem: impl Into<String>) -> SettingsError {
 
 impl ServeArgs {
     pub fn validate(self) -> Result<Settings, SettingsError> {
-        let namespace = self.namespace.filter(|n| !n.is_empty()).ok_or_else(|| {
-            invalid(
-                "AB_NAMESPACE",
-                "is required (the AGS namespace of your game)",
-            )
-        })?;
-        if namespace.chars().count() > crate::rules::MAX_ID_LEN {
+        let database = self.store.database()?;
+        let mut warnings = Vec::new();
+        let namespace = match self.namespace.filter(|n| !n.is_empty()) {
+            Some(namespace) => namespace,
+            None if matches!(database, Database::Sqlite(_)) => {
+                warnings.push(format!(
+                    "AB_NAMESPACE is not set: using {DEVELOPMENT_NAMESPACE:?} (a development default of the embedded store; set AB_NAMESPACE to your game's namespace)"
+                ));
+                DEVELOPMENT_NAMESPACE.to_owned()
+            }
+            None => {
+                return Err(invalid(
+                    "AB_NAMESPACE",
+                    "is required (the AGS namespace of your game)",
+                ))
+            }
+        };
+        if namespace.chars().count() > crate::event::MAX_ID_LEN {
             return Err(invalid("AB_NAMESPACE", "is longer than 100 characters"));
         }
-        let database = match &self.database_url {
-            Some(url) if !url.is_empty() => {
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(invalid(
-                        "DATABASE_URL",
-                        "must start with postgres:// or postgresql://",
-                    ));
-                }
-                PgConnectOptions::from_str(url)
-                    .map_err(|e| invalid("DATABASE_URL", format!("is not a PostgreSQL URL: {e}")))?
-            }
-            _ => PgConnectOptions::new()
-                .host(&self.db_host)
-                .port(self.db_port)
-                .database(&self.db_name)
-                .username(&self.db_user)
-                .password(&self.db_password),
-        };
         if let Some(id) = &self.instance_id {
-            if id.is_empty() || id.chars().count() > crate::rules::MAX_ID_LEN {
+            if id.is_empty() || id.chars().count() > crate::event::MAX_ID_LEN {
                 return Err(invalid("INSTANCE_ID", "must be 1 to 100 characters"));
             }
         }
@@ -193,7 +270,7 @@ impl ServeArgs {
             database,
             db_max_connections: self.db_max_connections,
             db_batch_size: self.db_batch_size,
-            wal_dir: self.wal_dir,
+            wal_dir: self.store.wal_dir(),
             wal_max_bytes: self.wal_max_bytes,
             wal_recovery: self.wal_recovery,
             wal_cache_bytes: self.wal_cache_bytes,
@@ -202,12 +279,15 @@ impl ServeArgs {
             metrics_addr: (self.bind_address, self.metrics_port).into(),
             grpc_max_message_bytes: usize::try_from(self.grpc_max_message_bytes)
                 .unwrap_or(usize::MAX),
+            http_ingest_token: self.http_ingest_token.filter(|t| !t.is_empty()),
+            http_max_body_bytes: usize::try_from(self.http_max_body_bytes).unwrap_or(usize::MAX),
             flush_interval: self.flush_interval,
             buffer_max_keys: self.buffer_max_keys,
             dedup_window: self.dedup_window,
             dedup_max_marks: self.dedup_max_marks,
             shutdown_grace: self.shutdown_grace,
             migrate: !self.no_migrate,
+            warnings,
         })
     }
 }
@@ -243,6 +323,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::path::Path;
 
     #[derive(Parser)]
     struct Cli {
@@ -271,14 +352,71 @@ mod tests {
             .contains("too large"));
     }
 
-    #[test]
-    fn the_namespace_is_required_and_named_in_the_error() {
-        // Flags only; the test environment may not set AB_NAMESPACE.
-        let mut a = args(&[]);
+    /// Flags only: the test environment may set any of these variables.
+    fn clean(mut a: ServeArgs) -> ServeArgs {
         a.namespace = None;
+        a.store.database_url = None;
+        a.store.db_host = None;
+        a.store.db_port = None;
+        a.store.db_name = None;
+        a.store.db_user = None;
+        a.store.db_password = None;
+        a.store.wal_dir = None;
+        a
+    }
+
+    #[test]
+    fn with_postgresql_the_namespace_is_required_and_named_in_the_error() {
+        let mut a = clean(args(&[]));
+        a.store.database_url = Some("postgres://u@localhost/db".into());
         let err = a.validate().unwrap_err();
         assert_eq!(err.name, "AB_NAMESPACE");
         assert!(err.to_string().contains("is required"));
+        let mut a = clean(args(&[]));
+        a.store.db_host = Some("db.internal".into());
+        assert_eq!(a.validate().unwrap_err().name, "AB_NAMESPACE");
+    }
+
+    #[test]
+    fn with_nothing_configured_the_embedded_store_runs_with_a_development_namespace() {
+        let mut a = clean(args(&[]));
+        a.store.data_dir = PathBuf::from("/var/lib/ceh");
+        let s = a.validate().unwrap();
+        assert!(
+            matches!(&s.database, Database::Sqlite(p) if p == Path::new("/var/lib/ceh/progress.sqlite3")),
+            "{:?}",
+            s.database
+        );
+        assert_eq!(s.wal_dir, PathBuf::from("/var/lib/ceh/wal"));
+        assert_eq!(s.namespace, DEVELOPMENT_NAMESPACE);
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].contains("AB_NAMESPACE is not set"));
+    }
+
+    #[test]
+    fn database_urls_choose_the_store() {
+        let pick = |url: &str| {
+            let mut a = clean(args(&[]));
+            a.namespace = Some("ns".into());
+            a.store.database_url = Some(url.into());
+            a.validate().map(|s| s.database)
+        };
+        assert!(matches!(
+            pick("postgres://u@h/db"),
+            Ok(Database::Postgres(_))
+        ));
+        assert!(matches!(
+            pick("postgresql://u@h/db"),
+            Ok(Database::Postgres(_))
+        ));
+        assert!(
+            matches!(pick("sqlite://x/p.db"), Ok(Database::Sqlite(p)) if p == Path::new("x/p.db"))
+        );
+        assert!(
+            matches!(pick("sqlite:p.db?mode=rwc"), Ok(Database::Sqlite(p)) if p == Path::new("p.db"))
+        );
+        assert_eq!(pick("sqlite::memory:").unwrap_err().name, "DATABASE_URL");
+        assert_eq!(pick("mysql://x").unwrap_err().name, "DATABASE_URL");
     }
 
     #[test]
@@ -291,6 +429,7 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
+        assert!(err.to_string().contains("sqlite://"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,19 @@
-//! Where flushed progress goes: the [`ProgressStore`] seam and its PostgreSQL
-//! implementation ([`postgres`]). An embedded default store is the planned second
-//! implementation; the flusher only sees this trait.
+//! Where flushed progress goes: the [`ProgressStore`] seam and its two
+//! implementations — PostgreSQL ([`postgres`], production) and an embedded
+//! SQLite file ([`sqlite`], the default when no database is configured) —
+//! with [`Store`] choosing between them at start-up. Both apply the same
+//! rules (docs/DESIGN.md, "Progress rules"); tests/store_suite.rs runs one
+//! suite against each. Errors are backend-neutral: each backend maps its
+//! driver's errors to [`StoreError`] in its own module.
 
 pub mod postgres;
+pub mod sqlite;
 
 use std::future::Future;
+use std::path::PathBuf;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::Serialize;
 
 use crate::buffer::{Buffer, PendingDeletion};
 
@@ -12,10 +21,13 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database cannot be reached or is busy: waiting and retrying helps.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the request (bad credentials, missing database,
+    /// schema or constraint problem): an operator must look.
+    #[error("the database refused the request: {0}")]
+    Rejected(String),
     #[error(
         "instance {instance_id:?} was taken over by a newer process (epoch {epoch} is no longer current); \
          two processes must never share one INSTANCE_ID / WAL_DIR"
@@ -27,32 +39,55 @@ impl StoreError {
     /// Whether waiting and retrying can help (the database is unreachable or
     /// restarting), as opposed to a problem an operator must fix.
     pub fn is_transient(&self) -> bool {
-        fn transient(e: &sqlx::Error) -> bool {
-            match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
-                // 53: insufficient resources; 40: serialization failure / deadlock.
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    code.starts_with("08")
-                        || code.starts_with("57P")
-                        || code.starts_with("53")
-                        || code.starts_with("40")
-                }),
-                _ => false,
-            }
-        }
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Which database, as configured.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(Box<sqlx::postgres::PgConnectOptions>),
+    /// The embedded store: a SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl Database {
+    /// For logs: the kind and where, without credentials.
+    pub fn describe(&self) -> String {
         match self {
-            StoreError::Database(e) => transient(e),
-            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => transient(e),
-            StoreError::Migrate(_) => false,
-            StoreError::Fenced { .. } => false,
+            Database::Postgres(o) => format!(
+                "PostgreSQL at {}:{}/{}",
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or("")
+            ),
+            Database::Sqlite(path) => format!("embedded SQLite at {}", path.display()),
         }
     }
+}
+
+/// One `user_goal_progress` row, as `progress` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ProgressRow {
+    pub user_id: String,
+    pub goal_id: String,
+    pub challenge_id: String,
+    pub namespace: String,
+    pub progress: i32,
+    pub status: String,
+    pub completed_at: Option<NaiveDateTime>,
+    pub claimed_at: Option<NaiveDateTime>,
+    pub is_active: bool,
+    pub updated_at: NaiveDateTime,
+    pub last_event_at: Option<NaiveDateTime>,
+    pub last_counted_day: Option<NaiveDate>,
+}
+
+/// An instance's row in the watermark table, read without taking it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Watermark {
+    pub epoch: i64,
+    pub applied_seq: u64,
 }
 
 /// This process's claim on its instance's watermark, from [`ProgressStore::lease`].
@@ -131,4 +166,78 @@ pub trait ProgressStore: Send + Sync + 'static {
         upto_seq: u64,
         batch: &Buffer,
     ) -> impl Future<Output = Result<Applied>> + Send;
+
+    /// An instance's watermark as it is, without bumping its epoch (None: the
+    /// instance never started against this database).
+    fn watermark(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<Watermark>>> + Send;
+
+    /// A user's rows (one goal's, with `goal_id`), by goal id.
+    fn user_progress(
+        &self,
+        user_id: &str,
+        goal_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ProgressRow>>> + Send;
+}
+
+/// The store the service runs with, chosen by configuration.
+pub enum Store {
+    Postgres(postgres::PgStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    /// A lazily connecting store: building the service never waits for a database.
+    pub fn connect_lazy(database: &Database, max_connections: u32, batch_size: usize) -> Store {
+        match database {
+            Database::Postgres(options) => Store::Postgres(postgres::PgStore::connect_lazy(
+                (**options).clone(),
+                max_connections,
+                batch_size,
+            )),
+            Database::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::connect_lazy(path)),
+        }
+    }
+}
+
+/// Calls the same method on whichever backend.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($s) => $call,
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl ProgressStore for Store {
+    async fn migrate(&self) -> Result<()> {
+        each!(self, s => s.migrate().await)
+    }
+
+    async fn lease(&self, instance_id: &str) -> Result<Lease> {
+        each!(self, s => s.lease(instance_id).await)
+    }
+
+    async fn applied_seq(&self, lease: &Lease) -> Result<u64> {
+        each!(self, s => s.applied_seq(lease).await)
+    }
+
+    async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
+        each!(self, s => s.apply(lease, upto_seq, batch).await)
+    }
+
+    async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
+        each!(self, s => s.watermark(instance_id).await)
+    }
+
+    async fn user_progress(
+        &self,
+        user_id: &str,
+        goal_id: Option<&str>,
+    ) -> Result<Vec<ProgressRow>> {
+        each!(self, s => s.user_progress(user_id, goal_id).await)
+    }
 }

@@ -11,14 +11,56 @@
 //! Rust, and tests/properties.rs checks these statements against it on a real
 //! PostgreSQL.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::NaiveDate;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::{Applied, Deleted, Lease, ProgressStore, Result, StoreError};
+use super::{Applied, Deleted, Lease, ProgressRow, ProgressStore, Result, StoreError, Watermark};
 use crate::buffer::{Buffer, Key, Meta};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// PostgreSQL's errors as the store's: what waiting can fix is `Unavailable`
+/// (the connection, the server starting or shutting down, resources, a
+/// serialization failure or deadlock); everything else needs an operator.
+fn pg(e: sqlx::Error) -> StoreError {
+    let transient = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
+        // 53: insufficient resources; 40: serialization failure / deadlock.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("40")
+        }),
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Rejected(e.to_string())
+    }
+}
+
+fn pg_migrate(e: sqlx::migrate::MigrateError) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::Execute(e) => pg(e),
+        other => StoreError::Rejected(format!("migration failed: {other}")),
+    }
+}
+
+const READ_ROWS_SQL: &str = "
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       is_active, updated_at, last_event_at, last_counted_day
+FROM user_goal_progress
+WHERE user_id = $1 AND ($2::varchar IS NULL OR goal_id = $2)
+ORDER BY goal_id";
 
 const LEASE_SQL: &str = "
 INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
@@ -223,11 +265,7 @@ impl Columns {
     }
 }
 
-fn timestamp(unix_ms: i64) -> NaiveDateTime {
-    DateTime::from_timestamp_millis(unix_ms)
-        .unwrap_or_default()
-        .naive_utc()
-}
+use crate::clock::naive as timestamp;
 
 fn date(day: i32) -> NaiveDate {
     const CE_TO_UNIX_DAYS: i32 = 719_163;
@@ -253,7 +291,7 @@ impl PgStore {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         batch: &Buffer,
-    ) -> Result<()> {
+    ) -> sqlx::Result<()> {
         for (creates_row, entries) in by_creates_row(batch.absolute.sorted()) {
             for chunk in entries.chunks(self.batch_size) {
                 let mut cols = Columns::default();
@@ -279,7 +317,7 @@ impl PgStore {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         batch: &Buffer,
-    ) -> Result<()> {
+    ) -> sqlx::Result<()> {
         for (creates_row, entries) in by_creates_row(batch.increment.sorted()) {
             for chunk in entries.chunks(self.batch_size) {
                 let mut cols = Columns::default();
@@ -336,7 +374,11 @@ impl PgStore {
         Ok(())
     }
 
-    async fn write_daily(&self, tx: &mut Transaction<'_, Postgres>, batch: &Buffer) -> Result<()> {
+    async fn write_daily(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &Buffer,
+    ) -> sqlx::Result<()> {
         for (creates_row, entries) in by_creates_row(batch.daily.sorted()) {
             for chunk in entries.chunks(self.batch_size) {
                 let mut cols = Columns::default();
@@ -361,7 +403,7 @@ impl PgStore {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         batch: &Buffer,
-    ) -> Result<Vec<Deleted>> {
+    ) -> sqlx::Result<Vec<Deleted>> {
         if batch.deletions.is_empty() {
             return Ok(Vec::new());
         }
@@ -386,15 +428,15 @@ impl PgStore {
 
 impl ProgressStore for PgStore {
     async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        MIGRATOR.run(&self.pool).await.map_err(pg_migrate)
     }
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
         let (epoch, applied_seq): (i64, i64) = sqlx::query_as(LEASE_SQL)
             .bind(instance_id)
             .fetch_one(&self.pool)
-            .await?;
+            .await
+            .map_err(pg)?;
         Ok(Lease {
             instance_id: instance_id.to_owned(),
             epoch,
@@ -406,7 +448,8 @@ impl ProgressStore for PgStore {
         let row: Option<(i64, i64)> = sqlx::query_as(READ_WATERMARK_SQL)
             .bind(&lease.instance_id)
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(pg)?;
         match row {
             Some((epoch, applied)) if epoch == lease.epoch => Ok(applied.max(0) as u64),
             _ => Err(StoreError::Fenced {
@@ -417,7 +460,7 @@ impl ProgressStore for PgStore {
     }
 
     async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(pg)?;
         // The watermark first: it locks this instance's row, so a zombie with an
         // old epoch fails here before touching any progress row.
         let moved = sqlx::query(WATERMARK_SQL)
@@ -425,7 +468,8 @@ impl ProgressStore for PgStore {
             .bind(lease.epoch)
             .bind(upto_seq as i64)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(pg)?;
         if moved.rows_affected() != 1 {
             return Err(StoreError::Fenced {
                 instance_id: lease.instance_id.clone(),
@@ -434,20 +478,45 @@ impl ProgressStore for PgStore {
         }
         // Deletions before any upsert: the batch holds nothing of a deleted
         // user from before the deletion, so what follows is a fresh start.
-        let deleted = self.delete_users(&mut tx, batch).await?;
-        self.write_absolute(&mut tx, batch).await?;
-        fail::fail_point!("flush-between-statements", |_| Err(StoreError::Database(
-            sqlx::Error::Protocol("injected failure (failpoint flush-between-statements)".into())
-        )));
+        let deleted = self.delete_users(&mut tx, batch).await.map_err(pg)?;
+        self.write_absolute(&mut tx, batch).await.map_err(pg)?;
+        fail::fail_point!("flush-between-statements", |_| Err(
+            StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
+        ));
         crate::crash_point!("flush-mid-transaction");
-        self.write_increments(&mut tx, batch).await?;
-        self.write_daily(&mut tx, batch).await?;
-        tx.commit().await?;
+        self.write_increments(&mut tx, batch).await.map_err(pg)?;
+        self.write_daily(&mut tx, batch).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         crate::crash_point!("flush-after-commit");
         Ok(Applied {
             rows: batch.len(),
             deleted,
         })
+    }
+
+    async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
+        let row: Option<(i64, i64)> = sqlx::query_as(READ_WATERMARK_SQL)
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|(epoch, applied)| Watermark {
+            epoch,
+            applied_seq: applied.max(0) as u64,
+        }))
+    }
+
+    async fn user_progress(
+        &self,
+        user_id: &str,
+        goal_id: Option<&str>,
+    ) -> Result<Vec<ProgressRow>> {
+        sqlx::query_as(READ_ROWS_SQL)
+            .bind(user_id)
+            .bind(goal_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(pg)
     }
 }
 

@@ -651,6 +651,8 @@ impl Filesystem for Handler {
 struct Mounted {
     unmounter: fuser::SessionUnmounter,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
+    /// The FUSE connection's id (the minor number of the mount's device).
+    connection: Option<u32>,
 }
 
 /// A mounted power-loss filesystem.
@@ -689,7 +691,14 @@ impl PowerFs {
         let mut session = fuser::Session::new(handler, &self.mountpoint, &options)?;
         let unmounter = session.unmount_callable();
         let thread = std::thread::spawn(move || session.run());
-        self.mounted = Some(Mounted { unmounter, thread });
+        let connection = std::fs::metadata(&self.mountpoint)
+            .ok()
+            .map(|m| libc::minor(std::os::unix::fs::MetadataExt::dev(&m)));
+        self.mounted = Some(Mounted {
+            unmounter,
+            thread,
+            connection,
+        });
         Ok(())
     }
 
@@ -701,6 +710,20 @@ impl PowerFs {
             .unmounter
             .unmount()
             .expect("unmount the power-loss filesystem");
+        if !finishes(&mounted.thread, Duration::from_secs(5)) {
+            // fuser only logs a failed umount (seen once: the session kept
+            // reading forever). Detach the mount and abort its connection.
+            eprintln!(
+                "powerfs: unmounting {} did not end the session; detaching it and aborting the FUSE connection",
+                self.mountpoint.display()
+            );
+            force_unmount(&self.mountpoint, mounted.connection);
+            assert!(
+                finishes(&mounted.thread, Duration::from_secs(10)),
+                "the power-loss filesystem at {} would not unmount",
+                self.mountpoint.display()
+            );
+        }
         // The session ends with ENODEV, or ECONNABORTED when the unmount
         // aborts the connection under a pending read: both are the end.
         match mounted.thread.join() {
@@ -739,6 +762,41 @@ impl PowerFs {
     pub fn path(&self) -> &Path {
         &self.mountpoint
     }
+}
+
+/// Whether `thread` finishes within `wait`.
+fn finishes<T>(thread: &std::thread::JoinHandle<T>, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    while !thread.is_finished() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// A lazy unmount, then an abort of the FUSE connection through fusectl
+/// (mounted here if it is not): the session's pending read ends.
+fn force_unmount(mountpoint: &Path, connection: Option<u32>) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    let Some(id) = connection else { return };
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if !connections.join(id.to_string()).exists() {
+        let (fstype, target) = (c"fusectl", c"/sys/fs/fuse/connections");
+        unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+    let _ = std::fs::write(connections.join(id.to_string()).join("abort"), b"1");
 }
 
 impl Drop for PowerFs {

@@ -1,0 +1,43 @@
+//! Wall-clock time as the service uses it: Unix milliseconds, and their
+//! RFC 3339 and SQL `TIMESTAMP` forms (UTC).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat};
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `2026-01-01T00:00:00.000Z`.
+pub fn rfc3339(unix_ms: i64) -> String {
+    DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A SQL `TIMESTAMP` (UTC, no zone).
+pub fn naive(unix_ms: i64) -> NaiveDateTime {
+    DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_in_utc_with_milliseconds() {
+        assert_eq!(rfc3339(1_704_067_200_123), "2024-01-01T00:00:00.123Z");
+        assert_eq!(
+            naive(1_704_067_200_123).to_string(),
+            "2024-01-01 00:00:00.123"
+        );
+        assert!(unix_ms() > 1_700_000_000_000);
+    }
+}

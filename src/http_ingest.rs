@@ -1,0 +1,557 @@
+//! HTTP JSON ingest on the HTTP port: `POST /v1/events` (one event) and
+//! `POST /v1/events/batch` (a JSON array of at most [`MAX_BATCH`]).
+//!
+//! An event mirrors the AGS events:
+//! `{"type": "login" | "thirdPartyLogin" | "stat" | "gdprDeletion", "id",
+//! "userId", "namespace", "timestamp"?, "statCode"?, "latestValue"?, "inc"?}`.
+//! It is turned into the AGS wire message of its type and goes through exactly
+//! the path a gRPC call takes ([`crate::ingest`]): the same validation, dedup
+//! by `id`, and a 2xx only once its records are fsync'd in the WAL.
+//!
+//! Answers: 200 `{"outcome": …}`; 400 `{"errors": [{"field", "message"}]}`
+//! naming every bad field (a wrong type, an unknown field, truncated JSON);
+//! 401 without the bearer token when `HTTP_INGEST_TOKEN` is set; 413 for a
+//! body over `HTTP_MAX_BODY_BYTES`; 503 with `Retry-After` when the event
+//! cannot be made durable now (the WAL is full, the service is starting or
+//! stopping). A batch answers per item (200 when every item was accepted,
+//! else 207), items in the order sent.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::event::{self, EventError};
+use crate::ingest::{EventType, IngestError, Ingress, Outcome};
+use crate::proto::iam::account::v1::{
+    DeletionGdpr, GdprRequestDataDeletionResponse, GdprRequestDataDeletionResponsePayloadData,
+    UserLoggedIn, UserThirdPartyLoggedIn,
+};
+use crate::proto::social::statistic::v1::{StatItem, StatItemUpdated};
+
+/// The most events one batch may hold.
+pub const MAX_BATCH: usize = 100;
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+const FIELDS: &[&str] = &[
+    "type",
+    "id",
+    "userId",
+    "namespace",
+    "timestamp",
+    "statCode",
+    "latestValue",
+    "inc",
+];
+
+/// One bad field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_error(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A JSON event turned into its AGS wire message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Login(UserLoggedIn),
+    ThirdPartyLogin(UserThirdPartyLoggedIn),
+    Stat(StatItemUpdated),
+    GdprDeletion(GdprRequestDataDeletionResponse),
+}
+
+/// Reads the fields of one JSON event; every problem is reported.
+pub fn parse_event(value: &Value) -> Result<Message, Vec<FieldError>> {
+    let Some(obj) = value.as_object() else {
+        return Err(vec![field_error("", "an event must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        errors.push(field_error(
+            key,
+            format!("unknown field (expected: {})", FIELDS.join(", ")),
+        ));
+    }
+    let kind = match text(obj, "type", &mut errors) {
+        None if !obj.contains_key("type") => {
+            errors.push(field_error(
+                "type",
+                "is required: login, thirdPartyLogin, stat or gdprDeletion",
+            ));
+            None
+        }
+        None => None,
+        Some(t) => match t.as_str() {
+            "login" | "thirdPartyLogin" | "stat" | "gdprDeletion" => Some(t),
+            other => {
+                errors.push(field_error(
+                    "type",
+                    format!("must be login, thirdPartyLogin, stat or gdprDeletion, got {other:?}"),
+                ));
+                None
+            }
+        },
+    };
+    let id = text(obj, "id", &mut errors).unwrap_or_default();
+    let user_id = text(obj, "userId", &mut errors).unwrap_or_default();
+    let namespace = text(obj, "namespace", &mut errors);
+    if namespace.is_none() && !obj.contains_key("namespace") {
+        errors.push(field_error("namespace", "is required"));
+    }
+    let namespace = namespace.unwrap_or_default();
+    let timestamp = text(obj, "timestamp", &mut errors).unwrap_or_default();
+    let stat_code = text(obj, "statCode", &mut errors);
+    let latest_value = number(obj, "latestValue", &mut errors);
+    let inc = number(obj, "inc", &mut errors);
+    let Some(kind) = kind else {
+        return Err(errors);
+    };
+    if kind != "stat" {
+        for (field, present) in [
+            ("statCode", stat_code.is_some()),
+            ("latestValue", latest_value.is_some()),
+            ("inc", inc.is_some()),
+        ] {
+            if present {
+                errors.push(field_error(field, "only a stat event has this field"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(match kind.as_str() {
+        "login" => Message::Login(UserLoggedIn {
+            id,
+            namespace,
+            timestamp,
+            user_id,
+            name: "userLoggedIn".into(),
+            ..Default::default()
+        }),
+        "thirdPartyLogin" => Message::ThirdPartyLogin(UserThirdPartyLoggedIn {
+            id,
+            namespace,
+            timestamp,
+            user_id,
+            name: "userThirdPartyLoggedIn".into(),
+            ..Default::default()
+        }),
+        "stat" => Message::Stat(StatItemUpdated {
+            payload: Some(StatItem {
+                stat_code: stat_code.unwrap_or_default(),
+                user_id: user_id.clone(),
+                namespace: namespace.clone(),
+                latest_value: latest_value.unwrap_or(0.0),
+                inc: inc.unwrap_or(0.0),
+                ..Default::default()
+            }),
+            id,
+            namespace,
+            timestamp,
+            user_id,
+            name: "statItemUpdated".into(),
+            ..Default::default()
+        }),
+        _ => Message::GdprDeletion(GdprRequestDataDeletionResponse {
+            payload: Some(GdprRequestDataDeletionResponsePayloadData {
+                deletion_gdpr: Some(DeletionGdpr {
+                    user_id,
+                    namespace: namespace.clone(),
+                    ..Default::default()
+                }),
+            }),
+            id,
+            namespace,
+            timestamp,
+            name: "gdprRequestDataDeletionResponse".into(),
+            ..Default::default()
+        }),
+    })
+}
+
+fn text(obj: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(field_error(
+                field,
+                format!("must be a string, got {}", kind_of(other)),
+            ));
+            None
+        }
+    }
+}
+
+fn number(obj: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<f64> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(other) => {
+            errors.push(field_error(
+                field,
+                format!("must be a number, got {}", kind_of(other)),
+            ));
+            None
+        }
+    }
+}
+
+fn kind_of(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// The JSON name of a field an [`EventError`] names (they name the wire fields).
+fn json_field(wire: &str) -> &'static str {
+    match wire {
+        "payload.stat_code" => "statCode",
+        "payload.latest_value" => "latestValue",
+        "payload.inc" => "inc",
+        "id" => "id",
+        "namespace" => "namespace",
+        _ => "userId",
+    }
+}
+
+fn event_error(e: &EventError) -> FieldError {
+    let (wire, message) = match e {
+        EventError::Missing(f) => (*f, "is required".to_owned()),
+        EventError::TooLong { field, len, max } => (
+            *field,
+            format!("is {len} characters; at most {max} are allowed"),
+        ),
+        EventError::NotFinite { field, value } => {
+            (*field, format!("must be a finite number, got {value}"))
+        }
+    };
+    field_error(json_field(wire), message)
+}
+
+/// What one event came to, as a batch item or a whole answer.
+#[derive(Debug, Serialize)]
+struct Answer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Answer {
+    fn accepted(outcome: Outcome) -> Answer {
+        Answer {
+            index: None,
+            status: 200,
+            outcome: Some(outcome.as_str()),
+            errors: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn invalid(errors: Vec<FieldError>) -> Answer {
+        Answer {
+            index: None,
+            status: 400,
+            outcome: None,
+            errors,
+            error: None,
+        }
+    }
+
+    fn failed(status: u16, error: String) -> Answer {
+        Answer {
+            index: None,
+            status,
+            outcome: None,
+            errors: Vec::new(),
+            error: Some(error),
+        }
+    }
+
+    fn unavailable(error: String) -> Answer {
+        Answer::failed(503, error)
+    }
+}
+
+/// One event through the ingestion path.
+async fn ingest(ingress: &Ingress, value: &Value) -> Answer {
+    let message = match parse_event(value) {
+        Ok(m) => m,
+        Err(errors) => return Answer::invalid(errors),
+    };
+    let result = match &message {
+        Message::Login(m) => {
+            ingress
+                .ingest(EventType::Login, &m.namespace, |now| {
+                    event::from_login(m, now)
+                })
+                .await
+        }
+        Message::ThirdPartyLogin(m) => {
+            ingress
+                .ingest(EventType::ThirdPartyLogin, &m.namespace, |now| {
+                    event::from_third_party_login(m, now)
+                })
+                .await
+        }
+        Message::Stat(m) => {
+            ingress
+                .ingest(EventType::Stat, &m.namespace, |now| {
+                    event::from_stat(m, now)
+                })
+                .await
+        }
+        Message::GdprDeletion(m) => {
+            ingress
+                .ingest(EventType::GdprDeletion, event::gdpr_namespace(m), |now| {
+                    event::from_gdpr_deletion(m, now)
+                })
+                .await
+        }
+    };
+    match result {
+        Ok(outcome) => Answer::accepted(outcome),
+        Err(IngestError::Invalid(e)) => Answer::invalid(vec![event_error(&e)]),
+        Err(IngestError::Unavailable(e)) => Answer::unavailable(e.to_string()),
+        Err(e @ IngestError::Internal(_)) => Answer::failed(500, e.to_string()),
+    }
+}
+
+/// What the ingest handlers share.
+#[derive(Clone)]
+pub struct IngestState {
+    pub gate: std::sync::Arc<crate::ingest::Gate>,
+    pub token: Option<String>,
+}
+
+fn respond(status: StatusCode, body: &impl Serialize, retry: bool) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}
+
+fn error_body(message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": message })
+}
+
+/// The token check, the gate and the JSON body, common to both endpoints.
+fn admit(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Ingress, Value), Box<Response>> {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            let mut response = respond(
+                StatusCode::UNAUTHORIZED,
+                &error_body(
+                    "a valid bearer token is required (Authorization: Bearer <HTTP_INGEST_TOKEN>)",
+                ),
+                false,
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Err(Box::new(response));
+        }
+    }
+    let Some(ingress) = state.gate.get() else {
+        return Err(Box::new(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &error_body("the service is not serving (starting up or shutting down); retry later"),
+            true,
+        )));
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => Ok((ingress, value)),
+        Err(e) => Err(Box::new(respond(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "errors": [field_error("", format!("the body is not valid JSON: {e}"))] }),
+            false,
+        ))),
+    }
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /v1/events`.
+pub async fn post_event(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (ingress, value) = match admit(&state, &headers, &body) {
+        Ok(admitted) => admitted,
+        Err(response) => return *response,
+    };
+    let answer = ingest(&ingress, &value).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(status, &answer, answer.status == 503)
+}
+
+/// `POST /v1/events/batch`.
+pub async fn post_batch(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (ingress, value) = match admit(&state, &headers, &body) {
+        Ok(admitted) => admitted,
+        Err(response) => return *response,
+    };
+    let Value::Array(items) = value else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "errors": [field_error("", "a batch must be a JSON array of events")] }),
+            false,
+        );
+    };
+    if items.len() > MAX_BATCH {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "errors": [field_error("", format!("a batch holds at most {MAX_BATCH} events, got {}", items.len()))] }),
+            false,
+        );
+    }
+    // Concurrently, so the whole batch shares the WAL's group commits.
+    let answers =
+        futures_util::future::join_all(items.iter().map(|item| ingest(&ingress, item))).await;
+    let answers: Vec<Answer> = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut a)| {
+            a.index = Some(i);
+            a
+        })
+        .collect();
+    let all_ok = answers.iter().all(|a| a.status == 200);
+    let retry = answers.iter().any(|a| a.status == 503);
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    respond(status, &serde_json::json!({ "results": answers }), retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_type_becomes_its_ags_message() {
+        let login =
+            parse_event(&json!({"type":"login","id":"e1","userId":"u","namespace":"ns"})).unwrap();
+        assert!(
+            matches!(&login, Message::Login(m) if m.user_id == "u" && m.id == "e1" && m.payload.is_none())
+        );
+        let stat = parse_event(
+            &json!({"type":"stat","id":"e2","userId":"u","namespace":"ns",
+            "statCode":"kills","latestValue":7,"inc":2.5,"timestamp":"2026-01-01T00:00:00Z"}),
+        )
+        .unwrap();
+        let Message::Stat(m) = stat else {
+            panic!("{stat:?}")
+        };
+        let item = m.payload.unwrap();
+        assert_eq!(
+            (item.stat_code.as_str(), item.latest_value, item.inc),
+            ("kills", 7.0, 2.5)
+        );
+        assert_eq!(m.timestamp, "2026-01-01T00:00:00Z");
+        let gdpr =
+            parse_event(&json!({"type":"gdprDeletion","id":"e3","userId":"u","namespace":"ns"}))
+                .unwrap();
+        assert!(matches!(&gdpr, Message::GdprDeletion(m)
+            if m.payload.as_ref().unwrap().deletion_gdpr.as_ref().unwrap().user_id == "u"));
+        assert!(matches!(
+            parse_event(&json!({"type":"thirdPartyLogin","userId":"u","namespace":"ns"})).unwrap(),
+            Message::ThirdPartyLogin(_)
+        ));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let errors = parse_event(&json!({"type":"stat","userId":7,"namespace":"ns",
+            "statCode":"kills","latestValue":"lots","extra":true}))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["extra", "userId", "latestValue"], "{errors:?}");
+        assert!(errors[2]
+            .message
+            .contains("must be a number, got the string \"lots\""));
+
+        let errors = parse_event(&json!({"type":"weekly"})).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["type", "namespace"], "{errors:?}");
+
+        let errors = parse_event(&json!({"type":"login","namespace":"ns","inc":1})).unwrap_err();
+        assert_eq!(
+            errors,
+            [field_error("inc", "only a stat event has this field")]
+        );
+        assert_eq!(
+            parse_event(&json!([1])).unwrap_err()[0].message,
+            "an event must be a JSON object"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_json_field() {
+        assert_eq!(
+            event_error(&EventError::Missing("payload.stat_code")).field,
+            "statCode"
+        );
+        assert_eq!(event_error(&EventError::Missing("user_id")).field, "userId");
+        let long = event_error(&EventError::TooLong {
+            field: "payload.deletion_gdpr.user_id",
+            len: 101,
+            max: 100,
+        });
+        assert_eq!(
+            (long.field.as_str(), long.message.as_str()),
+            ("userId", "is 101 characters; at most 100 are allowed")
+        );
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,230 @@
+//! The one ingestion path behind gRPC (`grpc/`) and HTTP JSON (`http_ingest.rs`):
+//! namespace filter → validate ([`crate::event`]) → goal rules
+//! ([`crate::rules`]) → WAL append ([`crate::wal`]), answered only when the
+//! WAL says the records are fsync'd. Each front end maps [`IngestError`] to
+//! its own status codes once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::clock::unix_ms;
+use crate::event::{Event, EventError, EventKind, TimeSource};
+use crate::metrics::Metrics;
+use crate::rules::GoalIndex;
+use crate::wal::{Appended, Wal, WalError};
+
+/// The AGS event types, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Login,
+    ThirdPartyLogin,
+    Stat,
+    GdprDeletion,
+}
+
+impl EventType {
+    pub fn label(self) -> &'static str {
+        match self {
+            EventType::Login => "login",
+            EventType::ThirdPartyLogin => "third_party_login",
+            EventType::Stat => "stat_item_updated",
+            EventType::GdprDeletion => "gdpr_deletion",
+        }
+    }
+}
+
+/// What happened to an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its records are fsync'd in the WAL.
+    Written,
+    /// Its id was seen within the dedup window: nothing written.
+    Duplicate,
+    /// Another namespace: acknowledged and ignored.
+    OtherNamespace,
+    /// Valid, but no goal uses it: nothing to write.
+    NoGoal,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Written => "written",
+            Outcome::Duplicate => "duplicate",
+            Outcome::OtherNamespace => "ignored_other_namespace",
+            Outcome::NoGoal => "no_matching_goal",
+        }
+    }
+}
+
+/// Why an event was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Bad input: the sender's fault, never going to succeed on a retry.
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+    /// Could not be made durable: the sender should retry later.
+    #[error(transparent)]
+    Unavailable(WalError),
+    /// A storage fault; details are in the log, not in the answer.
+    #[error("internal storage error")]
+    Internal(WalError),
+}
+
+impl From<WalError> for IngestError {
+    fn from(e: WalError) -> Self {
+        match e {
+            WalError::Full { .. } | WalError::Failed | WalError::Closed => {
+                IngestError::Unavailable(e)
+            }
+            other => IngestError::Internal(other),
+        }
+    }
+}
+
+impl IngestError {
+    fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Invalid(_) => "invalid",
+            IngestError::Unavailable(_) => "unavailable",
+            IngestError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The ingestion path; cheap to clone.
+#[derive(Clone)]
+pub struct Ingress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    goals: Arc<GoalIndex>,
+    wal: Wal,
+    metrics: Arc<Metrics>,
+    in_flight: AtomicUsize,
+}
+
+/// Counts a call as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ingress {
+    pub fn new(namespace: String, goals: Arc<GoalIndex>, wal: Wal, metrics: Arc<Metrics>) -> Self {
+        Ingress {
+            inner: Arc::new(Inner {
+                namespace,
+                goals,
+                wal,
+                metrics,
+                in_flight: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Calls being handled right now (gRPC and HTTP).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Takes one event: `namespace` is the one it claims, `parse` validates it
+    /// given the arrival time. Returns only once its records are durable.
+    pub async fn ingest(
+        &self,
+        kind: EventType,
+        namespace: &str,
+        parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
+    ) -> Result<Outcome, IngestError> {
+        let started = Instant::now();
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(&self.inner.in_flight);
+        let m = &self.inner.metrics;
+        m.events.with_label_values(&[kind.label()]).inc();
+        let result = self.process(namespace, parse).await;
+        m.event_processing_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => m.events_processed.with_label_values(&[kind.label()]).inc(),
+            Err(e) => m.events_failed.with_label_values(&[e.reason()]).inc(),
+        }
+        result
+    }
+
+    async fn process(
+        &self,
+        namespace: &str,
+        parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
+    ) -> Result<Outcome, IngestError> {
+        let inner = &self.inner;
+        if namespace != inner.namespace {
+            inner.metrics.events_ignored.inc();
+            tracing::debug!(namespace, "event from another namespace ignored");
+            return Ok(Outcome::OtherNamespace);
+        }
+        let (event, time_source) = parse(unix_ms() as i64).inspect_err(|e| {
+            tracing::debug!(error = %e, "invalid event rejected");
+        })?;
+        if time_source == TimeSource::ArrivalBadTimestamp {
+            inner.metrics.events_bad_timestamp.inc();
+            tracing::warn!(event_id = %event.id, "event timestamp unusable; using arrival time");
+        }
+        let records = inner.goals.records(&event);
+        if records.is_empty() {
+            return Ok(Outcome::NoGoal);
+        }
+        let appended = inner
+            .wal
+            .append(event.id.clone(), records)
+            .await
+            .inspect_err(|e| {
+                if !matches!(e, WalError::Full { .. } | WalError::Closed) {
+                    tracing::error!(error = %e, "cannot make an event durable");
+                }
+            })?;
+        match appended {
+            Appended::Written { .. } => {
+                if event.kind == EventKind::GdprDeletion {
+                    tracing::info!(
+                        audit = "gdpr_user_data_deletion",
+                        user_id = %event.user_id,
+                        namespace = %event.namespace,
+                        event_id = %event.id,
+                        "gdpr deletion acknowledged: durable in the WAL, applied at the next flush"
+                    );
+                }
+                Ok(Outcome::Written)
+            }
+            Appended::Duplicate => {
+                inner.metrics.events_duplicate.inc();
+                Ok(Outcome::Duplicate)
+            }
+        }
+    }
+}
+
+/// The ingestion path as the HTTP server sees it: open only while the
+/// service serves (the HTTP port is up from the start, for `/healthz`).
+#[derive(Default)]
+pub struct Gate(RwLock<Option<Ingress>>);
+
+impl Gate {
+    pub fn open(&self, ingress: Ingress) {
+        *self.0.write().expect("gate lock poisoned") = Some(ingress);
+    }
+
+    pub fn close(&self) {
+        *self.0.write().expect("gate lock poisoned") = None;
+    }
+
+    /// The ingestion path, when serving.
+    pub fn get(&self) -> Option<Ingress> {
+        self.0.read().expect("gate lock poisoned").clone()
+    }
+}

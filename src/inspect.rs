@@ -1,0 +1,330 @@
+//! The operator's looking glass: `progress` (a user's rows from the
+//! configured store) and `wal inspect` (a stopped service's WAL directory).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::clock::{rfc3339, unix_ms};
+use crate::config::StoreArgs;
+use crate::store::{Database, ProgressRow, ProgressStore, Store, Watermark};
+use crate::wal::{self, Recovery, WalConfig, WalStore, WalSummary};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProgressArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The user whose rows to show.
+    #[arg(long)]
+    pub user: String,
+    /// Only this goal.
+    #[arg(long)]
+    pub goal: Option<String>,
+    /// Print JSON (one array of rows) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How long the commands wait for a database before saying it is unreachable.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<(Database, Store)> {
+    let database = args.database()?;
+    if let Database::Sqlite(path) = &database {
+        if !path.exists() {
+            bail!(
+                "no embedded store at {} (the service has not run with DATA_DIR={} yet; \
+                 set DATABASE_URL or DB_HOST to read PostgreSQL)",
+                path.display(),
+                args.data_dir.display()
+            );
+        }
+    }
+    let store = Store::connect_lazy(&database, 1, 1);
+    Ok((database, store))
+}
+
+pub async fn progress(args: ProgressArgs) -> anyhow::Result<()> {
+    let (database, store) = open_store(&args.store)?;
+    let rows = tokio::time::timeout(
+        CONNECT_WAIT,
+        store.user_progress(&args.user, args.goal.as_deref()),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "{} did not answer within {CONNECT_WAIT:?}",
+            database.describe()
+        )
+    })?
+    .with_context(|| format!("cannot read progress from {}", database.describe()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!(
+            "no rows for user {:?} in {}",
+            args.user,
+            database.describe()
+        );
+    } else {
+        print!("{}", progress_table(&rows));
+    }
+    Ok(())
+}
+
+/// The rows as an aligned text table.
+pub fn progress_table(rows: &[ProgressRow]) -> String {
+    let time = |t: &Option<chrono::NaiveDateTime>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let header = [
+        "GOAL",
+        "CHALLENGE",
+        "PROGRESS",
+        "STATUS",
+        "ACTIVE",
+        "COMPLETED AT",
+        "CLAIMED AT",
+        "LAST EVENT AT",
+    ];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.goal_id.clone(),
+                r.challenge_id.clone(),
+                r.progress.to_string(),
+                r.status.clone(),
+                if r.is_active { "yes" } else { "no" }.to_owned(),
+                time(&r.completed_at),
+                time(&r.claimed_at),
+                time(&r.last_event_at),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut out = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&header.map(String::from));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WalCommand {
+    /// Report on a stopped service's WAL directory: instance id, epoch and
+    /// watermark (when the store is reachable), pending records and bytes,
+    /// the oldest pending event, dedup marks.
+    Inspect(WalInspectArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WalInspectArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The instance id, when it is set by INSTANCE_ID rather than kept in the WAL directory.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct WalReport {
+    wal_dir: String,
+    instance_id: Option<String>,
+    store: String,
+    /// The watermark, or why it could not be read.
+    watermark: Result<Option<Watermark>, String>,
+    #[serde(flatten)]
+    summary: WalSummary,
+    oldest_event: Option<String>,
+    oldest_event_age_seconds: Option<i64>,
+}
+
+pub async fn wal(command: WalCommand) -> anyhow::Result<()> {
+    let WalCommand::Inspect(args) = command;
+    let dir = args.store.wal_dir();
+    if !dir.join("log").is_dir() {
+        bail!(
+            "no WAL in {} (set WAL_DIR or DATA_DIR to the service's)",
+            dir.display()
+        );
+    }
+    let instance_id = match &args.instance_id {
+        Some(id) => Some(id.clone()),
+        None => read_instance_id(&dir),
+    };
+    let store_args = args.store.clone();
+    let watermark = match (&instance_id, open_store(&store_args)) {
+        (None, _) => Err("no instance id in the WAL directory (pass --instance-id)".to_owned()),
+        (_, Err(e)) => Err(format!("{e:#}")),
+        (Some(id), Ok((database, store))) => {
+            match tokio::time::timeout(CONNECT_WAIT, store.watermark(id)).await {
+                Ok(Ok(w)) => Ok(w),
+                Ok(Err(e)) => Err(format!("{}: {e}", database.describe())),
+                Err(_) => Err(format!("{} did not answer", database.describe())),
+            }
+        }
+    };
+    let config = WalConfig {
+        dir: dir.clone(),
+        max_bytes: u64::MAX,
+        dedup_window: Duration::from_secs(600),
+        dedup_max_marks: usize::MAX,
+        recovery: Recovery::Strict,
+        cache_bytes: 64 << 20,
+    };
+    let applied = watermark
+        .as_ref()
+        .ok()
+        .and_then(|w| w.map(|w| w.applied_seq));
+    let summary = tokio::task::spawn_blocking(move || {
+        let wal = WalStore::open(config)?;
+        wal.summary(applied)
+    })
+    .await?
+    .map_err(|e| match e {
+        wal::WalError::Open { .. } => anyhow::anyhow!(
+            "{e}\n(is the service still running on this WAL? `wal inspect` reads a stopped service's WAL)"
+        ),
+        other => other.into(),
+    })?;
+    let store = args
+        .store
+        .database()
+        .map(|d| d.describe())
+        .unwrap_or_else(|e| e.to_string());
+    let report = WalReport {
+        wal_dir: dir.display().to_string(),
+        instance_id,
+        store,
+        watermark,
+        oldest_event: summary.oldest_event_ms.map(rfc3339),
+        oldest_event_age_seconds: summary
+            .oldest_event_ms
+            .map(|ms| (unix_ms() as i64 - ms) / 1000),
+        summary,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", wal_text(&report));
+    }
+    Ok(())
+}
+
+fn read_instance_id(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("instance_id"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn wal_text(r: &WalReport) -> String {
+    let s = &r.summary;
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<26}{v}\n"));
+    line("wal directory", r.wal_dir.clone());
+    line(
+        "instance id",
+        r.instance_id.clone().unwrap_or_else(|| "-".into()),
+    );
+    line("store", r.store.clone());
+    match &r.watermark {
+        Ok(Some(w)) => {
+            line("epoch", w.epoch.to_string());
+            line("watermark (applied seq)", w.applied_seq.to_string());
+        }
+        Ok(None) => line(
+            "watermark",
+            "none: this instance never flushed to this store".into(),
+        ),
+        Err(why) => line("watermark", format!("unknown ({why})")),
+    }
+    line("records in the WAL", s.records.to_string());
+    line("bytes in the WAL", s.bytes.to_string());
+    line(
+        "sequence numbers",
+        format!("{} .. {}", opt(s.first_seq), opt(s.last_seq)),
+    );
+    line(
+        "pending (above watermark)",
+        s.pending_above_watermark
+            .map_or("unknown (no watermark)".into(), |n| {
+                format!("{n} records: replayed into the database at the next start")
+            }),
+    );
+    line(
+        "oldest record's event",
+        match (&r.oldest_event, r.oldest_event_age_seconds) {
+            (Some(at), Some(age)) => format!("{at} ({age} s ago)"),
+            _ => "-".into(),
+        },
+    );
+    line(
+        "corrupt records",
+        if s.corrupt_records.is_empty() {
+            "none".into()
+        } else {
+            format!("{:?} (see WAL_RECOVERY)", s.corrupt_records)
+        },
+    );
+    line("dedup marks", s.dedup_marks.to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_table_aligns_its_columns() {
+        let row = |goal: &str, progress: i32| ProgressRow {
+            user_id: "alice".into(),
+            goal_id: goal.into(),
+            challenge_id: "combat".into(),
+            namespace: "mygame".into(),
+            progress,
+            status: "in_progress".into(),
+            completed_at: None,
+            claimed_at: None,
+            is_active: true,
+            updated_at: chrono::NaiveDateTime::default(),
+            last_event_at: None,
+            last_counted_day: None,
+        };
+        let table = progress_table(&[row("kill-10", 3), row("reach-level-10", 12)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("GOAL            CHALLENGE  PROGRESS"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("reach-level-10  combat     12"),
+            "{table}"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! The group-commit writer: one thread owns sled; each round it drains its
+//! channel, dedups, assigns sequence numbers, writes one batch, flushes and
+//! fsyncs once, hands the records to the sink and only then answers every
+//! caller. Callers hold a cheap [`Wal`] handle.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::dedup::mark_of;
+use super::layout::{bucket_prefix, mark_key, wal_key};
+use super::store::WalStore;
+use super::{codec, Result, Sink, WalError};
+use crate::clock::unix_ms;
+use crate::metrics::Metrics;
+use crate::rules::Record;
+
+/// Commands one group commit takes at most.
+const MAX_GROUP: usize = 4096;
+/// Expired marks removed from disk per group commit.
+const SWEEP_PER_COMMIT: usize = 4096;
+const CHANNEL_CAPACITY: usize = 16_384;
+
+impl WalStore {
+    /// Starts the writer thread. `next_seq` must be above both the log's last
+    /// sequence number and the database watermark.
+    pub fn start(
+        self,
+        next_seq: u64,
+        sink: impl Sink,
+        metrics: Arc<Metrics>,
+        stop_service: CancellationToken,
+    ) -> Result<(Wal, WalThread)> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared {
+            bytes: AtomicU64::new(self.bytes),
+            records: AtomicU64::new(self.live.len() as u64),
+            failed: AtomicBool::new(false),
+        });
+        metrics.wal_bytes.set(self.bytes as i64);
+        metrics.dedup_marks.set(self.dedup.len() as i64);
+        let writer = Writer {
+            store: self,
+            next_seq,
+            sink: Box::new(sink),
+            metrics,
+            stop_service,
+            shared: shared.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((Wal { tx, shared }, WalThread(handle)))
+    }
+}
+
+/// The writer thread; join it after every [`Wal`] handle is dropped.
+pub struct WalThread(std::thread::JoinHandle<()>);
+
+impl WalThread {
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the WAL writer thread panicked");
+        }
+    }
+}
+
+struct Shared {
+    bytes: AtomicU64,
+    records: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Durable under sequence numbers `first..=last`.
+    Written { first: u64, last: u64 },
+    /// The event id was seen within the dedup window; nothing was written.
+    Duplicate,
+}
+
+enum Command {
+    Append {
+        event_id: String,
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    Truncate {
+        upto: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A handle on the WAL writer; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Wal {
+    /// Makes `records` durable (or recognises `event_id` as a duplicate).
+    /// Returns only after the fsync; an `Ok` is a promise.
+    pub async fn append(&self, event_id: String, records: Vec<Record>) -> Result<Appended> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                event_id,
+                records,
+                reply,
+            })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Removes records with sequence numbers ≤ `upto` (they are in the database).
+    pub async fn truncate(&self, upto: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Truncate { upto, reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    fn closed_error(&self) -> WalError {
+        if self.is_failed() {
+            WalError::Failed
+        } else {
+            WalError::Closed
+        }
+    }
+
+    /// Bytes of records not yet truncated.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.stats().backlog_bytes()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.stats().is_failed()
+    }
+
+    /// A read-only view of the WAL's state that does not keep the writer alive.
+    pub fn stats(&self) -> WalStats {
+        WalStats(self.shared.clone())
+    }
+}
+
+/// Backlog and health of the WAL, for `/healthz`.
+#[derive(Clone)]
+pub struct WalStats(Arc<Shared>);
+
+impl WalStats {
+    pub fn backlog_bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn backlog_records(&self) -> u64 {
+        self.0.records.load(Ordering::Relaxed)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.0.failed.load(Ordering::Relaxed)
+    }
+}
+
+struct Writer {
+    store: WalStore,
+    next_seq: u64,
+    sink: Box<dyn Sink>,
+    metrics: Arc<Metrics>,
+    stop_service: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+type AppendReply = (oneshot::Sender<Result<Appended>>, Result<Appended>);
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut commands = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            commands.push(first);
+            while commands.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut commands);
+        }
+        if !self.shared.failed.load(Ordering::Relaxed) {
+            if let Err(e) = self.store.sync() {
+                tracing::error!(error = %e, "final WAL sync failed");
+            }
+        }
+        tracing::debug!("wal writer stopped");
+    }
+
+    /// One group commit.
+    fn commit(&mut self, commands: &mut Vec<Command>) {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            for command in commands.drain(..) {
+                match command {
+                    Command::Append { reply, .. } => drop(reply.send(Err(WalError::Failed))),
+                    Command::Truncate { reply, .. } => drop(reply.send(Err(WalError::Failed))),
+                }
+            }
+            return;
+        }
+        let started = Instant::now();
+        let now_bucket = self.store.dedup.bucket_of(unix_ms());
+        let mut batch = sled::Batch::default();
+        self.expire_marks(now_bucket, &mut batch);
+
+        let mut appends: Vec<AppendReply> = Vec::new();
+        let mut truncates = Vec::new();
+        let mut accepted: Vec<(u64, Record)> = Vec::new();
+        for command in commands.drain(..) {
+            match command {
+                Command::Truncate { upto, reply } => {
+                    self.store.remove_upto(upto, &mut batch);
+                    truncates.push(reply);
+                }
+                Command::Append {
+                    event_id,
+                    records,
+                    reply,
+                } => {
+                    let outcome =
+                        self.stage(event_id, records, now_bucket, &mut batch, &mut accepted);
+                    appends.push((reply, outcome));
+                }
+            }
+        }
+
+        let written = self
+            .store
+            .db
+            .apply_batch(batch)
+            .map_err(WalError::from)
+            .and_then(|()| {
+                fail::fail_point!("wal-fsync", |_| Err(WalError::Io(std::io::Error::other(
+                    "injected fsync failure (failpoint wal-fsync)"
+                ))));
+                self.store.sync()
+            });
+        if let Err(e) = written {
+            self.fail(&e);
+            for (reply, _) in appends {
+                let _ = reply.send(Err(WalError::Failed));
+            }
+            for reply in truncates {
+                let _ = reply.send(Err(WalError::Failed));
+            }
+            return;
+        }
+        crate::crash_point!("wal-after-fsync");
+
+        let records = accepted.len();
+        if records > 0 {
+            self.sink.committed(accepted);
+            self.metrics.wal_batch_size.observe(records as f64);
+            self.metrics
+                .wal_append_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.shared.bytes.store(self.store.bytes, Ordering::Relaxed);
+        self.shared
+            .records
+            .store(self.store.live.len() as u64, Ordering::Relaxed);
+        self.metrics.wal_bytes.set(self.store.bytes as i64);
+        self.metrics.dedup_marks.set(self.store.dedup.len() as i64);
+        for (reply, outcome) in appends {
+            let _ = reply.send(outcome);
+        }
+        for reply in truncates {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Puts one event's records into the batch, or says why not.
+    fn stage(
+        &mut self,
+        event_id: String,
+        records: Vec<Record>,
+        now_bucket: u64,
+        batch: &mut sled::Batch,
+        accepted: &mut Vec<(u64, Record)>,
+    ) -> Result<Appended> {
+        let mark = (!event_id.is_empty()).then(|| mark_of(&event_id));
+        if mark.is_some_and(|m| self.store.dedup.contains(m)) {
+            return Ok(Appended::Duplicate);
+        }
+        let encoded: Vec<Vec<u8>> = records.iter().map(codec::encode).collect();
+        let size: u64 = encoded.iter().map(|r| r.len() as u64).sum();
+        let max = self.store.config.max_bytes;
+        if self.store.bytes + size > max {
+            return Err(WalError::Full {
+                bytes: self.store.bytes,
+                max,
+            });
+        }
+        let first = self.next_seq;
+        for (record, bytes) in records.into_iter().zip(encoded) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.store.live.push_back((seq, bytes.len() as u32));
+            batch.insert(&wal_key(seq), bytes);
+            accepted.push((seq, record));
+        }
+        self.store.bytes += size;
+        if let Some(mark) = mark {
+            let bucket = self.store.dedup.bucket_of(unix_ms()).max(now_bucket);
+            for evicted in self.store.dedup.insert(bucket, mark) {
+                self.metrics.dedup_evicted_early.inc();
+                self.store.sweep.push_back(evicted);
+            }
+            batch.insert(&mark_key(bucket, mark), &[]);
+        }
+        Ok(Appended::Written {
+            first,
+            last: self.next_seq - 1,
+        })
+    }
+
+    /// Forgets buckets past the window and removes a bounded number of their
+    /// marks from disk (a bucket can hold millions; removing it in one go would stall appends).
+    fn expire_marks(&mut self, now_bucket: u64, batch: &mut sled::Batch) {
+        self.store.sweep.extend(self.store.dedup.expire(now_bucket));
+        let mut budget = SWEEP_PER_COMMIT;
+        while let Some(&bucket) = self.store.sweep.front() {
+            let mut removed = 0;
+            for key in self
+                .store
+                .db
+                .scan_prefix(bucket_prefix(bucket))
+                .keys()
+                .take(budget)
+            {
+                match key {
+                    Ok(key) => {
+                        batch.remove(key);
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot scan expired dedup marks");
+                        return;
+                    }
+                }
+            }
+            if removed < budget {
+                self.store.sweep.pop_front();
+                budget -= removed;
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn fail(&mut self, error: &WalError) {
+        tracing::error!(
+            error = %error,
+            "WAL write or fsync failed: nothing more will be acknowledged; stopping so that a restart replays what is on disk"
+        );
+        self.shared.failed.store(true, Ordering::Relaxed);
+        self.stop_service.cancel();
+    }
+}
