@@ -245,7 +245,7 @@ fn wal_text(r: &WalReport) -> String {
     let s = &r.summary;
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     let mut out = String::new();
-    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<26}{v}\n"));
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<27}{v}\n"));
     line("wal directory", r.wal_dir.clone());
     line(
         "instance id",

@@ -11,45 +11,22 @@
 //! - Nothing acknowledged before a user's last deletion survives it: the rows
 //!   are those of the records after it alone, wherever the flushes fall.
 //! - An event never creates the row of a goal that is not assigned by default.
-//! - The real SQL (`PgStore::apply` on a real PostgreSQL) ends where the rule
-//!   book ends, batch boundaries anywhere.
+//! - (The real SQL of both stores is held to the rule book in
+//!   tests/store_suite.rs.)
 //! - Every record round-trips through the codec; any one-byte change or
 //!   truncation is detected; arbitrary bytes never panic the decoder, and what
 //!   they decode to round-trips.
 
-mod common;
-
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use challenge_event_handler::buffer::{Buffer, Key};
 use challenge_event_handler::event::MAX_ID_LEN;
-use challenge_event_handler::model::{self, After, Kind, Row, Rows};
+use challenge_event_handler::model::{self, After, Kind, Rows};
 use challenge_event_handler::rules::{Deletion, Op, Record, Update};
-use challenge_event_handler::store::postgres::PgStore;
-use challenge_event_handler::store::ProgressStore;
 use challenge_event_handler::wal::codec;
-use chrono::{NaiveDate, NaiveDateTime};
-use common::pg;
 use proptest::prelude::*;
 
-const DAY_MS: i64 = 86_400_000;
-
-/// One generated event: which user, which goal (or a deletion), a value and a time offset.
-#[derive(Debug, Clone)]
-struct Ev {
-    user: u8,
-    what: u8,
-    value: i32,
-    offset_ms: i64,
-}
-
-fn records(events: &[Ev]) -> Vec<Record> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| model::sample_record(i, e.user, e.what, e.value, e.offset_ms))
-        .collect()
-}
+#[path = "common/samples.rs"]
+mod samples;
+use samples::{events, records};
 
 fn one_by_one(records: &[Record]) -> Rows {
     model::one_by_one(&model::seeded_rows(), records)
@@ -64,25 +41,6 @@ fn coalesced(records: &[Record], cuts: &[usize], failing: &[usize]) -> Rows {
             (true, true) => After::FailedFlush,
         }
     })
-}
-
-fn events() -> impl Strategy<Value = Vec<Ev>> {
-    prop::collection::vec(
-        // Deletions (what = 5) one time in 12.
-        (
-            0u8..3,
-            prop_oneof![11 => 0u8..5, 1 => Just(5u8)],
-            any::<i32>(),
-            0..10 * DAY_MS,
-        )
-            .prop_map(|(user, what, value, offset_ms)| Ev {
-                user,
-                what,
-                value,
-                offset_ms,
-            }),
-        0..80,
-    )
 }
 
 proptest! {
@@ -237,119 +195,6 @@ proptest! {
                 prop_assert_eq!(rows.contains_key(&opt(user)), !deleted);
             }
         }
-    }
-}
-
-type DbRow = (
-    String,
-    String,
-    i32,
-    String,
-    Option<NaiveDateTime>,
-    Option<NaiveDateTime>,
-    Option<NaiveDate>,
-);
-
-/// The rows of users starting with `prefix`, as the model sees them.
-async fn rows_in_db(pool: &sqlx::PgPool, prefix: &str) -> Rows {
-    let rows: Vec<DbRow> = sqlx::query_as(
-        "SELECT user_id, goal_id, progress, status, completed_at, last_event_at, last_counted_day
-         FROM user_goal_progress WHERE starts_with(user_id, $1)",
-    )
-    .bind(prefix)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let ms = |t: Option<NaiveDateTime>| t.map(|t| t.and_utc().timestamp_millis());
-    rows.into_iter()
-        .map(
-            |(user_id, goal_id, progress, status, completed_at, last_event, day)| {
-                let kind = match goal_id.as_str() {
-                    "abs" => Kind::Absolute,
-                    "inc" | "opt" => Kind::Increment,
-                    "dinc" => Kind::DailyIncrement,
-                    _ => Kind::Daily,
-                };
-                let row = Row {
-                    kind,
-                    progress,
-                    completed: status == "completed",
-                    completed_at: ms(completed_at),
-                    last_event_ms: ms(last_event).unwrap_or(model::NO_EVENT),
-                    last_counted_day: day.map(|d| {
-                        (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
-                    }),
-                };
-                (
-                    Key {
-                        user_id: user_id[prefix.len()..].to_owned(),
-                        goal_id,
-                    },
-                    row,
-                )
-            },
-        )
-        .collect()
-}
-
-#[test]
-fn the_sql_statements_agree_with_the_rule_book() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let _context = rt.enter();
-    let db = rt.block_on(pg::TestDb::new());
-    // A small statement size, so batches also split across statements.
-    let store = PgStore::connect_lazy(db.url.parse().unwrap(), 2, 3);
-    rt.block_on(store.migrate()).unwrap();
-    let lease = rt.block_on(store.lease("properties")).unwrap();
-    let case = AtomicU64::new(0);
-    let seq = AtomicU64::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
-    let strategy = (events(), prop::collection::vec(0usize..80, 0..10));
-    let result = runner.run(&strategy, |(events, cuts)| {
-        let prefix = format!("case{}-", case.fetch_add(1, Ordering::Relaxed));
-        let records = records(&events);
-        let expected = one_by_one(&records);
-        // The rows the challenge service made (model::seeded_rows).
-        for user in ["u0", "u1"] {
-            rt.block_on(
-                sqlx::query(
-                    "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, status)
-                     VALUES ($1, 'opt', 'c', 'ns', 'not_started')",
-                )
-                .bind(format!("{prefix}{user}"))
-                .execute(store.pool()),
-            )
-            .unwrap();
-        }
-        let mut buffer = Buffer::default();
-        for (i, r) in records.iter().enumerate() {
-            let r = match r.clone() {
-                Record::Update(mut u) => {
-                    u.user_id = format!("{prefix}{}", u.user_id);
-                    Record::Update(u)
-                }
-                Record::Delete(mut d) => {
-                    d.user_id = format!("{prefix}{}", d.user_id);
-                    Record::Delete(d)
-                }
-            };
-            buffer.apply(seq.fetch_add(1, Ordering::Relaxed) + 1, r);
-            if cuts.contains(&i) || i + 1 == records.len() {
-                let batch = buffer.take();
-                rt.block_on(store.apply(&lease, batch.last_seq(), &batch))
-                    .unwrap();
-            }
-        }
-        let written = rt.block_on(rows_in_db(store.pool(), &prefix));
-        prop_assert!(
-            model::disagreements(&expected, &written).is_empty(),
-            "rule book vs database:\n{}",
-            model::describe(&expected, &written)
-        );
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
     }
 }
 

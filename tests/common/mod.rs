@@ -401,6 +401,19 @@ impl Binary {
         challenges: &str,
         extra_env: &[(&str, &str)],
     ) -> Binary {
+        let wal = dir.join("wal");
+        let mut env = vec![
+            ("AB_NAMESPACE", NAMESPACE),
+            ("DATABASE_URL", db_url),
+            ("WAL_DIR", wal.to_str().expect("a UTF-8 temp path")),
+        ];
+        env.extend_from_slice(extra_env);
+        Binary::spawn_bare(dir, challenges, &env)
+    }
+
+    /// The binary with only its challenges file, ports and log settings
+    /// given: everything else is `env` or the binary's defaults.
+    pub fn spawn_bare(dir: &Path, challenges: &str, env: &[(&str, &str)]) -> Binary {
         let config = dir.join("challenges.json");
         std::fs::write(&config, challenges).expect("write challenges.json");
         let log = dir.join(format!("service-{}.log", uuid_like()));
@@ -409,10 +422,8 @@ impl Binary {
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AB_NAMESPACE", NAMESPACE)
-            .env("DATABASE_URL", db_url)
             .env("CONFIG_PATH", &config)
-            .env("WAL_DIR", dir.join("wal"))
+            .current_dir(dir)
             // Port 0: the service logs the ports it bound ("starting grpc=… http=…").
             .env("GRPC_PORT", "0")
             .env("METRICS_PORT", "0")
@@ -421,7 +432,7 @@ impl Binary {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file);
-        for (k, v) in extra_env {
+        for (k, v) in env {
             command.env(k, v);
         }
         let child = command.spawn().expect("spawn the service binary");
@@ -474,6 +485,10 @@ impl Binary {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     pub async fn channel(&self) -> Channel {
@@ -530,6 +545,25 @@ impl Binary {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// Runs `challenge-event-handler args…` with only `env` (and PATH) set, in
+/// `dir`; returns (exit code, stdout, stderr).
+pub fn cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 impl Drop for Binary {

@@ -1,0 +1,264 @@
+//! The newcomer's path, on the real binary with nothing configured: the
+//! service runs on the embedded SQLite store in `./data`, and the operator
+//! commands (`send`, `progress`, `wal inspect`, `check-config`) work against
+//! it — including across a kill -9 before any flush.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The repository's own challenges file, as `cargo run` would use it.
+fn shipped_challenges() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/challenges.json"
+    ))
+    .expect("config/challenges.json")
+}
+
+/// Runs `progress --user <user> --json` until `check` accepts the rows.
+fn wait_for_rows(
+    dir: &std::path::Path,
+    user: &str,
+    check: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cli(dir, &["progress", "--user", user, "--json"], &[]);
+        assert_eq!(code, 0, "progress failed: {err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("progress --json");
+        if check(&rows) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rows of {user} never matched: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], goal: &str) -> Option<&'a serde_json::Value> {
+    rows.iter().find(|r| r["goal_id"] == goal)
+}
+
+#[tokio::test]
+async fn with_nothing_configured_the_service_runs_on_the_embedded_store_and_the_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let env = [("FLUSH_INTERVAL", "50ms")];
+    let mut service = Binary::spawn_bare(path, &shipped_challenges(), &env);
+    service.wait_healthy().await;
+    let log = service.log_text();
+    assert!(
+        log.contains("no database configured: using the embedded SQLite store"),
+        "{log}"
+    );
+    assert!(
+        log.contains("AB_NAMESPACE is not set: using \"mygame\""),
+        "{log}"
+    );
+    assert!(path.join("data/progress.sqlite3").exists());
+    assert!(path.join("data/wal/log").is_dir());
+
+    // The README's quick start: send, then look.
+    let grpc = service.grpc_url();
+    for (i, inc) in ["4", "4", "4"].iter().enumerate() {
+        let id = format!("qs-{i}");
+        let (code, out, err) = cli(
+            path,
+            &[
+                "send",
+                "--addr",
+                &grpc,
+                "--user",
+                "alice",
+                "--id",
+                &id,
+                "stat",
+                "--code",
+                "enemy-kills",
+                "--inc",
+                inc,
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("acknowledged: stat enemy-kills"), "{out}");
+    }
+    let (code, _, err) = cli(
+        path,
+        &["send", "--addr", &grpc, "--user", "alice", "login"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows = wait_for_rows(path, "alice", |rows| {
+        row(rows, "kill-10").is_some_and(|r| r["progress"] == 12)
+            && row(rows, "first-login").is_some()
+    });
+    let kills = row(&rows, "kill-10").unwrap();
+    assert_eq!(kills["status"], "completed", "{kills}");
+    assert_eq!(kills["namespace"], "mygame");
+    assert_eq!(row(&rows, "first-login").unwrap()["status"], "completed");
+
+    let (code, table, _) = cli(path, &["progress", "--user", "alice"], &[]);
+    assert_eq!(code, 0);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("GOAL") && header.contains("PROGRESS"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("kill-10") && l.contains(" 12 ") && l.contains("completed")),
+        "{table}"
+    );
+    let (code, one, _) = cli(
+        path,
+        &["progress", "--user", "alice", "--goal", "kill-10", "--json"],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&one)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A GDPR deletion through `send`.
+    let (code, out, err) = cli(
+        path,
+        &["send", "--addr", &grpc, "--user", "alice", "gdpr-deletion"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("acknowledged: GDPR data deletion"), "{out}");
+    wait_for_rows(path, "alice", |rows| rows.is_empty());
+    let (_, out, _) = cli(path, &["progress", "--user", "alice"], &[]);
+    assert!(out.starts_with("no rows for user \"alice\""), "{out}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn after_a_kill_9_wal_inspect_shows_what_is_pending_and_a_restart_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let mut service = Binary::spawn_bare(path, &shipped_challenges(), &[("FLUSH_INTERVAL", "1h")]);
+    service.wait_healthy().await;
+    let grpc = service.grpc_url();
+    for i in 0..3 {
+        let id = format!("k-{i}");
+        let (code, _, err) = cli(
+            path,
+            &[
+                "send",
+                "--addr",
+                &grpc,
+                "--user",
+                "bob",
+                "--id",
+                &id,
+                "stat",
+                "--code",
+                "player-level",
+                "--value",
+                "7",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    // The same id again: a duplicate, nothing more written.
+    let (code, _, _) = cli(
+        path,
+        &[
+            "send",
+            "--addr",
+            &grpc,
+            "--user",
+            "bob",
+            "--id",
+            "k-0",
+            "stat",
+            "--code",
+            "player-level",
+            "--value",
+            "7",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    service.kill9();
+
+    let (code, out, err) = cli(path, &["wal", "inspect", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["records"], 3, "{report}");
+    assert_eq!(report["pending_above_watermark"], 3, "{report}");
+    assert_eq!(report["watermark"]["Ok"]["applied_seq"], 0, "{report}");
+    assert_eq!(report["dedup_marks"], 3, "{report}");
+    assert!(report["instance_id"].as_str().unwrap().starts_with("ceh-"));
+    assert!(report["oldest_event_age_seconds"].as_i64().unwrap() < 600);
+    assert!(report["corrupt_records"].as_array().unwrap().is_empty());
+    let (code, text, _) = cli(path, &["wal", "inspect"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pending (above watermark)")
+                && l.ends_with(" 3 records: replayed into the database at the next start")),
+        "{text}"
+    );
+    // Not flushed: nothing in the store yet.
+    let (_, out, _) = cli(path, &["progress", "--user", "bob"], &[]);
+    assert!(out.starts_with("no rows"), "{out}");
+
+    let mut again = Binary::spawn_bare(path, &shipped_challenges(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    let rows = wait_for_rows(path, "bob", |rows| !rows.is_empty());
+    assert_eq!(row(&rows, "reach-level-10").unwrap()["progress"], 7);
+    again.sigterm();
+    assert_eq!(again.wait_exit(Duration::from_secs(30)).await, 0);
+    let (_, out, _) = cli(path, &["wal", "inspect", "--json"], &[]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["records"], 0, "{report}");
+    assert_eq!(report["pending_above_watermark"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn the_commands_say_clearly_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let (code, _, err) = cli(path, &["progress", "--user", "x"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no embedded store at data/progress.sqlite3"),
+        "{err}"
+    );
+    let (code, _, err) = cli(path, &["wal", "inspect"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no WAL in data/wal"), "{err}");
+    let (code, _, err) = cli(
+        path,
+        &["progress", "--user", "x"],
+        &[("DATABASE_URL", "mysql://x")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid setting DATABASE_URL"), "{err}");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/challenges.json");
+    let (code, out, _) = cli(path, &["check-config", "--config-path", config], &[]);
+    assert_eq!(code, 0);
+    assert!(out.ends_with("6 goals, valid\n"), "{out}");
+    let (code, out, _) = cli(path, &["--help"], &[]);
+    assert_eq!(code, 0);
+    for command in ["serve", "send", "progress", "wal", "check-config", "bench"] {
+        assert!(
+            out.contains(&format!("  {command}")),
+            "{command} missing from --help:\n{out}"
+        );
+    }
+}

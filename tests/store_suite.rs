@@ -1,0 +1,399 @@
+//! One store test suite, run against both implementations of the store seam:
+//! PostgreSQL (a real server, tests/common/pg.rs) and the embedded SQLite
+//! store (a file in a temp directory). Each case is written once, in
+//! `cases`; the `suite!` macro instantiates it per backend.
+//!
+//! - The rules: random record sequences (every goal kind, a goal not
+//!   assigned by default, GDPR deletions), coalesced at random flush
+//!   boundaries and written by the store's real statements, end where the
+//!   rule book (`model::apply_one`) ends.
+//! - Rows the challenge service owns: claimed and inactive rows never change;
+//!   an unassigned goal's row is only updated, never created.
+//! - The watermark moves with the rows and only under the current epoch
+//!   (fencing); it never goes backwards.
+//! - A commit whose outcome is unknown is settled by reading the watermark
+//!   back; a failed transaction moves neither rows nor watermark.
+//! - A deletion removes the user's rows in its namespace only, and reports
+//!   how many.
+
+mod common;
+#[path = "common/samples.rs"]
+mod samples;
+
+use challenge_event_handler::buffer::{Buffer, Key};
+use challenge_event_handler::model::{self, Kind, Row, Rows};
+use challenge_event_handler::rules::{Deletion, Op, Record, Update};
+use challenge_event_handler::store::{
+    Database, Lease, ProgressRow, ProgressStore, Store, StoreError,
+};
+use chrono::NaiveDate;
+use proptest::prelude::*;
+
+/// A fresh store of one backend, and what keeps it alive.
+pub struct Fixture {
+    pub store: Store,
+    _db: Option<common::pg::TestDb>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    async fn postgres() -> Fixture {
+        let db = common::pg::TestDb::new().await;
+        let store =
+            Store::connect_lazy(&Database::Postgres(Box::new(db.url.parse().unwrap())), 2, 3);
+        store.migrate().await.expect("migrate");
+        Fixture {
+            store,
+            _db: Some(db),
+            _dir: None,
+        }
+    }
+
+    async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect_lazy(
+            &Database::Sqlite(dir.path().join("data").join("progress.sqlite3")),
+            2,
+            3,
+        );
+        store.migrate().await.expect("migrate");
+        Fixture {
+            store,
+            _db: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// Runs plain SQL (no parameters; the same text works on both backends).
+    async fn exec(&self, sql: &str) {
+        match &self.store {
+            Store::Postgres(s) => sqlx::query(sql).execute(s.pool()).await.map(|_| ()),
+            Store::Sqlite(s) => sqlx::query(sql).execute(s.pool()).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn rows(&self, user: &str) -> Vec<ProgressRow> {
+        self.store
+            .user_progress(user, None)
+            .await
+            .expect("read rows")
+    }
+}
+
+fn update(user: &str, goal: &str, op: Op, creates_row: bool) -> Record {
+    Record::Update(Update {
+        user_id: user.into(),
+        goal_id: goal.into(),
+        challenge_id: "c".into(),
+        namespace: "ns".into(),
+        target: 10,
+        creates_row,
+        event_time_ms: 1_767_225_600_000,
+        event_id: String::new(),
+        op,
+    })
+}
+
+fn deletion(user: &str, namespace: &str) -> Record {
+    Record::Delete(Deletion {
+        user_id: user.into(),
+        namespace: namespace.into(),
+        event_time_ms: 1_767_225_600_000,
+        event_id: format!("gdpr-{user}"),
+    })
+}
+
+/// A batch of `records` with sequence numbers from `first`.
+fn batch(first: u64, records: Vec<Record>) -> Buffer {
+    let mut buffer = Buffer::starting_after(first - 1);
+    for (i, r) in records.into_iter().enumerate() {
+        buffer.apply(first + i as u64, r);
+    }
+    buffer
+}
+
+fn progress_of(rows: &[ProgressRow]) -> Vec<(&str, i32, &str)> {
+    rows.iter()
+        .map(|r| (r.goal_id.as_str(), r.progress, r.status.as_str()))
+        .collect()
+}
+
+/// A store's rows of users `u0`..`u2` (after `prefix`) as the model sees them.
+async fn model_rows(store: &Store, prefix: &str) -> Rows {
+    let mut rows = Rows::new();
+    for u in 0..3 {
+        let user = format!("{prefix}u{u}");
+        for r in store.user_progress(&user, None).await.unwrap() {
+            let kind = match r.goal_id.as_str() {
+                "abs" => Kind::Absolute,
+                "inc" | "opt" => Kind::Increment,
+                "dinc" => Kind::DailyIncrement,
+                _ => Kind::Daily,
+            };
+            let ms = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.and_utc().timestamp_millis());
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+            rows.insert(
+                Key {
+                    user_id: format!("u{u}"),
+                    goal_id: r.goal_id.clone(),
+                },
+                Row {
+                    kind,
+                    progress: r.progress,
+                    completed: r.status == "completed",
+                    completed_at: ms(r.completed_at),
+                    last_event_ms: ms(r.last_event_at).unwrap_or(model::NO_EVENT),
+                    last_counted_day: r.last_counted_day.map(|d| (d - epoch).num_days() as i32),
+                },
+            );
+        }
+    }
+    rows
+}
+
+mod cases {
+    use super::*;
+
+    pub fn the_statements_end_where_the_rule_book_ends(
+        fixture: impl FnOnce(&tokio::runtime::Runtime) -> Fixture,
+    ) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let f = fixture(&rt);
+        let lease = rt.block_on(f.store.lease("suite")).unwrap();
+        let case = std::cell::Cell::new(0);
+        let seq = std::cell::Cell::new(0u64);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+        let strategy = (samples::events(), prop::collection::vec(0usize..80, 0..10));
+        let result = runner.run(&strategy, |(events, cuts)| {
+            case.set(case.get() + 1);
+            let prefix = format!("case{}-", case.get());
+            let records = samples::records(&events);
+            let expected = model::one_by_one(&model::seeded_rows(), &records);
+            // The rows the challenge service made (model::seeded_rows).
+            for user in ["u0", "u1"] {
+                rt.block_on(f.exec(&format!(
+                    "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, status)
+                     VALUES ('{prefix}{user}', 'opt', 'c', 'ns', 'not_started')"
+                )));
+            }
+            let mut buffer = Buffer::starting_after(seq.get());
+            for (i, r) in records.iter().enumerate() {
+                let r = match r.clone() {
+                    Record::Update(mut u) => {
+                        u.user_id = format!("{prefix}{}", u.user_id);
+                        Record::Update(u)
+                    }
+                    Record::Delete(mut d) => {
+                        d.user_id = format!("{prefix}{}", d.user_id);
+                        Record::Delete(d)
+                    }
+                };
+                seq.set(seq.get() + 1);
+                buffer.apply(seq.get(), r);
+                if cuts.contains(&i) || i + 1 == records.len() {
+                    let batch = buffer.take();
+                    rt.block_on(f.store.apply(&lease, batch.last_seq(), &batch)).unwrap();
+                }
+            }
+            let written = rt.block_on(model_rows(&f.store, &prefix));
+            prop_assert!(
+                model::disagreements(&expected, &written).is_empty(),
+                "rule book vs store:\n{}",
+                model::describe(&expected, &written)
+            );
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+
+    pub async fn rows_the_challenge_service_owns_are_left_alone(f: Fixture) {
+        f.exec(
+            "INSERT INTO user_goal_progress
+                 (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at, is_active)
+             VALUES ('ed', 'claimed', 'c', 'ns', 10, 'claimed', '2026-01-01 00:00:00', '2026-01-01 00:00:00', true),
+                    ('ed', 'inactive', 'c', 'ns', 3, 'in_progress', NULL, NULL, false),
+                    ('ed', 'activated', 'c', 'ns', 0, 'not_started', NULL, NULL, true)",
+        )
+        .await;
+        let lease = f.store.lease("owner").await.unwrap();
+        let b = batch(
+            1,
+            vec![
+                update("ed", "claimed", Op::Add(5), true),
+                update("ed", "inactive", Op::Set(50), true),
+                update("ed", "activated", Op::Add(4), false),
+                update("ed", "never-assigned", Op::Add(4), false),
+                update("ed", "assigned", Op::Add(12), true),
+            ],
+        );
+        f.store.apply(&lease, b.last_seq(), &b).await.unwrap();
+        assert_eq!(
+            progress_of(&f.rows("ed").await),
+            [
+                ("activated", 4, "in_progress"),
+                ("assigned", 12, "completed"),
+                ("claimed", 10, "claimed"),
+                ("inactive", 3, "in_progress"),
+            ]
+        );
+    }
+
+    pub async fn the_watermark_moves_with_the_rows_only_under_the_current_epoch(f: Fixture) {
+        assert_eq!(f.store.watermark("w").await.unwrap(), None);
+        let old = f.store.lease("w").await.unwrap();
+        assert_eq!((old.epoch, old.applied_seq), (1, 0));
+        let b = batch(1, vec![update("wa", "g", Op::Add(1), true); 3]);
+        f.store.apply(&old, 3, &b).await.unwrap();
+        assert_eq!(f.store.applied_seq(&old).await.unwrap(), 3);
+
+        // A newer process takes the instance over: the older one is fenced.
+        let new = f.store.lease("w").await.unwrap();
+        assert_eq!((new.epoch, new.applied_seq), (2, 3));
+        let zombie = batch(4, vec![update("wz", "g", Op::Add(1), true)]);
+        let err = f.store.apply(&old, 4, &zombie).await.unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { epoch: 1, .. }), "{err}");
+        assert!(!err.is_transient());
+        assert!(f.rows("wz").await.is_empty(), "a fenced flush wrote a row");
+        assert!(matches!(
+            f.store.applied_seq(&old).await,
+            Err(StoreError::Fenced { .. })
+        ));
+
+        // The watermark never goes backwards.
+        let late = batch(2, vec![update("wb", "g", Op::Add(1), true)]);
+        f.store.apply(&new, 2, &late).await.unwrap();
+        let w = f.store.watermark("w").await.unwrap().unwrap();
+        assert_eq!((w.epoch, w.applied_seq), (2, 3));
+        assert_eq!(progress_of(&f.rows("wa").await), [("g", 3, "in_progress")]);
+    }
+
+    pub async fn a_commit_of_unknown_outcome_is_settled_by_the_watermark(f: Fixture) {
+        let lease: Lease = f.store.lease("u").await.unwrap();
+        let ok = batch(1, vec![update("ua", "g", Op::Add(2), true)]);
+        f.store.apply(&lease, 1, &ok).await.unwrap();
+        // The flusher's question after a lost COMMIT reply: did it land?
+        assert!(f.store.applied_seq(&lease).await.unwrap() >= ok.last_seq());
+
+        // A transaction that fails part-way (here a user id over 100
+        // characters, which the table refuses) moves neither rows nor watermark.
+        let bad = batch(
+            2,
+            vec![
+                update("ub", "g", Op::Add(1), true),
+                update(&"x".repeat(101), "g", Op::Add(1), true),
+            ],
+        );
+        let err = f.store.apply(&lease, 3, &bad).await.unwrap_err();
+        assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(f.store.applied_seq(&lease).await.unwrap(), 1);
+        assert!(f.rows("ub").await.is_empty());
+    }
+
+    pub async fn a_deletion_removes_the_users_rows_in_its_namespace_only(f: Fixture) {
+        f.exec(
+            "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status)
+             VALUES ('gd', 'elsewhere', 'c', 'other', 7, 'in_progress')",
+        )
+        .await;
+        let lease = f.store.lease("d").await.unwrap();
+        let first = batch(
+            1,
+            vec![
+                update("gd", "a", Op::Add(1), true),
+                update("gd", "b", Op::Set(4), true),
+                update("keep", "a", Op::Add(1), true),
+            ],
+        );
+        f.store.apply(&lease, 3, &first).await.unwrap();
+        let second = batch(
+            4,
+            vec![
+                deletion("gd", "ns"),
+                update("gd", "a", Op::Add(5), true),
+                deletion("nobody", "ns"),
+            ],
+        );
+        let applied = f.store.apply(&lease, 6, &second).await.unwrap();
+        let counts: Vec<(&str, u64)> = applied
+            .deleted
+            .iter()
+            .map(|d| (d.user_id.as_str(), d.rows))
+            .collect();
+        assert_eq!(counts, [("gd", 2), ("nobody", 0)]);
+        assert_eq!(applied.deleted[0].event_id, "gdpr-gd");
+        // After the deletion: the fresh start, and the other namespace's row.
+        assert_eq!(
+            progress_of(&f.rows("gd").await),
+            [("a", 5, "in_progress"), ("elsewhere", 7, "in_progress")]
+        );
+        assert_eq!(
+            progress_of(&f.rows("keep").await),
+            [("a", 1, "in_progress")]
+        );
+    }
+
+    pub async fn migrations_run_again_change_nothing(f: Fixture) {
+        let lease = f.store.lease("m").await.unwrap();
+        let b = batch(1, vec![update("ma", "g", Op::Add(2), true)]);
+        f.store.apply(&lease, 1, &b).await.unwrap();
+        f.store.migrate().await.unwrap();
+        f.store.migrate().await.unwrap();
+        assert_eq!(progress_of(&f.rows("ma").await), [("g", 2, "in_progress")]);
+        let one = f.store.user_progress("ma", Some("g")).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(f
+            .store
+            .user_progress("ma", Some("other"))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+macro_rules! suite {
+    ($($backend:ident),*) => {$(
+        mod $backend {
+            use super::*;
+
+            async fn fixture() -> Fixture {
+                Fixture::$backend().await
+            }
+
+            #[test]
+            fn the_statements_end_where_the_rule_book_ends() {
+                cases::the_statements_end_where_the_rule_book_ends(|rt| rt.block_on(fixture()));
+            }
+
+            #[tokio::test]
+            async fn rows_the_challenge_service_owns_are_left_alone() {
+                cases::rows_the_challenge_service_owns_are_left_alone(fixture().await).await;
+            }
+
+            #[tokio::test]
+            async fn the_watermark_moves_with_the_rows_only_under_the_current_epoch() {
+                cases::the_watermark_moves_with_the_rows_only_under_the_current_epoch(fixture().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_commit_of_unknown_outcome_is_settled_by_the_watermark() {
+                cases::a_commit_of_unknown_outcome_is_settled_by_the_watermark(fixture().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_deletion_removes_the_users_rows_in_its_namespace_only() {
+                cases::a_deletion_removes_the_users_rows_in_its_namespace_only(fixture().await).await;
+            }
+
+            #[tokio::test]
+            async fn migrations_run_again_change_nothing() {
+                cases::migrations_run_again_change_nothing(fixture().await).await;
+            }
+        }
+    )*};
+}
+
+suite!(postgres, sqlite);
