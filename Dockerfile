@@ -1,4 +1,5 @@
-# Builds the challenge-event-handler image for AccelByte Extend.
+# The challenge-event-handler image, for AccelByte Extend or any container
+# platform. Build: docker build -t challenge-event-handler .
 # protoc is vendored by the build (protoc-bin-vendored): no system protoc needed.
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -13,14 +14,17 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /app app \
- && mkdir -p /data/wal && chown -R app /data
+ && mkdir -p /data && chown app /data
 WORKDIR /app
 COPY --from=build /src/target/release/challenge-event-handler /usr/local/bin/challenge-event-handler
 COPY config ./config
-# Mount a persistent volume at /data: the WAL holds acknowledged updates that
-# are not yet in PostgreSQL, and the instance id.
+# /data must be a persistent volume: the WAL (/data/wal) holds acknowledged
+# updates that are not yet in the database, and the instance id. Without a
+# database configured, the embedded store lives there too
+# (/data/progress.sqlite3); production sets DATABASE_URL (or DB_HOST, …) and
+# AB_NAMESPACE.
 ENV CONFIG_PATH=/app/config/challenges.json \
-    WAL_DIR=/data/wal \
+    DATA_DIR=/data \
     GRPC_PORT=6565 \
     METRICS_PORT=8080 \
     LOG_FORMAT=json \
@@ -28,4 +32,9 @@ ENV CONFIG_PATH=/app/config/challenges.json \
 VOLUME ["/data"]
 EXPOSE 6565 8080
 USER app
+# 200 from /healthz only while serving (503 while starting, replaying the WAL
+# or shutting down); the binary asks it itself, so the image needs no curl.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["/usr/local/bin/challenge-event-handler", "health", "--addr", "127.0.0.1:8080"]
 ENTRYPOINT ["/usr/local/bin/challenge-event-handler"]
+CMD ["serve"]

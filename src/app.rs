@@ -116,9 +116,9 @@ impl App {
             store = %self.settings.database.describe(),
             "starting"
         );
-        if matches!(self.settings.database, Database::Sqlite(_)) {
+        if let Database::Sqlite(path) = &self.settings.database {
             tracing::info!(
-                path = %self.settings.database.describe(),
+                path = %path.display(),
                 "no database configured: using the embedded SQLite store (set DATABASE_URL or DB_HOST for PostgreSQL)"
             );
         }
@@ -149,6 +149,7 @@ impl App {
             http_stop.clone(),
         ));
         let lifetime = Lifetime::new(shutdown);
+        metrics.wal_max_bytes.set(settings.wal_max_bytes as i64);
         let parts = Parts {
             store,
             wal,
@@ -158,6 +159,7 @@ impl App {
         };
         if let Some(running) = start_up(parts, &settings, &lifetime).await? {
             health.set_phase(Phase::Serving);
+            running.metrics.phase.set(Phase::Serving as i64);
             let ingress = Ingress::new(
                 settings.namespace.clone(),
                 goals,
@@ -183,6 +185,7 @@ impl App {
             )
             .await?;
             health.set_phase(Phase::ShuttingDown);
+            running.metrics.phase.set(Phase::ShuttingDown as i64);
             gate.close();
             shut_down(
                 flusher,
@@ -287,6 +290,7 @@ async fn start_up(
     };
 
     health.set_phase(Phase::Replaying);
+    metrics.phase.set(Phase::Replaying as i64);
     let watermark = lease.applied_seq;
     let wal_last = wal_store.last_seq();
     let pending = wal_store.records();

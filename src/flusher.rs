@@ -94,7 +94,13 @@ impl<S: ProgressStore> Flusher<S> {
     pub async fn flush_once(&mut self) -> Result<usize, StoreError> {
         let result = self.try_flush().await;
         match &result {
-            Ok(rows) => self.health.flush_succeeded(*rows),
+            Ok(rows) => {
+                // Also when there was nothing to write: nothing is waiting.
+                self.metrics
+                    .last_flush_success
+                    .set((crate::clock::unix_ms() / 1000) as i64);
+                self.health.flush_succeeded(*rows)
+            }
             Err(e) => {
                 self.metrics.flush_failures.inc();
                 self.health.flush_failed(e.to_string());

@@ -328,3 +328,37 @@ mod tests {
         );
     }
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// The service's HTTP address.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: String,
+}
+
+/// `GET /healthz` of a running service: Ok when it serves (a container
+/// HEALTHCHECK that needs no curl in the image).
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
+        let mut stream = tokio::net::TcpStream::connect(&args.addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(CONNECT_WAIT, answer)
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not answer within {CONNECT_WAIT:?}", args.addr))?
+        .with_context(|| format!("cannot reach {}", args.addr))?;
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    if status == "200" {
+        println!("{body}");
+        Ok(())
+    } else {
+        bail!("not serving (HTTP {status}): {body}")
+    }
+}

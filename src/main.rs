@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use challenge_event_handler::bench::{self, BenchArgs};
 use challenge_event_handler::config::{challenges, ServeArgs};
-use challenge_event_handler::inspect::{self, ProgressArgs, WalCommand};
+use challenge_event_handler::inspect::{self, HealthArgs, ProgressArgs, WalCommand};
 use challenge_event_handler::send::{self, SendArgs};
-use challenge_event_handler::telemetry::{self, LogFormat};
+use challenge_event_handler::telemetry::{self, LogArgs, LogFormat};
 use challenge_event_handler::App;
 
 /// Durable AccelByte challenge event handler: AGS events over gRPC (or HTTP
@@ -29,18 +29,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
-    /// Log filter (e.g. info, debug, info,sqlx=warn).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
-    log_level: String,
-    /// Log format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +44,8 @@ enum Command {
     /// Look at a WAL directory (`wal inspect`).
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Ask a running service's /healthz; exit 0 when it serves (a container HEALTHCHECK).
+    Health(HealthArgs),
     /// Validate a challenges file and exit.
     CheckConfig {
         #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
@@ -67,7 +59,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_level, cli.log_format);
+    // A log collector reads JSON lines; a person reads one `error:` line.
+    let json_logs = cli.log.log_format == LogFormat::Json;
+    telemetry::init(&cli.log.log_level, cli.log.log_format);
     // No-op unless built with `--features failpoints` and FAILPOINTS is set.
     let _failpoints = challenge_event_handler::failpoints::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -85,6 +79,7 @@ fn main() -> ExitCode {
             Some(Command::Send(args)) => send::send(args).await,
             Some(Command::Progress(args)) => inspect::progress(args).await,
             Some(Command::Wal(command)) => inspect::wal(command).await,
+            Some(Command::Health(args)) => inspect::health(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::BenchDedup(args)) => bench::dedup_memory(&args),
             Some(Command::CheckConfig { config_path }) => {
@@ -99,8 +94,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            if json_logs {
+                tracing::error!(error = format!("{e:#}"), "exiting");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -34,9 +34,33 @@ pub struct Metrics {
     pub gdpr_deletions: IntCounter,
     pub gdpr_rows_deleted: IntCounter,
     pub gdpr_deletions_pending: IntGauge,
+    pub wal_max_bytes: IntGauge,
+    pub last_flush_success: IntGauge,
+    pub phase: IntGauge,
 }
 
 impl Metrics {
+    /// The name of every metric this service exports (histograms as their
+    /// base name), whether or not it has a value yet: what the alert rules
+    /// and the dashboard may use.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_owned())
+            .collect();
+        // Vectors appear in `gather` only once a label was used.
+        for vec in [&self.events, &self.events_processed, &self.events_failed] {
+            for desc in prometheus::core::Collector::desc(vec) {
+                names.push(desc.fq_name.clone());
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
@@ -138,6 +162,18 @@ impl Metrics {
                 "gdpr_deletions_pending",
                 "GDPR data deletions acknowledged (durable in the WAL) and not yet applied to the database",
             ),
+            wal_max_bytes: gauge(
+                "wal_max_bytes",
+                "WAL_MAX_BYTES: the unflushed WAL size past which calls are refused",
+            ),
+            last_flush_success: gauge(
+                "last_flush_success_timestamp_seconds",
+                "Unix time of the last flush that committed (0: none yet)",
+            ),
+            phase: gauge(
+                "phase",
+                "0 starting (waiting for the database), 1 replaying the WAL, 2 serving, 3 shutting down",
+            ),
             registry,
         }
     }
@@ -161,6 +197,14 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_include_labelled_vectors_before_any_value() {
+        let names = Metrics::new().names();
+        assert!(names.contains(&"challenge_event_handler_events_failed_total".to_owned()));
+        assert!(names.contains(&"challenge_event_handler_flush_duration_seconds".to_owned()));
+        assert!(names.contains(&"challenge_event_handler_phase".to_owned()));
+    }
 
     #[test]
     fn the_names_the_go_handler_promised_are_exported() {
@@ -187,6 +231,9 @@ mod tests {
             "challenge_event_handler_gdpr_deletions_total",
             "challenge_event_handler_gdpr_rows_deleted_total",
             "challenge_event_handler_gdpr_deletions_pending",
+            "challenge_event_handler_wal_max_bytes",
+            "challenge_event_handler_last_flush_success_timestamp_seconds",
+            "challenge_event_handler_phase",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

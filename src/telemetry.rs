@@ -8,6 +8,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter (e.g. info, debug, info,sqlx=warn).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls are no-ops).
 pub fn init(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)

@@ -1,0 +1,248 @@
+//! The deployment artefacts say what the service does: the alert rules and
+//! the dashboard use only metrics the service exports, the Kubernetes
+//! manifests give each replica its own WAL volume, a stable instance id,
+//! health probes and time for the final flush, and every setting they (and
+//! docker-compose.yml) pass is one the service reads.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use challenge_event_handler::config::ServeArgs;
+use challenge_event_handler::metrics::Metrics;
+use challenge_event_handler::telemetry::LogArgs;
+use clap::{CommandFactory, Parser};
+use serde_yaml::Value;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every `challenge_event_handler_…` name in a PromQL expression, histogram
+/// series reduced to their metric.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("challenge_event_handler_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.push(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn check_exported(what: &str, expr: &str, exported: &[String]) -> usize {
+    let used = metrics_in(expr);
+    for name in &used {
+        assert!(
+            exported.contains(name),
+            "{what} uses {name}, which the service does not export.\nexpr: {expr}\nexported: {exported:?}"
+        );
+    }
+    used.len()
+}
+
+#[test]
+fn every_alert_uses_exported_metrics_and_says_what_to_do() {
+    let exported = Metrics::new().names();
+    let rules: Value = serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    let mut alerts = BTreeSet::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("every rule is an alert");
+            let expr = rule["expr"].as_str().expect("expr");
+            assert!(
+                check_exported(name, expr, &exported) > 0,
+                "{name} uses no service metric"
+            );
+            assert!(
+                ["warning", "critical"]
+                    .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+                "{name}: severity"
+            );
+            for key in ["summary", "description"] {
+                assert!(
+                    rule["annotations"][key]
+                        .as_str()
+                        .is_some_and(|s| s.len() > 20),
+                    "{name}: {key}"
+                );
+            }
+            alerts.insert(name.to_owned());
+        }
+    }
+    // The deployment seed's alerts and the ones this service adds.
+    for needed in [
+        "ChallengeEventHandlerSlowProcessing",
+        "ChallengeEventHandlerHighErrorRate",
+        "ChallengeEventHandlerWalBacklogGrowing",
+        "ChallengeEventHandlerFlushFailing",
+        "ChallengeEventHandlerReplayRunningLong",
+        "ChallengeEventHandlerDedupMarksEvictedEarly",
+        "ChallengeEventHandlerGdprDeletionsNotApplied",
+    ] {
+        assert!(alerts.contains(needed), "{needed} missing");
+    }
+}
+
+#[test]
+fn every_dashboard_panel_uses_exported_metrics() {
+    let exported = Metrics::new().names();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/challenge-event-handler.json")).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 6);
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            assert!(
+                check_exported(title, expr, &exported) > 0,
+                "{title}: {expr}"
+            );
+        }
+    }
+}
+
+/// The environment variables the service reads.
+fn settings() -> BTreeSet<String> {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    }
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn yaml_documents(path: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(&read(path))
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+use serde::Deserialize;
+
+#[test]
+fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_flush() {
+    let dir = repo("deploy/kubernetes");
+    let kustomization = yaml_documents("deploy/kubernetes/kustomization.yaml").remove(0);
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let mut objects = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            assert!(
+                listed.contains(&name),
+                "{name} is not in kustomization.yaml"
+            );
+            objects.extend(yaml_documents(&format!("deploy/kubernetes/{name}")));
+        }
+    }
+    let kind = |k: &'static str| objects.iter().filter(move |o| o["kind"] == k);
+    let set = kind("StatefulSet").next().expect("a StatefulSet");
+    assert!(kind("PodDisruptionBudget").next().is_some());
+    assert!(set["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"][0] == "ReadWriteOnce");
+    let pod = &set["spec"]["template"]["spec"];
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 40,
+        "room for SHUTDOWN_GRACE twice"
+    );
+    let container = &pod["containers"][0];
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    assert!(mounts
+        .iter()
+        .any(|m| m["name"] == "data" && m["mountPath"] == "/data"));
+    let env = container["env"].as_sequence().unwrap();
+    let instance = env
+        .iter()
+        .find(|e| e["name"] == "INSTANCE_ID")
+        .expect("INSTANCE_ID");
+    assert_eq!(
+        instance["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["path"], "/healthz", "{probe}");
+    }
+    // Every setting passed is one the service reads.
+    let known = settings();
+    let mut passed: Vec<String> = env
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    for map in kind("ConfigMap").chain(kind("Secret")) {
+        for section in ["data", "stringData"] {
+            if let Some(keys) = map[section].as_mapping() {
+                passed.extend(keys.keys().map(|k| k.as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    for name in passed.iter().filter(|n| !n.ends_with(".json")) {
+        assert!(
+            known.contains(name),
+            "{name} is not a setting of the service"
+        );
+    }
+}
+
+#[test]
+fn docker_compose_runs_postgres_and_the_service_with_a_volume_for_the_wal() {
+    let compose: Value = serde_yaml::from_str(&read("docker-compose.yml")).unwrap();
+    let service = &compose["services"]["challenge-event-handler"];
+    assert!(compose["services"]["postgres"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres:"));
+    assert!(service["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v.as_str().unwrap().ends_with(":/data")));
+    let known = settings();
+    for key in service["environment"].as_mapping().unwrap().keys() {
+        assert!(
+            known.contains(key.as_str().unwrap()),
+            "{key:?} is not a setting"
+        );
+    }
+    let dockerfile = read("Dockerfile");
+    for needed in [
+        "DATA_DIR=/data",
+        "VOLUME [\"/data\"]",
+        "USER app",
+        "HEALTHCHECK",
+        "\"health\"",
+    ] {
+        assert!(dockerfile.contains(needed), "Dockerfile lacks {needed}");
+    }
+}
+
+#[test]
+fn the_metric_scanner_reads_histogram_series_as_their_metric() {
+    assert_eq!(
+        metrics_in("rate(challenge_event_handler_flush_duration_seconds_bucket[5m]) / challenge_event_handler_wal_bytes"),
+        ["challenge_event_handler_flush_duration_seconds", "challenge_event_handler_wal_bytes"]
+    );
+}
