@@ -51,8 +51,14 @@ enum Command {
         #[arg(long, env = "CONFIG_PATH", default_value = "config/challenges.json")]
         config_path: std::path::PathBuf,
     },
-    /// Load-test a running service (closed loop; prints throughput and latency).
+    /// Load-test a running service over gRPC (closed loop, or open loop at
+    /// --rate), optionally against a no-op roof first (--roof).
     Bench(BenchArgs),
+    /// Measure the flush throughput of the configured store.
+    BenchStore(bench::StoreBenchArgs),
+    /// The no-op gRPC server `bench --roof` starts.
+    #[command(hide = true)]
+    NoopServer(bench::NoopServerArgs),
     /// Measure the memory the dedup index of event ids takes (no service needed).
     BenchDedup(bench::DedupBenchArgs),
 }
@@ -82,6 +88,8 @@ fn main() -> ExitCode {
             Some(Command::Health(args)) => inspect::health(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::BenchDedup(args)) => bench::dedup_memory(&args),
+            Some(Command::BenchStore(args)) => bench::store_flush(args).await,
+            Some(Command::NoopServer(args)) => bench::noop_server(args).await,
             Some(Command::CheckConfig { config_path }) => {
                 let goals = challenges::load(&config_path)?;
                 println!("{}: {} goals, valid", config_path.display(), goals.len());

@@ -37,6 +37,17 @@ pub struct Metrics {
     pub wal_max_bytes: IntGauge,
     pub last_flush_success: IntGauge,
     pub phase: IntGauge,
+    pub resident_memory: IntGauge,
+}
+
+/// This process's resident memory in bytes (Linux `/proc/self/status`).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
 }
 
 impl Metrics {
@@ -174,12 +185,19 @@ impl Metrics {
                 "phase",
                 "0 starting (waiting for the database), 1 replaying the WAL, 2 serving, 3 shutting down",
             ),
+            resident_memory: gauge(
+                "resident_memory_bytes",
+                "resident memory of the process (VmRSS), read at each scrape",
+            ),
             registry,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_bytes() {
+            self.resident_memory.set(bytes as i64);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
