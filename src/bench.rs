@@ -178,7 +178,10 @@ struct Sender {
 impl Sender {
     async fn send(&self, channel: &Channel, i: u64) -> Result<(), Status> {
         // Spread consecutive events over the users (a multiplicative hash).
-        let user = format!("bench-{}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.args.users.max(1));
+        let user = format!(
+            "bench-{}",
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.args.users.max(1)
+        );
         let id = format!("{}-{i}", self.run_id);
         let login = match self.args.mix {
             Mix::Login => true,
@@ -193,7 +196,15 @@ impl Sender {
                 .map(|_| ())
         } else {
             StatisticStatItemUpdatedServiceClient::new(channel.clone())
-                .on_message(stat_message(ns, &self.args.stat_code, &user, (i % 1000) as f64, 1.0, &id, ""))
+                .on_message(stat_message(
+                    ns,
+                    &self.args.stat_code,
+                    &user,
+                    (i % 1000) as f64,
+                    1.0,
+                    &id,
+                    "",
+                ))
                 .await
                 .map(|_| ())
         }
@@ -210,7 +221,9 @@ struct Tally {
 impl Tally {
     fn record(&mut self, result: Result<(), Status>, latency: Duration) {
         match result {
-            Ok(()) => self.micros.push(latency.as_micros().min(u32::MAX as u128) as u32),
+            Ok(()) => self
+                .micros
+                .push(latency.as_micros().min(u32::MAX as u128) as u32),
             Err(_) => self.errors += 1,
         }
     }
@@ -300,7 +313,11 @@ async fn open_loop(
     for k in 0..total {
         let scheduled = started + period.mul_f64(k as f64);
         tokio::time::sleep_until(scheduled).await;
-        let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let channel = channels[k as usize % channels.len()].clone();
         let (sender, tx) = (sender.clone(), tx.clone());
         tokio::spawn(async move {
@@ -480,7 +497,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         runs.extend(measure("roof", &roof.addr, &args, None, &samples).await?);
     }
-    runs.extend(measure("service", &args.addr, &args, args.metrics_addr.as_deref(), &samples).await?);
+    runs.extend(
+        measure(
+            "service",
+            &args.addr,
+            &args,
+            args.metrics_addr.as_deref(),
+            &samples,
+        )
+        .await?,
+    );
     let rate_of = |target: &str| {
         runs.iter()
             .find(|r| r.target == target && r.offered_per_sec.is_none())
@@ -496,7 +522,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("plot: {}", path.display());
         }
     }
-    let errors: u64 = runs.iter().filter(|r| r.target == "service").map(|r| r.errors).sum();
+    let errors: u64 = runs
+        .iter()
+        .filter(|r| r.target == "service")
+        .map(|r| r.errors)
+        .sum();
     let report = Report {
         mix: args.mix,
         users: args.users,
@@ -537,9 +567,16 @@ fn plot(path: &std::path::Path, runs: &[RunResult]) -> anyhow::Result<()> {
         .iter()
         .find_map(|p| std::fs::read(p).ok())
         .context("no font to label the plot with (install fonts-dejavu-core)")?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| anyhow::anyhow!("the font could not be loaded"))?;
-    let open: Vec<&RunResult> = runs.iter().filter(|r| r.offered_per_sec.is_some()).collect();
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("the font could not be loaded"))?;
+    let open: Vec<&RunResult> = runs
+        .iter()
+        .filter(|r| r.offered_per_sec.is_some())
+        .collect();
     if open.is_empty() {
         bail!("--plot needs --rate (latency against throughput)");
     }
@@ -548,7 +585,10 @@ fn plot(path: &std::path::Path, runs: &[RunResult]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("ack latency against throughput (open loop)", ("sans-serif", 24))
+        .caption(
+            "ack latency against throughput (open loop)",
+            ("sans-serif", 24),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -581,8 +621,14 @@ fn plot(path: &std::path::Path, runs: &[RunResult]) -> anyhow::Result<()> {
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -645,7 +691,9 @@ pub async fn noop_server(args: NoopServerArgs) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tonic::transport::Server::builder()
         .add_service(UserAuthenticationUserLoggedInServiceServer::new(Noop))
-        .add_service(UserAuthenticationUserThirdPartyLoggedInServiceServer::new(Noop))
+        .add_service(UserAuthenticationUserThirdPartyLoggedInServiceServer::new(
+            Noop,
+        ))
         .add_service(StatisticStatItemUpdatedServiceServer::new(Noop))
         .add_service(DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer::new(Noop))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))

@@ -158,8 +158,8 @@ struct WalReport {
     watermark: Result<Option<Watermark>, String>,
     #[serde(flatten)]
     summary: WalSummary,
-    oldest_event: Option<String>,
-    oldest_event_age_seconds: Option<i64>,
+    oldest_written: Option<String>,
+    oldest_written_age_seconds: Option<i64>,
 }
 
 pub async fn wal(command: WalCommand) -> anyhow::Result<()> {
@@ -220,9 +220,9 @@ pub async fn wal(command: WalCommand) -> anyhow::Result<()> {
         instance_id,
         store,
         watermark,
-        oldest_event: summary.oldest_event_ms.map(rfc3339),
-        oldest_event_age_seconds: summary
-            .oldest_event_ms
+        oldest_written: summary.oldest_written_ms.map(rfc3339),
+        oldest_written_age_seconds: summary
+            .oldest_written_ms
             .map(|ms| (unix_ms() as i64 - ms) / 1000),
         summary,
     };
@@ -263,7 +263,10 @@ fn wal_text(r: &WalReport) -> String {
         ),
         Err(why) => line("watermark", format!("unknown ({why})")),
     }
-    line("records in the WAL", s.records.to_string());
+    line(
+        "records in the WAL",
+        format!("{} in {} frames", s.records, s.frames),
+    );
     line("bytes in the WAL", s.bytes.to_string());
     line(
         "sequence numbers",
@@ -277,18 +280,18 @@ fn wal_text(r: &WalReport) -> String {
             }),
     );
     line(
-        "oldest record's event",
-        match (&r.oldest_event, r.oldest_event_age_seconds) {
+        "oldest record written",
+        match (&r.oldest_written, r.oldest_written_age_seconds) {
             (Some(at), Some(age)) => format!("{at} ({age} s ago)"),
             _ => "-".into(),
         },
     );
     line(
-        "corrupt records",
-        if s.corrupt_records.is_empty() {
+        "corrupt entries",
+        if s.corrupt.is_empty() {
             "none".into()
         } else {
-            format!("{:?} (see WAL_RECOVERY)", s.corrupt_records)
+            format!("starting at {:?} (see WAL_RECOVERY)", s.corrupt)
         },
     );
     line("dedup marks", s.dedup_marks.to_string());

@@ -270,6 +270,24 @@ proptest! {
     }
 
     #[test]
+    fn every_frame_round_trips_and_any_damage_is_detected(
+        records in prop::collection::vec(any_record(), 1..20),
+        first_seq in 1u64..u64::MAX / 2,
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+    ) {
+        let head = codec::FrameHead { first_seq, count: records.len() as u32, written_ms: 1_767_225_600_000 };
+        let mut frame = Vec::new();
+        codec::encode_frame(&head, &records, &mut frame);
+        prop_assert_eq!(codec::decode_frame(&frame).unwrap(), (head, records));
+        let mut damaged = frame.clone();
+        let i = at.index(damaged.len());
+        damaged[i] ^= flip;
+        prop_assert!(codec::decode_frame(&damaged).is_err(), "a flipped byte {i} went unnoticed");
+        prop_assert!(codec::decode_frame(&frame[..i]).is_err(), "a frame cut at {i} went unnoticed");
+    }
+
+    #[test]
     fn whatever_arbitrary_bytes_decode_to_re_encodes_to_itself(
         bytes in prop::collection::vec(any::<u8>(), 0..512),
     ) {

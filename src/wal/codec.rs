@@ -1,24 +1,30 @@
-//! WAL record codec: `[format version: u8][bincode 2 payload][crc32 of both: u32 LE]`.
+//! WAL codec: `[format version: u8][bincode 2 payload][crc32 of both: u32 LE]`.
 //!
-//! Format 2 (written by this build) holds a [`Record`]: an update or a GDPR
-//! deletion. Format 1 (written before deletions and `defaultAssigned`
-//! existed) holds a bare update; it is still read, as an update that may
-//! create its row (what every update did then), so a WAL left by an older
-//! build replays after an upgrade.
+//! Format 3 (written by this build) is a *frame*: every record of one group
+//! commit, `[FrameHead][records]`, stored under one sled key — one insert
+//! per group commit instead of one per record. Format 2 (one [`Record`] per
+//! key: an update or a GDPR deletion) and format 1 (a bare update, from
+//! before deletions and `defaultAssigned` existed; read as an update that
+//! may create its row, what every update did then) are still read, so a WAL
+//! left by an older build replays after an upgrade.
 //!
-//! Decoding never panics and never allocates more than [`MAX_RECORD_BYTES`]:
-//! any byte string either decodes to the record that was encoded or is
-//! rejected with a [`CodecError`].
+//! Decoding never panics and never allocates more than [`MAX_FRAME_BYTES`]
+//! (a record: [`MAX_RECORD_BYTES`]): any byte string either decodes to what
+//! was encoded or is rejected with a [`CodecError`].
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use bincode::{Decode, Encode};
 
 use crate::rules::{Op, Record, Update};
 
-/// The record format this build writes.
+/// The format of a single record (what older builds wrote under `w` keys).
 pub const FORMAT_VERSION: u8 = 2;
 /// The oldest record format this build reads.
 pub const OLDEST_FORMAT_VERSION: u8 = 1;
+/// The frame format this build writes.
+pub const FRAME_VERSION: u8 = 3;
+/// An upper bound on one encoded frame.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// An upper bound on one encoded record (ids are bounded by validation).
 pub const MAX_RECORD_BYTES: usize = 4096;
 
@@ -26,6 +32,10 @@ const CRC_LEN: usize = 4;
 
 fn bincode_config() -> Configuration<LittleEndian, Varint, Limit<MAX_RECORD_BYTES>> {
     config::standard().with_limit::<MAX_RECORD_BYTES>()
+}
+
+fn frame_config() -> Configuration<LittleEndian, Varint, Limit<MAX_FRAME_BYTES>> {
+    config::standard().with_limit::<MAX_FRAME_BYTES>()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +50,75 @@ pub enum CodecError {
     Payload(String),
     #[error("{0} trailing bytes after the payload")]
     Trailing(usize),
+    #[error("the frame says it holds {said} records but holds {held}")]
+    Count { said: u32, held: usize },
+}
+
+/// The head of a frame: what opening the log needs without decoding records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct FrameHead {
+    /// The sequence number of the first record (the others follow one by one).
+    pub first_seq: u64,
+    pub count: u32,
+    /// When the group commit wrote it (Unix ms).
+    pub written_ms: i64,
+}
+
+impl FrameHead {
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count.max(1)) - 1
+    }
+}
+
+/// Encodes a frame of `records` into `out` (cleared first, so a writer can
+/// reuse one buffer).
+pub fn encode_frame(head: &FrameHead, records: &[Record], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(FRAME_VERSION);
+    bincode::encode_into_std_write(head, out, frame_config()).expect("a Vec accepts any write");
+    bincode::encode_into_std_write(records, out, frame_config()).expect("a Vec accepts any write");
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// The body of a frame after its crc and version are checked.
+fn frame_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    if bytes.len() < 1 + CRC_LEN {
+        return Err(CodecError::TooShort(bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
+    let stored = u32::from_le_bytes(crc.try_into().expect("split at CRC_LEN"));
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(CodecError::Crc { stored, computed });
+    }
+    if body[0] != FRAME_VERSION {
+        return Err(CodecError::Version(body[0]));
+    }
+    Ok(&body[1..])
+}
+
+/// A frame's head, its crc checked (the records are not decoded).
+pub fn decode_frame_head(bytes: &[u8]) -> Result<FrameHead, CodecError> {
+    let body = frame_body(bytes)?;
+    let (head, _): (FrameHead, usize) = bincode::decode_from_slice(body, frame_config())
+        .map_err(|e| CodecError::Payload(e.to_string()))?;
+    Ok(head)
+}
+
+/// A whole frame.
+pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHead, Vec<Record>), CodecError> {
+    let body = frame_body(bytes)?;
+    let (head, used): (FrameHead, usize) = bincode::decode_from_slice(body, frame_config())
+        .map_err(|e| CodecError::Payload(e.to_string()))?;
+    let records: Vec<Record> = payload_with(&body[used..], frame_config())?;
+    if records.len() != head.count as usize || records.is_empty() {
+        return Err(CodecError::Count {
+            said: head.count,
+            held: records.len(),
+        });
+    }
+    Ok((head, records))
 }
 
 /// An update as format 1 stored it (no `creates_row`).
@@ -118,8 +197,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
 }
 
 fn payload<T: Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::decode_from_slice(body, bincode_config())
-        .map_err(|e| CodecError::Payload(e.to_string()))?;
+    payload_with(body, bincode_config())
+}
+
+fn payload_with<T: Decode<()>, C: bincode::config::Config>(
+    body: &[u8],
+    config: C,
+) -> Result<T, CodecError> {
+    let (value, used) =
+        bincode::decode_from_slice(body, config).map_err(|e| CodecError::Payload(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Trailing(body.len() - used));
     }
@@ -163,6 +249,59 @@ mod tests {
             event_id: "gdpr-1".into(),
         });
         assert_eq!(decode(&encode(&deletion)).unwrap(), deletion);
+    }
+
+    fn frame_of(records: &[Record]) -> Vec<u8> {
+        let head = FrameHead {
+            first_seq: 41,
+            count: records.len() as u32,
+            written_ms: 1_767_225_600_000,
+        };
+        let mut out = vec![9, 9, 9]; // reused buffers are cleared
+        encode_frame(&head, records, &mut out);
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_and_their_head_reads_alone() {
+        let records = vec![
+            Record::Update(sample()),
+            Record::Delete(Deletion {
+                user_id: "u".into(),
+                namespace: "ns".into(),
+                event_time_ms: 7,
+                event_id: "gdpr".into(),
+            }),
+        ];
+        let bytes = frame_of(&records);
+        assert_eq!(bytes[0], FRAME_VERSION);
+        let (head, back) = decode_frame(&bytes).unwrap();
+        assert_eq!((head.first_seq, head.count, head.last_seq()), (41, 2, 42));
+        assert_eq!(back, records);
+        assert_eq!(decode_frame_head(&bytes).unwrap(), head);
+    }
+
+    #[test]
+    fn a_damaged_or_short_frame_is_detected() {
+        let good = frame_of(&[Record::Update(sample())]);
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                decode_frame(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+            assert!(
+                decode_frame_head(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+        for len in 0..good.len() {
+            assert!(decode_frame(&good[..len]).is_err());
+        }
+        // A record is not a frame and a frame is not a record.
+        assert!(decode_frame(&encode(&Record::Update(sample()))).is_err());
+        assert!(decode(&good).is_err());
     }
 
     #[test]

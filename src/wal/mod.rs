@@ -92,8 +92,8 @@ mod tests {
     use crate::buffer::Buffer;
     use crate::metrics::Metrics;
     use crate::rules::{Op, Update};
-    use dedup::mark_of;
-    use layout::wal_key;
+    use dedup::{mark_of, Dedup};
+    use layout::{frame_key, old_mark_key, old_record_key};
     use std::path::Path;
     use std::sync::Arc;
     use std::sync::Mutex;
@@ -213,9 +213,9 @@ mod tests {
         write_events(dir.path(), 4);
         {
             let db = sled::open(dir.path().join("log")).unwrap();
-            let mut value = db.get(wal_key(3)).unwrap().unwrap().to_vec();
+            let mut value = db.get(frame_key(3)).unwrap().unwrap().to_vec();
             value[2] ^= 0xff;
-            db.insert(wal_key(3), value).unwrap();
+            db.insert(frame_key(3), value).unwrap();
             db.flush().unwrap();
         }
         let mut strict = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
@@ -235,13 +235,107 @@ mod tests {
         write_events(dir2.path(), 4);
         {
             let db = sled::open(dir2.path().join("log")).unwrap();
-            db.insert(wal_key(2), &b"garbage"[..]).unwrap();
+            db.insert(frame_key(2), &b"garbage"[..]).unwrap();
             db.flush().unwrap();
         }
         let mut lenient = WalStore::open(config(dir2.path(), Recovery::SkipCorrupt)).unwrap();
         let mut buffer = Buffer::default();
         assert_eq!(lenient.replay(0, &mut buffer).unwrap(), 3);
         assert_eq!(lenient.records(), 3);
+    }
+
+    #[test]
+    fn a_wal_of_the_previous_layout_replays_dedups_and_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the previous build left: one format-2 record per `w` key and a
+        // `d` key per dedup mark.
+        {
+            std::fs::create_dir_all(dir.path()).unwrap();
+            let db = sled::open(dir.path().join("log")).unwrap();
+            let bucket =
+                Dedup::new(Duration::from_secs(600), 10).bucket_of(crate::clock::unix_ms());
+            for seq in 1..=3u64 {
+                db.insert(old_record_key(seq), codec::encode(&update(seq as i32)))
+                    .unwrap();
+                db.insert(old_mark_key(bucket, mark_of(&format!("e{seq}"))), &[])
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        assert_eq!((store.last_seq(), store.records()), (3, 3));
+        assert!(store.dedup.contains(mark_of("e2")));
+        let mut buffer = Buffer::starting_after(1);
+        assert_eq!(store.replay(1, &mut buffer).unwrap(), 2);
+        assert_eq!(buffer.increment.len(), 2); // u2, u3
+                                               // New appends go into frames after the old records; a duplicate of
+                                               // an old event is still recognised.
+        let shared = Shared::default();
+        let (wal, thread) = start(store, 4, &shared);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(
+                wal.append("e3".into(), vec![update(3)]).await.unwrap(),
+                Appended::Duplicate
+            );
+            assert_eq!(
+                wal.append("e4".into(), vec![update(4)]).await.unwrap(),
+                Appended::Written { first: 4, last: 4 }
+            );
+            wal.truncate(3).await.unwrap();
+        });
+        drop(wal);
+        thread.join();
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        let summary = store.summary(Some(3)).unwrap();
+        assert_eq!(
+            (summary.records, summary.frames, summary.first_seq),
+            (1, 1, Some(4))
+        );
+        assert_eq!(summary.pending_above_watermark, Some(1));
+    }
+
+    #[test]
+    fn one_round_of_appends_is_one_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        let shared = Shared::default();
+        let (wal, thread) = start(store, 1, &shared);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let calls: Vec<_> = (1..=200)
+                .map(|i| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        wal.append(format!("e{i}"), vec![update(i), update(i)])
+                            .await
+                    })
+                })
+                .collect();
+            for call in calls {
+                assert!(matches!(
+                    call.await.unwrap().unwrap(),
+                    Appended::Written { .. }
+                ));
+            }
+        });
+        drop(wal);
+        thread.join();
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        let summary = store.summary(None).unwrap();
+        assert_eq!(summary.records, 400);
+        assert!(
+            summary.frames < 200,
+            "{} frames for 200 concurrent appends",
+            summary.frames
+        );
+        assert_eq!(summary.dedup_marks, 200);
+        assert_eq!(shared.0.lock().unwrap().updates(), 400);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The log on disk: opening it (durably on a first start), checking every
-//! record's crc, replaying what is above the database watermark, truncating
-//! what is below it.
+//! frame's and record's crc, replaying what is above the database watermark,
+//! truncating what is below it. A log written by an older build (one record
+//! per key) is read, replayed and truncated the same way.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -9,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use super::dedup::Dedup;
 use super::durable::{begin_first_start, fsync_dir};
-use super::layout::{seq_of, wal_key, MARK_PREFIX, WAL_PREFIX};
+use super::layout::{
+    decode_marks, frame_key, number_of, old_mark_of, old_record_key, FRAME_PREFIX, MARKS_PREFIX,
+    OLD_MARK_PREFIX, OLD_RECORD_PREFIX,
+};
 use super::{codec, Recovery, Result, Sink, WalConfig, WalError};
 use crate::clock::unix_ms;
 
@@ -50,20 +54,55 @@ const REPLAY_CHUNK: usize = 4096;
 /// A WAL directory at a glance (`wal inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WalSummary {
-    /// Records not yet truncated, and their bytes.
+    /// Records not yet truncated, the frames (group commits) holding them,
+    /// and their bytes.
     pub records: u64,
+    pub frames: u64,
     pub bytes: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     /// Records above the database watermark (not yet in the database), when
     /// the watermark could be read.
     pub pending_above_watermark: Option<u64>,
-    /// The event time of the oldest record (Unix ms).
-    pub oldest_event_ms: Option<i64>,
-    /// Records whose crc does not match.
-    pub corrupt_records: Vec<u64>,
+    /// When the oldest record was written (acknowledged), Unix ms; for a
+    /// record of an older build, its event time.
+    pub oldest_written_ms: Option<i64>,
+    /// First sequence numbers of frames (or records) whose crc does not match.
+    pub corrupt: Vec<u64>,
     /// Event ids remembered for deduplication (within the window).
     pub dedup_marks: u64,
+}
+
+/// How an entry of the log is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// A frame of records (this build).
+    Frame,
+    /// One record (older builds).
+    Record,
+}
+
+/// One key of the log: a frame or an older build's record, holding
+/// sequence numbers `first..=last`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry {
+    pub layout: Layout,
+    pub first: u64,
+    pub last: u64,
+    pub bytes: u32,
+}
+
+impl Entry {
+    pub fn key(&self) -> [u8; 9] {
+        match self.layout {
+            Layout::Frame => frame_key(self.first),
+            Layout::Record => old_record_key(self.first),
+        }
+    }
+
+    pub fn records(&self) -> u64 {
+        self.last - self.first + 1
+    }
 }
 
 /// An opened WAL before its writer thread starts: what start-up replays.
@@ -73,15 +112,19 @@ pub struct WalStore {
     pub(super) dedup: Dedup,
     /// Buckets past the window whose marks are still on disk.
     pub(super) sweep: VecDeque<u64>,
-    /// Live records (seq, encoded size), in seq order.
-    pub(super) live: VecDeque<(u64, u32)>,
+    /// Live entries, in sequence order.
+    pub(super) live: VecDeque<Entry>,
+    /// Records in the live entries.
+    pub(super) records: u64,
     pub(super) bytes: u64,
-    corrupt: Vec<(u64, codec::CodecError)>,
+    /// Entries whose crc does not match, and why.
+    corrupt: Vec<(Entry, codec::CodecError)>,
     pub(super) config: WalConfig,
 }
 
 impl WalStore {
-    /// Opens (or creates) the WAL, loads the dedup marks and checks every record's crc.
+    /// Opens (or creates) the WAL, loads the dedup marks and checks every
+    /// frame's and record's crc.
     pub fn open(config: WalConfig) -> Result<Self> {
         let dir = config.dir.join("log");
         let creating = config.dir.join("log.creating");
@@ -102,44 +145,89 @@ impl WalStore {
         let mut dedup = Dedup::new(config.dedup_window, config.dedup_max_marks);
         let now_bucket = dedup.bucket_of(unix_ms());
         let mut sweep = VecDeque::new();
-        for item in db.scan_prefix([MARK_PREFIX]).keys() {
-            let key = item?;
-            let (Some(bucket), Some(mark)) = (
-                seq_of(&key),
-                key.get(9..25)
-                    .and_then(|m| m.try_into().ok())
-                    .map(u128::from_be_bytes),
-            ) else {
-                continue;
-            };
+        let mut remember = |bucket: u64, marks: &[u128], dedup: &mut Dedup| {
             if dedup.is_expired(bucket, now_bucket) {
-                if sweep.back() != Some(&bucket) {
+                if !sweep.contains(&bucket) {
                     sweep.push_back(bucket);
                 }
             } else {
-                sweep.extend(dedup.insert(bucket, mark));
+                for &mark in marks {
+                    sweep.extend(dedup.insert(bucket, mark));
+                }
+            }
+        };
+        // Older builds' marks first: they are older than any frame's.
+        for item in db.scan_prefix([OLD_MARK_PREFIX]).keys() {
+            let key = item?;
+            if let (Some(bucket), Some(mark)) = (number_of(&key), old_mark_of(&key)) {
+                remember(bucket, &[mark], &mut dedup);
+            }
+        }
+        for item in db.scan_prefix([MARKS_PREFIX]) {
+            let (key, value) = item?;
+            let Some(bucket) = number_of(&key) else {
+                continue;
+            };
+            match decode_marks(&value) {
+                Some(marks) => remember(bucket, &marks, &mut dedup),
+                // Lost marks only weaken deduplication; nothing acknowledged is lost.
+                None => tracing::warn!(bucket, "ignoring damaged dedup marks in the WAL"),
             }
         }
 
-        let mut live = VecDeque::new();
-        let mut bytes = 0;
+        let mut live = Vec::new();
         let mut corrupt = Vec::new();
-        for item in db.scan_prefix([WAL_PREFIX]) {
+        for item in db.scan_prefix([OLD_RECORD_PREFIX]) {
             let (key, value) = item?;
-            let Some(seq) = seq_of(&key) else { continue };
+            let Some(seq) = number_of(&key) else { continue };
+            let entry = Entry {
+                layout: Layout::Record,
+                first: seq,
+                last: seq,
+                bytes: value.len() as u32,
+            };
             if let Err(reason) = codec::decode(&value) {
-                corrupt.push((seq, reason));
+                corrupt.push((entry, reason));
             }
-            live.push_back((seq, value.len() as u32));
-            bytes += value.len() as u64;
+            live.push(entry);
         }
+        for item in db.scan_prefix([FRAME_PREFIX]) {
+            let (key, value) = item?;
+            let Some(first) = number_of(&key) else {
+                continue;
+            };
+            let head = codec::decode_frame_head(&value).and_then(|head| {
+                if head.first_seq == first && head.count > 0 {
+                    Ok(head)
+                } else {
+                    Err(codec::CodecError::Payload(format!(
+                        "frame under key {first} says it starts at {} with {} records",
+                        head.first_seq, head.count
+                    )))
+                }
+            });
+            let mut entry = Entry {
+                layout: Layout::Frame,
+                first,
+                last: first,
+                bytes: value.len() as u32,
+            };
+            match head {
+                Ok(head) => entry.last = head.last_seq(),
+                Err(reason) => corrupt.push((entry, reason)),
+            }
+            live.push(entry);
+        }
+        live.sort_by_key(|e| e.first);
+        let live = VecDeque::from(live);
         Ok(WalStore {
             db,
             db_file,
             dedup,
             sweep,
+            records: live.iter().map(Entry::records).sum(),
+            bytes: live.iter().map(|e| u64::from(e.bytes)).sum(),
             live,
-            bytes,
             corrupt,
             config,
         })
@@ -147,11 +235,12 @@ impl WalStore {
 
     /// The highest sequence number in the log (0 when empty).
     pub fn last_seq(&self) -> u64 {
-        self.live.back().map_or(0, |&(seq, _)| seq)
+        self.live.iter().map(|e| e.last).max().unwrap_or(0)
     }
 
-    pub fn records(&self) -> usize {
-        self.live.len()
+    /// Records in the log.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     pub fn bytes(&self) -> u64 {
@@ -160,72 +249,100 @@ impl WalStore {
 
     /// What `wal inspect` reports, read without changing anything.
     pub fn summary(&self, watermark: Option<u64>) -> Result<WalSummary> {
-        let oldest = match self.live.front() {
-            Some(&(seq, _)) => self
+        let oldest_written_ms = match self.live.front() {
+            Some(entry) => self
                 .db
-                .get(wal_key(seq))?
-                .and_then(|bytes| codec::decode(&bytes).ok()),
+                .get(entry.key())?
+                .and_then(|bytes| match entry.layout {
+                    Layout::Frame => codec::decode_frame_head(&bytes).ok().map(|h| h.written_ms),
+                    Layout::Record => codec::decode(&bytes).ok().map(|record| match record {
+                        crate::rules::Record::Update(u) => u.event_time_ms,
+                        crate::rules::Record::Delete(d) => d.event_time_ms,
+                    }),
+                }),
             None => None,
         };
-        let oldest_event_ms = oldest.map(|record| match record {
-            crate::rules::Record::Update(u) => u.event_time_ms,
-            crate::rules::Record::Delete(d) => d.event_time_ms,
-        });
         Ok(WalSummary {
-            records: self.live.len() as u64,
+            records: self.records,
+            frames: self
+                .live
+                .iter()
+                .filter(|e| e.layout == Layout::Frame)
+                .count() as u64,
             bytes: self.bytes,
-            first_seq: self.live.front().map(|&(seq, _)| seq),
-            last_seq: self.live.back().map(|&(seq, _)| seq),
-            pending_above_watermark: watermark
-                .map(|w| self.live.iter().filter(|&&(seq, _)| seq > w).count() as u64),
-            oldest_event_ms,
-            corrupt_records: self.corrupt.iter().map(|(seq, _)| *seq).collect(),
+            first_seq: self.live.front().map(|e| e.first),
+            last_seq: self.live.back().map(|e| e.last),
+            pending_above_watermark: watermark.map(|w| {
+                self.live
+                    .iter()
+                    .map(|e| (e.last.saturating_sub(w)).min(e.records()))
+                    .sum()
+            }),
+            oldest_written_ms,
+            corrupt: self.corrupt.iter().map(|(e, _)| e.first).collect(),
             dedup_marks: self.dedup.len() as u64,
         })
     }
 
-    /// Drops records the database already has (seq ≤ `watermark`) and hands
-    /// the rest to `sink` in order. Returns how many were replayed.
+    /// Drops what the database already has (seq ≤ `watermark`) and hands the
+    /// rest to `sink` in order. Returns how many records were replayed.
     pub fn replay(&mut self, watermark: u64, sink: &mut impl Sink) -> Result<u64> {
-        let mut dropped = std::collections::HashSet::new();
-        for (seq, reason) in std::mem::take(&mut self.corrupt) {
-            if seq <= watermark {
+        for (entry, reason) in std::mem::take(&mut self.corrupt) {
+            if entry.last <= watermark {
                 continue; // already in the database; removed below
             }
             match self.config.recovery {
-                Recovery::Strict => return Err(WalError::Corrupt { seq, reason }),
+                Recovery::Strict => {
+                    return Err(WalError::Corrupt {
+                        seq: entry.first,
+                        reason,
+                    })
+                }
                 Recovery::SkipCorrupt => {
-                    tracing::error!(seq, %reason, "dropping a corrupt WAL record: its update is lost (WAL_RECOVERY=skip-corrupt)");
-                    self.db.remove(wal_key(seq))?;
-                    dropped.insert(seq);
+                    tracing::error!(
+                        seq = entry.first,
+                        %reason,
+                        "dropping a corrupt WAL entry: its updates are lost (WAL_RECOVERY=skip-corrupt)"
+                    );
+                    self.db.remove(entry.key())?;
+                    self.live.retain(|e| e.first != entry.first);
                 }
             }
         }
+        self.records = self.live.iter().map(Entry::records).sum();
+        self.bytes = self.live.iter().map(|e| u64::from(e.bytes)).sum();
         self.truncate_to(watermark)?;
         let mut replayed = 0;
         let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-        for item in self
-            .db
-            .range(wal_key(watermark.saturating_add(1))..=wal_key(u64::MAX))
-        {
-            let (key, value) = item?;
-            let Some(seq) = seq_of(&key) else { continue };
-            let record =
-                codec::decode(&value).map_err(|reason| WalError::Corrupt { seq, reason })?;
-            chunk.push((seq, record));
-            replayed += 1;
-            if replayed == 1 {
-                crate::crash_point!("replay-mid");
-            }
-            if chunk.len() == REPLAY_CHUNK {
-                sink.committed(std::mem::take(&mut chunk));
+        for entry in self.live.clone() {
+            let Some(bytes) = self.db.get(entry.key())? else {
+                continue;
+            };
+            let corrupt = |reason| WalError::Corrupt {
+                seq: entry.first,
+                reason,
+            };
+            let records = match entry.layout {
+                Layout::Frame => codec::decode_frame(&bytes).map_err(corrupt)?.1,
+                Layout::Record => vec![codec::decode(&bytes).map_err(corrupt)?],
+            };
+            for (seq, record) in (entry.first..).zip(records) {
+                if seq <= watermark {
+                    continue;
+                }
+                chunk.push((seq, record));
+                replayed += 1;
+                if replayed == 1 {
+                    crate::crash_point!("replay-mid");
+                }
+                if chunk.len() >= REPLAY_CHUNK {
+                    sink.committed(std::mem::take(&mut chunk));
+                }
             }
         }
         if !chunk.is_empty() {
             sink.committed(chunk);
         }
-        self.live.retain(|(seq, _)| !dropped.contains(seq));
-        self.bytes = self.live.iter().map(|&(_, size)| u64::from(size)).sum();
         self.sync()?;
         Ok(replayed)
     }
@@ -237,13 +354,15 @@ impl WalStore {
         Ok(())
     }
 
+    /// Removes every entry wholly at or below `upto` (the database has it).
     pub(super) fn remove_upto(&mut self, upto: u64, batch: &mut sled::Batch) {
-        while let Some(&(seq, size)) = self.live.front() {
-            if seq > upto {
+        while let Some(entry) = self.live.front().copied() {
+            if entry.last > upto {
                 break;
             }
-            batch.remove(&wal_key(seq));
-            self.bytes -= u64::from(size);
+            batch.remove(&entry.key());
+            self.bytes -= u64::from(entry.bytes);
+            self.records -= entry.records();
             self.live.pop_front();
         }
     }

@@ -1,5 +1,6 @@
 //! The group-commit writer: one thread owns sled; each round it drains its
-//! channel, dedups, assigns sequence numbers, writes one batch, flushes and
+//! channel, dedups, assigns sequence numbers, writes the round's records as
+//! ONE frame (and its dedup marks as one more key) in one batch, flushes and
 //! fsyncs once, hands the records to the sink and only then answers every
 //! caller. Callers hold a cheap [`Wal`] handle.
 
@@ -10,9 +11,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::dedup::mark_of;
-use super::layout::{bucket_prefix, mark_key, wal_key};
-use super::store::WalStore;
+use super::dedup::{mark_of, Mark};
+use super::layout::{bucket_prefixes, encode_marks, frame_key, marks_key};
+use super::store::{Entry, Layout, WalStore};
 use super::{codec, Result, Sink, WalError};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
@@ -37,7 +38,7 @@ impl WalStore {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared {
             bytes: AtomicU64::new(self.bytes),
-            records: AtomicU64::new(self.live.len() as u64),
+            records: AtomicU64::new(self.records),
             failed: AtomicBool::new(false),
         });
         metrics.wal_bytes.set(self.bytes as i64);
@@ -45,6 +46,7 @@ impl WalStore {
         let writer = Writer {
             store: self,
             next_seq,
+            frame: Vec::new(),
             sink: Box::new(sink),
             metrics,
             stop_service,
@@ -172,6 +174,8 @@ impl WalStats {
 struct Writer {
     store: WalStore,
     next_seq: u64,
+    /// The frame being encoded (reused: one allocation for the writer's life).
+    frame: Vec<u8>,
     sink: Box<dyn Sink>,
     metrics: Arc<Metrics>,
     stop_service: CancellationToken,
@@ -179,6 +183,31 @@ struct Writer {
 }
 
 type AppendReply = (oneshot::Sender<Result<Appended>>, Result<Appended>);
+
+/// What one round writes: its records (sequence numbers from `first`) and
+/// the dedup marks of their events.
+struct Group {
+    first: u64,
+    records: Vec<Record>,
+    marks: Vec<Mark>,
+    approx_bytes: u64,
+}
+
+/// About what a record takes in a frame: its strings and a few bytes of
+/// numbers and lengths.
+fn approx_encoded_size(record: &Record) -> u64 {
+    let strings = match record {
+        Record::Update(u) => {
+            u.user_id.len()
+                + u.goal_id.len()
+                + u.challenge_id.len()
+                + u.namespace.len()
+                + u.event_id.len()
+        }
+        Record::Delete(d) => d.user_id.len() + d.namespace.len() + d.event_id.len(),
+    };
+    strings as u64 + 24
+}
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -213,13 +242,19 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let now_bucket = self.store.dedup.bucket_of(unix_ms());
+        let now_ms = unix_ms();
+        let now_bucket = self.store.dedup.bucket_of(now_ms);
         let mut batch = sled::Batch::default();
         self.expire_marks(now_bucket, &mut batch);
 
         let mut appends: Vec<AppendReply> = Vec::new();
         let mut truncates = Vec::new();
-        let mut accepted: Vec<(u64, Record)> = Vec::new();
+        let mut group = Group {
+            first: self.next_seq,
+            records: Vec::new(),
+            marks: Vec::new(),
+            approx_bytes: 0,
+        };
         for command in commands.drain(..) {
             match command {
                 Command::Truncate { upto, reply } => {
@@ -231,11 +266,33 @@ impl Writer {
                     records,
                     reply,
                 } => {
-                    let outcome =
-                        self.stage(event_id, records, now_bucket, &mut batch, &mut accepted);
+                    let outcome = self.stage(&event_id, records, now_bucket, &mut group);
                     appends.push((reply, outcome));
                 }
             }
+        }
+        if !group.records.is_empty() {
+            let head = codec::FrameHead {
+                first_seq: group.first,
+                count: group.records.len() as u32,
+                written_ms: now_ms as i64,
+            };
+            codec::encode_frame(&head, &group.records, &mut self.frame);
+            batch.insert(&frame_key(group.first), self.frame.as_slice());
+            if !group.marks.is_empty() {
+                batch.insert(
+                    &marks_key(now_bucket, group.first),
+                    encode_marks(&group.marks),
+                );
+            }
+            self.store.live.push_back(Entry {
+                layout: Layout::Frame,
+                first: head.first_seq,
+                last: head.last_seq(),
+                bytes: self.frame.len() as u32,
+            });
+            self.store.bytes += self.frame.len() as u64;
+            self.store.records += u64::from(head.count);
         }
 
         let written = self
@@ -261,9 +318,10 @@ impl Writer {
         }
         crate::crash_point!("wal-after-fsync");
 
-        let records = accepted.len();
+        let records = group.records.len();
         if records > 0 {
-            self.sink.committed(accepted);
+            let committed = (group.first..).zip(group.records).collect();
+            self.sink.committed(committed);
             self.metrics.wal_batch_size.observe(records as f64);
             self.metrics
                 .wal_append_duration
@@ -272,7 +330,7 @@ impl Writer {
         self.shared.bytes.store(self.store.bytes, Ordering::Relaxed);
         self.shared
             .records
-            .store(self.store.live.len() as u64, Ordering::Relaxed);
+            .store(self.store.records, Ordering::Relaxed);
         self.metrics.wal_bytes.set(self.store.bytes as i64);
         self.metrics.dedup_marks.set(self.store.dedup.len() as i64);
         for (reply, outcome) in appends {
@@ -283,44 +341,38 @@ impl Writer {
         }
     }
 
-    /// Puts one event's records into the batch, or says why not.
+    /// Adds one event's records to the round's frame, or says why not.
     fn stage(
         &mut self,
-        event_id: String,
+        event_id: &str,
         records: Vec<Record>,
         now_bucket: u64,
-        batch: &mut sled::Batch,
-        accepted: &mut Vec<(u64, Record)>,
+        group: &mut Group,
     ) -> Result<Appended> {
-        let mark = (!event_id.is_empty()).then(|| mark_of(&event_id));
+        let mark = (!event_id.is_empty()).then(|| mark_of(event_id));
         if mark.is_some_and(|m| self.store.dedup.contains(m)) {
             return Ok(Appended::Duplicate);
         }
-        let encoded: Vec<Vec<u8>> = records.iter().map(codec::encode).collect();
-        let size: u64 = encoded.iter().map(|r| r.len() as u64).sum();
+        // The bound is checked against an estimate of the encoded size (the
+        // frame is encoded once, after the round): close enough for backpressure.
+        let size: u64 = records.iter().map(approx_encoded_size).sum();
         let max = self.store.config.max_bytes;
-        if self.store.bytes + size > max {
+        if self.store.bytes + group.approx_bytes + size > max {
             return Err(WalError::Full {
-                bytes: self.store.bytes,
+                bytes: self.store.bytes + group.approx_bytes,
                 max,
             });
         }
+        group.approx_bytes += size;
         let first = self.next_seq;
-        for (record, bytes) in records.into_iter().zip(encoded) {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.store.live.push_back((seq, bytes.len() as u32));
-            batch.insert(&wal_key(seq), bytes);
-            accepted.push((seq, record));
-        }
-        self.store.bytes += size;
+        self.next_seq += records.len() as u64;
+        group.records.extend(records);
         if let Some(mark) = mark {
-            let bucket = self.store.dedup.bucket_of(unix_ms()).max(now_bucket);
-            for evicted in self.store.dedup.insert(bucket, mark) {
+            for evicted in self.store.dedup.insert(now_bucket, mark) {
                 self.metrics.dedup_evicted_early.inc();
                 self.store.sweep.push_back(evicted);
             }
-            batch.insert(&mark_key(bucket, mark), &[]);
+            group.marks.push(mark);
         }
         Ok(Appended::Written {
             first,
@@ -329,27 +381,30 @@ impl Writer {
     }
 
     /// Forgets buckets past the window and removes a bounded number of their
-    /// marks from disk (a bucket can hold millions; removing it in one go would stall appends).
+    /// mark keys from disk (one key per group commit of the bucket; older
+    /// builds wrote one per event).
     fn expire_marks(&mut self, now_bucket: u64, batch: &mut sled::Batch) {
         self.store.sweep.extend(self.store.dedup.expire(now_bucket));
         let mut budget = SWEEP_PER_COMMIT;
         while let Some(&bucket) = self.store.sweep.front() {
             let mut removed = 0;
-            for key in self
-                .store
-                .db
-                .scan_prefix(bucket_prefix(bucket))
-                .keys()
-                .take(budget)
-            {
-                match key {
-                    Ok(key) => {
-                        batch.remove(key);
-                        removed += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot scan expired dedup marks");
-                        return;
+            for prefix in bucket_prefixes(bucket) {
+                for key in self
+                    .store
+                    .db
+                    .scan_prefix(prefix)
+                    .keys()
+                    .take(budget - removed)
+                {
+                    match key {
+                        Ok(key) => {
+                            batch.remove(key);
+                            removed += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot scan expired dedup marks");
+                            return;
+                        }
                     }
                 }
             }
