@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 
 use crate::buffer::Buffer;
 use crate::config::{challenges, Settings};
@@ -294,6 +294,7 @@ async fn start_up(
     let watermark = lease.applied_seq;
     let wal_last = wal_store.last_seq();
     let pending = wal_store.records();
+    let replay_started = std::time::Instant::now();
     let (wal_store, buffer, replayed) = tokio::task::spawn_blocking(move || {
         let mut buffer = Buffer::starting_after(watermark);
         let replayed = wal_store.replay(watermark, &mut buffer);
@@ -310,6 +311,8 @@ async fn start_up(
         watermark,
         wal_records = pending,
         replayed,
+        replay_ms = replay_started.elapsed().as_millis() as u64,
+        buffered_keys = buffer.len(),
         "wal replayed"
     );
 
@@ -424,9 +427,14 @@ async fn serve_grpc(
         .add_service(services.third_party_login)
         .add_service(services.stat)
         .add_service(services.gdpr_deletion)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stopping.cancelled().await;
-        });
+        // TCP_NODELAY: a unary answer is several small HTTP/2 writes; Nagle's
+        // algorithm would hold them back for the peer's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                stopping.cancelled().await;
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(Into::into),

@@ -290,7 +290,10 @@ async fn closed_loop(
 }
 
 /// `rate` calls per second on a fixed schedule, at most `concurrency` in
-/// flight; each latency counts from the call's scheduled time.
+/// flight; each latency counts from the call's scheduled time (a service
+/// that falls behind cannot hide its queue). The schedule is kept by a
+/// dedicated thread (the async timer's 1 ms granularity would add up to a
+/// millisecond to every latency).
 async fn open_loop(
     sender: &Arc<Sender>,
     channels: &[Channel],
@@ -309,25 +312,30 @@ async fn open_loop(
         }
         tally
     });
-    let started = tokio::time::Instant::now();
-    for k in 0..total {
-        let scheduled = started + period.mul_f64(k as f64);
-        tokio::time::sleep_until(scheduled).await;
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        let channel = channels[k as usize % channels.len()].clone();
-        let (sender, tx) = (sender.clone(), tx.clone());
-        tokio::spawn(async move {
-            let i = sender.next.fetch_add(1, Ordering::Relaxed);
-            let result = sender.send(&channel, i).await;
-            let _ = tx.send((result, scheduled.elapsed()));
-            drop(permit);
-        });
-    }
-    drop(tx);
+    let runtime = tokio::runtime::Handle::current();
+    let channels = channels.to_vec();
+    let sender = sender.clone();
+    let started = Instant::now();
+    let scheduler = std::thread::spawn(move || {
+        for k in 0..total {
+            let scheduled = started + period.mul_f64(k as f64);
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let channel = channels[k as usize % channels.len()].clone();
+            let (sender, tx, permits) = (sender.clone(), tx.clone(), permits.clone());
+            runtime.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore open");
+                let i = sender.next.fetch_add(1, Ordering::Relaxed);
+                let result = sender.send(&channel, i).await;
+                let _ = tx.send((result, scheduled.elapsed()));
+            });
+        }
+    });
+    tokio::task::spawn_blocking(move || scheduler.join())
+        .await
+        .expect("scheduler task")
+        .expect("scheduler thread panicked");
     let tally = collector.await.expect("collector panicked");
     (tally, started.elapsed())
 }
@@ -426,7 +434,7 @@ pub async fn read_metrics(addr: &str, since: Instant) -> anyhow::Result<Sample> 
             .filter_map(|l| l.split_once(' '))
             .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
             .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |a, b| a + b)
     };
     Ok(Sample {
         at_seconds: since.elapsed().as_secs_f64(),
@@ -696,7 +704,9 @@ pub async fn noop_server(args: NoopServerArgs) -> anyhow::Result<()> {
         ))
         .add_service(StatisticStatItemUpdatedServiceServer::new(Noop))
         .add_service(DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer::new(Noop))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await?;
     Ok(())
 }

@@ -17,10 +17,10 @@ use crate::wal::{Appended, Wal, WalError};
 /// The AGS event types, as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
-    Login,
-    ThirdPartyLogin,
-    Stat,
-    GdprDeletion,
+    Login = 0,
+    ThirdPartyLogin = 1,
+    Stat = 2,
+    GdprDeletion = 3,
 }
 
 impl EventType {
@@ -104,8 +104,17 @@ struct Inner {
     goals: Arc<GoalIndex>,
     wal: Wal,
     metrics: Arc<Metrics>,
+    /// `events_total` and `events_processed_total` per event type, looked up once.
+    counters: [(prometheus::IntCounter, prometheus::IntCounter); 4],
     in_flight: AtomicUsize,
 }
+
+const EVENT_TYPES: [EventType; 4] = [
+    EventType::Login,
+    EventType::ThirdPartyLogin,
+    EventType::Stat,
+    EventType::GdprDeletion,
+];
 
 /// Counts a call as in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
@@ -118,12 +127,19 @@ impl Drop for InFlight<'_> {
 
 impl Ingress {
     pub fn new(namespace: String, goals: Arc<GoalIndex>, wal: Wal, metrics: Arc<Metrics>) -> Self {
+        let counters = EVENT_TYPES.map(|t| {
+            (
+                metrics.events.with_label_values(&[t.label()]),
+                metrics.events_processed.with_label_values(&[t.label()]),
+            )
+        });
         Ingress {
             inner: Arc::new(Inner {
                 namespace,
                 goals,
                 wal,
                 metrics,
+                counters,
                 in_flight: AtomicUsize::new(0),
             }),
         }
@@ -146,12 +162,13 @@ impl Ingress {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
         let m = &self.inner.metrics;
-        m.events.with_label_values(&[kind.label()]).inc();
+        let (received, processed) = &self.inner.counters[kind as usize];
+        received.inc();
         let result = self.process(namespace, parse).await;
         m.event_processing_duration
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(_) => m.events_processed.with_label_values(&[kind.label()]).inc(),
+            Ok(_) => processed.inc(),
             Err(e) => m.events_failed.with_label_values(&[e.reason()]).inc(),
         }
         result
