@@ -108,10 +108,13 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Draw --plot from the JSON of an earlier run instead of running anything.
+    #[arg(long, requires = "plot")]
+    pub replot: Option<std::path::PathBuf>,
 }
 
 /// One measured run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunResult {
     /// "service" or "roof".
     pub target: String,
@@ -495,6 +498,14 @@ impl Drop for Roof {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let (Some(from), Some(path)) = (&args.replot, &args.plot) {
+        let text = std::fs::read_to_string(from)
+            .with_context(|| format!("cannot read {}", from.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text)?;
+        let runs: Vec<RunResult> = serde_json::from_value(report["runs"].clone())
+            .with_context(|| format!("{} is not the JSON of a bench run", from.display()))?;
+        return plot(path, &runs);
+    }
     let args = Arc::new(args);
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut runs = Vec::new();
@@ -589,18 +600,19 @@ fn plot(path: &std::path::Path, runs: &[RunResult]) -> anyhow::Result<()> {
         bail!("--plot needs --rate (latency against throughput)");
     }
     let max_x = open.iter().map(|r| r.per_sec).fold(0.0, f64::max) * 1.05;
-    let max_y = open.iter().map(|r| r.p99_ms).fold(0.0, f64::max).max(1.0) * 1.2;
+    let max_y = open.iter().map(|r| r.p999_ms).fold(0.0, f64::max).max(10.0) * 1.5;
+    let min_y = 0.1;
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "ack latency against throughput (open loop)",
+            "ack latency against throughput (open loop, log scale)",
             ("sans-serif", 24),
         )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+        .build_cartesian_2d(0.0..max_x, (min_y..max_y).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("acknowledged events/s")
@@ -621,7 +633,7 @@ fn plot(path: &std::path::Path, runs: &[RunResult]) -> anyhow::Result<()> {
         let points: Vec<(f64, f64)> = open
             .iter()
             .filter(|r| r.target == target)
-            .map(|r| (r.per_sec, value(r).min(max_y)))
+            .map(|r| (r.per_sec, value(r).clamp(min_y, max_y)))
             .collect();
         if points.is_empty() {
             continue;

@@ -27,7 +27,14 @@ pub struct LogArgs {
 
 /// Installs the global subscriber. Safe to call more than once (later calls are no-ops).
 pub fn init(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // PostgreSQL's notices ("column … already exists, skipping" on every
+    // idempotent migration) are noise unless asked for.
+    let level = if level.contains("sqlx") {
+        level.to_owned()
+    } else {
+        format!("{level},sqlx::postgres::notice=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -151,48 +151,16 @@ async fn after_a_kill_9_wal_inspect_shows_what_is_pending_and_a_restart_applies_
     let mut service = Binary::spawn_bare(path, &shipped_challenges(), &[("FLUSH_INTERVAL", "1h")]);
     service.wait_healthy().await;
     let grpc = service.grpc_url();
-    for i in 0..3 {
-        let id = format!("k-{i}");
-        let (code, _, err) = cli(
-            path,
-            &[
-                "send",
-                "--addr",
-                &grpc,
-                "--user",
-                "bob",
-                "--id",
-                &id,
-                "stat",
-                "--code",
-                "player-level",
-                "--value",
-                "7",
-            ],
-            &[],
-        );
+    let level_7 = |id: &str| {
+        let args = ["send", "--addr", &grpc, "--user", "bob", "--id", id, "stat", "--code", "player-level", "--value", "7"];
+        let (code, _, err) = cli(path, &args, &[]);
         assert_eq!(code, 0, "{err}");
+    };
+    for i in 0..3 {
+        level_7(&format!("k-{i}"));
     }
     // The same id again: a duplicate, nothing more written.
-    let (code, _, _) = cli(
-        path,
-        &[
-            "send",
-            "--addr",
-            &grpc,
-            "--user",
-            "bob",
-            "--id",
-            "k-0",
-            "stat",
-            "--code",
-            "player-level",
-            "--value",
-            "7",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0);
+    level_7("k-0");
     service.kill9();
 
     let (code, out, err) = cli(path, &["wal", "inspect", "--json"], &[]);

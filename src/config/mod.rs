@@ -133,7 +133,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WAL_RECOVERY", value_enum, default_value = "strict")]
     pub wal_recovery: Recovery,
     /// sled's page cache.
-    #[arg(long, env = "WAL_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "WAL_CACHE_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub wal_cache_bytes: u64,
     /// This instance's id for its database watermark; default: generated once and kept in WAL_DIR.
     #[arg(long, env = "INSTANCE_ID")]

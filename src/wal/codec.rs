@@ -81,8 +81,8 @@ pub fn encode_frame(head: &FrameHead, records: &[Record], out: &mut Vec<u8>) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
-/// The body of a frame after its crc and version are checked.
-fn frame_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
+/// The version byte and the payload, once the crc is checked.
+fn checked(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
     if bytes.len() < 1 + CRC_LEN {
         return Err(CodecError::TooShort(bytes.len()));
     }
@@ -92,10 +92,15 @@ fn frame_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     if stored != computed {
         return Err(CodecError::Crc { stored, computed });
     }
-    if body[0] != FRAME_VERSION {
-        return Err(CodecError::Version(body[0]));
+    Ok((body[0], &body[1..]))
+}
+
+/// The payload of a frame after its crc and version are checked.
+fn frame_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    match checked(bytes)? {
+        (FRAME_VERSION, body) => Ok(body),
+        (other, _) => Err(CodecError::Version(other)),
     }
-    Ok(&body[1..])
 }
 
 /// A frame's head, its crc checked (the records are not decoded).
@@ -180,19 +185,10 @@ fn framed(version: u8, payload: &impl Encode) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
-    if bytes.len() < 1 + CRC_LEN {
-        return Err(CodecError::TooShort(bytes.len()));
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
-    let stored = u32::from_le_bytes(crc.try_into().expect("split at CRC_LEN"));
-    let computed = crc32fast::hash(body);
-    if stored != computed {
-        return Err(CodecError::Crc { stored, computed });
-    }
-    match body[0] {
-        1 => payload::<UpdateV1>(&body[1..]).map(|v1| Record::Update(v1.into())),
-        FORMAT_VERSION => payload::<Record>(&body[1..]),
-        other => Err(CodecError::Version(other)),
+    match checked(bytes)? {
+        (1, body) => payload::<UpdateV1>(body).map(|v1| Record::Update(v1.into())),
+        (FORMAT_VERSION, body) => payload::<Record>(body),
+        (other, _) => Err(CodecError::Version(other)),
     }
 }
 

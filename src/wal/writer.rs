@@ -21,8 +21,10 @@ use crate::rules::Record;
 
 /// Commands one group commit takes at most.
 const MAX_GROUP: usize = 4096;
-/// Expired marks removed from disk per group commit.
-const SWEEP_PER_COMMIT: usize = 4096;
+/// Expired mark keys removed from disk per group commit: small, so a sweep
+/// spreads over many commits instead of stalling one (a key holds one group
+/// commit's marks; a bucket has about one key per commit it saw).
+const SWEEP_PER_COMMIT: usize = 256;
 const CHANNEL_CAPACITY: usize = 16_384;
 
 impl WalStore {
