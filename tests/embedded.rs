@@ -152,7 +152,20 @@ async fn after_a_kill_9_wal_inspect_shows_what_is_pending_and_a_restart_applies_
     service.wait_healthy().await;
     let grpc = service.grpc_url();
     let level_7 = |id: &str| {
-        let args = ["send", "--addr", &grpc, "--user", "bob", "--id", id, "stat", "--code", "player-level", "--value", "7"];
+        let args = [
+            "send",
+            "--addr",
+            &grpc,
+            "--user",
+            "bob",
+            "--id",
+            id,
+            "stat",
+            "--code",
+            "player-level",
+            "--value",
+            "7",
+        ];
         let (code, _, err) = cli(path, &args, &[]);
         assert_eq!(code, 0, "{err}");
     };
