@@ -155,7 +155,17 @@ pub trait ProgressStore: Send + Sync + 'static {
 
     /// The watermark as the database has it now (to settle a commit whose
     /// outcome is unknown). Fails with [`StoreError::Fenced`] if the lease is stale.
-    fn applied_seq(&self, lease: &Lease) -> impl Future<Output = Result<u64>> + Send;
+    fn applied_seq(&self, lease: &Lease) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            match self.watermark(&lease.instance_id).await? {
+                Some(w) if w.epoch == lease.epoch => Ok(w.applied_seq),
+                _ => Err(StoreError::Fenced {
+                    instance_id: lease.instance_id.clone(),
+                    epoch: lease.epoch,
+                }),
+            }
+        }
+    }
 
     /// In ONE transaction: moves the watermark to `upto_seq` (only under the
     /// lease's epoch), applies the batch's GDPR deletions, then writes every
@@ -219,10 +229,6 @@ impl ProgressStore for Store {
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
         each!(self, s => s.lease(instance_id).await)
-    }
-
-    async fn applied_seq(&self, lease: &Lease) -> Result<u64> {
-        each!(self, s => s.applied_seq(lease).await)
     }
 
     async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {

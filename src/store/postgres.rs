@@ -444,21 +444,6 @@ impl ProgressStore for PgStore {
         })
     }
 
-    async fn applied_seq(&self, lease: &Lease) -> Result<u64> {
-        let row: Option<(i64, i64)> = sqlx::query_as(READ_WATERMARK_SQL)
-            .bind(&lease.instance_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(pg)?;
-        match row {
-            Some((epoch, applied)) if epoch == lease.epoch => Ok(applied.max(0) as u64),
-            _ => Err(StoreError::Fenced {
-                instance_id: lease.instance_id.clone(),
-                epoch: lease.epoch,
-            }),
-        }
-    }
-
     async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
         let mut tx = self.pool.begin().await.map_err(pg)?;
         // The watermark first: it locks this instance's row, so a zombie with an

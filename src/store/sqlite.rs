@@ -340,16 +340,6 @@ impl ProgressStore for SqliteStore {
         })
     }
 
-    async fn applied_seq(&self, lease: &Lease) -> Result<u64> {
-        match self.watermark(&lease.instance_id).await? {
-            Some(w) if w.epoch == lease.epoch => Ok(w.applied_seq),
-            _ => Err(StoreError::Fenced {
-                instance_id: lease.instance_id.clone(),
-                epoch: lease.epoch,
-            }),
-        }
-    }
-
     async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
         // IMMEDIATE: take the write lock now, not halfway through.
         let mut tx = self
