@@ -154,17 +154,16 @@ impl App {
             store,
             wal,
             instance_id,
-            metrics,
+            metrics: metrics.clone(),
             health: health.clone(),
         };
         if let Some(running) = start_up(parts, &settings, &lifetime).await? {
-            health.set_phase(Phase::Serving);
-            running.metrics.phase.set(Phase::Serving as i64);
+            enter(&health, &metrics, Phase::Serving);
             let ingress = Ingress::new(
                 settings.namespace.clone(),
                 goals,
                 running.wal.clone(),
-                running.metrics.clone(),
+                metrics.clone(),
             );
             gate.open(ingress.clone());
             {
@@ -184,8 +183,7 @@ impl App {
                 &lifetime,
             )
             .await?;
-            health.set_phase(Phase::ShuttingDown);
-            running.metrics.phase.set(Phase::ShuttingDown as i64);
+            enter(&health, &metrics, Phase::ShuttingDown);
             gate.close();
             shut_down(
                 flusher,
@@ -196,10 +194,16 @@ impl App {
             )
             .await;
         } else {
-            health.set_phase(Phase::ShuttingDown);
+            enter(&health, &metrics, Phase::ShuttingDown);
         }
         finish(tasks, http_stop, &lifetime.fatal).await
     }
+}
+
+/// The service's phase, for `/healthz` and the `phase` metric alike.
+fn enter(health: &Health, metrics: &Metrics, phase: Phase) {
+    health.set_phase(phase);
+    metrics.phase.set(phase as i64);
 }
 
 /// Why the service stops: `stop` is cancelled by a shutdown signal or by a
@@ -242,7 +246,6 @@ struct Running {
     wal: Wal,
     wal_thread: WalThread,
     flush_early: Arc<Notify>,
-    metrics: Arc<Metrics>,
 }
 
 /// Start-up: migrations, this instance's lease, replay of everything above
@@ -289,8 +292,7 @@ async fn start_up(
         return Ok(None);
     };
 
-    health.set_phase(Phase::Replaying);
-    metrics.phase.set(Phase::Replaying as i64);
+    enter(&health, &metrics, Phase::Replaying);
     let watermark = lease.applied_seq;
     let wal_last = wal_store.last_seq();
     let pending = wal_store.records();
@@ -343,7 +345,6 @@ async fn start_up(
         wal,
         wal_thread,
         flush_early,
-        metrics,
     };
     if flushed.is_none() {
         // Close the WAL before giving up; nothing was acknowledged yet.

@@ -1,4 +1,4 @@
-//! Domain events: the three AGS messages decoded into one [`Event`], validated.
+//! Domain events: the four AGS messages decoded into one [`Event`], validated.
 //!
 //! Everything a client can get wrong is caught here, before the WAL, and
 //! becomes an [`EventError`] that names the field; the ingress layers turn it

@@ -70,6 +70,37 @@ pub enum Message {
     GdprDeletion(GdprRequestDataDeletionResponse),
 }
 
+impl Message {
+    fn kind(&self) -> EventType {
+        match self {
+            Message::Login(_) => EventType::Login,
+            Message::ThirdPartyLogin(_) => EventType::ThirdPartyLogin,
+            Message::Stat(_) => EventType::Stat,
+            Message::GdprDeletion(_) => EventType::GdprDeletion,
+        }
+    }
+
+    /// The namespace the event claims, as the gRPC path reads it.
+    fn namespace(&self) -> &str {
+        match self {
+            Message::Login(m) => &m.namespace,
+            Message::ThirdPartyLogin(m) => &m.namespace,
+            Message::Stat(m) => &m.namespace,
+            Message::GdprDeletion(m) => event::gdpr_namespace(m),
+        }
+    }
+
+    /// The same validation a gRPC call of this type gets.
+    fn parse(&self, now_ms: i64) -> Result<(event::Event, event::TimeSource), EventError> {
+        match self {
+            Message::Login(m) => event::from_login(m, now_ms),
+            Message::ThirdPartyLogin(m) => event::from_third_party_login(m, now_ms),
+            Message::Stat(m) => event::from_stat(m, now_ms),
+            Message::GdprDeletion(m) => event::from_gdpr_deletion(m, now_ms),
+        }
+    }
+}
+
 /// Reads the fields of one JSON event; every problem is reported.
 pub fn parse_event(value: &Value) -> Result<Message, Vec<FieldError>> {
     let Some(obj) = value.as_object() else {
@@ -301,36 +332,11 @@ async fn ingest(ingress: &Ingress, value: &Value) -> Answer {
         Ok(m) => m,
         Err(errors) => return Answer::invalid(errors),
     };
-    let result = match &message {
-        Message::Login(m) => {
-            ingress
-                .ingest(EventType::Login, &m.namespace, |now| {
-                    event::from_login(m, now)
-                })
-                .await
-        }
-        Message::ThirdPartyLogin(m) => {
-            ingress
-                .ingest(EventType::ThirdPartyLogin, &m.namespace, |now| {
-                    event::from_third_party_login(m, now)
-                })
-                .await
-        }
-        Message::Stat(m) => {
-            ingress
-                .ingest(EventType::Stat, &m.namespace, |now| {
-                    event::from_stat(m, now)
-                })
-                .await
-        }
-        Message::GdprDeletion(m) => {
-            ingress
-                .ingest(EventType::GdprDeletion, event::gdpr_namespace(m), |now| {
-                    event::from_gdpr_deletion(m, now)
-                })
-                .await
-        }
-    };
+    let result = ingress
+        .ingest(message.kind(), message.namespace(), |now| {
+            message.parse(now)
+        })
+        .await;
     match result {
         Ok(outcome) => Answer::accepted(outcome),
         Err(IngestError::Invalid(e)) => Answer::invalid(vec![event_error(&e)]),

@@ -196,23 +196,32 @@ impl Ingress {
         if records.is_empty() {
             return Ok(Outcome::NoGoal);
         }
-        let appended = inner
-            .wal
-            .append(event.id.clone(), records)
-            .await
-            .inspect_err(|e| {
-                if !matches!(e, WalError::Full { .. } | WalError::Closed) {
-                    tracing::error!(error = %e, "cannot make an event durable");
-                }
-            })?;
+        let is_deletion = event.kind == EventKind::GdprDeletion;
+        let Event {
+            id,
+            user_id,
+            namespace,
+            ..
+        } = event;
+        // The id is kept only for a deletion's audit line.
+        let audit_id = if is_deletion {
+            id.clone()
+        } else {
+            String::new()
+        };
+        let appended = inner.wal.append(id, records).await.inspect_err(|e| {
+            if !matches!(e, WalError::Full { .. } | WalError::Closed) {
+                tracing::error!(error = %e, "cannot make an event durable");
+            }
+        })?;
         match appended {
             Appended::Written { .. } => {
-                if event.kind == EventKind::GdprDeletion {
+                if is_deletion {
                     tracing::info!(
                         audit = "gdpr_user_data_deletion",
-                        user_id = %event.user_id,
-                        namespace = %event.namespace,
-                        event_id = %event.id,
+                        user_id = %user_id,
+                        namespace = %namespace,
+                        event_id = %audit_id,
                         "gdpr deletion acknowledged: durable in the WAL, applied at the next flush"
                     );
                 }

@@ -90,6 +90,16 @@ pub struct Watermark {
     pub applied_seq: u64,
 }
 
+impl From<(i64, i64)> for Watermark {
+    /// A watermark row's `(epoch, applied_seq)`.
+    fn from((epoch, applied_seq): (i64, i64)) -> Watermark {
+        Watermark {
+            epoch,
+            applied_seq: applied_seq.max(0) as u64,
+        }
+    }
+}
+
 /// This process's claim on its instance's watermark, from [`ProgressStore::lease`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

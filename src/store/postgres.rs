@@ -485,10 +485,7 @@ impl ProgressStore for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(pg)?;
-        Ok(row.map(|(epoch, applied)| Watermark {
-            epoch,
-            applied_seq: applied.max(0) as u64,
-        }))
+        Ok(row.map(Watermark::from))
     }
 
     async fn user_progress(

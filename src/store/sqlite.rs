@@ -375,10 +375,7 @@ impl ProgressStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(lite)?;
-        Ok(row.map(|(epoch, applied)| Watermark {
-            epoch,
-            applied_seq: applied.max(0) as u64,
-        }))
+        Ok(row.map(Watermark::from))
     }
 
     async fn user_progress(

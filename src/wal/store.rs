@@ -314,7 +314,7 @@ impl WalStore {
         self.truncate_to(watermark)?;
         let mut replayed = 0;
         let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-        for entry in self.live.clone() {
+        for entry in &self.live {
             let Some(bytes) = self.db.get(entry.key())? else {
                 continue;
             };
