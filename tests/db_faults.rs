@@ -129,9 +129,10 @@ async fn postgres_stopped_the_hard_way_mid_flush_under_load_loses_nothing_and_do
 
     let pool = db.pool().await;
     wait_until_counted(&pool, "pk", &tally.acknowledged).await;
+    let log = service.log_text();
     assert!(
-        service.log_text().contains("flush failed"),
-        "no flush ever failed: the outages missed"
+        log.contains("flush failed"),
+        "no flush ever failed: the outages missed; the service's log:\n{log}"
     );
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);

@@ -244,3 +244,109 @@ async fn the_commands_say_clearly_what_is_missing() {
         );
     }
 }
+
+#[tokio::test]
+async fn health_bench_and_a_running_wal_answer_as_an_operator_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let mut service =
+        Binary::spawn_bare(path, &shipped_challenges(), &[("FLUSH_INTERVAL", "50ms")]);
+    service.wait_healthy().await;
+    let http = service.http_addr().to_string();
+
+    // `health` is the container's HEALTHCHECK: 0 while serving, 1 when nothing answers.
+    let (code, out, err) = cli(path, &["health", "--addr", &http], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""status":"serving""#), "{out}");
+    let (code, _, err) = cli(path, &["health", "--addr", "127.0.0.1:1"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+
+    // `wal inspect` on a running service's WAL says why it cannot.
+    let (code, _, err) = cli(path, &["wal", "inspect"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is the service still running on this WAL?"),
+        "{err}"
+    );
+
+    // The bench, closed loop against the roof and the service: every call acknowledged.
+    let grpc = service.grpc_url();
+    let (code, out, err) = cli(
+        path,
+        &[
+            "bench",
+            "--addr",
+            &grpc,
+            "--roof",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "8",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["roof", "service"]);
+    for run in runs {
+        assert!(run["acknowledged"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+    }
+    assert!(report["roof_ratio"].as_f64().unwrap() > 0.0);
+
+    // Open loop at fixed rates with a plot, and the plot redrawn from the JSON.
+    let png = path.join("latency.png");
+    let png = png.to_str().unwrap();
+    let (code, out, err) = cli(
+        path,
+        &[
+            "bench",
+            "--addr",
+            &grpc,
+            "--rate",
+            "100,200",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--plot",
+            png,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let offered: Vec<u64> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offered_per_sec"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offered, [100, 200]);
+    assert!(std::fs::read(png).unwrap().starts_with(b"\x89PNG"));
+    let json = path.join("sweep.json");
+    std::fs::write(&json, &out).unwrap();
+    std::fs::remove_file(png).unwrap();
+    let (code, _, err) = cli(
+        path,
+        &["bench", "--replot", json.to_str().unwrap(), "--plot", png],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(png).unwrap().starts_with(b"\x89PNG"));
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+
+    // bench-store on the embedded store: inserted, then updated, every row.
+    let (code, out, err) = cli(path, &["bench-store", "--rows", "200", "--runs", "1"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("run 0 insert: 200 rows in"), "{out}");
+    assert!(out.contains("run 0 update: 200 rows in"), "{out}");
+}

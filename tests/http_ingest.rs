@@ -352,3 +352,34 @@ async fn under_backpressure_the_answer_is_503_with_retry_after_and_nothing_is_lo
     assert_eq!(rows, acknowledged as i64);
     svc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn before_the_service_serves_ingest_answers_503_with_retry_after() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The database is unreachable, so start-up waits before serving.
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
+    proxy.set_down(true);
+    let url = proxy.url_for(&db.url);
+    let app = Service::build(&url, dir.path(), &[]).await.unwrap();
+    let http = app.http_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let body = stat_event("hs", "s-1", 1.0).to_string();
+    let (status, headers, text) = loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(http),
+        )
+        .await
+        {
+            break request(http, "/v1/events", &[], body.as_bytes()).await;
+        }
+    };
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert!(text.contains("not serving"), "{text}");
+    assert_eq!(http_get(http, "/healthz").await.0, 503);
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
