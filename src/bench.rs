@@ -149,6 +149,7 @@ struct Report {
 pub struct Sample {
     pub at_seconds: f64,
     pub wal_bytes: f64,
+    pub wal_disk_mib: f64,
     pub buffer_size: f64,
     pub resident_mib: f64,
     pub dedup_marks: f64,
@@ -417,8 +418,8 @@ async fn sample_periodically(
 
 fn sample_line(s: &Sample) -> String {
     format!(
-        "t={:>6.1}s wal_bytes={:>12.0} buffer_size={:>8.0} resident={:>7.1} MiB dedup_marks={:>9.0} events_failed={:.0} flush_failures={:.0}",
-        s.at_seconds, s.wal_bytes, s.buffer_size, s.resident_mib, s.dedup_marks, s.events_failed, s.flush_failures
+        "t={:>6.1}s wal_bytes={:>12.0} wal_disk={:>7.1} MiB buffer_size={:>8.0} resident={:>7.1} MiB dedup_marks={:>9.0} events_failed={:.0} flush_failures={:.0}",
+        s.at_seconds, s.wal_bytes, s.wal_disk_mib, s.buffer_size, s.resident_mib, s.dedup_marks, s.events_failed, s.flush_failures
     )
 }
 
@@ -442,6 +443,7 @@ pub async fn read_metrics(addr: &str, since: Instant) -> anyhow::Result<Sample> 
     Ok(Sample {
         at_seconds: since.elapsed().as_secs_f64(),
         wal_bytes: value("challenge_event_handler_wal_bytes"),
+        wal_disk_mib: value("challenge_event_handler_wal_disk_bytes") / (1024.0 * 1024.0),
         buffer_size: value("challenge_event_handler_buffer_size"),
         resident_mib: value("challenge_event_handler_resident_memory_bytes") / (1024.0 * 1024.0),
         dedup_marks: value("challenge_event_handler_dedup_marks"),

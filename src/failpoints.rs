@@ -8,6 +8,7 @@
 //! | `wal-fsync` | the WAL group commit's flush + fsync | the sync fails (an I/O error) |
 //! | `wal-flush-only` | same place | the fsync is skipped: sled's `flush()` alone (the unsafe WAL the power-loss test must catch) |
 //! | `wal-after-fsync` | after the fsync, before the buffer and the replies | the process aborts |
+//! | `wal-marks-saved` | a group commit that truncates and appends: marks saved, its own frame not yet written | the process aborts |
 //! | `flush-between-statements` | between the UPSERT statements of a flush | the statement fails |
 //! | `flush-mid-transaction` | same place | the process aborts |
 //! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |

@@ -294,7 +294,14 @@ fn wal_text(r: &WalReport) -> String {
             format!("starting at {:?} (see WAL_RECOVERY)", s.corrupt)
         },
     );
-    line("dedup marks", s.dedup_marks.to_string());
+    line(
+        "dedup marks",
+        format!(
+            "{} saved (the records' own event ids count too until they are truncated)",
+            s.dedup_marks
+        ),
+    );
+    line("on disk", format!("{} bytes (log and marks)", s.disk_bytes));
     out
 }
 

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub wal_append_duration: Histogram,
     pub wal_batch_size: Histogram,
     pub wal_bytes: IntGauge,
+    pub wal_disk_bytes: IntGauge,
     pub wal_replayed: IntCounter,
     pub dedup_marks: IntGauge,
     pub dedup_evicted_early: IntCounter,
@@ -155,6 +156,10 @@ impl Metrics {
             ),
             wal_batch_size: histogram("wal_batch_size", "updates per WAL group commit", sizes()),
             wal_bytes: gauge("wal_bytes", "bytes of WAL records not yet flushed to the database"),
+            wal_disk_bytes: gauge(
+                "wal_disk_bytes",
+                "bytes the WAL's files take on disk (log and dedup marks; updated at each truncation)",
+            ),
             wal_replayed: counter("wal_replayed_total", "WAL records replayed at start-up"),
             dedup_marks: gauge("dedup_marks", "event ids remembered for deduplication"),
             dedup_evicted_early: counter(
@@ -242,6 +247,7 @@ mod tests {
             "challenge_event_handler_wal_append_duration_seconds",
             "challenge_event_handler_wal_batch_size",
             "challenge_event_handler_wal_bytes",
+            "challenge_event_handler_wal_disk_bytes",
             "challenge_event_handler_wal_replayed_total",
             "challenge_event_handler_events_duplicate_total",
             "challenge_event_handler_events_ignored_total",

@@ -220,6 +220,14 @@ impl Record {
             Record::Delete(d) => &d.user_id,
         }
     }
+
+    /// The id of the event that made it.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Record::Update(u) => &u.event_id,
+            Record::Delete(d) => &d.event_id,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,88 @@ async fn a_crash_after_the_fsync_and_before_the_reply_counts_the_redelivered_eve
 }
 
 #[tokio::test]
+async fn a_crash_after_saving_marks_never_turns_the_retry_of_an_unacknowledged_event_into_a_duplicate(
+) {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "30ms"),
+            ("FAILPOINTS", "wal-marks-saved=return"),
+        ],
+    );
+    service.wait_healthy().await;
+    // Callers keep sending until a group commit that truncates and holds
+    // appends of its own aborts the process after saving marks: the appends'
+    // frame is not durable, so their marks must not be either.
+    let channel = service.channel().await;
+    let callers: Vec<_> = (0..8)
+        .map(|c| {
+            let mut client = StatisticStatItemUpdatedServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let (mut acknowledged, mut failed) = (0, Vec::new());
+                for i in 0.. {
+                    let id = format!("ms-{c}-{i}");
+                    match client
+                        .on_message(stat(&format!("ms-{c}"), "kills", 0.0, 1.0, &id, ""))
+                        .await
+                    {
+                        Ok(_) => acknowledged += 1,
+                        Err(_) => {
+                            failed.push(id);
+                            break;
+                        }
+                    }
+                }
+                (acknowledged, failed)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for caller in callers {
+        outcomes.push(caller.await.unwrap());
+    }
+    assert_eq!(service.wait_exit(EXIT).await, ABORTED);
+
+    // Every call that got no answer is retried once; each must count once.
+    let mut again = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(again.channel().await);
+    for (c, (acknowledged, failed)) in outcomes.iter().enumerate() {
+        for id in failed {
+            client
+                .on_message(stat(&format!("ms-{c}"), "kills", 0.0, 1.0, id, ""))
+                .await
+                .unwrap();
+        }
+        let expected = acknowledged + failed.len() as i32;
+        wait_for_progress(
+            &pool,
+            &format!("ms-{c}"),
+            "kills",
+            expected,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (c, (acknowledged, failed)) in outcomes.iter().enumerate() {
+        let expected = acknowledged + failed.len() as i32;
+        assert_eq!(
+            row(&pool, &format!("ms-{c}"), "kills")
+                .await
+                .unwrap()
+                .progress,
+            expected,
+            "caller {c}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_statement_failing_mid_flush_rolls_back_and_the_retry_applies_everything_once() {
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;

@@ -49,6 +49,13 @@ impl Dedup {
         bucket + self.kept < now_bucket
     }
 
+    /// Whether marks of `bucket` are still kept (not expired, not dropped early).
+    pub fn keeps(&self, bucket: u64) -> bool {
+        self.buckets
+            .front()
+            .is_some_and(|&(oldest, _)| bucket >= oldest)
+    }
+
     pub fn contains(&self, mark: Mark) -> bool {
         self.buckets
             .iter()
@@ -130,6 +137,7 @@ mod tests {
         assert_eq!(d.insert(2, 3), vec![1]);
         assert!(d.contains(3) && !d.contains(1));
         assert_eq!(d.len(), 1);
+        assert!(d.keeps(2) && !d.keeps(1));
     }
 
     #[test]

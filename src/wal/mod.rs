@@ -374,4 +374,96 @@ mod tests {
         drop(wal);
         thread.join();
     }
+
+    /// A frame as a kill -9 leaves it: durable in the log, its marks never
+    /// saved to the marks database.
+    fn frame_without_saved_marks(dir: &Path, first: u64, ids: &[&str]) {
+        let store = WalStore::open(config(dir, Recovery::Strict)).unwrap();
+        drop(store);
+        let db = sled::open(dir.join("log")).unwrap();
+        let records: Vec<Record> = ids
+            .iter()
+            .zip(first..)
+            .map(|(id, seq)| match update(seq as i32) {
+                Record::Update(u) => Record::Update(Update {
+                    event_id: (*id).to_owned(),
+                    ..u
+                }),
+                other => other,
+            })
+            .collect();
+        let head = codec::FrameHead {
+            first_seq: first,
+            count: records.len() as u32,
+            written_ms: crate::clock::unix_ms() as i64,
+        };
+        let mut frame = Vec::new();
+        codec::encode_frame(&head, &records, &mut frame);
+        db.insert(frame_key(first), frame).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn replay_rebuilds_the_marks_of_frames_and_saves_them_before_removing_any() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two records of one event, then another event; all in the database already.
+        frame_without_saved_marks(dir.path(), 1, &["a", "a", "b"]);
+        let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        assert!(
+            !store.dedup.contains(mark_of("a")),
+            "nothing saved the marks yet"
+        );
+        assert_eq!(store.replay(3, &mut Buffer::starting_after(3)).unwrap(), 0);
+        assert!(store.dedup.contains(mark_of("a")) && store.dedup.contains(mark_of("b")));
+        assert_eq!(store.dedup.len(), 2, "one mark per event, not per record");
+        assert_eq!(store.records(), 0, "the frame is truncated");
+        drop(store);
+
+        // The frame is gone; the marks database remembers its events.
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        assert_eq!(store.records(), 0);
+        assert!(store.dedup.contains(mark_of("a")) && store.dedup.contains(mark_of("b")));
+        let shared = Shared::default();
+        let (wal, thread) = start(store, 4, &shared);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(
+                wal.append("b".into(), vec![update(9)]).await.unwrap(),
+                Appended::Duplicate
+            );
+        });
+        drop(wal);
+        thread.join();
+    }
+
+    #[test]
+    fn truncated_frames_leave_their_marks_in_the_marks_database_only() {
+        let dir = tempfile::tempdir().unwrap();
+        write_events(dir.path(), 5);
+        let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        store.replay(0, &mut Buffer::default()).unwrap();
+        let shared = Shared::default();
+        let (wal, thread) = start(store, 6, &shared);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            wal.append("e6".into(), vec![update(6)]).await.unwrap();
+            wal.truncate(6).await.unwrap();
+            assert_eq!(wal.stats().backlog_records(), 0);
+        });
+        drop(wal);
+        thread.join();
+
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        assert_eq!(store.records(), 0);
+        let log_marks = store.db.scan_prefix([layout::MARKS_PREFIX]).count();
+        assert_eq!(log_marks, 0, "no marks are written into the log");
+        for i in 1..=6 {
+            assert!(store.dedup.contains(mark_of(&format!("e{i}"))), "e{i}");
+        }
+        assert_eq!(store.summary(None).unwrap().dedup_marks, 6);
+    }
 }

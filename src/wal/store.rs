@@ -2,20 +2,27 @@
 //! frame's and record's crc, replaying what is above the database watermark,
 //! truncating what is below it. A log written by an older build (one record
 //! per key) is read, replayed and truncated the same way.
+//!
+//! Dedup marks: a frame's records carry their event ids, so while a frame is
+//! in the log it is its own durable mark (replay rebuilds the marks from it).
+//! Before any frame is removed, the marks not yet saved are written to the
+//! marks database and fsync'd ([`WalStore::save_marks`]); that database holds
+//! them for the rest of the dedup window.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::dedup::Dedup;
+use super::dedup::{mark_of, Dedup, Mark};
 use super::durable::{begin_first_start, fsync_dir};
 use super::layout::{
-    decode_marks, frame_key, number_of, old_mark_of, old_record_key, FRAME_PREFIX, MARKS_PREFIX,
-    OLD_MARK_PREFIX, OLD_RECORD_PREFIX,
+    chunk_of, decode_marks, encode_marks, frame_key, marks_key, number_of, old_mark_of,
+    old_record_key, FRAME_PREFIX, MARKS_PREFIX, OLD_MARK_PREFIX, OLD_RECORD_PREFIX,
 };
 use super::{codec, Recovery, Result, Sink, WalConfig, WalError};
 use crate::clock::unix_ms;
+use crate::rules::Record;
 
 /// How long opening waits for sled's file lock. A `sled::Db` dropped in this
 /// process releases the lock only when its background thread notices, a
@@ -44,6 +51,32 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
     }
 }
 
+/// Opens (or creates) one of the WAL's sled databases, `<WAL_DIR>/<name>`,
+/// with every file of it synced: on a first start, under a `<name>.creating`
+/// marker that is removed, durably, once it is.
+fn open_durably(wal_dir: &Path, name: &str, cache_bytes: u64) -> Result<(sled::Db, File)> {
+    let dir = wal_dir.join(name);
+    let creating = wal_dir.join(format!("{name}.creating"));
+    let first_start = begin_first_start(&dir, &creating)?;
+    let db = open_sled(&dir, cache_bytes)?;
+    // fsync is per inode: a second handle on sled's log file is enough.
+    let db_file = File::open(dir.join("db"))?;
+    db_file.sync_all()?;
+    // sled writes `conf` once, on creation, and never syncs it.
+    File::open(dir.join("conf"))?.sync_all()?;
+    fsync_dir(&dir)?;
+    fsync_dir(wal_dir)?;
+    if first_start {
+        std::fs::remove_file(&creating)?;
+        fsync_dir(wal_dir)?;
+    }
+    Ok((db, db_file))
+}
+
+/// sled's page cache for the marks database: it is written about once a
+/// second and read only at start-up.
+const MARKS_CACHE_BYTES: u64 = 4 << 20;
+
 fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
@@ -69,8 +102,11 @@ pub struct WalSummary {
     pub oldest_written_ms: Option<i64>,
     /// First sequence numbers of frames (or records) whose crc does not match.
     pub corrupt: Vec<u64>,
-    /// Event ids remembered for deduplication (within the window).
+    /// Event ids remembered for deduplication (within the window): saved
+    /// marks, and the event ids of the frames still in the log.
     pub dedup_marks: u64,
+    /// What the WAL's files take on disk.
+    pub disk_bytes: u64,
 }
 
 /// How an entry of the log is stored.
@@ -109,6 +145,13 @@ impl Entry {
 pub struct WalStore {
     pub(super) db: sled::Db,
     db_file: File,
+    /// Dedup marks of truncated frames (see the module's doc).
+    pub(super) marks_db: sled::Db,
+    marks_file: File,
+    /// Marks whose frames are in the log but which are not in `marks_db` yet.
+    pending_marks: Vec<(u64, Mark)>,
+    /// The next chunk number of a marks key.
+    next_chunk: u64,
     pub(super) dedup: Dedup,
     /// Buckets past the window whose marks are still on disk.
     pub(super) sweep: VecDeque<u64>,
@@ -126,21 +169,8 @@ impl WalStore {
     /// Opens (or creates) the WAL, loads the dedup marks and checks every
     /// frame's and record's crc.
     pub fn open(config: WalConfig) -> Result<Self> {
-        let dir = config.dir.join("log");
-        let creating = config.dir.join("log.creating");
-        let first_start = begin_first_start(&dir, &creating)?;
-        let db = open_sled(&dir, config.cache_bytes)?;
-        // fsync is per inode: a second handle on sled's log file is enough.
-        let db_file = File::open(dir.join("db"))?;
-        db_file.sync_all()?;
-        // sled writes `conf` once, on creation, and never syncs it.
-        File::open(dir.join("conf"))?.sync_all()?;
-        fsync_dir(&dir)?;
-        fsync_dir(&config.dir)?;
-        if first_start {
-            std::fs::remove_file(&creating)?;
-            fsync_dir(&config.dir)?;
-        }
+        let (db, db_file) = open_durably(&config.dir, "log", config.cache_bytes)?;
+        let (marks_db, marks_file) = open_durably(&config.dir, "marks", MARKS_CACHE_BYTES)?;
 
         let mut dedup = Dedup::new(config.dedup_window, config.dedup_max_marks);
         let now_bucket = dedup.bucket_of(unix_ms());
@@ -163,15 +193,21 @@ impl WalStore {
                 remember(bucket, &[mark], &mut dedup);
             }
         }
-        for item in db.scan_prefix([MARKS_PREFIX]) {
-            let (key, value) = item?;
-            let Some(bucket) = number_of(&key) else {
-                continue;
-            };
-            match decode_marks(&value) {
-                Some(marks) => remember(bucket, &marks, &mut dedup),
-                // Lost marks only weaken deduplication; nothing acknowledged is lost.
-                None => tracing::warn!(bucket, "ignoring damaged dedup marks in the WAL"),
+        let mut next_chunk = 0;
+        for (source, is_marks_db) in [(&db, false), (&marks_db, true)] {
+            for item in source.scan_prefix([MARKS_PREFIX]) {
+                let (key, value) = item?;
+                let Some(bucket) = number_of(&key) else {
+                    continue;
+                };
+                if is_marks_db {
+                    next_chunk = next_chunk.max(chunk_of(&key).map_or(0, |c| c + 1));
+                }
+                match decode_marks(&value) {
+                    Some(marks) => remember(bucket, &marks, &mut dedup),
+                    // Lost marks only weaken deduplication; nothing acknowledged is lost.
+                    None => tracing::warn!(bucket, "ignoring damaged dedup marks in the WAL"),
+                }
             }
         }
 
@@ -223,6 +259,10 @@ impl WalStore {
         Ok(WalStore {
             db,
             db_file,
+            marks_db,
+            marks_file,
+            pending_marks: Vec::new(),
+            next_chunk,
             dedup,
             sweep,
             records: live.iter().map(Entry::records).sum(),
@@ -236,6 +276,19 @@ impl WalStore {
     /// The highest sequence number in the log (0 when empty).
     pub fn last_seq(&self) -> u64 {
         self.live.iter().map(|e| e.last).max().unwrap_or(0)
+    }
+
+    /// What the WAL's sled files take on disk (the files of `log/` and
+    /// `marks/`); a file that cannot be read counts as empty.
+    pub fn disk_bytes(&self) -> u64 {
+        ["log", "marks"]
+            .iter()
+            .filter_map(|name| std::fs::read_dir(self.config.dir.join(name)).ok())
+            .flatten()
+            .filter_map(|entry| entry.ok()?.metadata().ok())
+            .filter(|meta| meta.is_file())
+            .map(|meta| meta.len())
+            .sum()
     }
 
     /// Records in the log.
@@ -280,16 +333,53 @@ impl WalStore {
             }),
             oldest_written_ms,
             corrupt: self.corrupt.iter().map(|(e, _)| e.first).collect(),
-            dedup_marks: self.dedup.len() as u64,
+            dedup_marks: (self.dedup.len() + self.unsaved_marks()?) as u64,
+            disk_bytes: self.disk_bytes(),
         })
     }
 
+    /// Event ids of the frames in the log (within the window) that are not
+    /// among the saved marks: what replay would add. Reads every frame.
+    fn unsaved_marks(&self) -> Result<usize> {
+        let now_bucket = self.dedup.bucket_of(unix_ms());
+        let mut unsaved = std::collections::HashSet::new();
+        for entry in self.live.iter().filter(|e| e.layout == Layout::Frame) {
+            let Some(bytes) = self.db.get(entry.key())? else {
+                continue;
+            };
+            let Ok((head, records)) = codec::decode_frame(&bytes) else {
+                continue; // counted among the corrupt entries
+            };
+            let bucket = self
+                .dedup
+                .bucket_of(u64::try_from(head.written_ms).unwrap_or(0));
+            if self.dedup.is_expired(bucket, now_bucket) {
+                continue;
+            }
+            unsaved.extend(
+                records
+                    .iter()
+                    .map(Record::event_id)
+                    .filter(|id| !id.is_empty())
+                    .map(mark_of)
+                    .filter(|mark| !self.dedup.contains(*mark)),
+            );
+        }
+        Ok(unsaved.len())
+    }
+
     /// Drops what the database already has (seq ≤ `watermark`) and hands the
-    /// rest to `sink` in order. Returns how many records were replayed.
+    /// rest to `sink` in order. Rebuilds the dedup marks of every frame in the
+    /// log and saves them before anything is removed. Returns how many records
+    /// were replayed.
     pub fn replay(&mut self, watermark: u64, sink: &mut impl Sink) -> Result<u64> {
+        // Corrupt entries at or below the watermark are already in the
+        // database: they are removed below, unread.
+        let mut unreadable = Vec::new();
         for (entry, reason) in std::mem::take(&mut self.corrupt) {
             if entry.last <= watermark {
-                continue; // already in the database; removed below
+                unreadable.push(entry.first);
+                continue;
             }
             match self.config.recovery {
                 Recovery::Strict => {
@@ -311,10 +401,14 @@ impl WalStore {
         }
         self.records = self.live.iter().map(Entry::records).sum();
         self.bytes = self.live.iter().map(|e| u64::from(e.bytes)).sum();
-        self.truncate_to(watermark)?;
+        let now_bucket = self.dedup.bucket_of(unix_ms());
         let mut replayed = 0;
         let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-        for entry in &self.live {
+        let live = std::mem::take(&mut self.live);
+        for entry in &live {
+            if unreadable.contains(&entry.first) {
+                continue;
+            }
             let Some(bytes) = self.db.get(entry.key())? else {
                 continue;
             };
@@ -323,7 +417,12 @@ impl WalStore {
                 reason,
             };
             let records = match entry.layout {
-                Layout::Frame => codec::decode_frame(&bytes).map_err(corrupt)?.1,
+                Layout::Frame => {
+                    let (head, records) = codec::decode_frame(&bytes).map_err(corrupt)?;
+                    self.rebuild_marks(head.written_ms, &records, now_bucket);
+                    records
+                }
+                // Older builds wrote a mark key with every record.
                 Layout::Record => vec![codec::decode(&bytes).map_err(corrupt)?],
             };
             for (seq, record) in (entry.first..).zip(records) {
@@ -340,13 +439,80 @@ impl WalStore {
                 }
             }
         }
+        self.live = live;
         if !chunk.is_empty() {
             sink.committed(chunk);
         }
+        self.save_marks()?;
+        self.truncate_to(watermark)?;
         self.sync()?;
         Ok(replayed)
     }
 
+    /// Remembers the event ids of a frame's records, written at `written_ms`,
+    /// as dedup marks (within the window), to be saved before it is removed.
+    fn rebuild_marks(&mut self, written_ms: i64, records: &[Record], now_bucket: u64) {
+        let bucket = self.dedup.bucket_of(u64::try_from(written_ms).unwrap_or(0));
+        if self.dedup.is_expired(bucket, now_bucket) {
+            return;
+        }
+        let mut previous = None;
+        for record in records {
+            let id = record.event_id();
+            // An event's records are next to each other in its frame.
+            if id.is_empty() || previous == Some(id) {
+                continue;
+            }
+            previous = Some(id);
+            let mark = mark_of(id);
+            self.remember_mark(bucket, mark);
+            self.marks_durable(bucket, [mark]);
+        }
+    }
+
+    /// Remembers a mark for deduplication. Returns how many buckets were
+    /// dropped early to stay under the cap.
+    pub(super) fn remember_mark(&mut self, bucket: u64, mark: Mark) -> usize {
+        let evicted = self.dedup.insert(bucket, mark);
+        let count = evicted.len();
+        self.sweep.extend(evicted);
+        count
+    }
+
+    /// Queues for the marks database the marks of a frame that is durable
+    /// (never before: a saved mark whose frame is then lost to a crash would
+    /// answer the client's retry as a duplicate of nothing).
+    pub(super) fn marks_durable(&mut self, bucket: u64, marks: impl IntoIterator<Item = Mark>) {
+        self.pending_marks
+            .extend(marks.into_iter().map(|mark| (bucket, mark)));
+    }
+
+    /// Writes the marks not yet saved to the marks database (a key per time
+    /// bucket) and fsyncs it. Called before any frame is removed from the log:
+    /// until then the frame itself carries its marks.
+    pub(super) fn save_marks(&mut self) -> Result<()> {
+        if self.pending_marks.is_empty() {
+            return Ok(());
+        }
+        let mut by_bucket: BTreeMap<u64, Vec<Mark>> = BTreeMap::new();
+        for (bucket, mark) in self.pending_marks.drain(..) {
+            // A bucket expired or dropped early is not written back.
+            if self.dedup.keeps(bucket) {
+                by_bucket.entry(bucket).or_default().push(mark);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (bucket, marks) in &by_bucket {
+            batch.insert(&marks_key(*bucket, self.next_chunk), encode_marks(marks));
+        }
+        self.next_chunk += 1;
+        self.marks_db.apply_batch(batch)?;
+        self.marks_db.flush()?;
+        self.marks_file.sync_all()?;
+        Ok(())
+    }
+
+    /// Removes what is at or below `upto`; the marks must be saved first.
     fn truncate_to(&mut self, upto: u64) -> Result<()> {
         let mut batch = sled::Batch::default();
         self.remove_upto(upto, &mut batch);
@@ -354,7 +520,8 @@ impl WalStore {
         Ok(())
     }
 
-    /// Removes every entry wholly at or below `upto` (the database has it).
+    /// Removes every entry wholly at or below `upto` (the database has it);
+    /// the marks must be saved first ([`Self::save_marks`]).
     pub(super) fn remove_upto(&mut self, upto: u64, batch: &mut sled::Batch) {
         while let Some(entry) = self.live.front().copied() {
             if entry.last > upto {

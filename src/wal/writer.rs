@@ -1,8 +1,8 @@
 //! The group-commit writer: one thread owns sled; each round it drains its
 //! channel, dedups, assigns sequence numbers, writes the round's records as
-//! ONE frame (and its dedup marks as one more key) in one batch, flushes and
-//! fsyncs once, hands the records to the sink and only then answers every
-//! caller. Callers hold a cheap [`Wal`] handle.
+//! ONE frame (one sled key), flushes and fsyncs once, hands the records to
+//! the sink and only then answers every caller. A truncation first saves the
+//! dedup marks of the frames it removes. Callers hold a cheap [`Wal`] handle.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::dedup::{mark_of, Mark};
-use super::layout::{bucket_prefixes, encode_marks, frame_key, marks_key};
+use super::layout::{bucket_prefix, frame_key, old_bucket_prefix};
 use super::store::{Entry, Layout, WalStore};
 use super::{codec, Result, Sink, WalError};
 use crate::clock::unix_ms;
@@ -22,8 +22,8 @@ use crate::rules::Record;
 /// Commands one group commit takes at most.
 const MAX_GROUP: usize = 4096;
 /// Expired mark keys removed from disk per group commit: small, so a sweep
-/// spreads over many commits instead of stalling one (a key holds one group
-/// commit's marks; a bucket has about one key per commit it saw).
+/// spreads over many commits instead of stalling one (a bucket has a key per
+/// truncation it saw; older builds wrote one per group commit or per event).
 const SWEEP_PER_COMMIT: usize = 256;
 const CHANNEL_CAPACITY: usize = 16_384;
 
@@ -44,6 +44,7 @@ impl WalStore {
             failed: AtomicBool::new(false),
         });
         metrics.wal_bytes.set(self.bytes as i64);
+        metrics.wal_disk_bytes.set(self.disk_bytes() as i64);
         metrics.dedup_marks.set(self.dedup.len() as i64);
         let writer = Writer {
             store: self,
@@ -225,7 +226,7 @@ impl Writer {
             self.commit(&mut commands);
         }
         if !self.shared.failed.load(Ordering::Relaxed) {
-            if let Err(e) = self.store.sync() {
+            if let Err(e) = self.store.save_marks().and_then(|()| self.store.sync()) {
                 tracing::error!(error = %e, "final WAL sync failed");
             }
         }
@@ -251,6 +252,7 @@ impl Writer {
 
         let mut appends: Vec<AppendReply> = Vec::new();
         let mut truncates = Vec::new();
+        let mut truncate_upto = None;
         let mut group = Group {
             first: self.next_seq,
             records: Vec::new(),
@@ -260,7 +262,7 @@ impl Writer {
         for command in commands.drain(..) {
             match command {
                 Command::Truncate { upto, reply } => {
-                    self.store.remove_upto(upto, &mut batch);
+                    truncate_upto = truncate_upto.max(Some(upto));
                     truncates.push(reply);
                 }
                 Command::Append {
@@ -281,12 +283,6 @@ impl Writer {
             };
             codec::encode_frame(&head, &group.records, &mut self.frame);
             batch.insert(&frame_key(group.first), self.frame.as_slice());
-            if !group.marks.is_empty() {
-                batch.insert(
-                    &marks_key(now_bucket, group.first),
-                    encode_marks(&group.marks),
-                );
-            }
             self.store.live.push_back(Entry {
                 layout: Layout::Frame,
                 first: head.first_seq,
@@ -297,11 +293,17 @@ impl Writer {
             self.store.records += u64::from(head.count);
         }
 
-        let written = self
-            .store
-            .db
-            .apply_batch(batch)
-            .map_err(WalError::from)
+        let saved = match truncate_upto {
+            Some(upto) => self.store.save_marks().map(|()| {
+                if !group.records.is_empty() {
+                    crate::crash_point!("wal-marks-saved");
+                }
+                self.store.remove_upto(upto, &mut batch);
+            }),
+            None => Ok(()),
+        };
+        let written = saved
+            .and_then(|()| self.store.db.apply_batch(batch).map_err(WalError::from))
             .and_then(|()| {
                 fail::fail_point!("wal-fsync", |_| Err(WalError::Io(std::io::Error::other(
                     "injected fsync failure (failpoint wal-fsync)"
@@ -319,6 +321,8 @@ impl Writer {
             return;
         }
         crate::crash_point!("wal-after-fsync");
+        // Only now may the round's marks be saved by a later truncation.
+        self.store.marks_durable(now_bucket, group.marks);
 
         let records = group.records.len();
         if records > 0 {
@@ -337,6 +341,11 @@ impl Writer {
         self.metrics.dedup_marks.set(self.store.dedup.len() as i64);
         for (reply, outcome) in appends {
             let _ = reply.send(outcome);
+        }
+        if !truncates.is_empty() {
+            self.metrics
+                .wal_disk_bytes
+                .set(self.store.disk_bytes() as i64);
         }
         for reply in truncates {
             let _ = reply.send(Ok(()));
@@ -370,10 +379,8 @@ impl Writer {
         self.next_seq += records.len() as u64;
         group.records.extend(records);
         if let Some(mark) = mark {
-            for evicted in self.store.dedup.insert(now_bucket, mark) {
-                self.metrics.dedup_evicted_early.inc();
-                self.store.sweep.push_back(evicted);
-            }
+            let evicted = self.store.remember_mark(now_bucket, mark);
+            self.metrics.dedup_evicted_early.inc_by(evicted as u64);
             group.marks.push(mark);
         }
         Ok(Appended::Written {
@@ -383,21 +390,27 @@ impl Writer {
     }
 
     /// Forgets buckets past the window and removes a bounded number of their
-    /// mark keys from disk (one key per group commit of the bucket; older
-    /// builds wrote one per event).
+    /// mark keys from disk: from the marks database (its own batch, made
+    /// durable with the next save) and, for logs of older builds, from the
+    /// log (`batch`).
     fn expire_marks(&mut self, now_bucket: u64, batch: &mut sled::Batch) {
         self.store.sweep.extend(self.store.dedup.expire(now_bucket));
         let mut budget = SWEEP_PER_COMMIT;
+        let mut marks_batch = sled::Batch::default();
         while let Some(&bucket) = self.store.sweep.front() {
             let mut removed = 0;
-            for prefix in bucket_prefixes(bucket) {
-                for key in self
-                    .store
-                    .db
-                    .scan_prefix(prefix)
-                    .keys()
-                    .take(budget - removed)
-                {
+            let places = [
+                (true, bucket_prefix(bucket)),
+                (false, bucket_prefix(bucket)),
+                (false, old_bucket_prefix(bucket)),
+            ];
+            for (in_marks_db, prefix) in places {
+                let (db, batch) = if in_marks_db {
+                    (&self.store.marks_db, &mut marks_batch)
+                } else {
+                    (&self.store.db, &mut *batch)
+                };
+                for key in db.scan_prefix(prefix).keys().take(budget - removed) {
                     match key {
                         Ok(key) => {
                             batch.remove(key);
@@ -405,7 +418,8 @@ impl Writer {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot scan expired dedup marks");
-                            return;
+                            budget = removed;
+                            break;
                         }
                     }
                 }
@@ -414,8 +428,12 @@ impl Writer {
                 self.store.sweep.pop_front();
                 budget -= removed;
             } else {
-                return;
+                break;
             }
+        }
+        if let Err(e) = self.store.marks_db.apply_batch(marks_batch) {
+            // Left on disk, the keys are found and expired again at the next start.
+            tracing::warn!(error = %e, "cannot remove expired dedup marks");
         }
     }
 
