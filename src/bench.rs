@@ -217,13 +217,13 @@ impl Sender {
 
 /// Latencies in microseconds, and errors.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     micros: Vec<u32>,
     errors: u64,
 }
 
 impl Tally {
-    fn record(&mut self, result: Result<(), Status>, latency: Duration) {
+    pub(crate) fn record<E>(&mut self, result: Result<(), E>, latency: Duration) {
         match result {
             Ok(()) => self
                 .micros
@@ -237,7 +237,12 @@ impl Tally {
         self.errors += other.errors;
     }
 
-    fn result(mut self, target: &str, offered: Option<u64>, elapsed: Duration) -> RunResult {
+    pub(crate) fn result(
+        mut self,
+        target: &str,
+        offered: Option<u64>,
+        elapsed: Duration,
+    ) -> RunResult {
         self.micros.sort_unstable();
         let pct = |p: f64| -> f64 {
             if self.micros.is_empty() {
@@ -294,10 +299,7 @@ async fn closed_loop(
 }
 
 /// `rate` calls per second on a fixed schedule, at most `concurrency` in
-/// flight; each latency counts from the call's scheduled time (a service
-/// that falls behind cannot hide its queue). The schedule is kept by a
-/// dedicated thread (the async timer's 1 ms granularity would add up to a
-/// millisecond to every latency).
+/// flight.
 async fn open_loop(
     sender: &Arc<Sender>,
     channels: &[Channel],
@@ -305,10 +307,38 @@ async fn open_loop(
     rate: u64,
     length: Duration,
 ) -> (Tally, Duration) {
+    let (sender, channels) = (sender.clone(), channels.to_vec());
+    open_loop_with(concurrency, rate, length, move |k| {
+        let channel = channels[k as usize % channels.len()].clone();
+        let sender = sender.clone();
+        async move {
+            let i = sender.next.fetch_add(1, Ordering::Relaxed);
+            sender.send(&channel, i).await
+        }
+    })
+    .await
+}
+
+/// `call(k)` for k = 0, 1, … at `rate` per second on a fixed schedule for
+/// `length`, at most `concurrency` in flight; each latency counts from the
+/// call's scheduled time (a target that falls behind cannot hide its queue).
+/// The schedule is kept by a dedicated thread (the async timer's 1 ms
+/// granularity would add up to a millisecond to every latency).
+pub(crate) async fn open_loop_with<F, Fut, E>(
+    concurrency: usize,
+    rate: u64,
+    length: Duration,
+    call: F,
+) -> (Tally, Duration)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: Send + 'static,
+{
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let total = (rate as f64 * length.as_secs_f64()).round() as u64;
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Result<(), Status>, Duration)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Result<(), E>, Duration)>();
     let collector = tokio::spawn(async move {
         let mut tally = Tally::default();
         while let Some((result, latency)) = rx.recv().await {
@@ -317,8 +347,7 @@ async fn open_loop(
         tally
     });
     let runtime = tokio::runtime::Handle::current();
-    let channels = channels.to_vec();
-    let sender = sender.clone();
+    let call = Arc::new(call);
     let started = Instant::now();
     let scheduler = std::thread::spawn(move || {
         for k in 0..total {
@@ -326,12 +355,10 @@ async fn open_loop(
             if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            let channel = channels[k as usize % channels.len()].clone();
-            let (sender, tx, permits) = (sender.clone(), tx.clone(), permits.clone());
+            let (call, tx, permits) = (call.clone(), tx.clone(), permits.clone());
             runtime.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore open");
-                let i = sender.next.fetch_add(1, Ordering::Relaxed);
-                let result = sender.send(&channel, i).await;
+                let result = call(k).await;
                 let _ = tx.send((result, scheduled.elapsed()));
             });
         }

@@ -30,6 +30,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_wal;
 pub mod buffer;
 pub mod clock;
 pub mod config;

@@ -65,6 +65,8 @@ enum Command {
     NoopServer(bench::NoopServerArgs),
     /// Measure the memory the dedup index of event ids takes (no service needed).
     BenchDedup(bench::DedupBenchArgs),
+    /// Measure the WAL alone (no gRPC, no database) and the disk under it.
+    BenchWal(challenge_event_handler::bench_wal::WalBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::BenchDedup(args)) => bench::dedup_memory(&args),
             Some(Command::BenchStore(args)) => bench::store_flush(args).await,
+            Some(Command::BenchWal(args)) => challenge_event_handler::bench_wal::run(args).await,
             Some(Command::NoopServer(args)) => bench::noop_server(args).await,
             Some(Command::CheckConfig { config_path }) => {
                 let goals = challenges::load(&config_path)?;

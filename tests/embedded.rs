@@ -349,4 +349,33 @@ async fn health_bench_and_a_running_wal_answer_as_an_operator_expects() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("run 0 insert: 200 rows in"), "{out}");
     assert!(out.contains("run 0 update: 200 rows in"), "{out}");
+
+    // bench-wal: the WAL alone and the disk under it, in a scratch directory
+    // that is gone afterwards.
+    let scratch = path.join("bench-wal-volume");
+    let (code, out, err) = cli(
+        path,
+        &[
+            "bench-wal",
+            "--dir",
+            scratch.to_str().unwrap(),
+            "--rate",
+            "300",
+            "--duration",
+            "1s",
+            "--truncate-every",
+            "200ms",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("wal:  300 events/s offered"), "{out}");
+    let wal_line = out.lines().find(|l| l.starts_with("wal  ")).expect(&out);
+    assert!(wal_line.ends_with("errors 0"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("disk ")), "{out}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "left behind"
+    );
 }

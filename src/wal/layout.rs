@@ -11,9 +11,9 @@
 //!
 //! `<WAL_DIR>/marks`, the dedup marks of frames already truncated:
 //! - `m` + bucket (u64 BE) + chunk (u64 BE) → marks of that time bucket
-//!   (`[crc32 LE][mark u128 BE]…`), one key per bucket each time the marks
-//!   are saved (before every truncation), so that expiring a bucket removes
-//!   a few dozen keys.
+//!   (`[crc32 LE][mark u128 BE]…`, at most 256 marks), written each time the
+//!   marks are saved (before every truncation), so that expiring a bucket
+//!   removes a key per 256 events, not one per event.
 //!
 //! The marks live apart from the frames because sled reuses a segment of its
 //! file only once nothing in it is live: marks kept for the whole dedup window

@@ -1,11 +1,12 @@
 //! The write-ahead log: sled 0.34, one writer thread, group commit.
 //!
-//! - [`layout`]: keys of the sled tree in `<WAL_DIR>/log` (records, dedup marks);
+//! - [`layout`]: keys of the two sled databases, `<WAL_DIR>/log` (frames) and `<WAL_DIR>/marks` (dedup marks);
 //! - [`codec`]: the record format (version, bincode 2, crc32);
 //! - [`dedup`]: event-id marks, in time buckets;
 //! - [`durable`]: directory fsyncs, the first-start marker, the instance id;
 //! - [`store`]: opening the log, replay above the watermark, truncation;
-//! - [`writer`]: the group-commit thread and the [`Wal`] handle.
+//! - [`writer`]: the group-commit thread (and the thread that removes
+//!   truncated frames) and the [`Wal`] handle.
 //!
 //! The writer thread owns sled. It drains its channel, dedups, assigns
 //! sequence numbers, writes the whole batch with one `apply_batch`, one

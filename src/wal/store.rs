@@ -73,6 +73,16 @@ fn open_durably(wal_dir: &Path, name: &str, cache_bytes: u64) -> Result<(sled::D
     Ok((db, db_file))
 }
 
+/// Marks per key of the marks database. sled splits a leaf past 16 keys and
+/// writes a page over 128 KiB as a file of its own ("blob", created, synced
+/// and deleted again at the next rewrite): 256 marks (4 KiB) per key keep a
+/// leaf at 64 KiB. One key per save at 10,000 events/s (160 KiB) made every
+/// save rewrite a 900 KB blob.
+const MARKS_PER_KEY: usize = 256;
+
+/// Marks keys written per sled batch when marks are saved.
+const KEYS_PER_BATCH: usize = 16;
+
 /// sled's page cache for the marks database: it is written about once a
 /// second and read only at start-up.
 const MARKS_CACHE_BYTES: u64 = 4 << 20;
@@ -501,12 +511,22 @@ impl WalStore {
                 by_bucket.entry(bucket).or_default().push(mark);
             }
         }
-        let mut batch = sled::Batch::default();
-        for (bucket, marks) in &by_bucket {
-            batch.insert(&marks_key(*bucket, self.next_chunk), encode_marks(marks));
+        // Each key stands alone (a save cut short by a crash leaves its frames
+        // in the log), so the keys go in small batches: one sled batch copies
+        // a leaf per key and frees nothing until it ends, and replay may save
+        // a million marks at once.
+        let keys: Vec<_> = by_bucket
+            .iter()
+            .flat_map(|(bucket, marks)| marks.chunks(MARKS_PER_KEY).map(move |c| (*bucket, c)))
+            .collect();
+        for batch_keys in keys.chunks(KEYS_PER_BATCH) {
+            let mut batch = sled::Batch::default();
+            for (bucket, chunk) in batch_keys {
+                batch.insert(&marks_key(*bucket, self.next_chunk), encode_marks(chunk));
+                self.next_chunk += 1;
+            }
+            self.marks_db.apply_batch(batch)?;
         }
-        self.next_chunk += 1;
-        self.marks_db.apply_batch(batch)?;
         self.marks_db.flush()?;
         self.marks_file.sync_all()?;
         Ok(())
@@ -515,23 +535,27 @@ impl WalStore {
     /// Removes what is at or below `upto`; the marks must be saved first.
     fn truncate_to(&mut self, upto: u64) -> Result<()> {
         let mut batch = sled::Batch::default();
-        self.remove_upto(upto, &mut batch);
+        for key in self.remove_upto(upto) {
+            batch.remove(&key);
+        }
         self.db.apply_batch(batch)?;
         Ok(())
     }
 
     /// Removes every entry wholly at or below `upto` (the database has it);
     /// the marks must be saved first ([`Self::save_marks`]).
-    pub(super) fn remove_upto(&mut self, upto: u64, batch: &mut sled::Batch) {
+    pub(super) fn remove_upto(&mut self, upto: u64) -> Vec<[u8; 9]> {
+        let mut keys = Vec::new();
         while let Some(entry) = self.live.front().copied() {
             if entry.last > upto {
                 break;
             }
-            batch.remove(&entry.key());
+            keys.push(entry.key());
             self.bytes -= u64::from(entry.bytes);
             self.records -= entry.records();
             self.live.pop_front();
         }
+        keys
     }
 
     pub(super) fn sync(&self) -> Result<()> {
