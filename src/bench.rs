@@ -767,12 +767,28 @@ pub struct StoreBenchArgs {
     pub db_batch_size: usize,
 }
 
+/// The record of a benchmark's stat event: one kill for `user_id`'s
+/// `kill-10` goal.
+pub(crate) fn stat_record(user_id: String, event_id: String) -> crate::rules::Record {
+    use crate::rules::{Op, Record, Update};
+    Record::Update(Update {
+        user_id,
+        goal_id: "kill-10".into(),
+        challenge_id: "combat".into(),
+        namespace: "bench".into(),
+        target: 10,
+        creates_row: true,
+        event_time_ms: crate::clock::unix_ms() as i64,
+        event_id,
+        op: Op::Add(1),
+    })
+}
+
 /// `bench-store`: flush throughput of the configured store: `runs` times, a
 /// buffer of `rows` distinct user-goals (stat increments) inserted in one
 /// `apply`, then the same keys updated in another.
 pub async fn store_flush(args: StoreBenchArgs) -> anyhow::Result<()> {
     use crate::buffer::Buffer;
-    use crate::rules::{Op, Record, Update};
     use crate::store::{ProgressStore, Store};
     let database = args.store.database()?;
     let store = Store::connect_lazy(&database, 2, args.db_batch_size);
@@ -788,17 +804,7 @@ pub async fn store_flush(args: StoreBenchArgs) -> anyhow::Result<()> {
                 seq += 1;
                 buffer.apply(
                     seq,
-                    Record::Update(Update {
-                        user_id: format!("bs-{instance}-{run}-{i}"),
-                        goal_id: "kill-10".into(),
-                        challenge_id: "combat".into(),
-                        namespace: "bench".into(),
-                        target: 10,
-                        creates_row: true,
-                        event_time_ms: crate::clock::unix_ms() as i64,
-                        event_id: String::new(),
-                        op: Op::Add(1),
-                    }),
+                    stat_record(format!("bs-{instance}-{run}-{i}"), String::new()),
                 );
             }
             let started = Instant::now();

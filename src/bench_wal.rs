@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{open_loop_with, RunResult, Tally};
+use crate::bench::{open_loop_with, stat_record, RunResult, Tally};
 use crate::metrics::Metrics;
-use crate::rules::{Op, Record, Update};
+use crate::rules::Record;
 use crate::wal::{Appended, Recovery, Sink, WalConfig, WalStore};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -126,7 +126,13 @@ async fn measure(
             let (wal, last_seq) = (wal.clone(), last_seq.clone());
             async move {
                 let id = format!("bench-wal-{k}");
-                match wal.append(id.clone(), vec![record(k, id)]).await? {
+                match wal
+                    .append(
+                        id.clone(),
+                        vec![stat_record(format!("bench-user-{}", k % 100_000), id)],
+                    )
+                    .await?
+                {
                     Appended::Written { last, .. } => {
                         last_seq.fetch_max(last, Ordering::Relaxed);
                     }
@@ -154,21 +160,6 @@ async fn measure(
         commits_per_sec,
         disk,
     ))
-}
-
-/// One event's record: a stat increment of one of 100,000 users.
-fn record(k: u64, event_id: String) -> Record {
-    Record::Update(Update {
-        user_id: format!("bench-user-{}", k % 100_000),
-        goal_id: "kill-10".into(),
-        challenge_id: "combat".into(),
-        namespace: "bench".into(),
-        target: 10,
-        creates_row: true,
-        event_time_ms: crate::clock::unix_ms() as i64,
-        event_id,
-        op: Op::Add(1),
-    })
 }
 
 /// 1 KiB written and fdatasync'd at `rate` per second for `length`, in a
