@@ -91,6 +91,19 @@ fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
+/// What the sled files of a WAL directory take on disk (the files of `log/`
+/// and `marks/`); a file that cannot be read counts as empty.
+pub(super) fn disk_bytes(wal_dir: &Path) -> u64 {
+    ["log", "marks"]
+        .iter()
+        .filter_map(|name| std::fs::read_dir(wal_dir.join(name)).ok())
+        .flatten()
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
 /// Records handed to a sink at once during replay.
 const REPLAY_CHUNK: usize = 4096;
 
@@ -288,17 +301,9 @@ impl WalStore {
         self.live.iter().map(|e| e.last).max().unwrap_or(0)
     }
 
-    /// What the WAL's sled files take on disk (the files of `log/` and
-    /// `marks/`); a file that cannot be read counts as empty.
+    /// What the WAL's sled files take on disk.
     pub fn disk_bytes(&self) -> u64 {
-        ["log", "marks"]
-            .iter()
-            .filter_map(|name| std::fs::read_dir(self.config.dir.join(name)).ok())
-            .flatten()
-            .filter_map(|entry| entry.ok()?.metadata().ok())
-            .filter(|meta| meta.is_file())
-            .map(|meta| meta.len())
-            .sum()
+        disk_bytes(&self.config.dir)
     }
 
     /// Records in the log.
@@ -360,22 +365,36 @@ impl WalStore {
             let Ok((head, records)) = codec::decode_frame(&bytes) else {
                 continue; // counted among the corrupt entries
             };
-            let bucket = self
-                .dedup
-                .bucket_of(u64::try_from(head.written_ms).unwrap_or(0));
-            if self.dedup.is_expired(bucket, now_bucket) {
-                continue;
-            }
-            unsaved.extend(
-                records
-                    .iter()
-                    .map(Record::event_id)
-                    .filter(|id| !id.is_empty())
-                    .map(mark_of)
-                    .filter(|mark| !self.dedup.contains(*mark)),
-            );
+            if let Some((_, marks)) = self.frame_marks(head.written_ms, &records, now_bucket) {
+                unsaved.extend(marks.filter(|mark| !self.dedup.contains(*mark)));
+            };
         }
         Ok(unsaved.len())
+    }
+
+    /// The bucket and the dedup marks of a frame written at `written_ms` (one
+    /// per event: an event's records are next to each other in its frame),
+    /// or None when the frame is older than the window.
+    fn frame_marks<'a>(
+        &self,
+        written_ms: i64,
+        records: &'a [Record],
+        now_bucket: u64,
+    ) -> Option<(u64, impl Iterator<Item = Mark> + 'a)> {
+        let bucket = self.dedup.bucket_of(u64::try_from(written_ms).unwrap_or(0));
+        if self.dedup.is_expired(bucket, now_bucket) {
+            return None;
+        }
+        let mut previous = None;
+        let marks = records.iter().filter_map(move |record| {
+            let id = record.event_id();
+            if id.is_empty() || previous == Some(id) {
+                return None;
+            }
+            previous = Some(id);
+            Some(mark_of(id))
+        });
+        Some((bucket, marks))
     }
 
     /// Drops what the database already has (seq ≤ `watermark`) and hands the
@@ -462,22 +481,14 @@ impl WalStore {
     /// Remembers the event ids of a frame's records, written at `written_ms`,
     /// as dedup marks (within the window), to be saved before it is removed.
     fn rebuild_marks(&mut self, written_ms: i64, records: &[Record], now_bucket: u64) {
-        let bucket = self.dedup.bucket_of(u64::try_from(written_ms).unwrap_or(0));
-        if self.dedup.is_expired(bucket, now_bucket) {
+        let Some((bucket, marks)) = self.frame_marks(written_ms, records, now_bucket) else {
             return;
-        }
-        let mut previous = None;
-        for record in records {
-            let id = record.event_id();
-            // An event's records are next to each other in its frame.
-            if id.is_empty() || previous == Some(id) {
-                continue;
-            }
-            previous = Some(id);
-            let mark = mark_of(id);
+        };
+        let marks: Vec<Mark> = marks.collect();
+        for &mark in &marks {
             self.remember_mark(bucket, mark);
-            self.marks_durable(bucket, [mark]);
         }
+        self.marks_durable(bucket, marks);
     }
 
     /// Remembers a mark for deduplication. Returns how many buckets were

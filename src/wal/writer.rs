@@ -6,6 +6,7 @@
 //! a second thread, off the group commit's path. Callers hold a cheap [`Wal`]
 //! handle.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dedup::{mark_of, Mark};
 use super::layout::{bucket_prefix, frame_key, old_bucket_prefix};
-use super::store::{Entry, Layout, WalStore};
+use super::store::{disk_bytes, Entry, Layout, WalStore};
 use super::{codec, Result, Sink, WalError};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
@@ -48,7 +49,7 @@ impl WalStore {
         metrics.wal_bytes.set(self.bytes as i64);
         metrics.wal_disk_bytes.set(self.disk_bytes() as i64);
         metrics.dedup_marks.set(self.dedup.len() as i64);
-        let trimmer = Trimmer::start(self.db.clone())?;
+        let trimmer = Trimmer::start(self.db.clone(), self.config.dir.clone(), metrics.clone())?;
         let writer = Writer {
             store: self,
             trimmer: Some(trimmer),
@@ -187,13 +188,15 @@ impl WalStats {
 /// would still hold up the next group commit. The removals need no fsync:
 /// the marks are saved first, and a frame that comes back after a crash is
 /// at or below the watermark and skipped by replay (then removed again).
+/// After each truncation it also updates `wal_disk_bytes` (a directory read,
+/// kept off the group commit too).
 struct Trimmer {
     tx: std::sync::mpsc::Sender<Vec<[u8; 9]>>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Trimmer {
-    fn start(db: sled::Db) -> std::io::Result<Self> {
+    fn start(db: sled::Db, dir: PathBuf, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<[u8; 9]>>();
         let thread = std::thread::Builder::new()
             .name("wal-trimmer".into())
@@ -205,6 +208,7 @@ impl Trimmer {
                             tracing::warn!(error = %e, "cannot remove a truncated WAL frame");
                         }
                     }
+                    metrics.wal_disk_bytes.set(disk_bytes(&dir) as i64);
                 }
             })?;
         Ok(Trimmer { tx, thread })
@@ -395,11 +399,6 @@ impl Writer {
         self.metrics.dedup_marks.set(self.store.dedup.len() as i64);
         for (reply, outcome) in appends {
             let _ = reply.send(outcome);
-        }
-        if !truncates.is_empty() {
-            self.metrics
-                .wal_disk_bytes
-                .set(self.store.disk_bytes() as i64);
         }
         for reply in truncates {
             let _ = reply.send(Ok(()));
