@@ -183,6 +183,8 @@ async fn after_a_kill_9_wal_inspect_shows_what_is_pending_and_a_restart_applies_
     assert_eq!(report["pending_above_watermark"], 3, "{report}");
     assert_eq!(report["watermark"]["Ok"]["applied_seq"], 0, "{report}");
     assert_eq!(report["dedup_marks"], 3, "{report}");
+    // The log and the marks database: sled's files, a few hundred KiB at least.
+    assert!(report["disk_bytes"].as_u64().unwrap() > 100_000, "{report}");
     assert!(report["instance_id"].as_str().unwrap().starts_with("ceh-"));
     assert!(report["oldest_written_age_seconds"].as_i64().unwrap() < 600);
     assert!(report["corrupt"].as_array().unwrap().is_empty());

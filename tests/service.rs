@@ -540,6 +540,12 @@ async fn healthz_metrics_grpc_health_and_reflection_are_served() {
         metrics.contains("challenge_event_handler_wal_append_duration_seconds_count 1"),
         "{metrics}"
     );
+    let disk: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("challenge_event_handler_wal_disk_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wal_disk_bytes exported");
+    assert!(disk > 0, "the WAL's files take no space: {metrics}");
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(svc.channel.clone());
     let reply = health
