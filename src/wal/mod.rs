@@ -146,16 +146,33 @@ mod tests {
             .unwrap()
     }
 
+    /// Starts the writer on `store`, runs `body` with its handle on a
+    /// current-thread runtime, then closes the WAL (the handle is dropped
+    /// with `body`'s future) and joins the writer.
+    fn with_writer<R, Fut>(
+        store: WalStore,
+        next_seq: u64,
+        buffer: &Shared,
+        body: impl FnOnce(Wal) -> Fut,
+    ) -> R
+    where
+        Fut: std::future::Future<Output = R>,
+    {
+        let (wal, thread) = start(store, next_seq, buffer);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let out = rt.block_on(body(wal));
+        thread.join();
+        out
+    }
+
     /// Appends `n` events (one update each) through the writer thread, then closes the WAL.
     fn write_events(dir: &Path, n: i32) -> Buffer {
         let store = WalStore::open(config(dir, Recovery::Strict)).unwrap();
         let next = store.last_seq() + 1;
         let buffer = Shared::default();
-        let (wal, thread) = start(store, next, &buffer);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        with_writer(store, next, &buffer, |wal| async move {
             for i in 1..=n {
                 let outcome = wal.append(format!("e{i}"), vec![update(i)]).await.unwrap();
                 assert!(matches!(outcome, Appended::Written { .. }));
@@ -164,8 +181,6 @@ mod tests {
             let again = wal.append("e1".into(), vec![update(1)]).await.unwrap();
             assert_eq!(again, Appended::Duplicate);
         });
-        drop(wal);
-        thread.join();
         let buffer = buffer.0.lock().unwrap().clone();
         buffer
     }
@@ -271,12 +286,7 @@ mod tests {
         assert_eq!(buffer.increment.len(), 2); // u2, u3
                                                // New appends go into frames after the old records; a duplicate of
                                                // an old event is still recognised.
-        let shared = Shared::default();
-        let (wal, thread) = start(store, 4, &shared);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        with_writer(store, 4, &Shared::default(), |wal| async move {
             assert_eq!(
                 wal.append("e3".into(), vec![update(3)]).await.unwrap(),
                 Appended::Duplicate
@@ -287,8 +297,6 @@ mod tests {
             );
             wal.truncate(3).await.unwrap();
         });
-        drop(wal);
-        thread.join();
         let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         let summary = store.summary(Some(3)).unwrap();
         assert_eq!(
@@ -424,19 +432,12 @@ mod tests {
         let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!(store.records(), 0);
         assert!(store.dedup.contains(mark_of("a")) && store.dedup.contains(mark_of("b")));
-        let shared = Shared::default();
-        let (wal, thread) = start(store, 4, &shared);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        with_writer(store, 4, &Shared::default(), |wal| async move {
             assert_eq!(
                 wal.append("b".into(), vec![update(9)]).await.unwrap(),
                 Appended::Duplicate
             );
         });
-        drop(wal);
-        thread.join();
     }
 
     #[test]
@@ -445,18 +446,11 @@ mod tests {
         write_events(dir.path(), 5);
         let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         store.replay(0, &mut Buffer::default()).unwrap();
-        let shared = Shared::default();
-        let (wal, thread) = start(store, 6, &shared);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        with_writer(store, 6, &Shared::default(), |wal| async move {
             wal.append("e6".into(), vec![update(6)]).await.unwrap();
             wal.truncate(6).await.unwrap();
             assert_eq!(wal.stats().backlog_records(), 0);
         });
-        drop(wal);
-        thread.join();
 
         let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!(store.records(), 0);
