@@ -165,7 +165,7 @@ pub struct ServeArgs {
     /// Buffered user-goal entries that trigger an early flush. It bounds the
     /// size of a flush, and so the burst of database work that competes with
     /// acknowledgements: measured at 5,000 events/s, 2,000 keys gave an ack
-    /// p99 of 6–12 ms against 21–24 ms with 10,000, at the same throughput
+    /// p99 of 9–14 ms against 20–24 ms with 10,000, at the same throughput
     /// (docs/BENCHMARKS.md).
     #[arg(long, env = "BUFFER_MAX_KEYS", default_value_t = 2_000)]
     pub buffer_max_keys: usize,
