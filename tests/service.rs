@@ -22,6 +22,39 @@ async fn env() -> Env {
     }
 }
 
+/// `BUFFER_MAX_KEYS` bounds a flush: with the interval out of reach (1 h),
+/// nothing is written while fewer keys are buffered, and the key that
+/// reaches the bound wakes the flusher at once.
+#[tokio::test]
+async fn a_buffer_that_reaches_buffer_max_keys_is_flushed_without_waiting_for_the_interval() {
+    let e = env().await;
+    let svc = Service::start(
+        &e.db.url,
+        e.dir.path(),
+        &["--flush-interval", "1h", "--buffer-max-keys", "3"],
+    )
+    .await;
+    let db = e.db.pool().await;
+    let at = "2026-01-01T10:00:00Z";
+    svc.stat(stat("ana", "level", 5.0, 1.0, "k1", at))
+        .await
+        .unwrap();
+    svc.stat(stat("bo", "level", 6.0, 1.0, "k2", at))
+        .await
+        .unwrap();
+    // Two keys acknowledged: below the bound, and the interval is an hour off.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count_rows(&db).await, 0, "flushed below the bound");
+
+    svc.stat(stat("cy", "level", 7.0, 1.0, "k3", at))
+        .await
+        .unwrap();
+    for (user, level) in [("ana", 5), ("bo", 6), ("cy", 7)] {
+        wait_for_progress(&db, user, "level", level, WAIT).await;
+    }
+    svc.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn absolute_goals_follow_the_newest_value_and_stay_completed_once_reached() {
     let e = env().await;

@@ -429,6 +429,11 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.name, "DB_BATCH_SIZE");
+        let err = args(&["--namespace", "ns", "--buffer-max-keys", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.name, "BUFFER_MAX_KEYS");
+        assert!(err.to_string().contains("greater than zero"), "{err}");
         let err = args(&["--namespace", "ns", "--database-url", "mysql://x"])
             .validate()
             .unwrap_err();
