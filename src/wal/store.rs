@@ -365,9 +365,10 @@ impl WalStore {
             let Ok((head, records)) = codec::decode_frame(&bytes) else {
                 continue; // counted among the corrupt entries
             };
-            if let Some((_, marks)) = self.frame_marks(head.written_ms, &records, now_bucket) {
-                unsaved.extend(marks.filter(|mark| !self.dedup.contains(*mark)));
+            let Some((_, marks)) = self.frame_marks(head.written_ms, &records, now_bucket) else {
+                continue; // older than the window
             };
+            unsaved.extend(marks.filter(|mark| !self.dedup.contains(*mark)));
         }
         Ok(unsaved.len())
     }

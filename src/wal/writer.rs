@@ -52,7 +52,7 @@ impl WalStore {
         let trimmer = Trimmer::start(self.db.clone(), self.config.dir.clone(), metrics.clone())?;
         let writer = Writer {
             store: self,
-            trimmer: Some(trimmer),
+            trimmer,
             next_seq,
             frame: Vec::new(),
             sink: Box::new(sink),
@@ -225,7 +225,7 @@ impl Trimmer {
 
 struct Writer {
     store: WalStore,
-    trimmer: Option<Trimmer>,
+    trimmer: Trimmer,
     next_seq: u64,
     /// The frame being encoded (reused: one allocation for the writer's life).
     frame: Vec<u8>,
@@ -275,9 +275,7 @@ impl Writer {
             }
             self.commit(&mut commands);
         }
-        if let Some(trimmer) = self.trimmer.take() {
-            trimmer.finish();
-        }
+        self.trimmer.finish();
         if !self.shared.failed.load(Ordering::Relaxed) {
             if let Err(e) = self.store.save_marks().and_then(|()| self.store.sync()) {
                 tracing::error!(error = %e, "final WAL sync failed");
@@ -375,9 +373,9 @@ impl Writer {
             return;
         }
         crate::crash_point!("wal-after-fsync");
-        if let (false, Some(trimmer)) = (truncated.is_empty(), &self.trimmer) {
+        if !truncated.is_empty() {
             // The marks are saved: the frames may go.
-            let _ = trimmer.tx.send(truncated);
+            let _ = self.trimmer.tx.send(truncated);
         }
         // Only now may the round's marks be saved by a later truncation.
         self.store.marks_durable(now_bucket, group.marks);
