@@ -1,6 +1,6 @@
 //! The service assembled: `App::build(settings)` binds the listeners and opens
 //! the WAL; `run_until_stopped(token)` runs three phases — [`start_up`]
-//! (migrate, lease, replay, flush), [`serve`] (gRPC, HTTP ingest and the flush
+//! (the handler's tables and who owns `user_goal_progress`, lease, replay, flush), [`serve`] (gRPC, HTTP ingest and the flush
 //! loop until the token is cancelled) and [`shut_down`] (stop accepting,
 //! finish in-flight calls, final flush, close the WAL).
 
@@ -24,7 +24,7 @@ use crate::ingest;
 use crate::metrics::Metrics;
 use crate::retry::{self, Backoff, GiveUp};
 use crate::rules::GoalIndex;
-use crate::store::{Database, ProgressStore, Store, StoreError};
+use crate::store::{Database, Owner, Prepared, ProgressStore, Store, StoreError, TableOwner};
 use crate::wal::{self, Wal, WalConfig, WalStore, WalThread};
 
 pub struct App {
@@ -43,8 +43,17 @@ impl App {
     /// Loads `challenges.json`, opens the WAL and binds both ports. Does not
     /// touch the database: that happens in [`App::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let goals = challenges::load(&settings.config_path)?;
-        let goals = Arc::new(GoalIndex::new(goals));
+        let loaded = challenges::load(&settings.config_path)?;
+        tracing::info!(
+            config = %settings.config_path.display(),
+            goals = loaded.goals.len(),
+            "challenges loaded: {}",
+            loaded.generation.describe()
+        );
+        for warning in &loaded.warnings {
+            tracing::warn!(config = %settings.config_path.display(), "{warning}");
+        }
+        let goals = Arc::new(GoalIndex::new(loaded.generation, loaded.goals));
         let instance_id = match &settings.instance_id {
             Some(id) => id.clone(),
             None => wal::instance_id(&settings.wal_dir).with_context(|| {
@@ -151,6 +160,7 @@ impl App {
         let lifetime = Lifetime::new(shutdown);
         metrics.wal_max_bytes.set(settings.wal_max_bytes as i64);
         let parts = Parts {
+            goals: goals.clone(),
             store,
             wal,
             instance_id,
@@ -233,6 +243,7 @@ impl Lifetime {
 
 /// What start-up works with.
 struct Parts {
+    goals: Arc<GoalIndex>,
     store: Arc<Store>,
     wal: WalStore,
     instance_id: String,
@@ -257,6 +268,7 @@ async fn start_up(
     lifetime: &Lifetime,
 ) -> anyhow::Result<Option<Running>> {
     let Parts {
+        goals,
         store,
         wal: mut wal_store,
         instance_id,
@@ -265,20 +277,22 @@ async fn start_up(
     } = parts;
     let (stop, fatal) = (&lifetime.stop, &lifetime.fatal);
     let patient = || Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    if settings.migrate {
-        let migrated = retry::until_ok(
-            "run database migrations",
-            patient(),
-            GiveUp::OnPermanent,
-            (stop, fatal),
-            &mut &*store,
-            |store| Box::pin(store.migrate()),
-        )
-        .await;
-        if migrated.is_none() {
-            return Ok(None);
-        }
+    let Some((owner, rotation_columns)) = prepare(&store, settings, &health, (stop, fatal)).await
+    else {
+        return Ok(None);
+    };
+    if goals.generation() == crate::rules::Generation::M5 && !rotation_columns {
+        anyhow::bail!(
+            "user_goal_progress has no baseline_value or expires_at column: it was made before the \
+             challenge service's M5 migrations, and the M5 rules of {} need both. Let the challenge \
+             service run its migrations (002_add_baseline_value), then start again",
+            settings.config_path.display()
+        );
     }
+    let owner = Arc::new(match owner {
+        TableOwner::Service => Owner::service(),
+        TableOwner::Handler => Owner::handler(goals.goals()),
+    });
     let Some(lease) = retry::until_ok(
         "read this instance's watermark",
         patient(),
@@ -330,7 +344,15 @@ async fn start_up(
     let next_seq = wal_last.max(watermark) + 1;
     let (wal, wal_thread) = wal_store.start(next_seq, intake, metrics.clone(), fatal.clone())?;
     health.attach_wal(wal.stats());
-    let mut flusher = Flusher::new(store, lease, buffer, wal.clone(), metrics.clone(), health);
+    let mut flusher = Flusher::new(
+        store,
+        lease,
+        owner,
+        buffer,
+        wal.clone(),
+        metrics.clone(),
+        health,
+    );
     let flushed = retry::until_ok(
         "flush the replayed WAL",
         Backoff::new(settings.flush_interval, MAX_BACKOFF),
@@ -352,6 +374,62 @@ async fn start_up(
         return Ok(None);
     }
     Ok(Some(running))
+}
+
+/// How long start-up waits between looks for a table it may not create.
+const TABLE_WAIT: Duration = Duration::from_secs(2);
+
+/// The handler's own tables, and who owns `user_goal_progress`; while the
+/// table does not exist and the handler may not create it, waits (not
+/// ready), saying so once a minute. None: stopped meanwhile.
+async fn prepare(
+    store: &Arc<Store>,
+    settings: &Settings,
+    health: &Health,
+    (stop, fatal): (&CancellationToken, &CancellationToken),
+) -> Option<(TableOwner, bool)> {
+    let mut said: Option<std::time::Instant> = None;
+    loop {
+        let prepared = retry::until_ok(
+            "prepare the database",
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            GiveUp::OnPermanent,
+            (stop, fatal),
+            &mut (&**store, settings.table_owner, settings.migrate),
+            |(store, owner, migrate)| Box::pin(store.prepare(*owner, *migrate)),
+        )
+        .await?;
+        match prepared {
+            Prepared::Ready {
+                owner,
+                why,
+                rotation_columns,
+            } => {
+                let creates = match owner {
+                    TableOwner::Service => {
+                        "the challenge service owns user_goal_progress: events update existing rows only"
+                    }
+                    TableOwner::Handler => {
+                        "the handler owns user_goal_progress: a player's first event gives them every goal assigned by default"
+                    }
+                };
+                tracing::info!(table_owner = owner.as_str(), "{creates} ({why})");
+                health.set_waiting(None);
+                return Some((owner, rotation_columns));
+            }
+            Prepared::Waiting { why } => {
+                health.set_waiting(Some(why.clone()));
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!("not ready: {why}");
+                    said = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(TABLE_WAIT) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Serving: gRPC and the flush loop until `stop`; returns the flusher for the

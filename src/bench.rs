@@ -792,7 +792,20 @@ pub async fn store_flush(args: StoreBenchArgs) -> anyhow::Result<()> {
     use crate::store::{ProgressStore, Store};
     let database = args.store.database()?;
     let store = Store::connect_lazy(&database, 2, args.db_batch_size);
-    store.migrate().await.context("migrate")?;
+    // The bench writes rows of its own users, which it creates (as the
+    // handler does where it owns the table); on a fresh database it creates
+    // the table too.
+    use crate::store::{Owner, Prepared, TableOwner};
+    if let Prepared::Waiting { .. } = store.prepare(None, true).await.context("prepare")? {
+        store
+            .prepare(Some(TableOwner::Handler), true)
+            .await
+            .context("create user_goal_progress")?;
+    }
+    let owner = Owner {
+        table: TableOwner::Handler,
+        defaults: Vec::new(),
+    };
     let instance = format!("bench-store-{}", uuid::Uuid::new_v4().simple());
     let lease = store.lease(&instance).await?;
     let mut seq = lease.applied_seq;
@@ -808,7 +821,7 @@ pub async fn store_flush(args: StoreBenchArgs) -> anyhow::Result<()> {
                 );
             }
             let started = Instant::now();
-            let applied = store.apply(&lease, seq, &buffer).await?;
+            let applied = store.apply(&lease, seq, &buffer, &owner).await?;
             let elapsed = started.elapsed();
             println!(
                 "run {run} {pass}: {} rows in {:.1} ms = {:.0} rows/s",

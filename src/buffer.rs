@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::rules::{Deletion, Op, Record, Update};
+use crate::rules::m5::Runs;
+use crate::rules::row::{Micros, Row};
+use crate::rules::{typed, Deletion, Op, Record, Update};
 
 /// A `user_goal_progress` primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,6 +36,8 @@ pub struct Meta {
     pub target: i32,
     /// Whether the row may be created (the goal's `defaultAssigned`).
     pub creates_row: bool,
+    /// How many updates were coalesced into the entry.
+    pub records: u32,
 }
 
 /// How two pending values for one key combine. `self` is the older one.
@@ -120,6 +124,14 @@ impl Coalesce for LatestDay {
     }
 }
 
+/// M5 goals: the runs of events, one per rotation period (`src/rules/m5.rs`).
+impl Coalesce for Runs {
+    fn merge(mut self, newer: Self) -> Self {
+        self.then(newer);
+        self
+    }
+}
+
 /// Pending values of one goal kind, keyed by user-goal.
 #[derive(Debug, Clone)]
 pub struct Pending<T> {
@@ -135,9 +147,12 @@ impl<T> Default for Pending<T> {
 }
 
 impl<T: Coalesce> Pending<T> {
-    fn add(&mut self, key: Key, meta: Meta, value: T) {
+    fn add(&mut self, key: Key, mut meta: Meta, value: T) {
         match self.map.remove(&key) {
-            Some((_, older)) => self.map.insert(key, (meta, older.merge(value))),
+            Some((old_meta, older)) => {
+                meta.records += old_meta.records;
+                self.map.insert(key, (meta, older.merge(value)))
+            }
             None => self.map.insert(key, (meta, value)),
         };
     }
@@ -146,7 +161,10 @@ impl<T: Coalesce> Pending<T> {
     fn absorb_older(&mut self, older: Pending<T>) {
         for (key, (old_meta, old_value)) in older.map {
             match self.map.remove(&key) {
-                Some((meta, newer)) => self.map.insert(key, (meta, old_value.merge(newer))),
+                Some((mut meta, newer)) => {
+                    meta.records += old_meta.records;
+                    self.map.insert(key, (meta, old_value.merge(newer)))
+                }
                 None => self.map.insert(key, (old_meta, old_value)),
             };
         }
@@ -192,6 +210,7 @@ pub struct Buffer {
     pub increment: Pending<Sum>,
     pub daily_increment: Pending<Days>,
     pub daily: Pending<LatestDay>,
+    pub m5: Pending<Runs>,
     /// GDPR deletions, in sequence order; the flush applies them first.
     pub deletions: Vec<PendingDeletion>,
     /// The highest WAL sequence number applied.
@@ -231,6 +250,7 @@ impl Buffer {
         self.increment.remove_user(user_id, namespace);
         self.daily_increment.remove_user(user_id, namespace);
         self.daily.remove_user(user_id, namespace);
+        self.m5.remove_user(user_id, namespace);
     }
 
     fn apply_update(&mut self, update: Update) {
@@ -243,6 +263,7 @@ impl Buffer {
             namespace: update.namespace,
             target: update.target,
             creates_row: update.creates_row,
+            records: 1,
         };
         let time = update.event_time_ms;
         match update.op {
@@ -278,12 +299,54 @@ impl Buffer {
                     event_time_ms: time,
                 },
             ),
+            Op::M5(step) => {
+                let runs = Runs::of(&step, meta.target, time);
+                self.m5.add(key, meta, runs)
+            }
         }
     }
 
     /// Distinct user-goal entries across all kinds.
     pub fn len(&self) -> usize {
-        self.absolute.len() + self.increment.len() + self.daily_increment.len() + self.daily.len()
+        self.absolute.len()
+            + self.increment.len()
+            + self.daily_increment.len()
+            + self.daily.len()
+            + self.m5.len()
+    }
+
+    /// Every entry, sorted by key (so every replica locks rows in the same
+    /// order); a key in several kinds (a goal whose rules changed between
+    /// a crash and the restart) has its entries in one fixed order.
+    pub fn entries(&self) -> Vec<(&Key, &Meta, Entry<'_>)> {
+        let mut entries: Vec<(&Key, &Meta, Entry<'_>)> = Vec::with_capacity(self.len());
+        entries.extend(
+            self.absolute
+                .map
+                .iter()
+                .map(|(k, (m, v))| (k, m, Entry::Absolute(v))),
+        );
+        entries.extend(
+            self.increment
+                .map
+                .iter()
+                .map(|(k, (m, v))| (k, m, Entry::Increment(v))),
+        );
+        entries.extend(
+            self.daily_increment
+                .map
+                .iter()
+                .map(|(k, (m, v))| (k, m, Entry::DailyIncrement(v))),
+        );
+        entries.extend(
+            self.daily
+                .map
+                .iter()
+                .map(|(k, (m, v))| (k, m, Entry::Daily(v))),
+        );
+        entries.extend(self.m5.map.iter().map(|(k, (m, v))| (k, m, Entry::M5(v))));
+        entries.sort_by(|a, b| a.0.cmp(b.0).then(a.2.order().cmp(&b.2.order())));
+        entries
     }
 
     /// Nothing to flush: no entry and no deletion.
@@ -320,8 +383,150 @@ impl Buffer {
         self.increment.absorb_older(older.increment);
         self.daily_increment.absorb_older(older.daily_increment);
         self.daily.absorb_older(older.daily);
+        self.m5.absorb_older(older.m5);
         self.last_seq = self.last_seq.max(older.last_seq);
         self.updates += older.updates;
+    }
+}
+
+/// What a flush does with the rows its entries touch.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The rows that change, with their new columns, in key order.
+    pub writes: Vec<(Key, Row)>,
+    /// Entries whose row does not exist, with how many updates each holds.
+    pub missing: Vec<(Key, u32)>,
+    /// Updates not applied because their row is inactive.
+    pub inactive: u64,
+    /// Updates not applied because their row is claimed (and the rules keep it so).
+    pub claimed: u64,
+}
+
+impl Buffer {
+    /// Applies every entry to its row as `row_of` finds it (None: the row
+    /// does not exist), in key order; `now` is the flush's time.
+    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan {
+        let mut plan = Plan::default();
+        let entries = self.entries();
+        let mut rest = entries.as_slice();
+        while let Some(((key, _, _), _)) = rest.split_first() {
+            let same = rest.iter().take_while(|(k, _, _)| k == key).count();
+            let (group, after) = rest.split_at(same);
+            rest = after;
+            let Some(start) = row_of(key) else {
+                let records = group.iter().map(|(_, meta, _)| meta.records).sum();
+                plan.missing.push(((*key).clone(), records));
+                continue;
+            };
+            let mut current: Option<Row> = None;
+            for (_, meta, entry) in group {
+                let base = current.as_ref().unwrap_or(start);
+                match entry.apply(base, meta, now) {
+                    Some(next) => current = Some(next),
+                    None if !base.is_active => plan.inactive += u64::from(meta.records),
+                    None if base.status == crate::rules::row::Status::Claimed => {
+                        plan.claimed += u64::from(meta.records)
+                    }
+                    None => {}
+                }
+            }
+            if let Some(next) = current.filter(|next| next != start) {
+                plan.writes.push(((*key).clone(), next));
+            }
+        }
+        plan
+    }
+
+    /// The rows of the entries' goals assigned by default, as the handler
+    /// creates them where it owns the table (at each entry's first update).
+    pub fn new_rows(&self) -> Vec<(Key, &Meta, Row)> {
+        let mut rows: Vec<(Key, &Meta, Row)> = Vec::new();
+        for (key, meta, entry) in self.entries() {
+            if !meta.creates_row || rows.last().is_some_and(|(k, _, _)| k == key) {
+                continue;
+            }
+            let rule = match entry {
+                Entry::M5(runs) => runs
+                    .0
+                    .first()
+                    .map(|run| crate::rules::GoalRule::M5(run.goal)),
+                _ => None,
+            }
+            .unwrap_or(crate::rules::GoalRule::Typed(
+                crate::rules::GoalKind::Increment,
+            ));
+            rows.push((
+                key.clone(),
+                meta,
+                crate::rules::assigned_row(&rule, entry.first_ms()),
+            ));
+        }
+        rows
+    }
+}
+
+/// One coalesced buffer entry of any kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'b> {
+    Absolute(&'b Latest),
+    Increment(&'b Sum),
+    DailyIncrement(&'b Days),
+    Daily(&'b LatestDay),
+    M5(&'b Runs),
+}
+
+impl Entry<'_> {
+    fn order(&self) -> u8 {
+        match self {
+            Entry::Absolute(_) => 0,
+            Entry::Increment(_) => 1,
+            Entry::DailyIncrement(_) => 2,
+            Entry::Daily(_) => 3,
+            Entry::M5(_) => 4,
+        }
+    }
+
+    /// What the entry does to `row` (None: nothing): the same rules as
+    /// its updates one by one (`src/rules`); `now` is the flush's time,
+    /// the type rules' `updated_at`.
+    pub fn apply(&self, row: &Row, meta: &Meta, now: Micros) -> Option<Row> {
+        match self {
+            Entry::Absolute(latest) => typed::set(
+                row,
+                latest.value,
+                latest.event_time_ms,
+                latest.reached_ms,
+                now,
+            ),
+            Entry::Increment(sum) => {
+                typed::add(row, sum.delta, meta.target, sum.last_event_ms, now)
+            }
+            Entry::DailyIncrement(days) => {
+                // Oldest day first, as the rule book counts them.
+                let mut current: Option<Row> = None;
+                for (&day, &time) in &days.0 {
+                    let base = current.as_ref().unwrap_or(row);
+                    if let Some(next) = typed::count_day(base, day, meta.target, time, now) {
+                        current = Some(next);
+                    }
+                }
+                current
+            }
+            Entry::Daily(latest) => typed::complete_day(row, latest.day, latest.event_time_ms, now),
+            Entry::M5(runs) => runs.apply(row),
+        }
+    }
+
+    /// The earliest time among its updates (Unix ms): when a player the
+    /// handler initializes for it was first seen.
+    pub fn first_ms(&self) -> i64 {
+        match self {
+            Entry::Absolute(latest) => latest.event_time_ms,
+            Entry::Increment(sum) => sum.last_event_ms,
+            Entry::DailyIncrement(days) => days.0.values().copied().min().unwrap_or(0),
+            Entry::Daily(latest) => latest.event_time_ms,
+            Entry::M5(runs) => runs.first_ms(),
+        }
     }
 }
 

@@ -27,6 +27,18 @@ pub fn naive(unix_ms: i64) -> NaiveDateTime {
         .naive_utc()
 }
 
+/// A SQL `TIMESTAMP` (UTC, no zone) from microseconds since the epoch.
+pub fn naive_micros(unix_us: i64) -> NaiveDateTime {
+    DateTime::from_timestamp_micros(unix_us)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+/// Microseconds since the epoch of a SQL `TIMESTAMP` read as UTC.
+pub fn micros_of(time: NaiveDateTime) -> i64 {
+    time.and_utc().timestamp_micros()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +51,8 @@ mod tests {
             "2024-01-01 00:00:00.123"
         );
         assert!(unix_ms() > 1_700_000_000_000);
+        let t = naive_micros(1_704_067_200_123_456);
+        assert_eq!(t.to_string(), "2024-01-01 00:00:00.123456");
+        assert_eq!(micros_of(t), 1_704_067_200_123_456);
     }
 }

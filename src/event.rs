@@ -29,6 +29,9 @@ pub struct Event {
     pub user_id: String,
     /// The event's time in Unix milliseconds: its `timestamp`, else arrival time.
     pub time_ms: i64,
+    /// When it arrived (Unix ms): the time its acknowledgement stands for,
+    /// which decides an M5 goal's rotation period.
+    pub received_ms: i64,
     pub kind: EventKind,
 }
 
@@ -197,6 +200,7 @@ fn build(
             namespace: env.namespace.to_owned(),
             user_id: user_id.to_owned(),
             time_ms,
+            received_ms: now_ms,
             kind,
         },
         source,

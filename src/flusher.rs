@@ -23,7 +23,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::rules::Record;
-use crate::store::{Deleted, Lease, ProgressStore, StoreError};
+use crate::store::{Deleted, Lease, NotApplied, Owner, ProgressStore, StoreError, TableOwner};
 use crate::wal::{Sink, Wal};
 
 /// The longest wait between flush attempts while the database is away.
@@ -59,21 +59,29 @@ impl Sink for Intake {
     }
 }
 
+/// How often the log may say that updates found no row.
+const NOT_APPLIED_LOG_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Flusher<S> {
     store: Arc<S>,
     lease: Lease,
+    /// Who owns `user_goal_progress`: the flush creates rows only for the handler.
+    owner: Arc<Owner>,
     buffer: Arc<Mutex<Buffer>>,
     wal: Wal,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// A batch whose transaction failed: possibly committed, possibly not.
     in_doubt: Option<Buffer>,
+    /// Updates for players without rows since the last log line, and when it was.
+    unmatched: (NotApplied, Option<Instant>),
 }
 
 impl<S: ProgressStore> Flusher<S> {
     pub fn new(
         store: Arc<S>,
         lease: Lease,
+        owner: Arc<Owner>,
         buffer: Arc<Mutex<Buffer>>,
         wal: Wal,
         metrics: Arc<Metrics>,
@@ -82,11 +90,13 @@ impl<S: ProgressStore> Flusher<S> {
         Flusher {
             store,
             lease,
+            owner,
             buffer,
             wal,
             metrics,
             health,
             in_doubt: None,
+            unmatched: (NotApplied::default(), None),
         }
     }
 
@@ -138,7 +148,11 @@ impl<S: ProgressStore> Flusher<S> {
         }
         let upto = batch.last_seq();
         let started = Instant::now();
-        match self.store.apply(&self.lease, upto, &batch).await {
+        match self
+            .store
+            .apply(&self.lease, upto, &batch, &self.owner)
+            .await
+        {
             Ok(applied) => {
                 self.metrics
                     .flush_duration
@@ -152,6 +166,7 @@ impl<S: ProgressStore> Flusher<S> {
                     "flushed"
                 );
                 self.audit(&applied.deleted);
+                self.count_not_applied(&applied.not_applied);
                 self.truncate(upto).await;
                 Ok(applied.rows)
             }
@@ -182,6 +197,44 @@ impl<S: ProgressStore> Flusher<S> {
                 "gdpr deletion applied: the user's challenge progress is deleted"
             );
         }
+    }
+
+    /// Updates that found no row to change: counted by reason, and, for
+    /// players the challenge service has not initialized, a log line at most
+    /// once a minute that says what to change.
+    fn count_not_applied(&mut self, n: &NotApplied) {
+        let m = &self.metrics.updates_not_applied;
+        for (reason, count) in [
+            ("player_not_initialized", n.player_not_initialized),
+            ("goal_not_assigned", n.goal_not_assigned),
+            ("inactive", n.inactive),
+            ("claimed", n.claimed),
+        ] {
+            if count > 0 {
+                m.with_label_values(&[reason]).inc_by(count);
+            }
+        }
+        let (pending, last) = &mut self.unmatched;
+        pending.player_not_initialized += n.player_not_initialized;
+        pending.players_not_initialized += n.players_not_initialized;
+        if pending.player_not_initialized == 0
+            || last.is_some_and(|at| at.elapsed() < NOT_APPLIED_LOG_EVERY)
+        {
+            return;
+        }
+        let hint = match self.owner.table {
+            TableOwner::Service => {
+                "the challenge service creates a player's rows when the game calls its Initialize;                  events that arrive before that are not counted, as with AccelByte's handler. If no                  challenge service uses this database, set TABLE_OWNER=handler"
+            }
+            TableOwner::Handler => "the players' rows were deleted after this flush created them",
+        };
+        tracing::warn!(
+            updates = pending.player_not_initialized,
+            players = pending.players_not_initialized,
+            "updates for players with no row in user_goal_progress were not applied: {hint}"
+        );
+        *pending = NotApplied::default();
+        *last = Some(Instant::now());
     }
 
     /// A batch found committed after its reply was lost: its deletions were

@@ -47,6 +47,8 @@ pub struct Health {
     phase: AtomicU8,
     wal: OnceLock<WalStats>,
     last_flush: Mutex<Option<LastFlush>>,
+    /// What start-up waits for (`user_goal_progress` to appear), if anything.
+    waiting: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -55,6 +57,7 @@ impl Default for Health {
             phase: AtomicU8::new(Phase::Starting as u8),
             wal: OnceLock::new(),
             last_flush: Mutex::new(None),
+            waiting: Mutex::new(None),
         }
     }
 }
@@ -71,6 +74,11 @@ impl Health {
             2 => Phase::Serving,
             _ => Phase::ShuttingDown,
         }
+    }
+
+    /// Start-up is waiting for `why` (None: no longer).
+    pub fn set_waiting(&self, why: Option<String>) {
+        *self.waiting.lock().expect("health lock poisoned") = why;
     }
 
     pub fn attach_wal(&self, wal: WalStats) {
@@ -107,6 +115,11 @@ impl Health {
         };
         HealthReport {
             status: phase,
+            waiting_for: if phase == Phase::Starting {
+                self.waiting.lock().expect("health lock poisoned").clone()
+            } else {
+                None
+            },
             wal_backlog_bytes: wal.map_or(0, WalStats::backlog_bytes),
             wal_backlog_records: wal.map_or(0, WalStats::backlog_records),
             last_flush: self
@@ -125,6 +138,8 @@ fn now() -> String {
 #[derive(Serialize)]
 struct HealthReport {
     status: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<String>,
     wal_backlog_bytes: u64,
     wal_backlog_records: u64,
     last_flush: Option<LastFlush>,

@@ -45,6 +45,8 @@ pub enum Outcome {
     OtherNamespace,
     /// Valid, but no goal uses it: nothing to write.
     NoGoal,
+    /// An M5 stat event with a negative value: skipped, as AccelByte's handler skips it.
+    NegativeValue,
 }
 
 impl Outcome {
@@ -54,6 +56,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::OtherNamespace => "ignored_other_namespace",
             Outcome::NoGoal => "no_matching_goal",
+            Outcome::NegativeValue => "negative_value_skipped",
         }
     }
 }
@@ -194,6 +197,15 @@ impl Ingress {
         }
         let records = inner.goals.records(&event);
         if records.is_empty() {
+            if inner.goals.skips_negative_value(&event) {
+                inner.metrics.events_negative_value.inc();
+                tracing::warn!(
+                    event_id = %event.id,
+                    user_id = %event.user_id,
+                    "negative stat value: the event is acknowledged and skipped, as AccelByte's handler skips it"
+                );
+                return Ok(Outcome::NegativeValue);
+            }
             return Ok(Outcome::NoGoal);
         }
         let is_deletion = event.kind == EventKind::GdprDeletion;

@@ -84,24 +84,29 @@ pub fn progress_table(rows: &[ProgressRow]) -> String {
         "GOAL",
         "CHALLENGE",
         "PROGRESS",
+        "BASELINE",
         "STATUS",
         "ACTIVE",
         "COMPLETED AT",
         "CLAIMED AT",
-        "LAST EVENT AT",
+        "UPDATED AT",
+        "EXPIRES AT",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
                 r.goal_id.clone(),
                 r.challenge_id.clone(),
                 r.progress.to_string(),
+                r.baseline_value
+                    .map_or_else(|| "-".to_owned(), |b| b.to_string()),
                 r.status.clone(),
                 if r.is_active { "yes" } else { "no" }.to_owned(),
                 time(&r.completed_at),
                 time(&r.claimed_at),
-                time(&r.last_event_at),
+                time(&Some(r.updated_at)),
+                time(&r.expires_at),
             ]
         })
         .collect();
@@ -321,7 +326,10 @@ mod tests {
             completed_at: None,
             claimed_at: None,
             is_active: true,
+            assigned_at: None,
             updated_at: chrono::NaiveDateTime::default(),
+            expires_at: None,
+            baseline_value: None,
             last_event_at: None,
             last_counted_day: None,
         };

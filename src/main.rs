@@ -98,8 +98,16 @@ fn main() -> ExitCode {
             Some(Command::BenchWal(args)) => challenge_event_handler::bench_wal::run(args).await,
             Some(Command::NoopServer(args)) => bench::noop_server(args).await,
             Some(Command::CheckConfig { config_path }) => {
-                let goals = challenges::load(&config_path)?;
-                println!("{}: {} goals, valid", config_path.display(), goals.len());
+                let loaded = challenges::load(&config_path)?;
+                println!(
+                    "{}: {} goals, valid; {}",
+                    config_path.display(),
+                    loaded.goals.len(),
+                    loaded.generation.describe()
+                );
+                for warning in &loaded.warnings {
+                    println!("warning: {warning}");
+                }
                 Ok(())
             }
             Some(Command::Serve(args)) => serve(args).await,

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub events_processed: IntCounterVec,
     /// Calls answered with an error, by reason (invalid, unavailable, internal).
     pub events_failed: IntCounterVec,
+    /// Updates a flush found no row (or no changeable row) for, by reason.
+    pub updates_not_applied: IntCounterVec,
+    pub events_negative_value: IntCounter,
     pub events_duplicate: IntCounter,
     pub events_ignored: IntCounter,
     pub events_bad_timestamp: IntCounter,
@@ -63,7 +66,12 @@ impl Metrics {
             .map(|family| family.name().to_owned())
             .collect();
         // Vectors appear in `gather` only once a label was used.
-        for vec in [&self.events, &self.events_processed, &self.events_failed] {
+        for vec in [
+            &self.events,
+            &self.events_processed,
+            &self.events_failed,
+            &self.updates_not_applied,
+        ] {
             for desc in prometheus::core::Collector::desc(vec) {
                 names.push(desc.fq_name.clone());
             }
@@ -123,6 +131,18 @@ impl Metrics {
                 "events_failed_total",
                 "OnMessage calls answered with an error, by reason",
                 "reason",
+            ),
+            updates_not_applied: counter_vec(
+                "updates_not_applied_total",
+                "updates (one per event and goal) a flush applied to no row, by reason: \
+                 player_not_initialized (the player has no row at all), goal_not_assigned, \
+                 inactive, claimed",
+                "reason",
+            ),
+            events_negative_value: counter(
+                "events_negative_value_total",
+                "M5 stat events acknowledged without effect because their value is negative \
+                 (as AccelByte's handler skips them)",
             ),
             events_duplicate: counter(
                 "events_duplicate_total",

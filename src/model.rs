@@ -1,94 +1,35 @@
-//! The reference semantics of a `user_goal_progress` row, in plain Rust.
+//! The rules as a model, for the property tests, the store suite and the
+//! `rules_model` fuzz target.
 //!
-//! [`apply_one`] is the rule book (docs/DESIGN.md, "Progress rules"): what one
-//! record, applied on its own in WAL order, does to the rows. [`apply_batch`]
-//! is what the flusher's SQL statements (`src/store/postgres.rs`) do with a
-//! coalesced [`Buffer`]: deletions first, then the upserts. The promise of
-//! coalescing is that both end in the same rows, wherever the flushes fall;
-//! the property tests and the `rules_model` fuzz target check it, and
-//! `the_sql_statements_agree_with_the_rule_book` (tests/properties.rs) checks
-//! the real SQL against [`apply_one`].
+//! [`apply_one`] is the rule book (docs/DESIGN.md, "Progress rules"): what
+//! one record, applied on its own in WAL order, does to the rows — for
+//! M5 goals what AccelByte's handler does with a flush after every event.
+//! [`apply_batch`] is what a flush does with a coalesced [`Buffer`]:
+//! deletions first, the rows of goals assigned by default created where
+//! the handler owns the table, then each entry applied to its row
+//! ([`Buffer::plan`], the same code the store runs). The promise of
+//! coalescing is that both end in the same rows, wherever the flushes fall.
 //!
-//! Rows the challenge service changed (`claimed`, `is_active = false`) are not
-//! modelled: neither path ever writes them. Rows it created (a goal the player
-//! activated) are: see [`seeded_rows`]. The model has one namespace.
+//! A small sample universe ([`sample_record`], [`seeded_rows`]) gives the
+//! tests goals of every kind of both generations, and rows the challenge
+//! service made: activated, claimed, inactive, and reset by a rotation.
 
 use std::collections::BTreeMap;
 
 use crate::buffer::{Buffer, Key};
+use crate::rules::m5::{self, Rotation, Schedule};
+use crate::rules::row::{micros, Micros, Row, Status};
 use crate::rules::{utc_day, Deletion, Op, Record, Update};
 
-/// What a row's goal type is, as far as the rules go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Absolute,
-    Increment,
-    DailyIncrement,
-    Daily,
-}
-
-impl Kind {
-    fn of(op: &Op) -> Kind {
-        match op {
-            Op::Set(_) => Kind::Absolute,
-            Op::Add(_) => Kind::Increment,
-            Op::CountDay(_) => Kind::DailyIncrement,
-            Op::CompleteDay(_) => Kind::Daily,
-        }
-    }
-}
-
-/// The columns the rules decide.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub kind: Kind,
-    pub progress: i32,
-    pub completed: bool,
-    /// Event time (Unix ms) of the completion.
-    pub completed_at: Option<i64>,
-    pub last_event_ms: i64,
-    pub last_counted_day: Option<i32>,
-}
-
-impl Row {
-    /// Whether two rows say the same to the challenge service: progress,
-    /// status and counted day always; the completion time exactly where the
-    /// rules fix it (absolute and daily goals), otherwise only whether there is
-    /// one — an increment goal completed inside one batch gets the batch's last
-    /// event time, at most one flush interval after the event that completed
-    /// it; and for absolute goals the last event time, which orders later values.
-    pub fn agrees_with(&self, other: &Row) -> bool {
-        let exact_completion = matches!(self.kind, Kind::Absolute | Kind::Daily);
-        self.kind == other.kind
-            && self.progress == other.progress
-            && self.completed == other.completed
-            && self.last_counted_day == other.last_counted_day
-            && if exact_completion {
-                self.completed_at == other.completed_at
-            } else {
-                self.completed_at.is_some() == other.completed_at.is_some()
-            }
-            && (self.kind != Kind::Absolute || self.last_event_ms == other.last_event_ms)
-    }
-
-    /// A row the challenge service created when the player activated a goal:
-    /// nothing counted yet, no event seen (`last_event_at` NULL).
-    pub fn activated(kind: Kind) -> Row {
-        Row {
-            kind,
-            progress: 0,
-            completed: false,
-            completed_at: None,
-            last_event_ms: NO_EVENT,
-            last_counted_day: None,
-        }
-    }
-}
-
-/// `last_event_ms` of a row no event has touched (`last_event_at` NULL).
-pub const NO_EVENT: i64 = i64::MIN;
-
 pub type Rows = BTreeMap<Key, Row>;
+
+/// Who creates rows: the handler (the embedded store, or a table it
+/// created), for goals assigned by default; or only the challenge service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creates {
+    DefaultGoals,
+    Nothing,
+}
 
 fn key(update: &Update) -> Key {
     Key {
@@ -97,160 +38,94 @@ fn key(update: &Update) -> Key {
     }
 }
 
-/// `delta` more on top of `row` at `time`: progress is never capped (a
-/// completed, unclaimed goal keeps counting; the INT column saturates), the
-/// goal completes once progress reaches `target`, and `completed_at` is set once.
-fn increment(
-    row: Option<&Row>,
-    kind: Kind,
-    delta: i32,
-    target: i32,
-    time: i64,
-    day: Option<i32>,
-) -> Row {
-    let progress = row.map_or(0, |r| r.progress).saturating_add(delta);
-    let completed = row.is_some_and(|r| r.completed) || progress >= target;
-    Row {
-        kind,
-        progress,
-        completed,
-        completed_at: row
-            .and_then(|r| r.completed_at)
-            .or(completed.then_some(time)),
-        last_event_ms: row.map_or(time, |r| r.last_event_ms.max(time)),
-        last_counted_day: day.or(row.and_then(|r| r.last_counted_day)),
-    }
-}
-
-/// A daily increment: `day` counted once, and only after the last day counted.
-fn count_day(row: Option<&Row>, day: i32, target: i32, time: i64) -> Option<Row> {
-    if row.is_some_and(|r| r.last_counted_day >= Some(day)) {
-        return None;
-    }
-    Some(increment(
-        row,
-        Kind::DailyIncrement,
-        1,
-        target,
-        time,
-        Some(day),
-    ))
-}
-
-/// A daily goal: completed for `day`, when that is later than its last day.
-fn complete_day(row: Option<&Row>, day: i32, time: i64) -> Option<Row> {
-    if row.is_some_and(|r| r.last_counted_day >= Some(day)) {
-        return None;
-    }
-    Some(Row {
-        kind: Kind::Daily,
-        progress: 1,
-        completed: true,
-        completed_at: Some(time),
-        last_event_ms: time,
-        last_counted_day: Some(day),
-    })
-}
-
-/// An absolute goal set to `value` by an event at `time` (`reached_ms`: when
-/// an event reached the target): progress follows the newest value, completed
-/// or not; a completed goal stays completed at its first completion.
-fn set(row: Option<&Row>, value: i32, time: i64, reached_ms: Option<i64>) -> Option<Row> {
-    if row.is_some_and(|r| r.last_event_ms > time) {
-        return None;
-    }
-    let completed_at = row.and_then(|r| r.completed_at).or(reached_ms);
-    Some(Row {
-        kind: Kind::Absolute,
-        progress: value,
-        completed: row.is_some_and(|r| r.completed) || reached_ms.is_some(),
-        completed_at,
-        last_event_ms: time,
-        last_counted_day: None,
-    })
-}
-
 /// Every row of the deleted user goes.
 fn delete(rows: &mut Rows, deletion: &Deletion) {
     rows.retain(|key, _| key.user_id != deletion.user_id);
 }
 
 /// One record on its own: the rule book.
-pub fn apply_one(rows: &mut Rows, record: &Record) {
+pub fn apply_one(rows: &mut Rows, record: &Record, creates: Creates) {
     let update = match record {
         Record::Delete(deletion) => return delete(rows, deletion),
         Record::Update(update) => update,
     };
     let key = key(update);
-    let row = rows.get(&key);
-    if row.is_none() && !update.creates_row {
-        return; // not assigned: only the challenge service creates this row
-    }
-    let time = update.event_time_ms;
-    let target = update.target;
-    let next = match update.op {
-        Op::Set(value) => set(row, value, time, (value >= target).then_some(time)),
-        Op::Add(delta) => Some(increment(row, Kind::Increment, delta, target, time, None)),
-        Op::CountDay(day) => count_day(row, day, target, time),
-        Op::CompleteDay(day) => complete_day(row, day, time),
+    let created;
+    let row = match rows.get(&key) {
+        Some(row) => row,
+        None if creates == Creates::DefaultGoals && update.creates_row => {
+            created = crate::rules::new_row(update);
+            &created
+        }
+        None => return, // only the challenge service creates this row
     };
-    if let Some(next) = next {
-        debug_assert_eq!(next.kind, Kind::of(&update.op));
+    let now = micros(update.event_time_ms);
+    if let Some(next) = crate::rules::apply_update(row, update, now) {
         rows.insert(key, next);
     }
 }
 
-/// A coalesced batch applied once, as the flusher's statements do.
-pub fn apply_batch(rows: &mut Rows, batch: &Buffer) {
+/// A coalesced batch applied once, as the flusher does.
+pub fn apply_batch(rows: &mut Rows, batch: &Buffer, creates: Creates, now: Micros) {
     for pending in &batch.deletions {
         delete(rows, &pending.deletion);
     }
-    let may_write =
-        |rows: &Rows, key: &Key, creates_row: bool| creates_row || rows.contains_key(key);
-    for (key, meta, latest) in batch.absolute.sorted() {
-        if !may_write(rows, key, meta.creates_row) {
-            continue;
-        }
-        if let Some(next) = set(
-            rows.get(key),
-            latest.value,
-            latest.event_time_ms,
-            latest.reached_ms,
-        ) {
-            rows.insert(key.clone(), next);
+    if creates == Creates::DefaultGoals {
+        for (key, _, row) in batch.new_rows() {
+            rows.entry(key).or_insert(row);
         }
     }
-    for (key, meta, sum) in batch.increment.sorted() {
-        if !may_write(rows, key, meta.creates_row) {
-            continue;
-        }
-        let next = increment(
-            rows.get(key),
-            Kind::Increment,
-            sum.delta,
-            meta.target,
-            sum.last_event_ms,
-            None,
-        );
-        rows.insert(key.clone(), next);
+    let plan = batch.plan(|key| rows.get(key), now);
+    for (key, row) in plan.writes {
+        rows.insert(key, row);
     }
-    for (key, meta, days) in batch.daily_increment.sorted() {
-        // One statement round per day, oldest first.
-        for (&day, &time) in &days.0 {
-            if !may_write(rows, key, meta.creates_row) {
-                continue;
-            }
-            if let Some(next) = count_day(rows.get(key), day, meta.target, time) {
-                rows.insert(key.clone(), next);
-            }
-        }
+}
+
+/// How the rows of a sample goal are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Type rules whose completion time the rules fix exactly (absolute, daily).
+    TypedExact,
+    /// Type rules where a coalesced run completes at its last event (increments).
+    TypedSummed,
+    /// M5 goals: every column; `completed_at` exact unless a coalesced run
+    /// completed the goal among its later events.
+    M5,
+}
+
+/// The kind of a goal of the sample universe, by id.
+pub fn kind_of(goal_id: &str) -> Kind {
+    match goal_id {
+        "abs" | "daily" => Kind::TypedExact,
+        "inc" | "dinc" | "opt" => Kind::TypedSummed,
+        _ => Kind::M5,
     }
-    for (key, meta, latest) in batch.daily.sorted() {
-        if !may_write(rows, key, meta.creates_row) {
-            continue;
+}
+
+/// Whether two rows of one goal say the same to the challenge service.
+/// The type rules write `updated_at` at the flush, so it is not compared
+/// for them; `completed_at` is compared where the rules fix it.
+pub fn agrees(kind: Kind, a: &Row, b: &Row) -> bool {
+    let completion = match kind {
+        Kind::TypedExact => a.completed_at == b.completed_at,
+        Kind::TypedSummed | Kind::M5 => a.completed_at.is_some() == b.completed_at.is_some(),
+    };
+    let common = a.progress == b.progress
+        && a.status == b.status
+        && a.claimed_at == b.claimed_at
+        && a.is_active == b.is_active
+        && completion;
+    match kind {
+        Kind::TypedExact | Kind::TypedSummed => {
+            common
+                && a.state.last_counted_day == b.state.last_counted_day
+                && (kind != Kind::TypedExact || a.state.last_event_at == b.state.last_event_at)
         }
-        if let Some(next) = complete_day(rows.get(key), latest.day, latest.event_time_ms) {
-            rows.insert(key.clone(), next);
+        Kind::M5 => {
+            common
+                && a.baseline == b.baseline
+                && a.expires_at == b.expires_at
+                && a.updated_at == b.updated_at
         }
     }
 }
@@ -267,7 +142,7 @@ pub fn disagreements<'a>(
         .filter_map(|k| {
             let (x, y) = (a.get(k), b.get(k));
             let same = match (x, y) {
-                (Some(x), Some(y)) => x.agrees_with(y),
+                (Some(x), Some(y)) => agrees(kind_of(&k.goal_id), x, y),
                 (None, None) => true,
                 _ => false,
             };
@@ -288,17 +163,22 @@ pub enum After {
 }
 
 /// `records` applied one by one to `initial`.
-pub fn one_by_one(initial: &Rows, records: &[Record]) -> Rows {
+pub fn one_by_one(initial: &Rows, records: &[Record], creates: Creates) -> Rows {
     let mut rows = initial.clone();
     for record in records {
-        apply_one(&mut rows, record);
+        apply_one(&mut rows, record, creates);
     }
     rows
 }
 
 /// `records` through the buffer into `initial`, flushed where `after(i)`
 /// says and at the end.
-pub fn coalesced(initial: &Rows, records: &[Record], after: impl Fn(usize) -> After) -> Rows {
+pub fn coalesced(
+    initial: &Rows,
+    records: &[Record],
+    creates: Creates,
+    after: impl Fn(usize) -> After,
+) -> Rows {
     let mut rows = initial.clone();
     let mut buffer = Buffer::default();
     let mut held: Option<Buffer> = None;
@@ -315,31 +195,72 @@ pub fn coalesced(initial: &Rows, records: &[Record], after: impl Fn(usize) -> Af
         }
         match what {
             After::FailedFlush => held = Some(batch),
-            _ => apply_batch(&mut rows, &batch),
+            _ => apply_batch(&mut rows, &batch, creates, micros(SAMPLE_BASE_MS)),
         }
     }
     rows
 }
 
-/// 2026-01-01T00:00:00Z.
-const SAMPLE_BASE_MS: i64 = 1_767_225_600_000;
+/// 2026-01-01T00:00:00Z (a Thursday).
+pub const SAMPLE_BASE_MS: i64 = 1_767_225_600_000;
 
 /// Users of the sample universe.
 const SAMPLE_USERS: u8 = 3;
 
+/// Kinds of record in the sample universe (see [`sample_record`]).
+pub const SAMPLE_KINDS: u8 = 10;
+
+const HOUR_MS: i64 = 3_600_000;
+
+fn rotating(schedule: Schedule, reset_progress: bool, allow_reselection: bool) -> m5::Goal {
+    m5::Goal {
+        relative: true,
+        rotation: Some(Rotation {
+            schedule,
+            reset_progress,
+            allow_reselection,
+        }),
+    }
+}
+
 /// A small universe for the property tests and the `rules_model` fuzzer: the
-/// `i`-th record of a sequence, for user `user % 3` and `what % 6` —
-/// 0 an absolute goal (target 10; values arrive in time order, as a user's
-/// stat updates do), 1 an increment goal (target 12), 2 a daily-increment goal
-/// (target 3), 3 a daily goal, 4 an increment goal that is not assigned by
-/// default (target 4; see [`seeded_rows`]), 5 a GDPR deletion of the user —
-/// at `offset_ms` (taken modulo ten days) after 2026-01-01 for the kinds that
-/// take any order. Targets are low so that goals complete and keep counting.
+/// `i`-th record of a sequence, for user `user % 3` and `what % 10`.
+///
+/// Type rules (times anywhere in ten days from 2026-01-01, except the
+/// absolute goal's, which arrive in order as a user's stat updates do):
+/// 0 absolute (target 10), 1 increment (target 12), 2 daily increment
+/// (target 3), 3 daily, 4 an increment goal not assigned by default
+/// (target 4; see [`seeded_rows`]). 5 a GDPR deletion of the user.
+/// M5 goals (acknowledged every 40 minutes from 2026-01-01, so runs cross
+/// days and a Monday; kind 9 anywhere in ten days, as a clock that jumps):
+/// 6 relative daily rotation with reset and reselection (target 5, stat),
+/// 7 relative weekly rotation without reset (target 3, login),
+/// 8 absolute (target 20, stat), 9 relative daily rotation with reset and
+/// no reselection (target 2, login).
 pub fn sample_record(i: usize, user: u8, what: u8, value: i32, offset_ms: i64) -> Record {
     let any_time = SAMPLE_BASE_MS + offset_ms.rem_euclid(10 * 86_400_000);
     let in_order = SAMPLE_BASE_MS + i as i64 * 60_000;
+    let acked = SAMPLE_BASE_MS + i as i64 * 40 * 60_000;
     let user_id = format!("u{}", user % SAMPLE_USERS);
-    let (goal_id, target, time, op, creates_row) = match what % 6 {
+    let stat = |value: i32, inc: i32, goal: m5::Goal| {
+        Op::M5(m5::Step {
+            goal,
+            value: Some(value),
+            inc,
+        })
+    };
+    let login = |goal: m5::Goal| {
+        Op::M5(m5::Step {
+            goal,
+            value: None,
+            inc: 1,
+        })
+    };
+    let absolute = m5::Goal {
+        relative: false,
+        rotation: None,
+    };
+    let (goal_id, target, time, op, creates_row) = match what % SAMPLE_KINDS {
         0 => ("abs", 10, in_order, Op::Set(value.rem_euclid(21)), true),
         1 => ("inc", 12, any_time, Op::Add(value.rem_euclid(5) + 1), true),
         2 => ("dinc", 3, any_time, Op::CountDay(utc_day(any_time)), true),
@@ -351,6 +272,38 @@ pub fn sample_record(i: usize, user: u8, what: u8, value: i32, offset_ms: i64) -
             true,
         ),
         4 => ("opt", 4, any_time, Op::Add(value.rem_euclid(3) + 1), false),
+        6 => (
+            "rel-day",
+            5,
+            acked,
+            stat(
+                value.rem_euclid(40),
+                value.rem_euclid(7) - 1,
+                rotating(Schedule::Daily, true, true),
+            ),
+            true,
+        ),
+        7 => (
+            "rel-week",
+            3,
+            acked,
+            login(rotating(Schedule::Weekly, false, false)),
+            true,
+        ),
+        8 => (
+            "abs5",
+            20,
+            acked,
+            stat(value.rem_euclid(30), value.rem_euclid(4), absolute),
+            false,
+        ),
+        9 => (
+            "rel-once",
+            2,
+            any_time,
+            login(rotating(Schedule::Daily, true, false)),
+            true,
+        ),
         _ => {
             return Record::Delete(Deletion {
                 user_id,
@@ -373,21 +326,49 @@ pub fn sample_record(i: usize, user: u8, what: u8, value: i32, offset_ms: i64) -
     })
 }
 
-/// The rows the challenge service made before the sample records: users u0
-/// and u1 activated the goal "opt" (not assigned by default); u2 did not, so
-/// events never give u2 an "opt" row.
+/// The rows the challenge service made before the sample records:
+/// - u0 and u1 activated "opt" (not assigned by default; u2 never gets it);
+/// - "abs5" (not assigned by default) exists for u0 and u1, claimed for u1;
+/// - u0's "rel-day" was claimed the day before (reselection allowed);
+/// - u1's "rel-day" was reset by the service (not_started, baseline kept);
+/// - u2's "rel-once" is inactive, u1's was claimed (no reselection).
 pub fn seeded_rows() -> Rows {
-    (0..2)
-        .map(|u| {
-            (
-                Key {
-                    user_id: format!("u{u}"),
-                    goal_id: "opt".into(),
-                },
-                Row::activated(Kind::Increment),
-            )
-        })
-        .collect()
+    let at = micros(SAMPLE_BASE_MS - 2 * HOUR_MS);
+    let k = |u: u8, goal: &str| Key {
+        user_id: format!("u{u}"),
+        goal_id: goal.into(),
+    };
+    let assigned = || Row::assigned(at);
+    let claimed = |progress: i32, baseline: Option<i32>| Row {
+        progress,
+        status: Status::Claimed,
+        completed_at: Some(at - 1_000_000),
+        claimed_at: Some(at),
+        baseline,
+        ..Row::assigned(at)
+    };
+    let mut rows = Rows::new();
+    rows.insert(k(0, "opt"), assigned());
+    rows.insert(k(1, "opt"), assigned());
+    rows.insert(k(0, "abs5"), assigned());
+    rows.insert(k(1, "abs5"), claimed(25, None));
+    rows.insert(k(0, "rel-day"), claimed(12, Some(4)));
+    rows.insert(
+        k(1, "rel-day"),
+        Row {
+            baseline: Some(30),
+            ..Row::assigned(micros(SAMPLE_BASE_MS + HOUR_MS))
+        },
+    );
+    rows.insert(
+        k(2, "rel-once"),
+        Row {
+            is_active: false,
+            ..Row::assigned(at)
+        },
+    );
+    rows.insert(k(1, "rel-once"), claimed(3, Some(1)));
+    rows
 }
 
 /// The disagreements of `a` and `b`, one line each.

@@ -96,7 +96,7 @@ async fn with_nothing_configured_the_service_runs_on_the_embedded_store_and_the_
     assert_eq!(code, 0, "{err}");
     let rows = wait_for_rows(path, "alice", |rows| {
         row(rows, "kill-10").is_some_and(|r| r["progress"] == 12)
-            && row(rows, "first-login").is_some()
+            && row(rows, "first-login").is_some_and(|r| r["status"] == "completed")
     });
     let kills = row(&rows, "kill-10").unwrap();
     assert_eq!(kills["status"], "completed", "{kills}");
@@ -236,7 +236,11 @@ async fn the_commands_say_clearly_what_is_missing() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/challenges.json");
     let (code, out, _) = cli(path, &["check-config", "--config-path", config], &[]);
     assert_eq!(code, 0);
-    assert!(out.ends_with("6 goals, valid\n"), "{out}");
+    assert!(out.contains("6 goals, valid; type rules"), "{out}");
+    let m5 = concat!(env!("CARGO_MANIFEST_DIR"), "/config/challenges.m5.json");
+    let (code, out, _) = cli(path, &["check-config", "--config-path", m5], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("8 goals, valid; M5 rules"), "{out}");
     let (code, out, _) = cli(path, &["--help"], &[]);
     assert_eq!(code, 0);
     for command in ["serve", "send", "progress", "wal", "check-config", "bench"] {

@@ -1,13 +1,18 @@
 //! Property tests (proptest) for the rules and the WAL record codec.
 //!
-//! - Coalescing: a sequence of records (updates of goals of every kind, one
-//!   not assigned by default, and GDPR deletions) applied one by one
-//!   (`model::apply_one`, the rule book) and the same sequence coalesced into
-//!   buffers at random flush boundaries, some flushes failing and merged back,
-//!   then applied as the SQL does (`model::apply_batch`), end in rows that agree.
+//! - Coalescing: a sequence of records (updates of goals of every kind of
+//!   both generations — type rules and M5 with rotations — one not assigned
+//!   by default, and GDPR deletions, on rows the challenge service made
+//!   claimed, inactive or reset) applied one by one (`model::apply_one`,
+//!   the rule book) and the same sequence coalesced into buffers at random
+//!   flush boundaries, some flushes failing and merged back, then applied as
+//!   the flush does (`model::apply_batch`), end in rows that agree; where
+//!   the challenge service owns the table, no event creates a row.
 //! - The interleaving of independent users changes nothing.
-//! - A completed goal never regresses (it keeps counting), one by one or
-//!   batch by batch; only a deletion removes it.
+//! - A completed type-rules goal never regresses (it keeps counting), one by
+//!   one or batch by batch; only a deletion removes it. Every row the rules
+//!   write satisfies the table's CHECK constraints, and `completed` always
+//!   comes with `completed_at`.
 //! - Nothing acknowledged before a user's last deletion survives it: the rows
 //!   are those of the records after it alone, wherever the flushes fall.
 //! - An event never creates the row of a goal that is not assigned by default.
@@ -19,8 +24,9 @@
 
 use challenge_event_handler::buffer::{Buffer, Key};
 use challenge_event_handler::event::MAX_ID_LEN;
-use challenge_event_handler::model::{self, After, Kind, Rows};
-use challenge_event_handler::rules::{Deletion, Op, Record, Update};
+use challenge_event_handler::model::{self, After, Creates, Kind, Rows};
+use challenge_event_handler::rules::row::Status;
+use challenge_event_handler::rules::{m5, Deletion, Op, Record, Update};
 use challenge_event_handler::wal::codec;
 use proptest::prelude::*;
 
@@ -29,12 +35,16 @@ mod samples;
 use samples::{events, records};
 
 fn one_by_one(records: &[Record]) -> Rows {
-    model::one_by_one(&model::seeded_rows(), records)
+    model::one_by_one(&model::seeded_rows(), records, Creates::DefaultGoals)
 }
 
 /// Flushes after each of `cuts`; those also in `failing` fail.
 fn coalesced(records: &[Record], cuts: &[usize], failing: &[usize]) -> Rows {
-    model::coalesced(&model::seeded_rows(), records, |i| {
+    coalesced_as(Creates::DefaultGoals, records, cuts, failing)
+}
+
+fn coalesced_as(creates: Creates, records: &[Record], cuts: &[usize], failing: &[usize]) -> Rows {
+    model::coalesced(&model::seeded_rows(), records, creates, |i| {
         match (cuts.contains(&i), failing.contains(&i)) {
             (false, _) => After::Nothing,
             (true, false) => After::Flush,
@@ -60,6 +70,43 @@ proptest! {
             "{}",
             model::describe(&sequential, &batched)
         );
+    }
+
+    #[test]
+    fn where_the_service_owns_the_table_events_only_update_its_rows_and_agree_coalesced(
+        events in events(),
+        cuts in prop::collection::vec(0usize..80, 0..10),
+        failing in prop::collection::vec(0usize..80, 0..4),
+    ) {
+        let records = records(&events);
+        let sequential = model::one_by_one(&model::seeded_rows(), &records, Creates::Nothing);
+        let batched = coalesced_as(Creates::Nothing, &records, &cuts, &failing);
+        prop_assert!(
+            model::disagreements(&sequential, &batched).is_empty(),
+            "{}",
+            model::describe(&sequential, &batched)
+        );
+        let seeded = model::seeded_rows();
+        for key in batched.keys() {
+            prop_assert!(seeded.contains_key(key), "{key:?} was created by an event");
+        }
+    }
+
+    #[test]
+    fn every_row_the_rules_write_satisfies_the_tables_constraints(
+        events in events(),
+        cuts in prop::collection::vec(0usize..80, 0..10),
+    ) {
+        let records = records(&events);
+        for rows in [one_by_one(&records), coalesced(&records, &cuts, &[])] {
+            for (key, row) in &rows {
+                prop_assert!(row.progress >= 0, "{key:?}: {row:?}");
+                prop_assert!(row.claimed_at.is_none() || row.completed_at.is_some(), "{key:?}: {row:?}");
+                if matches!(row.status, Status::Completed | Status::Claimed) {
+                    prop_assert!(row.completed_at.is_some(), "completed without completed_at: {key:?}: {row:?}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -97,7 +144,10 @@ proptest! {
         let records = records(&events);
         // `deleted`: the users a deletion between `before` and `after` removed.
         let check = |before: &Rows, after: &Rows, deleted: &[&str]| -> Result<(), TestCaseError> {
-            for (key, was) in before.iter().filter(|(_, r)| r.completed) {
+            let completed = |key: &Key, r: &challenge_event_handler::rules::row::Row| {
+                r.status == Status::Completed && model::kind_of(&key.goal_id) != Kind::M5
+            };
+            for (key, was) in before.iter().filter(|(k, r)| completed(k, r)) {
                 let Some(now) = after.get(key) else {
                     prop_assert!(deleted.contains(&key.user_id.as_str()), "{key:?} vanished without a deletion");
                     continue;
@@ -105,11 +155,11 @@ proptest! {
                 if deleted.contains(&key.user_id.as_str()) {
                     continue; // deleted and made again from zero
                 }
-                prop_assert!(now.completed, "{key:?} was completed: {was:?}, now {now:?}");
-                match now.kind {
-                    Kind::Daily => prop_assert!(now.last_counted_day >= was.last_counted_day),
-                    Kind::Absolute => prop_assert_eq!(now.completed_at, was.completed_at),
-                    Kind::Increment | Kind::DailyIncrement => {
+                prop_assert_eq!(now.status, Status::Completed, "{:?} was completed: {:?}, now {:?}", key, was, now);
+                match key.goal_id.as_str() {
+                    "daily" => prop_assert!(now.state.last_counted_day >= was.state.last_counted_day),
+                    "abs" => prop_assert_eq!(now.completed_at, was.completed_at),
+                    _ => {
                         prop_assert_eq!(now.completed_at, was.completed_at);
                         prop_assert!(now.progress >= was.progress, "{key:?}: {was:?} -> {now:?}");
                     }
@@ -126,7 +176,7 @@ proptest! {
         let mut rows = model::seeded_rows();
         for r in &records {
             let before = rows.clone();
-            model::apply_one(&mut rows, r);
+            model::apply_one(&mut rows, r, Creates::DefaultGoals);
             let deleted = deletions(std::slice::from_ref(r));
             check(&before, &rows, &deleted.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
@@ -137,7 +187,7 @@ proptest! {
             buffer.apply(i as u64 + 1, r.clone());
             if cuts.contains(&i) || i + 1 == records.len() {
                 let before = rows.clone();
-                model::apply_batch(&mut rows, &buffer.take());
+                model::apply_batch(&mut rows, &buffer.take(), Creates::DefaultGoals, 0);
                 let deleted = deletions(&records[since..=i]);
                 since = i + 1;
                 check(&before, &rows, &deleted.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -166,7 +216,7 @@ proptest! {
                 .filter(|r| r.user_id() == user)
                 .cloned()
                 .collect();
-            let fresh = model::one_by_one(&Rows::new(), &after);
+            let fresh = model::one_by_one(&Rows::new(), &after, Creates::DefaultGoals);
             let mine: Rows = rows
                 .iter()
                 .filter(|(k, _)| k.user_id == user)
@@ -213,12 +263,39 @@ fn any_record() -> impl Strategy<Value = Record> {
     ]
 }
 
+fn any_step() -> impl Strategy<Value = m5::Step> {
+    let schedule = prop_oneof![
+        Just(m5::Schedule::Daily),
+        Just(m5::Schedule::Weekly),
+        Just(m5::Schedule::Monthly)
+    ];
+    let rotation = prop::option::of((schedule, any::<bool>(), any::<bool>()).prop_map(
+        |(schedule, reset_progress, allow_reselection)| m5::Rotation {
+            schedule,
+            reset_progress,
+            allow_reselection,
+        },
+    ));
+    (
+        any::<bool>(),
+        rotation,
+        prop::option::of(any::<i32>()),
+        any::<i32>(),
+    )
+        .prop_map(|(relative, rotation, value, inc)| m5::Step {
+            goal: m5::Goal { relative, rotation },
+            value,
+            inc,
+        })
+}
+
 fn any_update() -> impl Strategy<Value = Update> {
     let op = prop_oneof![
         any::<i32>().prop_map(Op::Set),
         any::<i32>().prop_map(Op::Add),
         any::<i32>().prop_map(Op::CountDay),
         any::<i32>().prop_map(Op::CompleteDay),
+        any_step().prop_map(Op::M5),
     ];
     (
         (text(), text(), text(), text()),

@@ -628,10 +628,10 @@ async fn healthz_metrics_grpc_health_and_reflection_are_served() {
 }
 
 #[tokio::test]
-async fn migrations_are_idempotent_on_a_table_the_challenge_service_created() {
+async fn a_table_the_challenge_service_made_before_m5_serves_the_type_rules_and_is_left_as_it_is() {
     let e = env().await;
     let db = e.db.pool().await;
-    // The challenge service's table, without this handler's columns.
+    // The challenge service's table from before its M5 migrations: no baseline_value.
     sqlx::query(
         "CREATE TABLE user_goal_progress (
             user_id VARCHAR(100) NOT NULL, goal_id VARCHAR(100) NOT NULL,
@@ -650,15 +650,39 @@ async fn migrations_are_idempotent_on_a_table_the_challenge_service_created() {
         .execute(&db)
         .await
         .unwrap();
-    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let schema = e.db.dump_schema("user_goal_progress");
+    let service_owned = ["--table-owner", "service"];
+    let svc = Service::start(&e.db.url, e.dir.path(), &service_owned).await;
     svc.stat(stat("mi", "kills", 0.0, 1.0, "m1", ""))
         .await
         .unwrap();
     wait_for_progress(&db, "mi", "kills", 3, WAIT).await;
     svc.stop().await.unwrap();
-    // A second start runs the (already applied) migrations again without error.
-    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    // A second start prepares its own tables again without error.
+    let svc = Service::start(&e.db.url, e.dir.path(), &service_owned).await;
     svc.stop().await.unwrap();
+    assert_eq!(
+        e.db.dump_schema("user_goal_progress"),
+        schema,
+        "the handler changed the table"
+    );
+    // The M5 rules need the M5 columns: an M5 file refuses to start, saying why.
+    let m5 = concat!(env!("CARGO_MANIFEST_DIR"), "/config/challenges.m5.json");
+    let app = Service::build(
+        &e.db.url,
+        e.dir.path(),
+        &["--table-owner", "service", "--config-path", m5],
+    )
+    .await
+    .unwrap();
+    let err = app
+        .run_until_stopped(tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no baseline_value or expires_at column"),
+        "{err:#}"
+    );
 }
 
 #[tokio::test]
@@ -926,7 +950,11 @@ async fn malformed_protobuf_and_a_message_sent_to_the_wrong_method_are_refused_a
         2,
         "only the well-formed call counted"
     );
-    assert_eq!(row(&db, "mf", "login-count").await, None);
+    assert_eq!(
+        row(&db, "mf", "login-count").await.map(|r| r.progress),
+        Some(0),
+        "the player's row (made by the handler at the first event), not moved by the login"
+    );
     svc.stop().await.unwrap();
 }
 
@@ -994,10 +1022,14 @@ async fn a_goal_not_assigned_by_default_moves_only_a_row_the_challenge_service_m
 }
 
 /// The rows of `user` as (goal, progress), sorted.
+/// The rows of `user` that events moved (the handler owns the table in
+/// these tests, so a player also has a `not_started` row of every other
+/// goal assigned by default).
 async fn progress_rows(db: &sqlx::PgPool, user: &str) -> Vec<(String, i32)> {
     sqlx::query_as(
         "SELECT goal_id, progress FROM user_goal_progress
-         WHERE user_id = $1 AND namespace = 'testgame' ORDER BY goal_id",
+         WHERE user_id = $1 AND namespace = 'testgame' AND status <> 'not_started'
+         ORDER BY goal_id",
     )
     .bind(user)
     .fetch_all(db)

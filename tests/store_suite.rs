@@ -21,10 +21,12 @@ mod common;
 mod samples;
 
 use challenge_event_handler::buffer::{Buffer, Key};
-use challenge_event_handler::model::{self, Kind, Row, Rows};
+use challenge_event_handler::clock::{micros_of, naive_micros};
+use challenge_event_handler::model::{self, Creates, Rows};
+use challenge_event_handler::rules::row::{GoalState, Row, Status};
 use challenge_event_handler::rules::{Deletion, Op, Record, Update};
 use challenge_event_handler::store::{
-    Database, Lease, ProgressRow, ProgressStore, Store, StoreError,
+    Database, Lease, Owner, Prepared, ProgressRow, ProgressStore, Store, StoreError, TableOwner,
 };
 use chrono::NaiveDate;
 use proptest::prelude::*;
@@ -36,12 +38,33 @@ pub struct Fixture {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Rows are created for goals assigned by default, none else.
+fn handler() -> Owner {
+    Owner {
+        table: TableOwner::Handler,
+        defaults: Vec::new(),
+    }
+}
+
 impl Fixture {
+    /// PostgreSQL with `user_goal_progress` as the challenge service's
+    /// migrations make it (tests/fixtures/challenge-service).
     async fn postgres() -> Fixture {
         let db = common::pg::TestDb::new().await;
+        db.migrate_as_the_challenge_service().await;
         let store =
             Store::connect_lazy(&Database::Postgres(Box::new(db.url.parse().unwrap())), 2, 3);
-        store.migrate().await.expect("migrate");
+        let prepared = store.prepare(None, true).await.expect("prepare");
+        assert!(
+            matches!(
+                prepared,
+                Prepared::Ready {
+                    owner: TableOwner::Service,
+                    ..
+                }
+            ),
+            "{prepared:?}"
+        );
         Fixture {
             store,
             _db: Some(db),
@@ -56,7 +79,7 @@ impl Fixture {
             2,
             3,
         );
-        store.migrate().await.expect("migrate");
+        store.prepare(None, true).await.expect("prepare");
         Fixture {
             store,
             _db: None,
@@ -78,6 +101,32 @@ impl Fixture {
             .user_progress(user, None)
             .await
             .expect("read rows")
+    }
+
+    /// Inserts `rows` as the challenge service would have them.
+    async fn seed(&self, prefix: &str, rows: &Rows) {
+        let time = |t: Option<i64>| match t {
+            Some(us) => format!("'{}'", naive_micros(us).format("%Y-%m-%d %H:%M:%S%.6f")),
+            None => "NULL".into(),
+        };
+        for (key, row) in rows {
+            self.exec(&format!(
+                "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress,
+                     status, completed_at, claimed_at, is_active, updated_at, expires_at, baseline_value)
+                 VALUES ('{prefix}{}', '{}', 'c', 'ns', {}, '{}', {}, {}, {}, {}, {}, {})",
+                key.user_id,
+                key.goal_id,
+                row.progress,
+                row.status.as_str(),
+                time(row.completed_at),
+                time(row.claimed_at),
+                row.is_active,
+                time(Some(row.updated_at)),
+                time(row.expires_at),
+                row.baseline.map_or("NULL".into(), |b| b.to_string()),
+            ))
+            .await;
+        }
     }
 }
 
@@ -119,34 +168,36 @@ fn progress_of(rows: &[ProgressRow]) -> Vec<(&str, i32, &str)> {
         .collect()
 }
 
+/// A stored row as the rules see it.
+fn row_of(r: &ProgressRow) -> Row {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    Row {
+        progress: r.progress,
+        status: Status::parse(&r.status).expect("a valid status"),
+        completed_at: r.completed_at.map(micros_of),
+        claimed_at: r.claimed_at.map(micros_of),
+        is_active: r.is_active,
+        updated_at: micros_of(r.updated_at),
+        expires_at: r.expires_at.map(micros_of),
+        baseline: r.baseline_value,
+        state: GoalState {
+            last_event_at: r.last_event_at.map(micros_of),
+            last_counted_day: r.last_counted_day.map(|d| (d - epoch).num_days() as i32),
+        },
+    }
+}
+
 /// A store's rows of users `u0`..`u2` (after `prefix`) as the model sees them.
 async fn model_rows(store: &Store, prefix: &str) -> Rows {
     let mut rows = Rows::new();
     for u in 0..3 {
         let user = format!("{prefix}u{u}");
         for r in store.user_progress(&user, None).await.unwrap() {
-            let kind = match r.goal_id.as_str() {
-                "abs" => Kind::Absolute,
-                "inc" | "opt" => Kind::Increment,
-                "dinc" => Kind::DailyIncrement,
-                _ => Kind::Daily,
+            let key = Key {
+                user_id: format!("u{u}"),
+                goal_id: r.goal_id.clone(),
             };
-            let ms = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.and_utc().timestamp_millis());
-            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
-            rows.insert(
-                Key {
-                    user_id: format!("u{u}"),
-                    goal_id: r.goal_id.clone(),
-                },
-                Row {
-                    kind,
-                    progress: r.progress,
-                    completed: r.status == "completed",
-                    completed_at: ms(r.completed_at),
-                    last_event_ms: ms(r.last_event_at).unwrap_or(model::NO_EVENT),
-                    last_counted_day: r.last_counted_day.map(|d| (d - epoch).num_days() as i32),
-                },
-            );
+            rows.insert(key, row_of(&r));
         }
     }
     rows
@@ -155,9 +206,17 @@ async fn model_rows(store: &Store, prefix: &str) -> Rows {
 mod cases {
     use super::*;
 
+    /// Random record sequences of both generations through the buffer and
+    /// the store's real statements end where the rule book ends, with the
+    /// handler creating rows (`creates`) or only updating them.
     pub fn the_statements_end_where_the_rule_book_ends(
         fixture: impl FnOnce(&tokio::runtime::Runtime) -> Fixture,
+        creates: Creates,
     ) {
+        let owner = match creates {
+            Creates::DefaultGoals => handler(),
+            Creates::Nothing => Owner::service(),
+        };
         let rt = tokio::runtime::Runtime::new().unwrap();
         let f = fixture(&rt);
         let lease = rt.block_on(f.store.lease("suite")).unwrap();
@@ -169,14 +228,8 @@ mod cases {
             case.set(case.get() + 1);
             let prefix = format!("case{}-", case.get());
             let records = samples::records(&events);
-            let expected = model::one_by_one(&model::seeded_rows(), &records);
-            // The rows the challenge service made (model::seeded_rows).
-            for user in ["u0", "u1"] {
-                rt.block_on(f.exec(&format!(
-                    "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, status)
-                     VALUES ('{prefix}{user}', 'opt', 'c', 'ns', 'not_started')"
-                )));
-            }
+            let expected = model::one_by_one(&model::seeded_rows(), &records, creates);
+            rt.block_on(f.seed(&prefix, &model::seeded_rows()));
             let mut buffer = Buffer::starting_after(seq.get());
             for (i, r) in records.iter().enumerate() {
                 let r = match r.clone() {
@@ -193,7 +246,8 @@ mod cases {
                 buffer.apply(seq.get(), r);
                 if cuts.contains(&i) || i + 1 == records.len() {
                     let batch = buffer.take();
-                    rt.block_on(f.store.apply(&lease, batch.last_seq(), &batch)).unwrap();
+                    rt.block_on(f.store.apply(&lease, batch.last_seq(), &batch, &owner))
+                        .unwrap();
                 }
             }
             let written = rt.block_on(model_rows(&f.store, &prefix));
@@ -229,7 +283,10 @@ mod cases {
                 update("ed", "assigned", Op::Add(12), true),
             ],
         );
-        f.store.apply(&lease, b.last_seq(), &b).await.unwrap();
+        f.store
+            .apply(&lease, b.last_seq(), &b, &handler())
+            .await
+            .unwrap();
         assert_eq!(
             progress_of(&f.rows("ed").await),
             [
@@ -246,14 +303,18 @@ mod cases {
         let old = f.store.lease("w").await.unwrap();
         assert_eq!((old.epoch, old.applied_seq), (1, 0));
         let b = batch(1, vec![update("wa", "g", Op::Add(1), true); 3]);
-        f.store.apply(&old, 3, &b).await.unwrap();
+        f.store.apply(&old, 3, &b, &handler()).await.unwrap();
         assert_eq!(f.store.applied_seq(&old).await.unwrap(), 3);
 
         // A newer process takes the instance over: the older one is fenced.
         let new = f.store.lease("w").await.unwrap();
         assert_eq!((new.epoch, new.applied_seq), (2, 3));
         let zombie = batch(4, vec![update("wz", "g", Op::Add(1), true)]);
-        let err = f.store.apply(&old, 4, &zombie).await.unwrap_err();
+        let err = f
+            .store
+            .apply(&old, 4, &zombie, &handler())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Fenced { epoch: 1, .. }), "{err}");
         assert!(!err.is_transient());
         assert!(f.rows("wz").await.is_empty(), "a fenced flush wrote a row");
@@ -264,7 +325,7 @@ mod cases {
 
         // The watermark never goes backwards.
         let late = batch(2, vec![update("wb", "g", Op::Add(1), true)]);
-        f.store.apply(&new, 2, &late).await.unwrap();
+        f.store.apply(&new, 2, &late, &handler()).await.unwrap();
         let w = f.store.watermark("w").await.unwrap().unwrap();
         assert_eq!((w.epoch, w.applied_seq), (2, 3));
         assert_eq!(progress_of(&f.rows("wa").await), [("g", 3, "in_progress")]);
@@ -273,7 +334,7 @@ mod cases {
     pub async fn a_commit_of_unknown_outcome_is_settled_by_the_watermark(f: Fixture) {
         let lease: Lease = f.store.lease("u").await.unwrap();
         let ok = batch(1, vec![update("ua", "g", Op::Add(2), true)]);
-        f.store.apply(&lease, 1, &ok).await.unwrap();
+        f.store.apply(&lease, 1, &ok, &handler()).await.unwrap();
         // The flusher's question after a lost COMMIT reply: did it land?
         assert!(f.store.applied_seq(&lease).await.unwrap() >= ok.last_seq());
 
@@ -286,7 +347,11 @@ mod cases {
                 update(&"x".repeat(101), "g", Op::Add(1), true),
             ],
         );
-        let err = f.store.apply(&lease, 3, &bad).await.unwrap_err();
+        let err = f
+            .store
+            .apply(&lease, 3, &bad, &handler())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Rejected(_)), "{err}");
         assert!(!err.is_transient());
         assert_eq!(f.store.applied_seq(&lease).await.unwrap(), 1);
@@ -308,7 +373,7 @@ mod cases {
                 update("keep", "a", Op::Add(1), true),
             ],
         );
-        f.store.apply(&lease, 3, &first).await.unwrap();
+        f.store.apply(&lease, 3, &first, &handler()).await.unwrap();
         let second = batch(
             4,
             vec![
@@ -317,7 +382,7 @@ mod cases {
                 deletion("nobody", "ns"),
             ],
         );
-        let applied = f.store.apply(&lease, 6, &second).await.unwrap();
+        let applied = f.store.apply(&lease, 6, &second, &handler()).await.unwrap();
         let counts: Vec<(&str, u64)> = applied
             .deleted
             .iter()
@@ -339,9 +404,9 @@ mod cases {
     pub async fn migrations_run_again_change_nothing(f: Fixture) {
         let lease = f.store.lease("m").await.unwrap();
         let b = batch(1, vec![update("ma", "g", Op::Add(2), true)]);
-        f.store.apply(&lease, 1, &b).await.unwrap();
-        f.store.migrate().await.unwrap();
-        f.store.migrate().await.unwrap();
+        f.store.apply(&lease, 1, &b, &handler()).await.unwrap();
+        f.store.prepare(None, true).await.unwrap();
+        f.store.prepare(None, true).await.unwrap();
         assert_eq!(progress_of(&f.rows("ma").await), [("g", 2, "in_progress")]);
         let one = f.store.user_progress("ma", Some("g")).await.unwrap();
         assert_eq!(one.len(), 1);
@@ -364,8 +429,19 @@ macro_rules! suite {
             }
 
             #[test]
-            fn the_statements_end_where_the_rule_book_ends() {
-                cases::the_statements_end_where_the_rule_book_ends(|rt| rt.block_on(fixture()));
+            fn the_statements_end_where_the_rule_book_ends_where_the_handler_creates_rows() {
+                cases::the_statements_end_where_the_rule_book_ends(
+                    |rt| rt.block_on(fixture()),
+                    Creates::DefaultGoals,
+                );
+            }
+
+            #[test]
+            fn the_statements_end_where_the_rule_book_ends_where_they_only_update_rows() {
+                cases::the_statements_end_where_the_rule_book_ends(
+                    |rt| rt.block_on(fixture()),
+                    Creates::Nothing,
+                );
             }
 
             #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
-use crate::store::Database;
+use crate::store::{Database, TableOwner};
 use crate::wal::Recovery;
 
 /// The namespace the embedded store falls back to when AB_NAMESPACE is unset.
@@ -182,6 +182,17 @@ pub struct ServeArgs {
     /// Skip database migrations at start-up (when a separate job runs them).
     #[arg(long, env = "NO_MIGRATE")]
     pub no_migrate: bool,
+
+    /// Who owns user_goal_progress. `service`: AccelByte's challenge service
+    /// (it creates the table and a player's rows; events only update existing
+    /// rows). `handler`: no challenge service uses this database (the handler
+    /// creates the table as the service's migrations would, and gives a
+    /// player's first event every goal assigned by default). Default:
+    /// `handler` on the embedded store; on PostgreSQL what the handler
+    /// recorded at an earlier start, else `service` if the table exists,
+    /// else wait, not ready, for the service to create it.
+    #[arg(long, env = "TABLE_OWNER", value_enum)]
+    pub table_owner: Option<TableOwner>,
 }
 
 /// Validated settings the service runs with.
@@ -208,6 +219,7 @@ pub struct Settings {
     pub dedup_max_marks: usize,
     pub shutdown_grace: Duration,
     pub migrate: bool,
+    pub table_owner: Option<TableOwner>,
     /// Things the operator should know about these settings, logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -268,6 +280,13 @@ impl ServeArgs {
         if self.wal_max_bytes < 1024 {
             return Err(invalid("WAL_MAX_BYTES", "must be at least 1KiB"));
         }
+        if self.table_owner == Some(TableOwner::Service) && matches!(database, Database::Sqlite(_))
+        {
+            return Err(invalid(
+                "TABLE_OWNER",
+                "is \"service\", which needs PostgreSQL: the embedded store is the handler's own file",
+            ));
+        }
         Ok(Settings {
             namespace,
             config_path: self.config_path,
@@ -291,6 +310,7 @@ impl ServeArgs {
             dedup_max_marks: self.dedup_max_marks,
             shutdown_grace: self.shutdown_grace,
             migrate: !self.no_migrate,
+            table_owner: self.table_owner,
             warnings,
         })
     }

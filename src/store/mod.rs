@@ -1,11 +1,19 @@
 //! Where flushed progress goes: the [`ProgressStore`] seam and its two
 //! implementations — PostgreSQL ([`postgres`], production) and an embedded
 //! SQLite file ([`sqlite`], the default when no database is configured) —
-//! with [`Store`] choosing between them at start-up. Both apply the same
-//! rules (docs/DESIGN.md, "Progress rules"); tests/store_suite.rs runs one
-//! suite against each. Errors are backend-neutral: each backend maps its
-//! driver's errors to [`StoreError`] in its own module.
+//! with [`Store`] choosing between them at start-up. The flush transaction
+//! is written once ([`flush`]) above the two dialects, and the rules run
+//! in Rust (`src/rules`), so both backends apply the same rules by
+//! construction; tests/store_suite.rs runs one suite against each. Errors
+//! are backend-neutral: each backend maps its driver's errors to
+//! [`StoreError`] in its own module.
+//!
+//! `user_goal_progress` belongs to AccelByte's challenge service
+//! (docs/DESIGN.md, "Who owns the table"): on PostgreSQL the handler
+//! keeps what it needs in tables of its own (`challenge_event_handler_*`)
+//! and, unless it owns the table ([`TableOwner`]), only updates rows.
 
+pub mod flush;
 pub mod postgres;
 pub mod sqlite;
 
@@ -16,6 +24,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use serde::Serialize;
 
 use crate::buffer::{Buffer, PendingDeletion};
+use crate::rules::{GoalDef, GoalRule};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -66,7 +75,8 @@ impl Database {
     }
 }
 
-/// One `user_goal_progress` row, as `progress` prints it.
+/// One `user_goal_progress` row, as `progress` prints it, with the
+/// handler's own state of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ProgressRow {
     pub user_id: String,
@@ -78,9 +88,100 @@ pub struct ProgressRow {
     pub completed_at: Option<NaiveDateTime>,
     pub claimed_at: Option<NaiveDateTime>,
     pub is_active: bool,
+    pub assigned_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+    pub expires_at: Option<NaiveDateTime>,
+    pub baseline_value: Option<i32>,
     pub last_event_at: Option<NaiveDateTime>,
     pub last_counted_day: Option<NaiveDate>,
+}
+
+/// Who creates `user_goal_progress` and its rows (setting `TABLE_OWNER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableOwner {
+    /// AccelByte's challenge service: it runs the migrations and creates a
+    /// player's rows; the handler never creates, alters or indexes the
+    /// table and only updates existing, active rows.
+    Service,
+    /// The handler (no challenge service against this database): it creates
+    /// the table as the service's migrations would, and gives a player's
+    /// first event every goal assigned by default, as Initialize would.
+    Handler,
+}
+
+impl TableOwner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableOwner::Service => "service",
+            TableOwner::Handler => "handler",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TableOwner> {
+        match text {
+            "service" => Some(TableOwner::Service),
+            "handler" => Some(TableOwner::Handler),
+            _ => None,
+        }
+    }
+}
+
+/// A goal every player the handler initializes gets (`defaultAssigned`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultGoal {
+    pub goal_id: String,
+    pub challenge_id: String,
+    pub rule: GoalRule,
+}
+
+/// Who owns the table, and what a player the handler initializes gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub table: TableOwner,
+    pub defaults: Vec<DefaultGoal>,
+}
+
+impl Owner {
+    /// The challenge service owns the table.
+    pub fn service() -> Owner {
+        Owner {
+            table: TableOwner::Service,
+            defaults: Vec::new(),
+        }
+    }
+
+    /// The handler owns the table; players get the goals of `goals` that
+    /// are assigned by default.
+    pub fn handler<'g>(goals: impl IntoIterator<Item = &'g GoalDef>) -> Owner {
+        Owner {
+            table: TableOwner::Handler,
+            defaults: goals
+                .into_iter()
+                .filter(|g| g.default_assigned)
+                .map(|g| DefaultGoal {
+                    goal_id: g.goal_id.clone(),
+                    challenge_id: g.challenge_id.clone(),
+                    rule: g.rule,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What start-up found out about the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// Ready to flush; `why` says which owner applies and why (for the log).
+    /// `rotation_columns`: the table has `expires_at` and `baseline_value`
+    /// (a table made before the challenge service's M5 migrations may not;
+    /// the M5 rules need both).
+    Ready {
+        owner: TableOwner,
+        why: String,
+        rotation_columns: bool,
+    },
+    /// `user_goal_progress` does not exist and the handler may not create it.
+    Waiting { why: String },
 }
 
 /// An instance's row in the watermark table, read without taking it over.
@@ -113,10 +214,28 @@ pub struct Lease {
 /// What one flush transaction did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
-    /// User-goal rows sent.
+    /// User-goal rows that changed.
     pub rows: usize,
     /// The GDPR deletions applied, with the rows each removed.
     pub deleted: Vec<Deleted>,
+    /// Updates that found no row to change.
+    pub not_applied: NotApplied,
+}
+
+/// Updates (one per event and goal) a flush did not apply, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotApplied {
+    /// The player has no row at all: the challenge service has not
+    /// initialized them yet (or the handler should own the table).
+    pub player_not_initialized: u64,
+    /// …how many players that is.
+    pub players_not_initialized: u64,
+    /// The player has rows, but not this goal's (not assigned to them).
+    pub goal_not_assigned: u64,
+    /// The row is inactive (`is_active = false`).
+    pub inactive: u64,
+    /// The row is claimed and the rules keep it so.
+    pub claimed: u64,
 }
 
 /// One GDPR deletion as applied, for the audit log.
@@ -157,8 +276,16 @@ impl Deleted {
 }
 
 pub trait ProgressStore: Send + Sync + 'static {
-    /// Creates or upgrades the schema.
-    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Creates or upgrades the handler's own tables (unless `migrate` is
+    /// false) and decides who owns `user_goal_progress`: `requested` when
+    /// set (TABLE_OWNER), else what was decided at an earlier start, else
+    /// the challenge service if the table exists. Creates the table only
+    /// for the handler.
+    fn prepare(
+        &self,
+        requested: Option<TableOwner>,
+        migrate: bool,
+    ) -> impl Future<Output = Result<Prepared>> + Send;
 
     /// Bumps this instance's epoch and reads its watermark.
     fn lease(&self, instance_id: &str) -> impl Future<Output = Result<Lease>> + Send;
@@ -177,14 +304,16 @@ pub trait ProgressStore: Send + Sync + 'static {
         }
     }
 
-    /// In ONE transaction: moves the watermark to `upto_seq` (only under the
-    /// lease's epoch), applies the batch's GDPR deletions, then writes every
-    /// entry of `batch`.
+    /// In ONE transaction ([`flush::apply`]): moves the watermark to
+    /// `upto_seq` (only under the lease's epoch), applies the batch's GDPR
+    /// deletions, creates rows where `owner` says the handler does, then
+    /// applies every entry of `batch` to its row.
     fn apply(
         &self,
         lease: &Lease,
         upto_seq: u64,
         batch: &Buffer,
+        owner: &Owner,
     ) -> impl Future<Output = Result<Applied>> + Send;
 
     /// An instance's watermark as it is, without bumping its epoch (None: the
@@ -233,16 +362,22 @@ macro_rules! each {
 }
 
 impl ProgressStore for Store {
-    async fn migrate(&self) -> Result<()> {
-        each!(self, s => s.migrate().await)
+    async fn prepare(&self, requested: Option<TableOwner>, migrate: bool) -> Result<Prepared> {
+        each!(self, s => s.prepare(requested, migrate).await)
     }
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
         each!(self, s => s.lease(instance_id).await)
     }
 
-    async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
-        each!(self, s => s.apply(lease, upto_seq, batch).await)
+    async fn apply(
+        &self,
+        lease: &Lease,
+        upto_seq: u64,
+        batch: &Buffer,
+        owner: &Owner,
+    ) -> Result<Applied> {
+        each!(self, s => s.apply(lease, upto_seq, batch, owner).await)
     }
 
     async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {

@@ -1,24 +1,27 @@
-//! PostgreSQL store: batch UPSERTs of `user_goal_progress` with one array per
-//! column and `UNNEST`, keys sorted and unique per statement, the watermark in
-//! the same transaction.
+//! PostgreSQL store: the statements of the flush transaction
+//! ([`super::flush`]) with one array per column and `UNNEST`, keys sorted,
+//! in chunks of `DB_BATCH_SIZE`; the handler's own tables; and who owns
+//! `user_goal_progress` (docs/DESIGN.md, "Who owns the table").
 //!
-//! The SQL applies the same rules as the coalescing buffer (docs/DESIGN.md):
-//! claimed and inactive rows are left alone (a daily goal
-//! re-completes on a later UTC day even when claimed); an absolute goal is never
-//! overwritten by an older event; a daily-increment goal counts a UTC day once;
-//! progress is never capped at the target (a completed, unclaimed goal keeps
-//! counting). GDPR deletions run first in the transaction. `src/model.rs` states the same rules in
-//! Rust, and tests/properties.rs checks these statements against it on a real
-//! PostgreSQL.
+//! The rules are not in SQL: the flush locks and reads the rows it
+//! touches (`SELECT … FOR UPDATE`, in key order, so replicas and the
+//! challenge service's claim never deadlock), applies the rules in Rust and
+//! writes back the columns that changed with one `UPDATE … FROM UNNEST`.
 
-use chrono::NaiveDate;
+use std::collections::{HashMap, HashSet};
+
+use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::{Applied, Deleted, Lease, ProgressRow, ProgressStore, Result, StoreError, Watermark};
-use crate::buffer::{Buffer, Key, Meta};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+use super::flush::{self, Dialect, Locked, NewRow, StateWrite};
+use super::{
+    Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
+    TableOwner, Watermark,
+};
+use crate::buffer::{Key, PendingDeletion};
+use crate::clock::{micros_of, naive_micros};
+use crate::rules::row::{GoalState, Row, Status};
 
 /// PostgreSQL's errors as the store's: what waiting can fix is `Unavailable`
 /// (the connection, the server starting or shutting down, resources, a
@@ -48,19 +51,29 @@ fn pg(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn pg_migrate(e: sqlx::migrate::MigrateError) -> StoreError {
-    match e {
-        sqlx::migrate::MigrateError::Execute(e) => pg(e),
-        other => StoreError::Rejected(format!("migration failed: {other}")),
-    }
-}
+/// The handler's own tables (idempotent DDL).
+const HANDLER_TABLES_SQL: &str = include_str!("../../migrations/postgres/handler_tables.sql");
+/// `user_goal_progress` as the challenge service's migrations 001 + 002 make it.
+const USER_GOAL_PROGRESS_SQL: &str =
+    include_str!("../../migrations/postgres/user_goal_progress.sql");
+/// The schema version those two migrations leave in golang-migrate's table.
+const SERVICE_SCHEMA_VERSION: i64 = 2;
 
+/// Serializes the DDL of replicas starting at once (CREATE TABLE IF NOT
+/// EXISTS can fail when two sessions race). An arbitrary constant.
+const HANDLER_DDL_LOCK: i64 = 0x0063_6568_5f64_646c; // "ceh_ddl"
+
+/// `{expires_at}` and `{baseline_value}` stand for the columns, or NULL on a
+/// table made before the challenge service's M5 migrations (see [`Columns`]).
 const READ_ROWS_SQL: &str = "
-SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-       is_active, updated_at, last_event_at, last_counted_day
-FROM user_goal_progress
-WHERE user_id = $1 AND ($2::varchar IS NULL OR goal_id = $2)
-ORDER BY goal_id";
+SELECT p.user_id, p.goal_id, p.challenge_id, p.namespace, p.progress, p.status, p.completed_at,
+       p.claimed_at, p.is_active, p.assigned_at, p.updated_at, {expires_at} AS expires_at,
+       {baseline_value} AS baseline_value, s.last_event_at, s.last_counted_day
+FROM user_goal_progress p
+LEFT JOIN challenge_event_handler_goal_state s
+       ON s.user_id = p.user_id AND s.goal_id = p.goal_id AND s.row_created_at = p.created_at
+WHERE p.user_id = $1 AND ($2::varchar IS NULL OR p.goal_id = $2)
+ORDER BY p.goal_id";
 
 const LEASE_SQL: &str = "
 INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
@@ -76,101 +89,6 @@ WHERE instance_id = $1 AND epoch = $2";
 const READ_WATERMARK_SQL: &str = "
 SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = $1";
 
-/// Rows of an entry whose goal is not assigned by default are only updated,
-/// never created: the challenge service creates them when a player activates
-/// the goal. (Statements for such entries get this filter; the others none.)
-const ONLY_EXISTING: &str = "
-WHERE EXISTS (SELECT 1 FROM user_goal_progress e
-              WHERE e.user_id = u.user_id AND e.goal_id = u.goal_id)";
-
-/// Absolute goals: the newest event's value becomes progress (never capped);
-/// a batch in which an event reached the target completes the goal at that
-/// event; a completed row follows the value and stays completed.
-const ABSOLUTE_SQL: &str = "
-INSERT INTO user_goal_progress AS t
-    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
-     target_value, last_event_at, created_at, updated_at)
-SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.value,
-       CASE WHEN u.reached_at IS NOT NULL THEN 'completed' ELSE 'in_progress' END,
-       u.reached_at,
-       u.target, u.event_at, now(), now()
-FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
-            $6::int4[], $7::timestamp[], $8::timestamp[])
-     AS u(user_id, goal_id, challenge_id, namespace, target, value, event_at, reached_at)
-{filter}
-ON CONFLICT (user_id, goal_id) DO UPDATE SET
-    challenge_id = EXCLUDED.challenge_id,
-    progress = EXCLUDED.progress,
-    status = CASE WHEN t.status = 'completed' THEN 'completed' ELSE EXCLUDED.status END,
-    completed_at = CASE WHEN t.status = 'completed' THEN t.completed_at
-                        ELSE EXCLUDED.completed_at END,
-    target_value = EXCLUDED.target_value,
-    last_event_at = EXCLUDED.last_event_at,
-    updated_at = EXCLUDED.updated_at
-WHERE t.is_active
-  AND t.status <> 'claimed'
-  AND (t.last_event_at IS NULL OR t.last_event_at <= EXCLUDED.last_event_at)";
-
-/// Increment goals (`day` NULL) and daily-increment goals (`delta` 1, `day` set:
-/// skipped when that UTC day was already counted). Progress is the sum, never
-/// capped (the INT column saturates); a completed row keeps counting and keeps
-/// its first `completed_at`.
-const INCREMENT_SQL: &str = "
-INSERT INTO user_goal_progress AS t
-    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
-     target_value, last_event_at, last_counted_day, created_at, updated_at)
-SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.delta,
-       CASE WHEN u.delta >= u.target THEN 'completed' ELSE 'in_progress' END,
-       CASE WHEN u.delta >= u.target THEN u.event_at END,
-       u.target, u.event_at, u.day, now(), now()
-FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
-            $6::int4[], $7::timestamp[], $8::date[])
-     AS u(user_id, goal_id, challenge_id, namespace, target, delta, event_at, day)
-{filter}
-ON CONFLICT (user_id, goal_id) DO UPDATE SET
-    challenge_id = EXCLUDED.challenge_id,
-    progress = LEAST(t.progress::int8 + EXCLUDED.progress, 2147483647)::int4,
-    status = CASE WHEN t.status = 'completed'
-                    OR t.progress::int8 + EXCLUDED.progress >= EXCLUDED.target_value
-                  THEN 'completed' ELSE 'in_progress' END,
-    completed_at = CASE WHEN t.status = 'completed' THEN t.completed_at
-                        WHEN t.progress::int8 + EXCLUDED.progress >= EXCLUDED.target_value
-                        THEN EXCLUDED.last_event_at END,
-    target_value = EXCLUDED.target_value,
-    last_event_at = GREATEST(t.last_event_at, EXCLUDED.last_event_at),
-    last_counted_day = COALESCE(EXCLUDED.last_counted_day, t.last_counted_day),
-    updated_at = EXCLUDED.updated_at
-WHERE t.is_active
-  AND t.status <> 'claimed'
-  AND (EXCLUDED.last_counted_day IS NULL
-       OR t.last_counted_day IS NULL
-       OR t.last_counted_day < EXCLUDED.last_counted_day)";
-
-/// Daily goals: completed for the event's UTC day; a later day re-completes,
-/// even a claimed row (which becomes claimable again).
-const DAILY_SQL: &str = "
-INSERT INTO user_goal_progress AS t
-    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
-     target_value, last_event_at, last_counted_day, created_at, updated_at)
-SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, 1, 'completed', u.event_at,
-       u.target, u.event_at, u.day, now(), now()
-FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int4[],
-            $6::timestamp[], $7::date[])
-     AS u(user_id, goal_id, challenge_id, namespace, target, event_at, day)
-{filter}
-ON CONFLICT (user_id, goal_id) DO UPDATE SET
-    challenge_id = EXCLUDED.challenge_id,
-    progress = EXCLUDED.progress,
-    status = 'completed',
-    completed_at = EXCLUDED.completed_at,
-    claimed_at = NULL,
-    target_value = EXCLUDED.target_value,
-    last_event_at = EXCLUDED.last_event_at,
-    last_counted_day = EXCLUDED.last_counted_day,
-    updated_at = EXCLUDED.updated_at
-WHERE t.is_active
-  AND (t.last_counted_day IS NULL OR t.last_counted_day < EXCLUDED.last_counted_day)";
-
 /// GDPR deletions: every row of each (user, namespace); the rows deleted are
 /// returned for the audit log.
 const DELETE_SQL: &str = "
@@ -180,33 +98,141 @@ USING (SELECT DISTINCT user_id, namespace
 WHERE t.user_id = d.user_id AND t.namespace = d.namespace
 RETURNING t.user_id, t.namespace";
 
-/// One upsert statement in its two forms: `[creates rows, only existing rows]`.
-struct Upsert([String; 2]);
+const DELETE_STATE_SQL: &str = "
+DELETE FROM challenge_event_handler_goal_state WHERE user_id = ANY($1::varchar[])";
 
-impl Upsert {
-    fn new(template: &str) -> Upsert {
-        Upsert([
-            template.replace("{filter}", ""),
-            template.replace("{filter}", ONLY_EXISTING),
-        ])
-    }
+const USERS_WITH_ROWS_SQL: &str = "
+SELECT DISTINCT user_id FROM user_goal_progress WHERE user_id = ANY($1::varchar[])";
 
-    fn sql(&self, creates_row: bool) -> &str {
-        &self.0[usize::from(!creates_row)]
-    }
+/// Rows the handler creates where it owns the table, as the challenge
+/// service's Initialize inserts them; an existing row is left alone.
+const INSERT_ROWS_SQL: &str = "
+INSERT INTO user_goal_progress
+    (user_id, goal_id, challenge_id, namespace, progress, status,
+     created_at, updated_at, is_active, assigned_at{, expires_at})
+SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, 0, 'not_started',
+       u.at, u.at, true, u.at{, u.expires_at}
+FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::timestamp[],
+            $6::timestamp[])
+     AS u(user_id, goal_id, challenge_id, namespace, at, expires_at)
+ON CONFLICT (user_id, goal_id) DO NOTHING";
+
+/// The rows of a batch, locked in key order, with the handler's state.
+const LOCK_ROWS_SQL: &str = "
+SELECT p.user_id, p.goal_id, p.progress, p.status, p.completed_at, p.claimed_at, p.is_active,
+       p.updated_at, {expires_at}, {baseline_value}, p.created_at,
+       s.last_event_at, s.last_counted_day
+FROM user_goal_progress p
+JOIN UNNEST($1::varchar[], $2::varchar[]) AS k(user_id, goal_id)
+  ON p.user_id = k.user_id AND p.goal_id = k.goal_id
+LEFT JOIN challenge_event_handler_goal_state s
+       ON s.user_id = p.user_id AND s.goal_id = p.goal_id AND s.row_created_at = p.created_at
+ORDER BY p.user_id, p.goal_id
+FOR UPDATE OF p";
+
+/// The columns the rules decide; nothing else of the row is written.
+const WRITE_ROWS_SQL: &str = "
+UPDATE user_goal_progress AS p SET
+    progress = u.progress, status = u.status, completed_at = u.completed_at,
+    claimed_at = u.claimed_at, updated_at = u.updated_at{, expires_at = u.expires_at}
+    {, baseline_value = u.baseline_value}
+FROM UNNEST($1::varchar[], $2::varchar[], $3::int4[], $4::varchar[], $5::timestamp[],
+            $6::timestamp[], $7::timestamp[], $8::timestamp[], $9::int4[])
+     AS u(user_id, goal_id, progress, status, completed_at, claimed_at, updated_at,
+          expires_at, baseline_value)
+WHERE p.user_id = u.user_id AND p.goal_id = u.goal_id";
+
+const WRITE_STATES_SQL: &str = "
+INSERT INTO challenge_event_handler_goal_state AS s
+    (user_id, goal_id, row_created_at, last_event_at, last_counted_day)
+SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::timestamp[], $4::timestamp[], $5::date[])
+ON CONFLICT (user_id, goal_id) DO UPDATE SET
+    row_created_at = EXCLUDED.row_created_at, last_event_at = EXCLUDED.last_event_at,
+    last_counted_day = EXCLUDED.last_counted_day";
+
+const SETTING_SQL: &str = "SELECT value FROM challenge_event_handler_settings WHERE name = $1";
+
+const SET_SETTING_SQL: &str = "
+INSERT INTO challenge_event_handler_settings (name, value) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()";
+
+/// Whether a table exists in the schema the session resolves names in.
+const TABLE_EXISTS_SQL: &str = "SELECT to_regclass($1) IS NOT NULL";
+
+/// The columns an older build of this handler added to user_goal_progress.
+const LEGACY_COLUMNS_SQL: &str = "
+SELECT count(*) FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'user_goal_progress'
+  AND column_name IN ('last_event_at', 'last_counted_day')";
+
+/// Moves an older build's per-row state into the handler's own table (once).
+const COPY_LEGACY_STATE_SQL: &str = "
+INSERT INTO challenge_event_handler_goal_state
+    (user_id, goal_id, row_created_at, last_event_at, last_counted_day)
+SELECT user_id, goal_id, created_at, last_event_at, last_counted_day FROM user_goal_progress
+WHERE last_event_at IS NOT NULL OR last_counted_day IS NOT NULL
+ON CONFLICT (user_id, goal_id) DO NOTHING";
+
+/// Which of the M5 columns `user_goal_progress` has. A table the challenge
+/// service made before M5 may lack `baseline_value` (its migration 002 adds
+/// it) or `expires_at`: the type rules need neither, and the handler never
+/// adds them (docs/DESIGN.md, "Who owns the table").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    pub expires_at: bool,
+    pub baseline_value: bool,
 }
 
-static UPSERTS: std::sync::LazyLock<[Upsert; 3]> = std::sync::LazyLock::new(|| {
-    [
-        Upsert::new(ABSOLUTE_SQL),
-        Upsert::new(INCREMENT_SQL),
-        Upsert::new(DAILY_SQL),
-    ]
-});
+/// The statements that name the M5 columns, for the table as it is.
+struct Statements {
+    read_rows: String,
+    insert_rows: String,
+    lock_rows: String,
+    write_rows: String,
+}
+
+impl Statements {
+    fn for_table(columns: Columns) -> Statements {
+        // `{name}`: the column or a typed NULL; `{, name}`, `{, u.name}` and
+        // `{, name = u.name}`: the list item, or nothing.
+        let fill = |sql: &str| {
+            let mut sql = sql.to_owned();
+            for (name, present, null) in [
+                ("expires_at", columns.expires_at, "NULL::timestamp"),
+                ("baseline_value", columns.baseline_value, "NULL::int4"),
+            ] {
+                let pick = |text: String| if present { text } else { String::new() };
+                sql = sql
+                    .replace(
+                        &format!("{{{name}}}"),
+                        &if present {
+                            format!("p.{name}")
+                        } else {
+                            null.to_owned()
+                        },
+                    )
+                    .replace(&format!("{{, {name}}}"), &pick(format!(", {name}")))
+                    .replace(&format!("{{, u.{name}}}"), &pick(format!(", u.{name}")))
+                    .replace(
+                        &format!("{{, {name} = u.{name}}}"),
+                        &pick(format!(", {name} = u.{name}")),
+                    );
+            }
+            sql
+        };
+        Statements {
+            read_rows: fill(READ_ROWS_SQL),
+            insert_rows: fill(INSERT_ROWS_SQL),
+            lock_rows: fill(LOCK_ROWS_SQL),
+            write_rows: fill(WRITE_ROWS_SQL),
+        }
+    }
+}
 
 pub struct PgStore {
     pool: PgPool,
     batch_size: usize,
+    statements: std::sync::OnceLock<(Columns, Statements)>,
 }
 
 impl PgStore {
@@ -225,210 +251,477 @@ impl PgStore {
         PgStore {
             pool,
             batch_size: batch_size.max(1),
+            statements: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The M5 columns the table has, read once (the table exists by then).
+    pub async fn columns(&self) -> Result<Columns> {
+        Ok(self.statements().await?.0)
+    }
+
+    async fn statements(&self) -> Result<&(Columns, Statements)> {
+        if let Some(known) = self.statements.get() {
+            return Ok(known);
+        }
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'user_goal_progress'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg)?;
+        let columns = Columns {
+            expires_at: names.iter().any(|n| n == "expires_at"),
+            baseline_value: names.iter().any(|n| n == "baseline_value"),
+        };
+        Ok(self
+            .statements
+            .get_or_init(|| (columns, Statements::for_table(columns))))
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
 
-/// Column arrays shared by every statement.
-#[derive(Default)]
-struct Columns {
-    user_id: Vec<String>,
-    goal_id: Vec<String>,
-    challenge_id: Vec<String>,
-    namespace: Vec<String>,
-    target: Vec<i32>,
-}
-
-impl Columns {
-    fn push(&mut self, key: &Key, meta: &Meta) {
-        self.user_id.push(key.user_id.clone());
-        self.goal_id.push(key.goal_id.clone());
-        self.challenge_id.push(meta.challenge_id.clone());
-        self.namespace.push(meta.namespace.clone());
-        self.target.push(meta.target);
+    async fn table_exists(&self, table: &str) -> Result<bool> {
+        sqlx::query_scalar(TABLE_EXISTS_SQL)
+            .bind(table)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg)
     }
 
-    fn bind<'q>(
-        self,
-        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(self.user_id)
-            .bind(self.goal_id)
-            .bind(self.challenge_id)
-            .bind(self.namespace)
-            .bind(self.target)
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        if !self
+            .table_exists("challenge_event_handler_settings")
+            .await?
+        {
+            return Ok(None);
+        }
+        sqlx::query_scalar(SETTING_SQL)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg)
+    }
+
+    async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query(SET_SETTING_SQL)
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    /// The handler's tables, under a lock so that replicas starting
+    /// together do not race; and an older build's columns copied out.
+    async fn create_handler_tables(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(pg)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(HANDLER_DDL_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg)?;
+        sqlx::Executor::execute(&mut *tx, HANDLER_TABLES_SQL)
+            .await
+            .map_err(pg)?;
+        let legacy: i64 = sqlx::query_scalar(LEGACY_COLUMNS_SQL)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(pg)?;
+        let copied: Option<String> = sqlx::query_scalar(SETTING_SQL)
+            .bind("legacy_state_copied")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(pg)?;
+        if legacy == 2 && copied.is_none() {
+            let moved = sqlx::Executor::execute(&mut *tx, COPY_LEGACY_STATE_SQL)
+                .await
+                .map_err(pg)?;
+            sqlx::query(SET_SETTING_SQL)
+                .bind("legacy_state_copied")
+                .bind("true")
+                .execute(&mut *tx)
+                .await
+                .map_err(pg)?;
+            tracing::warn!(
+                rows = moved.rows_affected(),
+                "an older build of this handler added columns to user_goal_progress \
+                 (target_value, last_event_at, last_counted_day); their state now lives in \
+                 challenge_event_handler_goal_state and the columns are no longer used. They \
+                 can be dropped (docs/DESIGN.md, \"Who owns the table\")"
+            );
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    /// `user_goal_progress` as the challenge service's migrations make it,
+    /// and golang-migrate's `schema_migrations` at their version, under
+    /// golang-migrate's own advisory lock (so a service starting now waits
+    /// and then finds nothing to do). False if the table appeared meanwhile.
+    async fn create_user_goal_progress(&self) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(pg)?;
+        let (database, schema): (String, String) =
+            sqlx::query_as("SELECT current_database()::text, current_schema()::text")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(pg)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(golang_migrate_lock_id(
+                &database,
+                &schema,
+                "schema_migrations",
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(pg)?;
+        let exists: bool = sqlx::query_scalar(TABLE_EXISTS_SQL)
+            .bind("user_goal_progress")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(pg)?;
+        if exists {
+            return Ok(false);
+        }
+        sqlx::Executor::execute(&mut *tx, USER_GOAL_PROGRESS_SQL)
+            .await
+            .map_err(pg)?;
+        // golang-migrate's version table, as its PostgreSQL driver creates it.
+        sqlx::Executor::execute(
+            &mut *tx,
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version bigint not null primary key, dirty boolean not null)",
+        )
+        .await
+        .map_err(pg)?;
+        let version: Option<(i64, bool)> =
+            sqlx::query_as("SELECT version, dirty FROM schema_migrations LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(pg)?;
+        match version {
+            None => {
+                sqlx::query("INSERT INTO schema_migrations (version, dirty) VALUES ($1, false)")
+                    .bind(SERVICE_SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(pg)?;
+            }
+            Some((version, dirty)) => tracing::warn!(
+                version,
+                dirty,
+                "schema_migrations already names a version although user_goal_progress did not \
+                 exist; left as it is (check the challenge service's migrations)"
+            ),
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
     }
 }
 
-use crate::clock::naive as timestamp;
+/// golang-migrate's advisory lock id for its PostgreSQL driver: CRC-32
+/// (IEEE) of `schema \0 table \0 database`, times its salt, as a u32.
+pub fn golang_migrate_lock_id(database: &str, schema: &str, table: &str) -> i64 {
+    const SALT: u32 = 1_486_364_155;
+    let name = format!("{schema}\0{table}\0{database}");
+    i64::from(crc32fast::hash(name.as_bytes()).wrapping_mul(SALT))
+}
 
 fn date(day: i32) -> NaiveDate {
     const CE_TO_UNIX_DAYS: i32 = 719_163;
     NaiveDate::from_num_days_from_ce_opt(day.saturating_add(CE_TO_UNIX_DAYS)).unwrap_or_default()
 }
 
-/// A buffer entry as [`crate::buffer::Pending::sorted`] lists it.
-type Entry<'b, T> = (&'b Key, &'b Meta, &'b T);
-
-/// Entries split into those that may create their row and those that may
-/// not, each still in key order.
-fn by_creates_row<'b, T>(entries: Vec<Entry<'b, T>>) -> [(bool, Vec<Entry<'b, T>>); 2] {
-    let (create, existing): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.1.creates_row);
-    [(true, create), (false, existing)]
+fn day_of(date: NaiveDate) -> i32 {
+    const CE_TO_UNIX_DAYS: i32 = 719_163;
+    date.num_days_from_ce() - CE_TO_UNIX_DAYS
 }
 
-const ABSOLUTE: usize = 0;
-const INCREMENT: usize = 1;
-const DAILY: usize = 2;
+use chrono::Datelike;
 
-impl PgStore {
-    async fn write_absolute(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        batch: &Buffer,
-    ) -> sqlx::Result<()> {
-        for (creates_row, entries) in by_creates_row(batch.absolute.sorted()) {
-            for chunk in entries.chunks(self.batch_size) {
-                let mut cols = Columns::default();
-                let (mut values, mut times, mut reached) = (Vec::new(), Vec::new(), Vec::new());
-                for (key, meta, latest) in chunk {
-                    cols.push(key, meta);
-                    values.push(latest.value);
-                    times.push(timestamp(latest.event_time_ms));
-                    reached.push(latest.reached_ms.map(timestamp));
-                }
-                cols.bind(sqlx::query(UPSERTS[ABSOLUTE].sql(creates_row)))
-                    .bind(values)
-                    .bind(times)
-                    .bind(reached)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(())
+/// A locked row as `LOCK_ROWS_SQL` returns it.
+type LockedRow = (
+    String,
+    String,
+    i32,
+    String,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+    bool,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<i32>,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<NaiveDate>,
+);
+
+fn locked(r: LockedRow) -> Result<(Key, Locked)> {
+    let (user_id, goal_id, progress, status, completed_at, claimed_at, is_active) =
+        (r.0, r.1, r.2, r.3, r.4, r.5, r.6);
+    let status = Status::parse(&status).ok_or_else(|| {
+        StoreError::Rejected(format!(
+            "user_goal_progress row {user_id}/{goal_id} has status {status:?}, not one of the four the table allows"
+        ))
+    })?;
+    let row = Row {
+        progress,
+        status,
+        completed_at: completed_at.map(micros_of),
+        claimed_at: claimed_at.map(micros_of),
+        is_active,
+        updated_at: micros_of(r.7),
+        expires_at: r.8.map(micros_of),
+        baseline: r.9,
+        state: GoalState {
+            last_event_at: r.11.map(micros_of),
+            last_counted_day: r.12.map(day_of),
+        },
+    };
+    Ok((
+        Key { user_id, goal_id },
+        Locked {
+            row,
+            created_at: micros_of(r.10),
+        },
+    ))
+}
+
+impl Dialect for PgStore {
+    type Tx = Transaction<'static, Postgres>;
+
+    async fn begin(&self) -> Result<Self::Tx> {
+        self.pool.begin().await.map_err(pg)
     }
 
-    async fn write_increments(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        batch: &Buffer,
-    ) -> sqlx::Result<()> {
-        for (creates_row, entries) in by_creates_row(batch.increment.sorted()) {
-            for chunk in entries.chunks(self.batch_size) {
-                let mut cols = Columns::default();
-                let (mut deltas, mut times) = (Vec::new(), Vec::new());
-                for (key, meta, sum) in chunk {
-                    cols.push(key, meta);
-                    deltas.push(sum.delta);
-                    times.push(timestamp(sum.last_event_ms));
-                }
-                let days: Vec<Option<NaiveDate>> = vec![None; deltas.len()];
-                cols.bind(sqlx::query(UPSERTS[INCREMENT].sql(creates_row)))
-                    .bind(deltas)
-                    .bind(times)
-                    .bind(days)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        // Daily increments: one statement round per distinct day, oldest first, so
-        // a key appears at most once per statement and days are counted in order.
-        for (creates_row, rows) in by_creates_row(batch.daily_increment.sorted()) {
-            let rounds = rows
-                .iter()
-                .map(|(_, _, days)| days.0.len())
-                .max()
-                .unwrap_or(0);
-            for round in 0..rounds {
-                let in_round: Vec<_> = rows
-                    .iter()
-                    .filter_map(|(key, meta, days)| {
-                        days.0
-                            .iter()
-                            .nth(round)
-                            .map(|(day, time)| (*key, *meta, *day, *time))
-                    })
-                    .collect();
-                for chunk in in_round.chunks(self.batch_size) {
-                    let mut cols = Columns::default();
-                    let (mut times, mut days) = (Vec::new(), Vec::new());
-                    for (key, meta, day, time) in chunk {
-                        cols.push(key, meta);
-                        times.push(timestamp(*time));
-                        days.push(Some(date(*day)));
-                    }
-                    cols.bind(sqlx::query(UPSERTS[INCREMENT].sql(creates_row)))
-                        .bind(vec![1i32; days.len()])
-                        .bind(times)
-                        .bind(days)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
+    async fn commit(&self, tx: Self::Tx) -> Result<()> {
+        tx.commit().await.map_err(pg)
     }
 
-    async fn write_daily(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        batch: &Buffer,
-    ) -> sqlx::Result<()> {
-        for (creates_row, entries) in by_creates_row(batch.daily.sorted()) {
-            for chunk in entries.chunks(self.batch_size) {
-                let mut cols = Columns::default();
-                let (mut times, mut days) = (Vec::new(), Vec::new());
-                for (key, meta, latest) in chunk {
-                    cols.push(key, meta);
-                    times.push(timestamp(latest.event_time_ms));
-                    days.push(date(latest.day));
-                }
-                cols.bind(sqlx::query(UPSERTS[DAILY].sql(creates_row)))
-                    .bind(times)
-                    .bind(days)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(())
+    async fn move_watermark(&self, tx: &mut Self::Tx, lease: &Lease, upto: u64) -> Result<bool> {
+        let moved = sqlx::query(WATERMARK_SQL)
+            .bind(&lease.instance_id)
+            .bind(lease.epoch)
+            .bind(upto as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(pg)?;
+        Ok(moved.rows_affected() == 1)
     }
 
-    /// Deletes the rows of every deleted user; returns how many each lost.
     async fn delete_users(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
-        batch: &Buffer,
-    ) -> sqlx::Result<Vec<Deleted>> {
-        if batch.deletions.is_empty() {
+        tx: &mut Self::Tx,
+        deletions: &[PendingDeletion],
+    ) -> Result<Vec<Deleted>> {
+        if deletions.is_empty() {
             return Ok(Vec::new());
         }
-        let users: Vec<&str> = batch
-            .deletions
+        let users: Vec<&str> = deletions
             .iter()
             .map(|d| d.deletion.user_id.as_str())
             .collect();
-        let namespaces: Vec<&str> = batch
-            .deletions
+        let namespaces: Vec<&str> = deletions
             .iter()
             .map(|d| d.deletion.namespace.as_str())
             .collect();
         let gone: Vec<(String, String)> = sqlx::query_as(DELETE_SQL)
-            .bind(users)
+            .bind(&users)
             .bind(namespaces)
             .fetch_all(&mut **tx)
-            .await?;
-        Ok(Deleted::count(&batch.deletions, &gone))
+            .await
+            .map_err(pg)?;
+        sqlx::query(DELETE_STATE_SQL)
+            .bind(&users)
+            .execute(&mut **tx)
+            .await
+            .map_err(pg)?;
+        Ok(Deleted::count(deletions, &gone))
+    }
+
+    async fn users_with_rows(&self, tx: &mut Self::Tx, users: &[&str]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in users.chunks(self.batch_size) {
+            let rows: Vec<String> = sqlx::query_scalar(USERS_WITH_ROWS_SQL)
+                .bind(chunk)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(pg)?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
+    async fn insert_rows(&self, tx: &mut Self::Tx, rows: &[NewRow<'_>]) -> Result<()> {
+        for chunk in rows.chunks(self.batch_size) {
+            let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+            let (mut at, mut expires) = (Vec::new(), Vec::new());
+            for r in chunk {
+                cols.0.push(&r.key.user_id);
+                cols.1.push(&r.key.goal_id);
+                cols.2.push(r.challenge_id);
+                cols.3.push(r.namespace);
+                at.push(naive_micros(r.row.updated_at));
+                expires.push(r.row.expires_at.map(naive_micros));
+            }
+            sqlx::query(&self.statements().await?.1.insert_rows)
+                .bind(cols.0)
+                .bind(cols.1)
+                .bind(cols.2)
+                .bind(cols.3)
+                .bind(at)
+                .bind(expires)
+                .execute(&mut **tx)
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
+    }
+
+    async fn lock_rows(&self, tx: &mut Self::Tx, keys: &[&Key]) -> Result<HashMap<Key, Locked>> {
+        let mut rows = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(self.batch_size) {
+            let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
+            let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
+            let found: Vec<LockedRow> = sqlx::query_as(&self.statements().await?.1.lock_rows)
+                .bind(users)
+                .bind(goals)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(pg)?;
+            for r in found {
+                let (key, row) = locked(r)?;
+                rows.insert(key, row);
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn write_rows(&self, tx: &mut Self::Tx, rows: &[(Key, Row)]) -> Result<()> {
+        for chunk in rows.chunks(self.batch_size) {
+            let (mut users, mut goals, mut progress, mut status) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut completed, mut claimed, mut updated, mut expires, mut baseline) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (key, row) in chunk {
+                users.push(key.user_id.as_str());
+                goals.push(key.goal_id.as_str());
+                progress.push(row.progress);
+                status.push(row.status.as_str());
+                completed.push(row.completed_at.map(naive_micros));
+                claimed.push(row.claimed_at.map(naive_micros));
+                updated.push(naive_micros(row.updated_at));
+                expires.push(row.expires_at.map(naive_micros));
+                baseline.push(row.baseline);
+            }
+            sqlx::query(&self.statements().await?.1.write_rows)
+                .bind(users)
+                .bind(goals)
+                .bind(progress)
+                .bind(status)
+                .bind(completed)
+                .bind(claimed)
+                .bind(updated)
+                .bind(expires)
+                .bind(baseline)
+                .execute(&mut **tx)
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
+    }
+
+    async fn write_states(&self, tx: &mut Self::Tx, states: &[StateWrite<'_>]) -> Result<()> {
+        for chunk in states.chunks(self.batch_size) {
+            let (mut users, mut goals, mut created, mut last, mut days) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for s in chunk {
+                users.push(s.key.user_id.as_str());
+                goals.push(s.key.goal_id.as_str());
+                created.push(naive_micros(s.created_at));
+                last.push(s.state.last_event_at.map(naive_micros));
+                days.push(s.state.last_counted_day.map(date));
+            }
+            sqlx::query(WRITE_STATES_SQL)
+                .bind(users)
+                .bind(goals)
+                .bind(created)
+                .bind(last)
+                .bind(days)
+                .execute(&mut **tx)
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
     }
 }
 
 impl ProgressStore for PgStore {
-    async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await.map_err(pg_migrate)
+    async fn prepare(&self, requested: Option<TableOwner>, migrate: bool) -> Result<Prepared> {
+        if migrate {
+            self.create_handler_tables().await?;
+        }
+        let recorded = self
+            .setting("table_owner")
+            .await?
+            .as_deref()
+            .and_then(TableOwner::parse);
+        let exists = self.table_exists("user_goal_progress").await?;
+        let (owner, why) = match (requested, recorded) {
+            (Some(owner), _) => (owner, format!("TABLE_OWNER={}", owner.as_str())),
+            (None, Some(owner)) => (
+                owner,
+                format!(
+                    "TABLE_OWNER is not set; the handler recorded \"{}\" at an earlier start",
+                    owner.as_str()
+                ),
+            ),
+            (None, None) if exists => (
+                TableOwner::Service,
+                "TABLE_OWNER is not set and user_goal_progress existed when the handler first \
+                 started: the challenge service owns it"
+                    .to_owned(),
+            ),
+            (None, None) => {
+                return Ok(Prepared::Waiting {
+                    why: "user_goal_progress does not exist: waiting for the challenge service to \
+                          create it (its migrations run at its start-up). Set TABLE_OWNER=handler \
+                          to let this handler create it when no challenge service uses this database"
+                        .to_owned(),
+                })
+            }
+        };
+        let mut why = why;
+        if !exists {
+            if owner == TableOwner::Service || !migrate {
+                return Ok(Prepared::Waiting {
+                    why: format!(
+                        "user_goal_progress does not exist ({why}{}): waiting for the challenge \
+                         service to create it. Set TABLE_OWNER=handler to let this handler create \
+                         it when no challenge service uses this database",
+                        if migrate { "" } else { ", NO_MIGRATE" }
+                    ),
+                });
+            }
+            if self.create_user_goal_progress().await? {
+                why.push_str(
+                    "; created user_goal_progress as the challenge service's migrations 001 and \
+                     002 do, and recorded schema version 2 for golang-migrate",
+                );
+            }
+        }
+        if migrate && recorded != Some(owner) {
+            self.set_setting("table_owner", owner.as_str()).await?;
+        }
+        let columns = self.columns().await?;
+        Ok(Prepared::Ready {
+            owner,
+            why,
+            rotation_columns: columns.expires_at && columns.baseline_value,
+        })
     }
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
@@ -444,39 +737,15 @@ impl ProgressStore for PgStore {
         })
     }
 
-    async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
-        let mut tx = self.pool.begin().await.map_err(pg)?;
-        // The watermark first: it locks this instance's row, so a zombie with an
-        // old epoch fails here before touching any progress row.
-        let moved = sqlx::query(WATERMARK_SQL)
-            .bind(&lease.instance_id)
-            .bind(lease.epoch)
-            .bind(upto_seq as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg)?;
-        if moved.rows_affected() != 1 {
-            return Err(StoreError::Fenced {
-                instance_id: lease.instance_id.clone(),
-                epoch: lease.epoch,
-            });
-        }
-        // Deletions before any upsert: the batch holds nothing of a deleted
-        // user from before the deletion, so what follows is a fresh start.
-        let deleted = self.delete_users(&mut tx, batch).await.map_err(pg)?;
-        self.write_absolute(&mut tx, batch).await.map_err(pg)?;
-        fail::fail_point!("flush-between-statements", |_| Err(
-            StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
-        ));
-        crate::crash_point!("flush-mid-transaction");
-        self.write_increments(&mut tx, batch).await.map_err(pg)?;
-        self.write_daily(&mut tx, batch).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
-        crate::crash_point!("flush-after-commit");
-        Ok(Applied {
-            rows: batch.len(),
-            deleted,
-        })
+    async fn apply(
+        &self,
+        lease: &Lease,
+        upto_seq: u64,
+        batch: &crate::buffer::Buffer,
+        owner: &Owner,
+    ) -> Result<Applied> {
+        let now = crate::rules::row::micros(crate::clock::unix_ms() as i64);
+        flush::apply(self, lease, upto_seq, batch, owner, now).await
     }
 
     async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
@@ -493,7 +762,7 @@ impl ProgressStore for PgStore {
         user_id: &str,
         goal_id: Option<&str>,
     ) -> Result<Vec<ProgressRow>> {
-        sqlx::query_as(READ_ROWS_SQL)
+        sqlx::query_as(&self.statements().await?.1.read_rows)
             .bind(user_id)
             .bind(goal_id)
             .fetch_all(&self.pool)
@@ -507,12 +776,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unix_days_map_to_calendar_dates() {
+    fn unix_days_map_to_calendar_dates_and_back() {
         assert_eq!(date(0), NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
         assert_eq!(date(19_723), NaiveDate::from_ymd_opt(2024, 1, 1).unwrap());
+        assert_eq!(day_of(date(19_723)), 19_723);
+        assert_eq!(day_of(date(-5)), -5);
+    }
+
+    #[test]
+    fn the_golang_migrate_lock_id_is_crc32_of_schema_table_and_database_times_the_salt() {
+        // Computed independently (Python: zlib.crc32(b"public\0schema_migrations\0challenge_db")
+        // = 929549386, times 1486364155 mod 2^32).
         assert_eq!(
-            timestamp(1_704_067_200_123).to_string(),
-            "2024-01-01 00:00:00.123"
+            golang_migrate_lock_id("challenge_db", "public", "schema_migrations"),
+            3_503_926_926
         );
     }
 }

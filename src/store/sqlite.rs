@@ -1,30 +1,36 @@
 //! The embedded store: `user_goal_progress` in a SQLite file (sqlx's SQLite
 //! driver, SQLite built in), so the service runs with nothing else installed.
 //!
-//! Same schema semantics, same rules and the same exactly-once flush as the
-//! PostgreSQL store: one transaction moves the watermark under the epoch,
-//! applies deletions, then upserts — here one prepared statement per row
-//! (SQLite has no arrays to `UNNEST`; inside one transaction of one process a
-//! row costs microseconds). The statements mirror `store/postgres.rs` clause
-//! for clause; tests/store_suite.rs holds both to the rule book.
+//! The same flush transaction as PostgreSQL ([`super::flush`]), with this
+//! dialect's statements: one prepared statement per row (SQLite has no
+//! arrays to `UNNEST`; inside one transaction of one process a row costs
+//! microseconds). The file is the handler's own, so the handler owns the
+//! table: a player's first event gives them every goal assigned by default.
 //!
 //! Durability: WAL journal mode with `synchronous = FULL`, so a commit is on
 //! disk before the flusher truncates its WAL. SQLite allows one writer at a
-//! time; a busy database waits up to five seconds and then counts as
-//! unavailable (retried).
+//! time (`BEGIN IMMEDIATE` takes it, so no row lock is needed); a busy
+//! database waits up to five seconds and then counts as unavailable (retried).
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::{Applied, Deleted, Lease, ProgressRow, ProgressStore, Result, StoreError, Watermark};
-use crate::buffer::{Buffer, Key, Meta};
-use crate::clock::naive;
+use super::flush::{self, Dialect, Locked, NewRow, StateWrite};
+use super::{
+    Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
+    TableOwner, Watermark,
+};
+use crate::buffer::{Buffer, Key, PendingDeletion};
+use crate::clock::{micros_of, naive_micros};
+use crate::rules::row::{GoalState, Row, Status};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -59,8 +65,6 @@ fn lite_migrate(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
-const NOW: &str = "strftime('%Y-%m-%d %H:%M:%f', 'now')";
-
 const LEASE_SQL: &str = "
 INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
 VALUES (?1, 1, 0)
@@ -76,143 +80,78 @@ WHERE instance_id = ?1 AND epoch = ?2";
 const READ_WATERMARK_SQL: &str = "
 SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = ?1";
 
-const READ_ROWS_SQL: &str = "
-SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-       is_active, updated_at, last_event_at, last_counted_day
-FROM user_goal_progress
-WHERE user_id = ?1 AND (?2 IS NULL OR goal_id = ?2)
-ORDER BY goal_id";
+/// The handler's state belongs to the row created at `row_created_at`
+/// (compared as times: older files wrote milliseconds, this build micro).
+const STATE_JOIN: &str = "LEFT JOIN challenge_event_handler_goal_state s
+       ON s.user_id = p.user_id AND s.goal_id = p.goal_id
+      AND julianday(s.row_created_at) = julianday(p.created_at)";
 
-/// Entries of goals not assigned by default only update an existing row.
-const ONLY_EXISTING: &str = "EXISTS (SELECT 1 FROM user_goal_progress e
-                                    WHERE e.user_id = ?1 AND e.goal_id = ?2)";
-
-/// Parameters: ?1 user, ?2 goal, ?3 challenge, ?4 namespace, ?5 target, then per kind.
-/// Absolute: ?6 value, ?7 event time, ?8 time the target was reached (or NULL).
-const ABSOLUTE_SQL: &str = "
-INSERT INTO user_goal_progress AS t
-    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
-     target_value, last_event_at, created_at, updated_at)
-SELECT ?1, ?2, ?3, ?4, ?6,
-       CASE WHEN ?8 IS NOT NULL THEN 'completed' ELSE 'in_progress' END,
-       ?8, ?5, ?7, {now}, {now}
-WHERE {filter}
-ON CONFLICT (user_id, goal_id) DO UPDATE SET
-    challenge_id = excluded.challenge_id,
-    progress = excluded.progress,
-    status = CASE WHEN t.status = 'completed' THEN 'completed' ELSE excluded.status END,
-    completed_at = CASE WHEN t.status = 'completed' THEN t.completed_at
-                        ELSE excluded.completed_at END,
-    target_value = excluded.target_value,
-    last_event_at = excluded.last_event_at,
-    updated_at = excluded.updated_at
-WHERE t.is_active
-  AND t.status <> 'claimed'
-  AND (t.last_event_at IS NULL OR t.last_event_at <= excluded.last_event_at)";
-
-/// Increment and daily increment: ?6 delta, ?7 event time, ?8 the UTC day counted (or NULL).
-const INCREMENT_SQL: &str = "
-INSERT INTO user_goal_progress AS t
-    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
-     target_value, last_event_at, last_counted_day, created_at, updated_at)
-SELECT ?1, ?2, ?3, ?4, ?6,
-       CASE WHEN ?6 >= ?5 THEN 'completed' ELSE 'in_progress' END,
-       CASE WHEN ?6 >= ?5 THEN ?7 END,
-       ?5, ?7, ?8, {now}, {now}
-WHERE {filter}
-ON CONFLICT (user_id, goal_id) DO UPDATE SET
-    challenge_id = excluded.challenge_id,
-    progress = min(t.progress + excluded.progress, 2147483647),
-    status = CASE WHEN t.status = 'completed'
-                    OR t.progress + excluded.progress >= excluded.target_value
-                  THEN 'completed' ELSE 'in_progress' END,
-    completed_at = CASE WHEN t.status = 'completed' THEN t.completed_at
-                        WHEN t.progress + excluded.progress >= excluded.target_value
-                        THEN excluded.last_event_at END,
-    target_value = excluded.target_value,
-    last_event_at = max(coalesce(t.last_event_at, excluded.last_event_at), excluded.last_event_at),
-    last_counted_day = coalesce(excluded.last_counted_day, t.last_counted_day),
-    updated_at = excluded.updated_at
-WHERE t.is_active
-  AND t.status <> 'claimed'
-  AND (excluded.last_counted_day IS NULL
-       OR t.last_counted_day IS NULL
-       OR t.last_counted_day < excluded.last_counted_day)";
-
-/// Daily: ?6 event time, ?7 the UTC day.
-const DAILY_SQL: &str = "
-INSERT INTO user_goal_progress AS t
-    (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
-     target_value, last_event_at, last_counted_day, created_at, updated_at)
-SELECT ?1, ?2, ?3, ?4, 1, 'completed', ?6, ?5, ?6, ?7, {now}, {now}
-WHERE {filter}
-ON CONFLICT (user_id, goal_id) DO UPDATE SET
-    challenge_id = excluded.challenge_id,
-    progress = excluded.progress,
-    status = 'completed',
-    completed_at = excluded.completed_at,
-    claimed_at = NULL,
-    target_value = excluded.target_value,
-    last_event_at = excluded.last_event_at,
-    last_counted_day = excluded.last_counted_day,
-    updated_at = excluded.updated_at
-WHERE t.is_active
-  AND (t.last_counted_day IS NULL OR t.last_counted_day < excluded.last_counted_day)";
-
-const DELETE_SQL: &str = "DELETE FROM user_goal_progress WHERE user_id = ?1 AND namespace = ?2";
-
-/// One upsert in its two forms: `[creates rows, only existing rows]`.
-struct Upsert([String; 2]);
-
-impl Upsert {
-    fn new(template: &str) -> Upsert {
-        let template = template.replace("{now}", NOW);
-        Upsert([
-            template.replace("{filter}", "true"),
-            template.replace("{filter}", ONLY_EXISTING),
-        ])
-    }
-
-    fn sql(&self, creates_row: bool) -> &str {
-        &self.0[usize::from(!creates_row)]
-    }
+fn read_rows_sql() -> String {
+    format!(
+        "SELECT p.user_id, p.goal_id, p.challenge_id, p.namespace, p.progress, p.status,
+                p.completed_at, p.claimed_at, p.is_active, p.assigned_at, p.updated_at,
+                p.expires_at, p.baseline_value, s.last_event_at, s.last_counted_day
+         FROM user_goal_progress p {STATE_JOIN}
+         WHERE p.user_id = ?1 AND (?2 IS NULL OR p.goal_id = ?2)
+         ORDER BY p.goal_id"
+    )
 }
 
-static UPSERTS: std::sync::LazyLock<[Upsert; 3]> = std::sync::LazyLock::new(|| {
-    [
-        Upsert::new(ABSOLUTE_SQL),
-        Upsert::new(INCREMENT_SQL),
-        Upsert::new(DAILY_SQL),
-    ]
-});
+fn lock_row_sql() -> String {
+    format!(
+        "SELECT p.progress, p.status, p.completed_at, p.claimed_at, p.is_active, p.updated_at,
+                p.expires_at, p.baseline_value, p.created_at, s.last_event_at, s.last_counted_day
+         FROM user_goal_progress p {STATE_JOIN}
+         WHERE p.user_id = ?1 AND p.goal_id = ?2"
+    )
+}
 
-const ABSOLUTE: usize = 0;
-const INCREMENT: usize = 1;
-const DAILY: usize = 2;
+static READ_ROWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(read_rows_sql);
+static LOCK_ROW_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(lock_row_sql);
 
-/// A time as the embedded schema stores it (always three fractional digits,
-/// so times order as text).
-fn time_text(unix_ms: i64) -> String {
-    naive(unix_ms).format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+const DELETE_SQL: &str = "DELETE FROM user_goal_progress WHERE user_id = ?1 AND namespace = ?2";
+const DELETE_STATE_SQL: &str = "DELETE FROM challenge_event_handler_goal_state WHERE user_id = ?1";
+const USER_HAS_ROWS_SQL: &str = "SELECT 1 FROM user_goal_progress WHERE user_id = ?1 LIMIT 1";
+
+const INSERT_ROW_SQL: &str = "
+INSERT INTO user_goal_progress
+    (user_id, goal_id, challenge_id, namespace, progress, status,
+     created_at, updated_at, is_active, assigned_at, expires_at)
+VALUES (?1, ?2, ?3, ?4, 0, 'not_started', ?5, ?5, 1, ?5, ?6)
+ON CONFLICT (user_id, goal_id) DO NOTHING";
+
+const WRITE_ROW_SQL: &str = "
+UPDATE user_goal_progress SET
+    progress = ?3, status = ?4, completed_at = ?5, claimed_at = ?6, updated_at = ?7,
+    expires_at = ?8, baseline_value = ?9
+WHERE user_id = ?1 AND goal_id = ?2";
+
+const WRITE_STATE_SQL: &str = "
+INSERT INTO challenge_event_handler_goal_state
+    (user_id, goal_id, row_created_at, last_event_at, last_counted_day)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (user_id, goal_id) DO UPDATE SET
+    row_created_at = excluded.row_created_at, last_event_at = excluded.last_event_at,
+    last_counted_day = excluded.last_counted_day";
+
+/// A time as the embedded store writes it: UTC text with microseconds.
+fn time_text(unix_us: i64) -> String {
+    naive_micros(unix_us)
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string()
 }
 
 fn day_text(day: i32) -> String {
     const CE_TO_UNIX_DAYS: i32 = 719_163;
-    chrono::NaiveDate::from_num_days_from_ce_opt(day.saturating_add(CE_TO_UNIX_DAYS))
+    NaiveDate::from_num_days_from_ce_opt(day.saturating_add(CE_TO_UNIX_DAYS))
         .unwrap_or_default()
         .format("%Y-%m-%d")
         .to_string()
 }
 
-type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-fn row_query<'q>(sql: &'q str, key: &'q Key, meta: &'q Meta) -> Query<'q> {
-    sqlx::query(sql)
-        .bind(&key.user_id)
-        .bind(&key.goal_id)
-        .bind(&meta.challenge_id)
-        .bind(&meta.namespace)
-        .bind(meta.target)
+fn day_of(date: NaiveDate) -> i32 {
+    use chrono::Datelike;
+    date.num_days_from_ce() - 719_163
 }
 
 pub struct SqliteStore {
@@ -256,58 +195,65 @@ impl SqliteStore {
             _ => Ok(()),
         }
     }
+}
 
-    async fn write(&self, tx: &mut Transaction<'_, Sqlite>, batch: &Buffer) -> sqlx::Result<()> {
-        for (key, meta, latest) in batch.absolute.sorted() {
-            row_query(UPSERTS[ABSOLUTE].sql(meta.creates_row), key, meta)
-                .bind(latest.value)
-                .bind(time_text(latest.event_time_ms))
-                .bind(latest.reached_ms.map(time_text))
-                .execute(&mut **tx)
-                .await?;
-        }
-        for (key, meta, sum) in batch.increment.sorted() {
-            row_query(UPSERTS[INCREMENT].sql(meta.creates_row), key, meta)
-                .bind(sum.delta)
-                .bind(time_text(sum.last_event_ms))
-                .bind(None::<String>)
-                .execute(&mut **tx)
-                .await?;
-        }
-        for (key, meta, days) in batch.daily_increment.sorted() {
-            // Oldest day first, as the rule book counts them.
-            for (&day, &time) in &days.0 {
-                row_query(UPSERTS[INCREMENT].sql(meta.creates_row), key, meta)
-                    .bind(1)
-                    .bind(time_text(time))
-                    .bind(Some(day_text(day)))
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        for (key, meta, latest) in batch.daily.sorted() {
-            row_query(UPSERTS[DAILY].sql(meta.creates_row), key, meta)
-                .bind(time_text(latest.event_time_ms))
-                .bind(day_text(latest.day))
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+/// A locked row as `LOCK_ROW_SQL` returns it.
+type LockedRow = (
+    i32,
+    String,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+    bool,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<i32>,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<NaiveDate>,
+);
+
+impl Dialect for SqliteStore {
+    type Tx = Transaction<'static, Sqlite>;
+
+    async fn begin(&self) -> Result<Self::Tx> {
+        // IMMEDIATE: take the write lock now, not halfway through.
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(lite)
+    }
+
+    async fn commit(&self, tx: Self::Tx) -> Result<()> {
+        tx.commit().await.map_err(lite)
+    }
+
+    async fn move_watermark(&self, tx: &mut Self::Tx, lease: &Lease, upto: u64) -> Result<bool> {
+        let moved = sqlx::query(WATERMARK_SQL)
+            .bind(&lease.instance_id)
+            .bind(lease.epoch)
+            .bind(upto as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(lite)?;
+        Ok(moved.rows_affected() == 1)
     }
 
     async fn delete_users(
         &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        batch: &Buffer,
-    ) -> sqlx::Result<Vec<Deleted>> {
-        let mut deleted = Vec::with_capacity(batch.deletions.len());
-        for pending in &batch.deletions {
+        tx: &mut Self::Tx,
+        deletions: &[PendingDeletion],
+    ) -> Result<Vec<Deleted>> {
+        let mut deleted = Vec::with_capacity(deletions.len());
+        for pending in deletions {
             let d = &pending.deletion;
             let gone = sqlx::query(DELETE_SQL)
                 .bind(&d.user_id)
                 .bind(&d.namespace)
                 .execute(&mut **tx)
-                .await?;
+                .await
+                .map_err(lite)?;
+            sqlx::query(DELETE_STATE_SQL)
+                .bind(&d.user_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(lite)?;
             deleted.push(Deleted {
                 user_id: d.user_id.clone(),
                 namespace: d.namespace.clone(),
@@ -318,12 +264,135 @@ impl SqliteStore {
         }
         Ok(deleted)
     }
+
+    async fn users_with_rows(&self, tx: &mut Self::Tx, users: &[&str]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for user in users {
+            let has: Option<i64> = sqlx::query_scalar(USER_HAS_ROWS_SQL)
+                .bind(user)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(lite)?;
+            if has.is_some() {
+                found.insert((*user).to_owned());
+            }
+        }
+        Ok(found)
+    }
+
+    async fn insert_rows(&self, tx: &mut Self::Tx, rows: &[NewRow<'_>]) -> Result<()> {
+        for r in rows {
+            sqlx::query(INSERT_ROW_SQL)
+                .bind(&r.key.user_id)
+                .bind(&r.key.goal_id)
+                .bind(r.challenge_id)
+                .bind(r.namespace)
+                .bind(time_text(r.row.updated_at))
+                .bind(r.row.expires_at.map(time_text))
+                .execute(&mut **tx)
+                .await
+                .map_err(lite)?;
+        }
+        Ok(())
+    }
+
+    async fn lock_rows(&self, tx: &mut Self::Tx, keys: &[&Key]) -> Result<HashMap<Key, Locked>> {
+        let mut rows = HashMap::with_capacity(keys.len());
+        for key in keys {
+            let found: Option<LockedRow> = sqlx::query_as(LOCK_ROW_SQL.as_str())
+                .bind(&key.user_id)
+                .bind(&key.goal_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(lite)?;
+            let Some(r) = found else {
+                continue;
+            };
+            let status = Status::parse(&r.1).ok_or_else(|| {
+                StoreError::Rejected(format!(
+                    "user_goal_progress row {}/{} has status {:?}, not one of the four the table allows",
+                    key.user_id, key.goal_id, r.1
+                ))
+            })?;
+            let row = Row {
+                progress: r.0,
+                status,
+                completed_at: r.2.map(micros_of),
+                claimed_at: r.3.map(micros_of),
+                is_active: r.4,
+                updated_at: micros_of(r.5),
+                expires_at: r.6.map(micros_of),
+                baseline: r.7,
+                state: GoalState {
+                    last_event_at: r.9.map(micros_of),
+                    last_counted_day: r.10.map(day_of),
+                },
+            };
+            rows.insert(
+                (*key).clone(),
+                Locked {
+                    row,
+                    created_at: micros_of(r.8),
+                },
+            );
+        }
+        Ok(rows)
+    }
+
+    async fn write_rows(&self, tx: &mut Self::Tx, rows: &[(Key, Row)]) -> Result<()> {
+        for (key, row) in rows {
+            sqlx::query(WRITE_ROW_SQL)
+                .bind(&key.user_id)
+                .bind(&key.goal_id)
+                .bind(row.progress)
+                .bind(row.status.as_str())
+                .bind(row.completed_at.map(time_text))
+                .bind(row.claimed_at.map(time_text))
+                .bind(time_text(row.updated_at))
+                .bind(row.expires_at.map(time_text))
+                .bind(row.baseline)
+                .execute(&mut **tx)
+                .await
+                .map_err(lite)?;
+        }
+        Ok(())
+    }
+
+    async fn write_states(&self, tx: &mut Self::Tx, states: &[StateWrite<'_>]) -> Result<()> {
+        for s in states {
+            sqlx::query(WRITE_STATE_SQL)
+                .bind(&s.key.user_id)
+                .bind(&s.key.goal_id)
+                .bind(time_text(s.created_at))
+                .bind(s.state.last_event_at.map(time_text))
+                .bind(s.state.last_counted_day.map(day_text))
+                .execute(&mut **tx)
+                .await
+                .map_err(lite)?;
+        }
+        Ok(())
+    }
 }
 
 impl ProgressStore for SqliteStore {
-    async fn migrate(&self) -> Result<()> {
+    async fn prepare(&self, requested: Option<TableOwner>, migrate: bool) -> Result<Prepared> {
+        if requested == Some(TableOwner::Service) {
+            return Err(StoreError::Rejected(
+                "TABLE_OWNER=service needs PostgreSQL: the embedded store is the handler's own file"
+                    .into(),
+            ));
+        }
         self.ensure_dir()?;
-        MIGRATOR.run(&self.pool).await.map_err(lite_migrate)
+        if migrate {
+            MIGRATOR.run(&self.pool).await.map_err(lite_migrate)?;
+        }
+        Ok(Prepared::Ready {
+            owner: TableOwner::Handler,
+            why: "the embedded store is the handler's own file (no challenge service creates its \
+                  rows)"
+                .into(),
+            rotation_columns: true,
+        })
     }
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
@@ -340,33 +409,15 @@ impl ProgressStore for SqliteStore {
         })
     }
 
-    async fn apply(&self, lease: &Lease, upto_seq: u64, batch: &Buffer) -> Result<Applied> {
-        // IMMEDIATE: take the write lock now, not halfway through.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(lite)?;
-        let moved = sqlx::query(WATERMARK_SQL)
-            .bind(&lease.instance_id)
-            .bind(lease.epoch)
-            .bind(upto_seq as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(lite)?;
-        if moved.rows_affected() != 1 {
-            return Err(StoreError::Fenced {
-                instance_id: lease.instance_id.clone(),
-                epoch: lease.epoch,
-            });
-        }
-        let deleted = self.delete_users(&mut tx, batch).await.map_err(lite)?;
-        self.write(&mut tx, batch).await.map_err(lite)?;
-        tx.commit().await.map_err(lite)?;
-        Ok(Applied {
-            rows: batch.len(),
-            deleted,
-        })
+    async fn apply(
+        &self,
+        lease: &Lease,
+        upto_seq: u64,
+        batch: &Buffer,
+        owner: &Owner,
+    ) -> Result<Applied> {
+        let now = crate::rules::row::micros(crate::clock::unix_ms() as i64);
+        flush::apply(self, lease, upto_seq, batch, owner, now).await
     }
 
     async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
@@ -383,7 +434,7 @@ impl ProgressStore for SqliteStore {
         user_id: &str,
         goal_id: Option<&str>,
     ) -> Result<Vec<ProgressRow>> {
-        sqlx::query_as(READ_ROWS_SQL)
+        sqlx::query_as(READ_ROWS_SQL.as_str())
             .bind(user_id)
             .bind(goal_id)
             .fetch_all(&self.pool)
@@ -397,10 +448,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_and_days_are_written_so_that_they_order_as_text() {
-        assert_eq!(time_text(1_704_067_200_000), "2024-01-01 00:00:00.000");
-        assert_eq!(time_text(1_704_067_200_123), "2024-01-01 00:00:00.123");
+    fn times_and_days_are_written_as_utc_text() {
+        assert_eq!(
+            time_text(1_704_067_200_000_000),
+            "2024-01-01 00:00:00.000000"
+        );
+        assert_eq!(
+            time_text(1_704_067_200_123_456),
+            "2024-01-01 00:00:00.123456"
+        );
         assert!(time_text(999) < time_text(1_000));
         assert_eq!(day_text(19_723), "2024-01-01");
+        assert_eq!(day_of(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()), 19_723);
     }
 }

@@ -109,6 +109,9 @@ impl Service {
             ("--flush-interval", "50ms"),
             ("--config-path", config.as_str()),
             ("--wal-dir", wal.as_str()),
+            // A fresh test database has no challenge service: the handler
+            // owns the table (tests of the drop-in say otherwise).
+            ("--table-owner", "handler"),
         ];
         let mut argv: Vec<String> = vec!["test".into()];
         for (flag, value) in defaults {
@@ -407,6 +410,11 @@ impl Binary {
             ("DATABASE_URL", db_url),
             ("WAL_DIR", wal.to_str().expect("a UTF-8 temp path")),
         ];
+        // A fresh test database has no challenge service: the handler owns
+        // the table, unless the test says otherwise.
+        if !extra_env.iter().any(|(k, _)| *k == "TABLE_OWNER") {
+            env.push(("TABLE_OWNER", "handler"));
+        }
         env.extend_from_slice(extra_env);
         Binary::spawn_bare(dir, challenges, &env)
     }

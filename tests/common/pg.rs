@@ -64,6 +64,151 @@ impl TestDb {
             .await
             .expect("connect to test database")
     }
+
+    /// Migrates the database as AccelByte's challenge service does at its
+    /// start (tests/fixtures/challenge-service).
+    pub async fn migrate_as_the_challenge_service(&self) {
+        let pool = self.pool().await;
+        golang_migrate_up(&pool, &challenge_service_migrations())
+            .await
+            .expect("the challenge service's migrations");
+        pool.close().await;
+    }
+
+    /// `pg_dump --schema-only -t <table>` of this database.
+    pub fn dump_schema(&self, table: &str) -> String {
+        let server = SERVER.get_or_init(start_server);
+        pg_dump_schema(&server.admin_url, &self.name, table)
+    }
+}
+
+/// The challenge service's migrations (tests/fixtures/challenge-service),
+/// as golang-migrate reads them: (version, up SQL), by version.
+pub fn challenge_service_migrations() -> Vec<(i64, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/challenge-service");
+    let mut migrations: Vec<(i64, String)> = std::fs::read_dir(&dir)
+        .expect("read the migration fixtures")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_owned();
+            let version = name
+                .strip_suffix(".up.sql")?
+                .split('_')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((version, std::fs::read_to_string(&path).ok()?))
+        })
+        .collect();
+    migrations.sort();
+    assert_eq!(
+        migrations.len(),
+        2,
+        "the fixtures hold migrations 001 and 002"
+    );
+    migrations
+}
+
+/// `migrate up` as golang-migrate's PostgreSQL driver does it: on one
+/// connection under its advisory lock (the id the handler computes), the
+/// version table created if missing, a dirty version refused, and each
+/// migration above the recorded version marked dirty, run as one
+/// multi-statement query, and marked clean. Returns the migrations it ran.
+pub async fn golang_migrate_up(
+    pool: &PgPool,
+    migrations: &[(i64, String)],
+) -> Result<Vec<i64>, String> {
+    use sqlx::Executor;
+    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let (database, schema): (String, String) =
+        sqlx::query_as("SELECT current_database()::text, current_schema()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    let lock = challenge_event_handler::store::postgres::golang_migrate_lock_id(
+        &database,
+        &schema,
+        "schema_migrations",
+    );
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(1) FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(&schema)
+        .bind("schema_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        if exists == 0 {
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version bigint not null primary key, dirty boolean not null)")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let current: Option<(i64, bool)> =
+            sqlx::query_as("SELECT version, dirty FROM schema_migrations LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        if let Some((version, true)) = current {
+            return Err(format!("Dirty database version {version}. Fix and force version."));
+        }
+        let from = current.map_or(-1, |(v, _)| v);
+        let mut ran = Vec::new();
+        for (version, sql) in migrations.iter().filter(|(v, _)| *v > from) {
+            for dirty in [true, false] {
+                if !dirty {
+                    conn.execute(sql.as_str())
+                        .await
+                        .map_err(|e| format!("migration {version} failed: {e}"))?;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| e.to_string())?;
+                tx.execute("TRUNCATE schema_migrations").await.map_err(|e| e.to_string())?;
+                sqlx::query("INSERT INTO schema_migrations (version, dirty) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(dirty)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tx.commit().await.map_err(|e| e.to_string())?;
+            }
+            ran.push(*version);
+        }
+        Ok(ran)
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock)
+        .execute(&mut *conn)
+        .await;
+    result
+}
+
+/// `pg_dump --schema-only -t <table>` of database `name` on the server at `admin_url`.
+pub fn pg_dump_schema(admin_url: &str, name: &str, table: &str) -> String {
+    let url = with_database(admin_url, name);
+    let pg_dump = find_pg_binary("pg_dump");
+    let mut command = Command::new(&pg_dump);
+    command.args(["--schema-only", "--no-owner", "-t", table, "--dbname", &url]);
+    // Since 15.14 pg_dump wraps its output in \restrict with a random key.
+    let help = Command::new(&pg_dump)
+        .arg("--help")
+        .output()
+        .expect("run pg_dump --help");
+    if String::from_utf8_lossy(&help.stdout).contains("--restrict-key") {
+        command.arg("--restrict-key=challengeeventhandler");
+    }
+    let output = command.output().expect("run pg_dump");
+    assert!(
+        output.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("pg_dump prints UTF-8")
 }
 
 /// Replaces the database name in a PostgreSQL URL.

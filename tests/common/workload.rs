@@ -348,11 +348,18 @@ impl Workload {
         );
     }
 
-    /// Compares every row with what the acknowledged events make of it.
+    /// Compares every row with what the acknowledged events make of it. A
+    /// row no event moved (`not_started`: the handler initialized the
+    /// player with every goal assigned by default) counts as no row.
     pub async fn check(&self, pool: &PgPool) -> Verdict {
         let rows: BTreeMap<(String, String), (i32, Option<NaiveDate>)> =
             sqlx::query_as::<_, (String, String, i32, Option<NaiveDate>)>(
-                "SELECT user_id, goal_id, progress, last_counted_day FROM user_goal_progress",
+                "SELECT p.user_id, p.goal_id, p.progress, s.last_counted_day
+                 FROM user_goal_progress p
+                 LEFT JOIN challenge_event_handler_goal_state s
+                        ON s.user_id = p.user_id AND s.goal_id = p.goal_id
+                       AND s.row_created_at = p.created_at
+                 WHERE p.status <> 'not_started'",
             )
             .fetch_all(pool)
             .await

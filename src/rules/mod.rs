@@ -1,0 +1,668 @@
+//! Goal index and progress rules: `Event × goals → [Record]`, pure and without I/O.
+//!
+//! A [`Record`] is what the WAL stores: an [`Update`] of one user-goal row or a
+//! GDPR [`Deletion`] of all of a user's rows. Records are self-contained
+//! (docs/DESIGN.md, invariant 7): an update carries the user, goal, challenge,
+//! namespace, target, whether the goal is assigned by default, the operation
+//! (with the goal's rules) and the event's time and id, so replaying the WAL
+//! never needs today's `challenges.json`.
+//!
+//! Two generations of `challenges.json`, one rule book each:
+//! [`typed`] (goal `type` absolute / increment / daily) and [`m5`]
+//! (`progressMode` and `rotation`); both apply to a [`row::Row`].
+
+pub mod m5;
+pub mod row;
+pub mod typed;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bincode::{Decode, Encode};
+
+use crate::event::{Event, EventKind};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How a type-rules goal's progress moves (docs/DESIGN.md, "Progress rules").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GoalKind {
+    /// progress = the stat's latest value; the newest event wins.
+    Absolute,
+    /// progress += the stat's `inc` (1 if absent or ≤ 0), or 1 per login.
+    Increment,
+    /// progress += 1 at most once per user-goal per UTC day.
+    DailyIncrement,
+    /// completed once per UTC day (re-completes on a later day).
+    Daily,
+}
+
+/// Which generation of rules a goal follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GoalRule {
+    /// A file without `progressMode` or `rotation`: the goal's `type`.
+    Typed(GoalKind),
+    /// AccelByte's current generation: `progressMode` and `rotation`.
+    M5(m5::Goal),
+}
+
+/// Which generation a whole `challenges.json` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Generation {
+    /// Goal `type` absolute / increment / daily (the seed and AccelByte's M4 files).
+    #[default]
+    Typed,
+    /// `requirement.progressMode` and goal-level `rotation` (AccelByte's M5 files).
+    M5,
+}
+
+impl Generation {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Generation::Typed => "type rules (goal \"type\": absolute / increment / daily)",
+            Generation::M5 => "M5 rules (\"progressMode\" and \"rotation\")",
+        }
+    }
+}
+
+/// Which events feed a goal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Login,
+    Statistic,
+}
+
+/// One goal of `challenges.json`, as far as progress is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoalDef {
+    pub challenge_id: String,
+    pub goal_id: String,
+    pub rule: GoalRule,
+    pub source: Source,
+    pub stat_code: Option<String>,
+    pub target: i32,
+    /// `defaultAssigned`: the challenge service gives every player this
+    /// goal's row when it initializes the player; otherwise the row exists
+    /// only once the player activates the goal.
+    pub default_assigned: bool,
+}
+
+/// Goals by the events that move them; built once, O(1) lookup per event.
+#[derive(Debug, Default)]
+pub struct GoalIndex {
+    generation: Generation,
+    goals: Vec<Arc<GoalDef>>,
+    /// Type rules: the login goals. M5: the goals of the login goals' stat codes.
+    login: Vec<Arc<GoalDef>>,
+    /// Type rules: statistic goals by stat code. M5: every goal by stat
+    /// code, for the codes some statistic goal uses.
+    by_stat: HashMap<String, Vec<Arc<GoalDef>>>,
+}
+
+impl GoalIndex {
+    pub fn new(generation: Generation, goals: Vec<GoalDef>) -> Self {
+        let goals: Vec<Arc<GoalDef>> = goals.into_iter().map(Arc::new).collect();
+        let mut index = GoalIndex {
+            generation,
+            goals: goals.clone(),
+            ..GoalIndex::default()
+        };
+        match generation {
+            Generation::Typed => {
+                for goal in goals {
+                    match (goal.source, &goal.stat_code) {
+                        (Source::Login, _) => index.login.push(goal),
+                        (Source::Statistic, Some(code)) => {
+                            index.by_stat.entry(code.clone()).or_default().push(goal)
+                        }
+                        (Source::Statistic, None) => {}
+                    }
+                }
+            }
+            Generation::M5 => {
+                // AccelByte's handler: a login adds 1 to each login goal's stat
+                // code, and a stat code (from a login or a stat event) moves
+                // every goal that uses it, whatever its eventSource; a stat
+                // event moves nothing unless a statistic goal uses its code.
+                let mut by_code: HashMap<&str, Vec<Arc<GoalDef>>> = HashMap::new();
+                for goal in &goals {
+                    if let Some(code) = &goal.stat_code {
+                        by_code.entry(code).or_default().push(goal.clone());
+                    }
+                }
+                let mut login_codes: Vec<&str> = goals
+                    .iter()
+                    .filter(|g| g.source == Source::Login)
+                    .filter_map(|g| g.stat_code.as_deref())
+                    .collect();
+                login_codes.sort_unstable();
+                login_codes.dedup();
+                for code in login_codes {
+                    index.login.extend(by_code[code].iter().cloned());
+                }
+                for goal in &goals {
+                    if let (Source::Statistic, Some(code)) = (goal.source, &goal.stat_code) {
+                        index
+                            .by_stat
+                            .entry(code.clone())
+                            .or_insert_with(|| by_code[code.as_str()].clone());
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// How many goals the index holds.
+    pub fn len(&self) -> usize {
+        self.goals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.goals.is_empty()
+    }
+
+    /// Every goal, in file order.
+    pub fn goals(&self) -> impl Iterator<Item = &GoalDef> {
+        self.goals.iter().map(|g| g.as_ref())
+    }
+
+    fn goals_for(&self, kind: &EventKind) -> &[Arc<GoalDef>] {
+        match kind {
+            EventKind::Login => &self.login,
+            EventKind::GdprDeletion => &[],
+            EventKind::Stat { stat_code, .. } => self
+                .by_stat
+                .get(stat_code)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        }
+    }
+
+    /// Whether M5 rules skip this event for a negative stat value (as
+    /// AccelByte's handler does, with a warning), though goals use its code.
+    pub fn skips_negative_value(&self, event: &Event) -> bool {
+        match &event.kind {
+            EventKind::Stat { latest_value, .. } => {
+                self.generation == Generation::M5
+                    && m5_value(*latest_value).is_none()
+                    && !self.goals_for(&event.kind).is_empty()
+            }
+            _ => false,
+        }
+    }
+
+    /// The records one event makes: an update per goal it moves (possibly
+    /// none), or one deletion.
+    pub fn records(&self, event: &Event) -> Vec<Record> {
+        if event.kind == EventKind::GdprDeletion {
+            return vec![Record::Delete(Deletion {
+                user_id: event.user_id.clone(),
+                namespace: event.namespace.clone(),
+                event_time_ms: event.time_ms,
+                event_id: event.id.clone(),
+            })];
+        }
+        let goals = self.goals_for(&event.kind);
+        if self.skips_negative_value(event) {
+            return Vec::new();
+        }
+        goals
+            .iter()
+            .map(|goal| {
+                let (op, time_ms) = op_for(goal, event);
+                Record::Update(Update {
+                    user_id: event.user_id.clone(),
+                    goal_id: goal.goal_id.clone(),
+                    challenge_id: goal.challenge_id.clone(),
+                    namespace: event.namespace.clone(),
+                    target: goal.target,
+                    creates_row: goal.default_assigned,
+                    event_time_ms: time_ms,
+                    event_id: event.id.clone(),
+                    op,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The operation and the time it counts at: the event's own time for the
+/// type rules (days are the event's), the acknowledgement for M5 (periods
+/// are decided by when the event was acknowledged).
+fn op_for(goal: &GoalDef, event: &Event) -> (Op, i64) {
+    let kind = match goal.rule {
+        GoalRule::M5(rules) => {
+            let (value, inc) = match &event.kind {
+                EventKind::Stat {
+                    latest_value, inc, ..
+                } => (m5_value(*latest_value), *inc as i32),
+                _ => (None, 1),
+            };
+            let step = m5::Step {
+                goal: rules,
+                value,
+                inc,
+            };
+            return (Op::M5(step), event.received_ms);
+        }
+        GoalRule::Typed(kind) => kind,
+    };
+    let day = utc_day(event.time_ms);
+    let op = match (kind, &event.kind) {
+        (GoalKind::Absolute, EventKind::Stat { latest_value, .. }) => {
+            Op::Set(saturate(*latest_value))
+        }
+        // Not reachable through a validated config (absolute goals are statistic goals);
+        // a login moving an absolute goal counts as reaching 1.
+        (GoalKind::Absolute, _) => Op::Set(1),
+        (GoalKind::Increment, EventKind::Stat { inc, .. }) => Op::Add(increment_of(*inc)),
+        (GoalKind::Increment, _) => Op::Add(1),
+        (GoalKind::DailyIncrement, _) => Op::CountDay(day),
+        (GoalKind::Daily, _) => Op::CompleteDay(day),
+    };
+    (op, event.time_ms)
+}
+
+/// The row the handler creates for a goal assigned by default, where it
+/// owns the table: as the challenge service's Initialize makes it (nothing
+/// counted, `assigned_at` and `updated_at` at `at_ms`, `expires_at` the end
+/// of the period for a rotating goal).
+pub fn assigned_row(rule: &GoalRule, at_ms: i64) -> row::Row {
+    let mut row = row::Row::assigned(row::micros(at_ms));
+    if let GoalRule::M5(m5::Goal {
+        rotation: Some(rotation),
+        ..
+    }) = rule
+    {
+        let start = rotation.schedule.period_start(at_ms);
+        row.expires_at = Some(row::micros(rotation.schedule.next_boundary(start)));
+    }
+    row
+}
+
+/// The row `update` would find had the handler created it (see [`assigned_row`]).
+pub fn new_row(update: &Update) -> row::Row {
+    let rule = match &update.op {
+        Op::M5(step) => GoalRule::M5(step.goal),
+        _ => GoalRule::Typed(GoalKind::Increment),
+    };
+    assigned_row(&rule, update.event_time_ms)
+}
+
+/// What one update does to `row` on its own (None: nothing): the rule
+/// book. `now` is the type rules' `updated_at`.
+pub fn apply_update(row: &row::Row, update: &Update, now: row::Micros) -> Option<row::Row> {
+    let time = update.event_time_ms;
+    let target = update.target;
+    match &update.op {
+        Op::Set(value) => typed::set(row, *value, time, (*value >= target).then_some(time), now),
+        Op::Add(delta) => typed::add(row, *delta, target, time, now),
+        Op::CountDay(day) => typed::count_day(row, *day, target, time, now),
+        Op::CompleteDay(day) => typed::complete_day(row, *day, time, now),
+        Op::M5(step) => m5::apply(row, step, target, time),
+    }
+}
+
+/// An M5 stat value: truncated toward zero (as Go's `int(float64)`), None
+/// when negative (skipped), at most the INT column's maximum.
+fn m5_value(latest_value: f64) -> Option<i32> {
+    let value = latest_value.trunc();
+    (value >= 0.0).then_some(value as i32)
+}
+
+/// A stat value as progress: truncated toward zero, clamped to `0..=i32::MAX`.
+fn saturate(value: f64) -> i32 {
+    // `as` saturates at the bounds and maps NaN to 0; NaN is rejected earlier anyway.
+    (value as i32).max(0)
+}
+
+/// The increment of a stat event: its `inc` truncated, or 1 when that is ≤ 0.
+pub fn increment_of(inc: f64) -> i32 {
+    let delta = inc as i32;
+    if delta <= 0 {
+        1
+    } else {
+        delta
+    }
+}
+
+/// Days since 1970-01-01 (UTC) of a Unix time in milliseconds.
+pub fn utc_day(time_ms: i64) -> i32 {
+    time_ms.div_euclid(DAY_MS) as i32
+}
+
+/// What one event does to one user-goal row.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Op {
+    /// Absolute goal: progress becomes this value, unless the row saw a newer event.
+    Set(i32),
+    /// Increment goal: progress grows by this much.
+    Add(i32),
+    /// Daily increment goal: progress grows by 1 if this UTC day was not counted yet.
+    CountDay(i32),
+    /// Daily goal: completed for this UTC day.
+    CompleteDay(i32),
+    /// An M5 goal (`progressMode`, `rotation`): what the event does, with
+    /// the goal's rules; the update's time is when it was acknowledged.
+    M5(m5::Step),
+}
+
+/// One acknowledged change to one `user_goal_progress` row.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Update {
+    pub user_id: String,
+    pub goal_id: String,
+    pub challenge_id: String,
+    pub namespace: String,
+    pub target: i32,
+    /// The goal's `defaultAssigned`: where the handler owns the table, a
+    /// player's first event gives them this goal's row; otherwise only an
+    /// existing, active row changes.
+    pub creates_row: bool,
+    /// Unix milliseconds: for the type rules the event's time (its
+    /// `timestamp`, else arrival); for M5 goals when it was acknowledged.
+    pub event_time_ms: i64,
+    pub event_id: String,
+    pub op: Op,
+}
+
+/// An acknowledged GDPR data deletion: every row of `user_id` in `namespace`
+/// goes, and nothing acknowledged before it may bring one back.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Deletion {
+    pub user_id: String,
+    pub namespace: String,
+    /// The event's time (its `timestamp`, else arrival), Unix milliseconds.
+    pub event_time_ms: i64,
+    pub event_id: String,
+}
+
+/// What the WAL stores, one per sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Record {
+    Update(Update),
+    Delete(Deletion),
+}
+
+impl Record {
+    pub fn user_id(&self) -> &str {
+        match self {
+            Record::Update(u) => &u.user_id,
+            Record::Delete(d) => &d.user_id,
+        }
+    }
+
+    /// The id of the event that made it.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Record::Update(u) => &u.event_id,
+            Record::Delete(d) => &d.event_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goal(id: &str, kind: GoalKind, source: Source, stat: Option<&str>, target: i32) -> GoalDef {
+        GoalDef {
+            challenge_id: "c".into(),
+            goal_id: id.into(),
+            rule: GoalRule::Typed(kind),
+            source,
+            stat_code: stat.map(Into::into),
+            target,
+            default_assigned: true,
+        }
+    }
+
+    fn updates(index: &GoalIndex, event: &Event) -> Vec<Update> {
+        index
+            .records(event)
+            .into_iter()
+            .map(|r| match r {
+                Record::Update(u) => u,
+                Record::Delete(d) => panic!("unexpected deletion {d:?}"),
+            })
+            .collect()
+    }
+
+    fn stat(code: &str, latest: f64, inc: f64) -> Event {
+        Event {
+            id: "e1".into(),
+            namespace: "ns".into(),
+            user_id: "u1".into(),
+            time_ms: 3 * DAY_MS + 5,
+            received_ms: 4 * DAY_MS,
+            kind: EventKind::Stat {
+                stat_code: code.into(),
+                latest_value: latest,
+                inc,
+            },
+        }
+    }
+
+    #[test]
+    fn one_stat_event_moves_every_goal_on_its_stat_code_and_nothing_else() {
+        let index = GoalIndex::new(
+            Generation::Typed,
+            vec![
+                goal(
+                    "abs",
+                    GoalKind::Absolute,
+                    Source::Statistic,
+                    Some("kills"),
+                    10,
+                ),
+                goal(
+                    "inc",
+                    GoalKind::Increment,
+                    Source::Statistic,
+                    Some("kills"),
+                    10,
+                ),
+                goal(
+                    "dinc",
+                    GoalKind::DailyIncrement,
+                    Source::Statistic,
+                    Some("kills"),
+                    10,
+                ),
+                goal("day", GoalKind::Daily, Source::Statistic, Some("kills"), 1),
+                goal(
+                    "other",
+                    GoalKind::Increment,
+                    Source::Statistic,
+                    Some("deaths"),
+                    10,
+                ),
+                goal("login", GoalKind::Increment, Source::Login, None, 10),
+            ],
+        );
+        let ops: Vec<_> = updates(&index, &stat("kills", 7.9, 2.5))
+            .into_iter()
+            .map(|u| (u.goal_id, u.op))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("abs".to_string(), Op::Set(7)),
+                ("inc".to_string(), Op::Add(2)),
+                ("dinc".to_string(), Op::CountDay(3)),
+                ("day".to_string(), Op::CompleteDay(3)),
+            ]
+        );
+        assert!(index.records(&stat("unknown", 1.0, 1.0)).is_empty());
+    }
+
+    #[test]
+    fn a_login_adds_one_to_login_increment_goals() {
+        let index = GoalIndex::new(
+            Generation::Typed,
+            vec![goal("login", GoalKind::Increment, Source::Login, None, 3)],
+        );
+        let mut event = stat("x", 0.0, 0.0);
+        event.kind = EventKind::Login;
+        let updates = updates(&index, &event);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].op, Op::Add(1));
+        assert_eq!(updates[0].target, 3);
+        assert_eq!(updates[0].event_id, "e1");
+    }
+
+    #[test]
+    fn a_gdpr_deletion_is_one_record_whatever_the_goals() {
+        let index = GoalIndex::new(
+            Generation::Typed,
+            vec![goal("login", GoalKind::Increment, Source::Login, None, 3)],
+        );
+        let mut event = stat("x", 0.0, 0.0);
+        event.kind = EventKind::GdprDeletion;
+        assert_eq!(
+            index.records(&event),
+            [Record::Delete(Deletion {
+                user_id: "u1".into(),
+                namespace: "ns".into(),
+                event_time_ms: event.time_ms,
+                event_id: "e1".into(),
+            })]
+        );
+    }
+
+    #[test]
+    fn an_update_carries_whether_its_goal_is_assigned_by_default() {
+        let mut unassigned = goal("login", GoalKind::Increment, Source::Login, None, 3);
+        unassigned.default_assigned = false;
+        let index = GoalIndex::new(Generation::Typed, vec![unassigned]);
+        let mut event = stat("x", 0.0, 0.0);
+        event.kind = EventKind::Login;
+        assert!(!updates(&index, &event)[0].creates_row);
+    }
+
+    #[test]
+    fn increments_are_truncated_and_become_one_when_not_positive() {
+        assert_eq!(increment_of(2.9), 2);
+        assert_eq!(increment_of(0.0), 1);
+        assert_eq!(increment_of(0.7), 1);
+        assert_eq!(increment_of(-5.0), 1);
+        assert_eq!(increment_of(1e300), i32::MAX);
+    }
+
+    #[test]
+    fn absolute_values_are_clamped_into_the_int_column() {
+        assert_eq!(saturate(-3.0), 0);
+        assert_eq!(saturate(1e12), i32::MAX);
+        assert_eq!(saturate(41.99), 41);
+    }
+
+    #[test]
+    fn utc_days_split_at_midnight_and_handle_times_before_1970() {
+        assert_eq!(utc_day(0), 0);
+        assert_eq!(utc_day(DAY_MS - 1), 0);
+        assert_eq!(utc_day(DAY_MS), 1);
+        assert_eq!(utc_day(-1), -1);
+    }
+
+    fn m5_goal(id: &str, source: Source, code: &str, relative: bool) -> GoalDef {
+        GoalDef {
+            challenge_id: "c".into(),
+            goal_id: id.into(),
+            rule: GoalRule::M5(m5::Goal {
+                relative,
+                rotation: None,
+            }),
+            source,
+            stat_code: Some(code.into()),
+            target: 5,
+            default_assigned: true,
+        }
+    }
+
+    fn m5_index() -> GoalIndex {
+        GoalIndex::new(
+            Generation::M5,
+            vec![
+                m5_goal("login-abs", Source::Login, "login_count", false),
+                m5_goal("login-rel", Source::Login, "login_count", true),
+                m5_goal("login-stat", Source::Statistic, "login_count", false),
+                m5_goal("kills", Source::Statistic, "kills", true),
+                m5_goal("kills-login", Source::Login, "kills", false),
+                m5_goal("only-login", Source::Login, "streak", false),
+            ],
+        )
+    }
+
+    fn steps(index: &GoalIndex, event: &Event) -> Vec<(String, Option<i32>, i32, i64)> {
+        updates(index, event)
+            .into_iter()
+            .map(|u| match u.op {
+                Op::M5(step) => (u.goal_id, step.value, step.inc, u.event_time_ms),
+                other => panic!("not an M5 op: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_m5_login_adds_one_to_each_login_goals_stat_code_and_moves_every_goal_on_it() {
+        let index = m5_index();
+        let mut event = stat("x", 0.0, 0.0);
+        event.kind = EventKind::Login;
+        let mut got = steps(&index, &event);
+        got.sort();
+        let at = event.received_ms;
+        assert_eq!(
+            got,
+            [
+                ("kills".to_string(), None, 1, at),
+                ("kills-login".to_string(), None, 1, at),
+                ("login-abs".to_string(), None, 1, at),
+                ("login-rel".to_string(), None, 1, at),
+                ("login-stat".to_string(), None, 1, at),
+                ("only-login".to_string(), None, 1, at),
+            ],
+            "one update per goal, at the acknowledgement time"
+        );
+    }
+
+    #[test]
+    fn an_m5_stat_event_moves_every_goal_on_its_code_only_if_a_statistic_goal_uses_it() {
+        let index = m5_index();
+        let mut got = steps(&index, &stat("kills", 42.7, 3.9));
+        got.sort();
+        let at = 4 * DAY_MS;
+        assert_eq!(
+            got,
+            [
+                ("kills".to_string(), Some(42), 3, at),
+                ("kills-login".to_string(), Some(42), 3, at),
+            ]
+        );
+        assert!(
+            index.records(&stat("streak", 5.0, 1.0)).is_empty(),
+            "only a login goal uses it"
+        );
+        assert!(index.records(&stat("unknown", 5.0, 1.0)).is_empty());
+    }
+
+    #[test]
+    fn m5_values_are_truncated_toward_zero_and_negative_ones_are_skipped() {
+        let index = m5_index();
+        assert_eq!(steps(&index, &stat("kills", -0.9, -0.9))[0].1, Some(0));
+        assert_eq!(
+            steps(&index, &stat("kills", 1e12, -1e12))[0].1,
+            Some(i32::MAX)
+        );
+        assert_eq!(steps(&index, &stat("kills", 1e12, -1e12))[0].2, i32::MIN);
+        let negative = stat("kills", -1.1, 1.0);
+        assert!(index.records(&negative).is_empty());
+        assert!(index.skips_negative_value(&negative));
+        assert!(!index.skips_negative_value(&stat("unknown", -5.0, 1.0)));
+        assert!(!GoalIndex::default().skips_negative_value(&negative));
+    }
+}

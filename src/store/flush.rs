@@ -1,0 +1,242 @@
+//! The flush transaction, written once above the two SQL dialects.
+//!
+//! In ONE transaction: move this instance's watermark (only under its
+//! epoch: a zombie is fenced before it touches a row), apply the batch's
+//! GDPR deletions, create rows where the handler owns the table (a new
+//! player gets every goal assigned by default, as the challenge service's
+//! Initialize gives them; an entry's own goal if assigned by default),
+//! lock and read every row the batch touches, apply the rules in Rust
+//! ([`Buffer::plan`]), and write back what changed. A [`Dialect`] supplies
+//! only the statements.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+
+use super::{Applied, Deleted, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
+use crate::buffer::{Buffer, Key, Meta, PendingDeletion};
+use crate::rules::row::{GoalState, Micros, Row};
+
+/// A row as the flush reads it: its columns and its identity (`created_at`:
+/// the handler's own per-row state belongs to this row only, not to one
+/// the challenge service deletes and creates again).
+#[derive(Debug, Clone)]
+pub struct Locked {
+    pub row: Row,
+    pub created_at: Micros,
+}
+
+/// A row to insert where the handler owns the table.
+#[derive(Debug, Clone)]
+pub struct NewRow<'b> {
+    pub key: Key,
+    pub challenge_id: &'b str,
+    pub namespace: &'b str,
+    pub row: Row,
+}
+
+/// The handler's own state of a row, to write.
+#[derive(Debug, Clone)]
+pub struct StateWrite<'p> {
+    pub key: &'p Key,
+    pub created_at: Micros,
+    pub state: GoalState,
+}
+
+/// The statements of one SQL dialect. Every method runs inside `tx`.
+pub trait Dialect: Send + Sync {
+    type Tx: Send;
+
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+    fn commit(&self, tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
+    /// Moves the watermark to `upto` if `lease` is current; false when fenced.
+    fn move_watermark(
+        &self,
+        tx: &mut Self::Tx,
+        lease: &Lease,
+        upto: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes every row (and the handler's state) of each deleted user.
+    fn delete_users(
+        &self,
+        tx: &mut Self::Tx,
+        deletions: &[PendingDeletion],
+    ) -> impl Future<Output = Result<Vec<Deleted>>> + Send;
+    /// Which of `users` have any row.
+    fn users_with_rows(
+        &self,
+        tx: &mut Self::Tx,
+        users: &[&str],
+    ) -> impl Future<Output = Result<HashSet<String>>> + Send;
+    /// Inserts rows that do not exist yet (an existing row is left alone).
+    fn insert_rows(
+        &self,
+        tx: &mut Self::Tx,
+        rows: &[NewRow<'_>],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Locks and reads the rows of `keys` (sorted), with the handler's state.
+    fn lock_rows(
+        &self,
+        tx: &mut Self::Tx,
+        keys: &[&Key],
+    ) -> impl Future<Output = Result<HashMap<Key, Locked>>> + Send;
+    /// Writes the columns the rules decide.
+    fn write_rows(
+        &self,
+        tx: &mut Self::Tx,
+        rows: &[(Key, Row)],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the handler's state of rows.
+    fn write_states(
+        &self,
+        tx: &mut Self::Tx,
+        states: &[StateWrite<'_>],
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The flush of `batch` (WAL sequence numbers up to `upto`) in one transaction.
+pub async fn apply<D: Dialect>(
+    dialect: &D,
+    lease: &Lease,
+    upto: u64,
+    batch: &Buffer,
+    owner: &Owner,
+    now: Micros,
+) -> Result<Applied> {
+    let mut tx = dialect.begin().await?;
+    // The watermark first: it locks this instance's row, so a zombie with an
+    // old epoch fails here before touching any progress row.
+    if !dialect.move_watermark(&mut tx, lease, upto).await? {
+        return Err(StoreError::Fenced {
+            instance_id: lease.instance_id.clone(),
+            epoch: lease.epoch,
+        });
+    }
+    // Deletions before anything else: the batch holds nothing of a deleted
+    // user from before the deletion, so what follows is a fresh start.
+    let deleted = dialect.delete_users(&mut tx, &batch.deletions).await?;
+    let entries = batch.entries();
+    if owner.table == TableOwner::Handler && !entries.is_empty() {
+        let rows = new_rows(dialect, &mut tx, batch, &entries, owner).await?;
+        dialect.insert_rows(&mut tx, &rows).await?;
+    }
+    let mut keys: Vec<&Key> = entries.iter().map(|(key, _, _)| *key).collect();
+    keys.dedup();
+    let current = dialect.lock_rows(&mut tx, &keys).await?;
+    fail::fail_point!("flush-between-statements", |_| Err(
+        StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
+    ));
+    crate::crash_point!("flush-mid-transaction");
+    let plan = batch.plan(|key| current.get(key).map(|l| &l.row), now);
+    dialect.write_rows(&mut tx, &plan.writes).await?;
+    let states: Vec<StateWrite<'_>> = plan
+        .writes
+        .iter()
+        .filter_map(|(key, row)| {
+            let before = current.get(key)?;
+            (row.state != before.row.state).then_some(StateWrite {
+                key,
+                created_at: before.created_at,
+                state: row.state,
+            })
+        })
+        .collect();
+    dialect.write_states(&mut tx, &states).await?;
+    let not_applied = not_applied(dialect, &mut tx, &plan.missing, &plan).await?;
+    dialect.commit(tx).await?;
+    crate::crash_point!("flush-after-commit");
+    Ok(Applied {
+        rows: plan.writes.len(),
+        deleted,
+        not_applied,
+    })
+}
+
+/// The rows a flush creates where the handler owns the table: an entry's
+/// own row when its goal is assigned by default, and, for a player with
+/// no row at all, every goal assigned by default (the challenge service's
+/// Initialize), at the player's first update in the batch.
+async fn new_rows<'b, D: Dialect>(
+    dialect: &D,
+    tx: &mut D::Tx,
+    batch: &'b Buffer,
+    entries: &[(&'b Key, &'b Meta, crate::buffer::Entry<'b>)],
+    owner: &'b Owner,
+) -> Result<Vec<NewRow<'b>>> {
+    let mut first: BTreeMap<&str, (i64, &'b Meta)> = BTreeMap::new();
+    for (key, meta, entry) in entries {
+        let seen = first
+            .entry(&key.user_id)
+            .or_insert((entry.first_ms(), meta));
+        seen.0 = seen.0.min(entry.first_ms());
+    }
+    let mut rows: Vec<NewRow<'b>> = batch
+        .new_rows()
+        .into_iter()
+        .map(|(key, meta, row)| NewRow {
+            key,
+            challenge_id: &meta.challenge_id,
+            namespace: &meta.namespace,
+            row,
+        })
+        .collect();
+    if !owner.defaults.is_empty() {
+        let users: Vec<&str> = first.keys().copied().collect();
+        let initialized = dialect.users_with_rows(tx, &users).await?;
+        for (user, (first_ms, meta)) in &first {
+            if initialized.contains(*user) {
+                continue;
+            }
+            for goal in &owner.defaults {
+                rows.push(NewRow {
+                    key: Key {
+                        user_id: (*user).to_owned(),
+                        goal_id: goal.goal_id.clone(),
+                    },
+                    challenge_id: &goal.challenge_id,
+                    namespace: &meta.namespace,
+                    row: crate::rules::assigned_row(&goal.rule, *first_ms),
+                });
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    rows.dedup_by(|a, b| a.key == b.key);
+    Ok(rows)
+}
+
+/// Counts the updates the flush could not apply: rows that do not exist
+/// (split into players with no row at all, not initialized by the
+/// challenge service yet, and goals the player has no row of), inactive
+/// and claimed rows.
+async fn not_applied<D: Dialect>(
+    dialect: &D,
+    tx: &mut D::Tx,
+    missing: &[(Key, u32)],
+    plan: &crate::buffer::Plan,
+) -> Result<NotApplied> {
+    let mut counts = NotApplied {
+        inactive: plan.inactive,
+        claimed: plan.claimed,
+        ..NotApplied::default()
+    };
+    if missing.is_empty() {
+        return Ok(counts);
+    }
+    let users: Vec<&str> = {
+        let mut users: Vec<&str> = missing.iter().map(|(k, _)| k.user_id.as_str()).collect();
+        users.dedup();
+        users
+    };
+    let with_rows = dialect.users_with_rows(tx, &users).await?;
+    let mut players = HashSet::new();
+    for (key, records) in missing {
+        if with_rows.contains(&key.user_id) {
+            counts.goal_not_assigned += u64::from(*records);
+        } else {
+            counts.player_not_initialized += u64::from(*records);
+            players.insert(key.user_id.as_str());
+        }
+    }
+    counts.players_not_initialized = players.len() as u64;
+    Ok(counts)
+}
