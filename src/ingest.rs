@@ -1,5 +1,5 @@
 //! The one ingestion path behind gRPC (`grpc/`) and HTTP JSON (`http_ingest.rs`):
-//! namespace filter → validate ([`crate::event`]) → goal rules
+//! validate ([`crate::event`]) → namespace filter → goal rules
 //! ([`crate::rules`]) → WAL append ([`crate::wal`]), answered only when the
 //! WAL says the records are fsync'd. Each front end maps [`IngestError`] to
 //! its own status codes once.
@@ -183,14 +183,16 @@ impl Ingress {
         parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
     ) -> Result<Outcome, IngestError> {
         let inner = &self.inner;
+        // Validation first, then the namespace, as AccelByte's handler does:
+        // an invalid event is refused whatever namespace it names.
+        let (event, time_source) = parse(unix_ms() as i64).inspect_err(|e| {
+            tracing::debug!(error = %e, "invalid event rejected");
+        })?;
         if namespace != inner.namespace {
             inner.metrics.events_ignored.inc();
             tracing::debug!(namespace, "event from another namespace ignored");
             return Ok(Outcome::OtherNamespace);
         }
-        let (event, time_source) = parse(unix_ms() as i64).inspect_err(|e| {
-            tracing::debug!(error = %e, "invalid event rejected");
-        })?;
         if time_source == TimeSource::ArrivalBadTimestamp {
             inner.metrics.events_bad_timestamp.inc();
             tracing::warn!(event_id = %event.id, "event timestamp unusable; using arrival time");

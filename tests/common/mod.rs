@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod challenge_service;
 pub mod pg;
 pub mod proxy;
 pub mod workload;
@@ -440,7 +441,9 @@ impl Binary {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file);
-        for (k, v) in env {
+        // An empty value leaves the variable unset (e.g. TABLE_OWNER, which
+        // the harness would otherwise set).
+        for (k, v) in env.iter().filter(|(_, v)| !v.is_empty()) {
             command.env(k, v);
         }
         let child = command.spawn().expect("spawn the service binary");
