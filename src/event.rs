@@ -20,6 +20,34 @@ pub const MAX_STAT_CODE_LEN: usize = 256;
 /// Timestamps further ahead than this are not trusted; arrival time is used.
 const MAX_CLOCK_SKEW_MS: i64 = 86_400_000;
 
+/// The AGS event types the service takes (one gRPC service, one HTTP
+/// `type` each), as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Login = 0,
+    ThirdPartyLogin = 1,
+    Stat = 2,
+    GdprDeletion = 3,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        EventType::Login,
+        EventType::ThirdPartyLogin,
+        EventType::Stat,
+        EventType::GdprDeletion,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            EventType::Login => "login",
+            EventType::ThirdPartyLogin => "third_party_login",
+            EventType::Stat => "stat_item_updated",
+            EventType::GdprDeletion => "gdpr_deletion",
+        }
+    }
+}
+
 /// One AGS event, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

@@ -204,12 +204,13 @@ impl<S: ProgressStore> Flusher<S> {
     /// once a minute that says what to change.
     fn count_not_applied(&mut self, n: &NotApplied) {
         let m = &self.metrics.updates_not_applied;
-        for (reason, count) in [
-            ("player_not_initialized", n.player_not_initialized),
-            ("goal_not_assigned", n.goal_not_assigned),
-            ("inactive", n.inactive),
-            ("claimed", n.claimed),
-        ] {
+        let counts = [
+            n.player_not_initialized,
+            n.goal_not_assigned,
+            n.inactive,
+            n.claimed,
+        ];
+        for (reason, count) in crate::metrics::NOT_APPLIED_REASONS.into_iter().zip(counts) {
             if count > 0 {
                 m.with_label_values(&[reason]).inc_by(count);
             }

@@ -182,6 +182,7 @@ pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .with_state(IngestState {
             gate: state.ingest.clone(),
             token: state.ingest_token.clone(),
+            metrics: state.metrics.clone(),
         });
     Router::new()
         .route("/healthz", get(healthz))

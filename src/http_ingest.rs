@@ -17,6 +17,7 @@
 //! else 207), items in the order sent.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::event::{self, EventError};
 use crate::ingest::{EventType, IngestError, Ingress, Outcome};
+use crate::metrics::{failure, Metrics};
 use crate::proto::iam::account::v1::{
     DeletionGdpr, GdprRequestDataDeletionResponse, GdprRequestDataDeletionResponsePayloadData,
     UserLoggedIn, UserThirdPartyLoggedIn,
@@ -326,11 +328,15 @@ impl Answer {
     }
 }
 
-/// One event through the ingestion path.
-async fn ingest(ingress: &Ingress, value: &Value) -> Answer {
+/// One event through the ingestion path. A body refused before it
+/// reaches the path is counted here; the path counts its own refusals.
+async fn ingest(ingress: &Ingress, metrics: &Metrics, value: &Value) -> Answer {
     let message = match parse_event(value) {
         Ok(m) => m,
-        Err(errors) => return Answer::invalid(errors),
+        Err(errors) => {
+            refused(metrics, failure::INVALID);
+            return Answer::invalid(errors);
+        }
     };
     let result = ingress
         .ingest(message.kind(), message.namespace(), |now| {
@@ -350,6 +356,13 @@ async fn ingest(ingress: &Ingress, value: &Value) -> Answer {
 pub struct IngestState {
     pub gate: std::sync::Arc<crate::ingest::Gate>,
     pub token: Option<String>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+/// A request refused before it reached the ingestion path, counted as the
+/// path counts its refusals (`events_failed_total{reason}`).
+fn refused(metrics: &Metrics, reason: &str) {
+    metrics.events_failed.with_label_values(&[reason]).inc();
 }
 
 fn respond(status: StatusCode, body: &impl Serialize, retry: bool) -> Response {
@@ -366,18 +379,41 @@ fn error_body(message: &str) -> serde_json::Value {
     serde_json::json!({ "error": message })
 }
 
-/// The token check, the gate and the JSON body, common to both endpoints.
+/// The body limit, the token check, the gate and the JSON body, common to
+/// both endpoints.
 fn admit(
     state: &IngestState,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(Ingress, Value), Box<Response>> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
+            refused(
+                &state.metrics,
+                if too_large {
+                    failure::TOO_LARGE
+                } else {
+                    failure::INVALID
+                },
+            );
+            let message = if too_large {
+                "the body is larger than HTTP_MAX_BODY_BYTES; send smaller batches".to_owned()
+            } else {
+                rejection.body_text()
+            };
+            return Err(Box::new(respond(status, &error_body(&message), false)));
+        }
+    };
     if let Some(token) = &state.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            refused(&state.metrics, failure::UNAUTHORIZED);
             let mut response = respond(
                 StatusCode::UNAUTHORIZED,
                 &error_body(
@@ -392,19 +428,23 @@ fn admit(
         }
     }
     let Some(ingress) = state.gate.get() else {
+        refused(&state.metrics, failure::UNAVAILABLE);
         return Err(Box::new(respond(
             StatusCode::SERVICE_UNAVAILABLE,
             &error_body("the service is not serving (starting up or shutting down); retry later"),
             true,
         )));
     };
-    match serde_json::from_slice::<Value>(body) {
+    match serde_json::from_slice::<Value>(&body) {
         Ok(value) => Ok((ingress, value)),
-        Err(e) => Err(Box::new(respond(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({ "errors": [field_error("", format!("the body is not valid JSON: {e}"))] }),
-            false,
-        ))),
+        Err(e) => Err(Box::new({
+            refused(&state.metrics, failure::INVALID);
+            respond(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "errors": [field_error("", format!("the body is not valid JSON: {e}"))] }),
+                false,
+            )
+        })),
     }
 }
 
@@ -417,13 +457,13 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 pub async fn post_event(
     State(state): State<IngestState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ingress, value) = match admit(&state, &headers, &body) {
+    let (ingress, value) = match admit(&state, &headers, body) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    let answer = ingest(&ingress, &value).await;
+    let answer = ingest(&ingress, &state.metrics, &value).await;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     respond(status, &answer, answer.status == 503)
 }
@@ -432,13 +472,14 @@ pub async fn post_event(
 pub async fn post_batch(
     State(state): State<IngestState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ingress, value) = match admit(&state, &headers, &body) {
+    let (ingress, value) = match admit(&state, &headers, body) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let Value::Array(items) = value else {
+        refused(&state.metrics, failure::INVALID);
         return respond(
             StatusCode::BAD_REQUEST,
             &serde_json::json!({ "errors": [field_error("", "a batch must be a JSON array of events")] }),
@@ -446,6 +487,7 @@ pub async fn post_batch(
         );
     };
     if items.len() > MAX_BATCH {
+        refused(&state.metrics, failure::INVALID);
         return respond(
             StatusCode::BAD_REQUEST,
             &serde_json::json!({ "errors": [field_error("", format!("a batch holds at most {MAX_BATCH} events, got {}", items.len()))] }),
@@ -453,8 +495,12 @@ pub async fn post_batch(
         );
     }
     // Concurrently, so the whole batch shares the WAL's group commits.
-    let answers =
-        futures_util::future::join_all(items.iter().map(|item| ingest(&ingress, item))).await;
+    let answers = futures_util::future::join_all(
+        items
+            .iter()
+            .map(|item| ingest(&ingress, &state.metrics, item)),
+    )
+    .await;
     let answers: Vec<Answer> = answers
         .into_iter()
         .enumerate()

@@ -14,25 +14,7 @@ use crate::metrics::Metrics;
 use crate::rules::GoalIndex;
 use crate::wal::{Appended, Wal, WalError};
 
-/// The AGS event types, as metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Login = 0,
-    ThirdPartyLogin = 1,
-    Stat = 2,
-    GdprDeletion = 3,
-}
-
-impl EventType {
-    pub fn label(self) -> &'static str {
-        match self {
-            EventType::Login => "login",
-            EventType::ThirdPartyLogin => "third_party_login",
-            EventType::Stat => "stat_item_updated",
-            EventType::GdprDeletion => "gdpr_deletion",
-        }
-    }
-}
+pub use crate::event::EventType;
 
 /// What happened to an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +71,9 @@ impl From<WalError> for IngestError {
 impl IngestError {
     fn reason(&self) -> &'static str {
         match self {
-            IngestError::Invalid(_) => "invalid",
-            IngestError::Unavailable(_) => "unavailable",
-            IngestError::Internal(_) => "internal",
+            IngestError::Invalid(_) => crate::metrics::failure::INVALID,
+            IngestError::Unavailable(_) => crate::metrics::failure::UNAVAILABLE,
+            IngestError::Internal(_) => crate::metrics::failure::INTERNAL,
         }
     }
 }
@@ -112,13 +94,6 @@ struct Inner {
     in_flight: AtomicUsize,
 }
 
-const EVENT_TYPES: [EventType; 4] = [
-    EventType::Login,
-    EventType::ThirdPartyLogin,
-    EventType::Stat,
-    EventType::GdprDeletion,
-];
-
 /// Counts a call as in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -130,7 +105,7 @@ impl Drop for InFlight<'_> {
 
 impl Ingress {
     pub fn new(namespace: String, goals: Arc<GoalIndex>, wal: Wal, metrics: Arc<Metrics>) -> Self {
-        let counters = EVENT_TYPES.map(|t| {
+        let counters = EventType::ALL.map(|t| {
             (
                 metrics.events.with_label_values(&[t.label()]),
                 metrics.events_processed.with_label_values(&[t.label()]),

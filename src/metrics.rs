@@ -8,6 +8,29 @@ use prometheus::{
 
 const NS: &str = "challenge_event_handler";
 
+/// The `reason` label of `events_failed_total`.
+pub mod failure {
+    /// Bad input (gRPC INVALID_ARGUMENT, HTTP 400).
+    pub const INVALID: &str = "invalid";
+    /// Could not be made durable now (UNAVAILABLE, HTTP 503).
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// A storage fault (INTERNAL, HTTP 500).
+    pub const INTERNAL: &str = "internal";
+    /// HTTP ingest without the bearer token (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// HTTP ingest body over HTTP_MAX_BODY_BYTES (413).
+    pub const TOO_LARGE: &str = "too_large";
+    pub const ALL: [&str; 5] = [INVALID, UNAVAILABLE, INTERNAL, UNAUTHORIZED, TOO_LARGE];
+}
+
+/// The `reason` label of `updates_not_applied_total`.
+pub const NOT_APPLIED_REASONS: [&str; 4] = [
+    "player_not_initialized",
+    "goal_not_assigned",
+    "inactive",
+    "claimed",
+];
+
 pub struct Metrics {
     registry: Registry,
     /// Every OnMessage call, by event type.
@@ -120,7 +143,7 @@ impl Metrics {
         };
         let seconds = || exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
         let sizes = || exponential_buckets(1.0, 2.0, 16).expect("valid buckets");
-        Metrics {
+        let metrics = Metrics {
             events: counter_vec("events_total", "OnMessage calls received, by event type", "event"),
             events_processed: counter_vec(
                 "events_processed_total",
@@ -129,7 +152,8 @@ impl Metrics {
             ),
             events_failed: counter_vec(
                 "events_failed_total",
-                "OnMessage calls answered with an error, by reason",
+                "events refused (gRPC OnMessage calls and HTTP ingest requests), by reason: \
+                 invalid, unavailable, internal, unauthorized (HTTP 401), too_large (HTTP 413)",
                 "reason",
             ),
             updates_not_applied: counter_vec(
@@ -215,7 +239,20 @@ impl Metrics {
                 "resident memory of the process (VmRSS), read at each scrape",
             ),
             registry,
+        };
+        // Every label an alert or the dashboard reads exists from the start,
+        // at zero, so a ratio or an increase() has a series to work on.
+        for event in crate::event::EventType::ALL {
+            metrics.events.with_label_values(&[event.label()]);
+            metrics.events_processed.with_label_values(&[event.label()]);
         }
+        for reason in failure::ALL {
+            metrics.events_failed.with_label_values(&[reason]);
+        }
+        for reason in NOT_APPLIED_REASONS {
+            metrics.updates_not_applied.with_label_values(&[reason]);
+        }
+        metrics
     }
 
     /// The Prometheus text exposition of every metric.
@@ -240,6 +277,21 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_label_an_alert_or_the_dashboard_reads_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for line in [
+            r#"challenge_event_handler_events_total{event="login"} 0"#,
+            r#"challenge_event_handler_events_total{event="gdpr_deletion"} 0"#,
+            r#"challenge_event_handler_events_processed_total{event="stat_item_updated"} 0"#,
+            r#"challenge_event_handler_events_failed_total{reason="invalid"} 0"#,
+            r#"challenge_event_handler_events_failed_total{reason="too_large"} 0"#,
+            r#"challenge_event_handler_updates_not_applied_total{reason="player_not_initialized"} 0"#,
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+    }
 
     #[test]
     fn names_include_labelled_vectors_before_any_value() {

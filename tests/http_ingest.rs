@@ -269,6 +269,16 @@ async fn bad_requests_get_400_naming_each_field_and_write_nothing() {
 
     barrier(&svc, &pool).await;
     assert_eq!(row(&pool, "hx", "login-count").await, None);
+    // Every refusal is counted, as gRPC refusals are: 7 bad events and the
+    // broken JSON, and the body over the limit.
+    let metrics = svc.metrics().await;
+    for line in [
+        r#"challenge_event_handler_events_failed_total{reason="invalid"} 8"#,
+        r#"challenge_event_handler_events_failed_total{reason="too_large"} 1"#,
+        r#"challenge_event_handler_events_failed_total{reason="unauthorized"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
+    }
     svc.stop().await.unwrap();
 }
 
@@ -300,6 +310,9 @@ async fn with_an_ingest_token_a_request_needs_it() {
     assert_eq!(status, 200, "{text}");
     // Health and metrics stay open.
     assert_eq!(http_get(svc.http_addr, "/healthz").await.0, 200);
+    let metrics = svc.metrics().await;
+    let line = r#"challenge_event_handler_events_failed_total{reason="unauthorized"} 4"#;
+    assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
     svc.stop().await.unwrap();
 }
 
