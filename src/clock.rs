@@ -7,10 +7,30 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    now.saturating_add(test_offset_ms()).max(0) as u64
+}
+
+/// Crash tests move the process's clock to a given instant (a replay
+/// across midnight): `TEST_CLOCK_OFFSET_MS`, read once, added to every
+/// reading. Only in builds with `--features failpoints`; zero otherwise.
+#[cfg(feature = "failpoints")]
+fn test_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("TEST_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn test_offset_ms() -> i64 {
+    0
 }
 
 /// `2026-01-01T00:00:00.000Z`.

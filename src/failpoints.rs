@@ -13,6 +13,10 @@
 //! | `flush-mid-transaction` | same place | the process aborts |
 //! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |
 //! | `replay-mid` | start-up replay, after the first record | the process aborts |
+//!
+//! The same builds read `TEST_CLOCK_OFFSET_MS` (src/clock.rs): milliseconds
+//! added to the process's clock, so a crash test can acknowledge an event
+//! before midnight and replay it after.
 
 /// Aborts the process (as kill -9 would end it) when `name` is configured.
 #[macro_export]

@@ -132,7 +132,7 @@ impl Health {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::clock::rfc3339(crate::clock::unix_ms() as i64)
 }
 
 #[derive(Serialize)]

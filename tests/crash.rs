@@ -388,3 +388,116 @@ async fn a_wal_written_in_the_previous_record_format_replays_after_an_upgrade() 
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+/// An event acknowledged at 23:59:40 and written only after midnight, by the
+/// replay after a kill -9, belongs to the day it was acknowledged: the
+/// rotation period is the acknowledgement's (kept in the WAL), never the
+/// flush's. Upstream, whose flush decides the period, would count it for the
+/// new day. (The process's clock is moved with TEST_CLOCK_OFFSET_MS, so this
+/// needs the failpoints build.)
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn an_event_acknowledged_before_midnight_and_replayed_after_it_counts_for_its_own_day() {
+    use chrono::NaiveDateTime;
+    const DAY_MS: i64 = 86_400_000;
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/challenges.m5.json"
+    ))
+    .unwrap();
+    // Midnight at the end of 2030-06-01 (UTC).
+    let midnight: i64 = 1_906_588_800_000;
+    let offset_to =
+        |instant: i64| (instant - challenge_event_handler::clock::unix_ms() as i64).to_string();
+    let before = offset_to(midnight - 20_000);
+    let mut first = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        &config,
+        &[("FLUSH_INTERVAL", "1h"), ("TEST_CLOCK_OFFSET_MS", &before)],
+    );
+    first.wait_healthy().await;
+    let channel = first.channel().await;
+    challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient::new(channel)
+        .on_message(stat("late", "kills", 100.0, 12.0, "late-1", ""))
+        .await
+        .unwrap();
+    first.kill9();
+
+    let after = offset_to(midnight + 30_000);
+    let mut second = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        &config,
+        &[("FLUSH_INTERVAL", "50ms"), ("TEST_CLOCK_OFFSET_MS", &after)],
+    );
+    second.wait_healthy().await;
+    let at = |ms: i64| challenge_event_handler::clock::naive(ms);
+    let row = || async {
+        sqlx::query_as::<
+            _,
+            (
+                i32,
+                Option<i32>,
+                String,
+                Option<NaiveDateTime>,
+                NaiveDateTime,
+                Option<NaiveDateTime>,
+            ),
+        >(
+            "SELECT progress, baseline_value, status, completed_at, updated_at, expires_at
+             FROM user_goal_progress WHERE user_id = 'late' AND goal_id = 'daily-kills'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    // Serving means the replayed WAL was flushed.
+    let (progress, baseline, status, completed_at, updated_at, expires_at) =
+        row().await.expect("the replay wrote the row");
+    assert_eq!(
+        (progress, baseline, status.as_str()),
+        (100, Some(88), "completed")
+    );
+    assert!(
+        updated_at >= at(midnight - 20_000) && updated_at < at(midnight),
+        "updated at {updated_at}: the acknowledgement's day, not the flush's"
+    );
+    assert_eq!(completed_at, Some(updated_at));
+    assert_eq!(
+        expires_at,
+        Some(at(midnight)),
+        "the end of the day it was acknowledged"
+    );
+
+    // The first event of the new day starts the new period: reset, baseline
+    // from it (upstream would have counted the replayed event for today and
+    // kept the goal completed at 101 − 88).
+    let channel = second.channel().await;
+    challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient::new(channel)
+        .on_message(stat("late", "kills", 101.0, 1.0, "late-2", ""))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (progress, baseline, status, completed_at, _, expires_at) = row().await.unwrap();
+        if progress == 101 {
+            assert_eq!(
+                (baseline, status.as_str(), completed_at),
+                (Some(100), "in_progress", None)
+            );
+            assert_eq!(expires_at, Some(at(midnight + DAY_MS)));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new day's event was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.sigterm();
+    assert_eq!(second.wait_exit(Duration::from_secs(30)).await, 0);
+}

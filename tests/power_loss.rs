@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::workload::{env_count, Rng, Verdict, Workload, CHALLENGES};
+use common::workload::{env_count, Rng, Rules, Verdict, Workload};
 use common::*;
 use powerfs::{CutReport, PowerFs};
 
@@ -147,6 +147,7 @@ async fn cut_power_repeatedly(
     cuts: usize,
     rng: &mut Rng,
     torn: bool,
+    rules: Rules,
     extra_env: &[(&str, &str)],
 ) -> Run {
     let db = pg::TestDb::new().await;
@@ -161,10 +162,11 @@ async fn cut_power_repeatedly(
     ];
     env.extend_from_slice(extra_env);
 
-    let mut workload = Workload::new();
+    let mut workload = Workload::new(rules);
     let mut dropped = CutReport::default();
     for round in 0..=cuts {
-        let mut service = Binary::spawn_with_config(&db.url, dir.path(), CHALLENGES, &env);
+        let mut service =
+            Binary::spawn_with_config(&db.url, dir.path(), workload.challenges(), &env);
         service.wait_healthy().await;
         if round == cuts {
             workload.finish(&mut service).await;
@@ -201,25 +203,43 @@ async fn cut_power_repeatedly(
 
 #[tokio::test]
 async fn power_cuts_under_load_lose_no_acknowledged_update_and_double_none() {
-    let test = "power_cuts_under_load_lose_no_acknowledged_update_and_double_none";
-    let cuts = env_count("POWER_CUTS", 8);
+    power_cuts(
+        "power_cuts_under_load_lose_no_acknowledged_update_and_double_none",
+        Rules::Typed,
+        env_count("POWER_CUTS", 8),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn power_cuts_under_load_on_m5_rules_lose_no_acknowledged_update_and_double_none() {
+    power_cuts(
+        "power_cuts_under_load_on_m5_rules_lose_no_acknowledged_update_and_double_none",
+        Rules::M5,
+        env_count("POWER_CUTS", 8) / 2,
+    )
+    .await;
+}
+
+async fn power_cuts(test: &str, rules: Rules, cuts: usize) {
     let (mut rng, seed) = Rng::from_env("POWER_SEED");
     let mnt = tempfile::tempdir().unwrap();
     let Some(mut fs) = mount_or_skip(test, mnt.path()) else {
         return;
     };
-    println!("power loss: {cuts} cuts, POWER_SEED={seed}");
+    println!("power loss ({rules:?} rules): {cuts} cuts, POWER_SEED={seed}");
     let started = Instant::now();
     let run = cut_power_repeatedly(
         &mut fs,
         cuts,
         &mut rng,
         true,
+        rules,
         &[("FLUSH_INTERVAL", "200ms")],
     )
     .await;
     println!(
-        "power loss: {cuts} cuts, {} events acknowledged ({} GDPR deletions), {} calls in flight at cuts, \
+        "power loss ({rules:?} rules): {cuts} cuts, {} events acknowledged ({} GDPR deletions), {} calls in flight at cuts, \
          {} unsynced bytes in {} files and {} unsynced entries dropped, \
          {} unsynced writes kept by torn cuts, {} fsyncs, \
          {} rows lost, {} rows doubled or wrong, {:.1}s",
@@ -264,7 +284,7 @@ async fn a_wal_that_only_flushes_loses_acknowledged_updates_at_a_power_cut() {
         ("FAILPOINTS", "wal-flush-only=return"),
         ("FLUSH_INTERVAL", "1h"),
     ];
-    let run = cut_power_repeatedly(&mut fs, 3, &mut rng, false, &env).await;
+    let run = cut_power_repeatedly(&mut fs, 3, &mut rng, false, Rules::Typed, &env).await;
     println!(
         "flush-only WAL: 3 cuts, {} events acknowledged, {} unsynced bytes dropped, {} rows lost, {} rows doubled or wrong",
         run.verdict.acknowledged,

@@ -11,14 +11,22 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::workload::{env_count, Rng, Workload, CHALLENGES};
+use common::workload::{env_count, Rng, Rules, Workload};
 use common::*;
 
 #[tokio::test]
 async fn kill_9_at_random_moments_under_load_loses_nothing_and_doubles_nothing() {
-    let kills = env_count("TORTURE_KILLS", 50);
+    torture(Rules::Typed, env_count("TORTURE_KILLS", 50)).await;
+}
+
+#[tokio::test]
+async fn kill_9_at_random_moments_under_load_on_m5_rules_loses_nothing_and_doubles_nothing() {
+    torture(Rules::M5, env_count("TORTURE_KILLS", 50) / 2).await;
+}
+
+async fn torture(rules: Rules, kills: usize) {
     let (mut rng, seed) = Rng::from_env("TORTURE_SEED");
-    println!("torture: {kills} kills, TORTURE_SEED={seed}");
+    println!("torture ({rules:?} rules): {kills} kills, TORTURE_SEED={seed}");
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
@@ -28,10 +36,11 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_and_doubles_nothing()
         ("LOG_LEVEL", "warn,challenge_event_handler::app=info"),
     ];
 
-    let mut workload = Workload::new();
+    let mut workload = Workload::new(rules);
     let started = Instant::now();
     for round in 0..=kills {
-        let mut service = Binary::spawn_with_config(&db.url, dir.path(), CHALLENGES, &env);
+        let mut service =
+            Binary::spawn_with_config(&db.url, dir.path(), workload.challenges(), &env);
         service.wait_healthy().await;
         if round == kills {
             workload.finish(&mut service).await;
@@ -53,7 +62,7 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_and_doubles_nothing()
 
     let verdict = workload.check(&pool).await;
     println!(
-        "torture: {kills} kills, {} events acknowledged ({} GDPR deletions), {} calls in flight at kills, {} rows lost, {} rows doubled or wrong, {:.1}s",
+        "torture ({rules:?} rules): {kills} kills, {} events acknowledged ({} GDPR deletions), {} calls in flight at kills, {} rows lost, {} rows doubled or wrong, {:.1}s",
         verdict.acknowledged,
         verdict.deletions,
         workload.uncertain_at_kills,

@@ -1,4 +1,5 @@
-//! The crash tests' workload and oracle (tests/torture.rs, tests/power_loss.rs).
+//! The crash tests' workload and oracle (tests/torture.rs, tests/power_loss.rs),
+//! on the type rules ([`CHALLENGES`]) or the M5 rules ([`M5_CHALLENGES`]).
 //!
 //! Each client owns a few users and sends each user's events in order: stat
 //! events (an increment goal and an absolute goal), logins (an increment, a
@@ -36,6 +37,30 @@ pub const CHALLENGES: &str = r#"{"challenges":[{"challengeId":"t","name":"T","go
   "requirement":{"operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
  {"goalId":"daily","name":"y","type":"daily","eventSource":"login",
   "requirement":{"operator":">=","targetValue":1},"reward":{"type":"ITEM","rewardId":"r","quantity":1}}]}]}"#;
+
+/// The same workload on M5 goals: a relative and an absolute goal on the
+/// stat, an absolute login goal (counts logins) and a relative login goal
+/// with a daily rotation (its raw progress counts logins too). Logins show a
+/// doubled event in the count; the stat goals show a lost one in the value,
+/// and the relative goal's baseline is the first value after the user's last
+/// deletion minus its increment.
+pub const M5_CHALLENGES: &str = r#"{"challenges":[{"challengeId":"t","name":"T","goals":[
+ {"goalId":"inc","name":"i","eventSource":"statistic","defaultAssigned":true,
+  "requirement":{"statCode":"points","operator":">=","targetValue":2000000000,"progressMode":"relative"},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"abs","name":"a","eventSource":"statistic","defaultAssigned":true,
+  "requirement":{"statCode":"points","operator":">=","targetValue":2000000000,"progressMode":"absolute"},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"logins","name":"l","eventSource":"login","defaultAssigned":true,
+  "requirement":{"statCode":"login_count","operator":">=","targetValue":2000000000,"progressMode":"absolute"},"reward":{"type":"ITEM","rewardId":"r","quantity":1}},
+ {"goalId":"login-days","name":"d","eventSource":"login","defaultAssigned":true,
+  "requirement":{"statCode":"login_count","operator":">=","targetValue":2000000000,"progressMode":"relative"},"reward":{"type":"ITEM","rewardId":"r","quantity":1},
+  "rotation":{"enabled":true,"type":"global","schedule":"daily","onExpiry":{"resetProgress":true,"allowReselection":true}}}]}]}"#;
+
+/// Which rules the workload's goals follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    Typed,
+    M5,
+}
 
 const CLIENTS: usize = 8;
 const USERS_PER_CLIENT: usize = 4;
@@ -134,6 +159,8 @@ struct Expected {
     pending: Option<Event>,
     inc: i64,
     abs: Option<i64>,
+    /// The first stat event after the last deletion: (value, increment).
+    first_stat: Option<(i64, i64)>,
     logins: i64,
     login_days: BTreeSet<i64>,
     acknowledged: u64,
@@ -148,6 +175,7 @@ impl Expected {
             self.deletions += 1;
             self.inc = 0;
             self.abs = None;
+            self.first_stat = None;
             self.logins = 0;
             self.login_days.clear();
         } else if e.is_login() {
@@ -156,6 +184,7 @@ impl Expected {
         } else {
             self.inc += i64::from(e.inc());
             self.abs = Some(e.n);
+            self.first_stat.get_or_insert((e.n, i64::from(e.inc())));
         }
     }
 }
@@ -253,6 +282,7 @@ impl Verdict {
 
 /// Every client's users and what they have been acknowledged.
 pub struct Workload {
+    rules: Rules,
     groups: Vec<Users>,
     /// Calls that were in flight when a kill came (each redelivered later).
     pub uncertain_at_kills: usize,
@@ -260,13 +290,14 @@ pub struct Workload {
 
 impl Default for Workload {
     fn default() -> Self {
-        Workload::new()
+        Workload::new(Rules::Typed)
     }
 }
 
 impl Workload {
-    pub fn new() -> Workload {
+    pub fn new(rules: Rules) -> Workload {
         Workload {
+            rules,
             groups: (0..CLIENTS)
                 .map(|c| {
                     (0..USERS_PER_CLIENT)
@@ -281,6 +312,14 @@ impl Workload {
                 })
                 .collect(),
             uncertain_at_kills: 0,
+        }
+    }
+
+    /// The challenges file of the workload's rules.
+    pub fn challenges(&self) -> &'static str {
+        match self.rules {
+            Rules::Typed => CHALLENGES,
+            Rules::M5 => M5_CHALLENGES,
         }
     }
 
@@ -352,9 +391,10 @@ impl Workload {
     /// row no event moved (`not_started`: the handler initialized the
     /// player with every goal assigned by default) counts as no row.
     pub async fn check(&self, pool: &PgPool) -> Verdict {
-        let rows: BTreeMap<(String, String), (i32, Option<NaiveDate>)> =
-            sqlx::query_as::<_, (String, String, i32, Option<NaiveDate>)>(
-                "SELECT p.user_id, p.goal_id, p.progress, s.last_counted_day
+        type Stored = (i32, Option<NaiveDate>, Option<i32>);
+        let rows: BTreeMap<(String, String), Stored> =
+            sqlx::query_as::<_, (String, String, i32, Option<NaiveDate>, Option<i32>)>(
+                "SELECT p.user_id, p.goal_id, p.progress, s.last_counted_day, p.baseline_value
                  FROM user_goal_progress p
                  LEFT JOIN challenge_event_handler_goal_state s
                         ON s.user_id = p.user_id AND s.goal_id = p.goal_id
@@ -365,7 +405,7 @@ impl Workload {
             .await
             .unwrap()
             .into_iter()
-            .map(|(u, g, p, d)| ((u, g), (p, d)))
+            .map(|(u, g, p, d, b)| ((u, g), (p, d, b)))
             .collect();
         let mut verdict = Verdict::default();
         for (user, e) in self.groups.iter().flatten() {
@@ -387,6 +427,21 @@ impl Workload {
                     }
                 }
             };
+            if self.rules == Rules::M5 {
+                // Relative: progress is the stat's value, the baseline the
+                // first value less its increment; absolute: the value; the
+                // login goals count logins (a relative one in its raw progress).
+                expect("inc", e.abs, get("inc"));
+                let baseline = rows
+                    .get(&(user.clone(), "inc".to_string()))
+                    .and_then(|r| r.2)
+                    .map(i64::from);
+                expect("inc baseline", e.first_stat.map(|(v, i)| v - i), baseline);
+                expect("abs", e.abs, get("abs"));
+                expect("logins", nonzero(e.logins), get("logins"));
+                expect("login-days", nonzero(e.logins), get("login-days"));
+                continue;
+            }
             expect("inc", nonzero(e.inc), get("inc"));
             expect("abs", e.abs, get("abs"));
             expect("logins", nonzero(e.logins), get("logins"));
