@@ -42,7 +42,7 @@ pub enum SendEvent {
         /// The stat code.
         #[arg(long)]
         code: String,
-        /// The stat's latest value (absolute goals).
+        /// The stat's latest value (absolute goals; M5 goals).
         #[arg(long, default_value_t = 0.0)]
         value: f64,
         /// The increment (increment goals).
