@@ -279,3 +279,73 @@ async fn a_crash_in_the_middle_of_start_up_replay_loses_nothing_and_doubles_noth
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(progress_of(&pool, "rp").await, oracle);
 }
+
+/// The flush reads rows without locking them and writes a row only if it is
+/// still the version it read. A row the challenge service changes in
+/// between (here: deactivates) is read again and the rules applied to what
+/// it is now: an inactive row is left alone, as if the flush had come later.
+#[tokio::test]
+async fn a_row_the_service_changes_between_the_flushs_read_and_write_is_read_again() {
+    let db = pg::TestDb::new().await;
+    db.migrate_as_the_challenge_service().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/challenges.m5.json"
+    ))
+    .unwrap();
+    for (user, goal) in [
+        ("rc", "daily-kills"),
+        ("rc", "weekly-kills"),
+        ("rc", "monthly-kills"),
+    ] {
+        sqlx::query(
+            "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status, baseline_value)
+             VALUES ($1, $2, 'c', $3, 5, 'in_progress', 0)",
+        )
+        .bind(user)
+        .bind(goal)
+        .bind(NAMESPACE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let mut service = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        &config,
+        &[
+            ("TABLE_OWNER", "service"),
+            ("FAILPOINTS", "flush-after-read=1*sleep(2000)"),
+        ],
+    );
+    service.wait_healthy().await;
+    StatisticStatItemUpdatedServiceClient::new(service.channel().await)
+        .on_message(stat("rc", "kills", 8.0, 3.0, "rc-1", ""))
+        .await
+        .unwrap();
+    // The flush has read the rows and waits; the service deactivates one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("UPDATE user_goal_progress SET is_active = false WHERE user_id = 'rc' AND goal_id = 'daily-kills'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    service.sigterm();
+    assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
+    let rows: Vec<(String, i32, bool)> = sqlx::query_as(
+        "SELECT goal_id, progress, is_active FROM user_goal_progress WHERE user_id = 'rc' ORDER BY goal_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("daily-kills".to_string(), 5, false),
+            ("monthly-kills".to_string(), 8, true),
+            ("weekly-kills".to_string(), 8, true),
+        ],
+        "the deactivated row was written from its old version"
+    );
+}

@@ -2,12 +2,19 @@
 //!
 //! In ONE transaction: move this instance's watermark (only under its
 //! epoch: a zombie is fenced before it touches a row), apply the batch's
-//! GDPR deletions, create rows where the handler owns the table (a new
-//! player gets every goal assigned by default, as the challenge service's
-//! Initialize gives them; an entry's own goal if assigned by default),
-//! lock and read every row the batch touches, apply the rules in Rust
-//! ([`Buffer::plan`]), and write back what changed. A [`Dialect`] supplies
-//! only the statements.
+//! GDPR deletions, lock and read every row the batch touches, create the
+//! missing ones where the handler owns the table (a new player gets every
+//! goal assigned by default, as the challenge service's Initialize gives
+//! them; an entry's own goal if assigned by default), apply the rules in
+//! Rust ([`Buffer::plan`]), and write back what changed. A [`Dialect`]
+//! supplies only the statements. In the steady state (every row exists) a
+//! flush is two statements per chunk of keys, a read and a write.
+//!
+//! The read takes no lock: the write changes a row only if it is still the
+//! version that was read, and returns those that were not (the challenge
+//! service or another replica changed them in between, which is rare);
+//! those are read again, locked this time, and their entries applied again.
+//! A row lock per row read would cost PostgreSQL a WAL record per row.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -23,6 +30,16 @@ use crate::rules::row::{GoalState, Micros, Row};
 pub struct Locked {
     pub row: Row,
     pub created_at: Micros,
+    /// How the dialect finds this version of the row again (PostgreSQL:
+    /// its `ctid` and `xmin`): the write changes it only if it is unchanged.
+    pub version: Option<Version>,
+}
+
+/// A version of a row as PostgreSQL stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub ctid: String,
+    pub xmin: String,
 }
 
 /// A row to insert where the handler owns the table.
@@ -73,18 +90,23 @@ pub trait Dialect: Send + Sync {
         tx: &mut Self::Tx,
         rows: &[NewRow<'_>],
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Locks and reads the rows of `keys` (sorted), with the handler's state.
-    fn lock_rows(
+    /// Reads the rows of `keys` (sorted), with the handler's state; with
+    /// `lock`, locked (in key order) until the transaction ends.
+    fn read_rows(
         &self,
         tx: &mut Self::Tx,
         keys: &[&Key],
+        lock: bool,
     ) -> impl Future<Output = Result<HashMap<Key, Locked>>> + Send;
-    /// Writes the columns the rules decide.
+    /// Writes the columns the rules decide, of each row that is still the
+    /// version `current` read; returns the keys of those that were not
+    /// (changed or deleted since), which it left alone.
     fn write_rows(
         &self,
         tx: &mut Self::Tx,
         rows: &[(Key, Row)],
-    ) -> impl Future<Output = Result<()>> + Send;
+        current: &HashMap<Key, Locked>,
+    ) -> impl Future<Output = Result<Vec<Key>>> + Send;
     /// Writes the handler's state of rows.
     fn write_states(
         &self,
@@ -115,19 +137,53 @@ pub async fn apply<D: Dialect>(
     // user from before the deletion, so what follows is a fresh start.
     let deleted = dialect.delete_users(&mut tx, &batch.deletions).await?;
     let entries = batch.entries();
-    if owner.table == TableOwner::Handler && !entries.is_empty() {
-        let rows = new_rows(dialect, &mut tx, batch, &entries, owner).await?;
-        dialect.insert_rows(&mut tx, &rows).await?;
-    }
     let mut keys: Vec<&Key> = entries.iter().map(|(key, _, _)| *key).collect();
     keys.dedup();
-    let current = dialect.lock_rows(&mut tx, &keys).await?;
+    let mut current = dialect.read_rows(&mut tx, &keys, false).await?;
+    if owner.table == TableOwner::Handler && keys.len() > current.len() {
+        let rows = new_rows(dialect, &mut tx, batch, &entries, &current, owner).await?;
+        if !rows.is_empty() {
+            dialect.insert_rows(&mut tx, &rows).await?;
+            let created: Vec<&Key> = keys
+                .iter()
+                .copied()
+                .filter(|k| !current.contains_key(*k))
+                .collect();
+            current.extend(dialect.read_rows(&mut tx, &created, false).await?);
+        }
+    }
+    // A test holds the flush here to change a row between the read and the write.
+    fail::fail_point!("flush-after-read");
     fail::fail_point!("flush-between-statements", |_| Err(
         StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
     ));
     crate::crash_point!("flush-mid-transaction");
-    let plan = batch.plan(|key| current.get(key).map(|l| &l.row), now);
-    dialect.write_rows(&mut tx, &plan.writes).await?;
+    let mut plan = batch.plan(|key| current.get(key).map(|l| &l.row), now);
+    let changed = dialect.write_rows(&mut tx, &plan.writes, &current).await?;
+    if !changed.is_empty() {
+        // Rows changed since they were read: read them again, locked, and
+        // apply their entries again (the other rows are written already).
+        let again: Vec<&Key> = changed.iter().collect();
+        let reread = dialect.read_rows(&mut tx, &again, true).await?;
+        for key in &changed {
+            current.remove(key);
+        }
+        current.extend(reread);
+        plan = batch.plan(|key| current.get(key).map(|l| &l.row), now);
+        let retry: Vec<(Key, Row)> = plan
+            .writes
+            .iter()
+            .filter(|(key, _)| changed.contains(key))
+            .cloned()
+            .collect();
+        let still = dialect.write_rows(&mut tx, &retry, &current).await?;
+        if !still.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "{} rows changed although locked; retrying the flush",
+                still.len()
+            )));
+        }
+    }
     let states: Vec<StateWrite<'_>> = plan
         .writes
         .iter()
@@ -151,19 +207,24 @@ pub async fn apply<D: Dialect>(
     })
 }
 
-/// The rows a flush creates where the handler owns the table: an entry's
-/// own row when its goal is assigned by default, and, for a player with
-/// no row at all, every goal assigned by default (the challenge service's
-/// Initialize), at the player's first update in the batch.
+/// The rows a flush creates where the handler owns the table, for the
+/// players of entries whose row is missing: an entry's own row when its
+/// goal is assigned by default, and, for a player with no row at all, every
+/// goal assigned by default (the challenge service's Initialize), at the
+/// player's first update in the batch.
 async fn new_rows<'b, D: Dialect>(
     dialect: &D,
     tx: &mut D::Tx,
     batch: &'b Buffer,
     entries: &[(&'b Key, &'b Meta, crate::buffer::Entry<'b>)],
+    current: &HashMap<Key, Locked>,
     owner: &'b Owner,
 ) -> Result<Vec<NewRow<'b>>> {
     let mut first: BTreeMap<&str, (i64, &'b Meta)> = BTreeMap::new();
     for (key, meta, entry) in entries {
+        if current.contains_key(*key) {
+            continue;
+        }
         let seen = first
             .entry(&key.user_id)
             .or_insert((entry.first_ms(), meta));
@@ -172,6 +233,7 @@ async fn new_rows<'b, D: Dialect>(
     let mut rows: Vec<NewRow<'b>> = batch
         .new_rows()
         .into_iter()
+        .filter(|(key, _, _)| !current.contains_key(key))
         .map(|(key, meta, row)| NewRow {
             key,
             challenge_id: &meta.challenge_id,

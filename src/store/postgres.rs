@@ -14,7 +14,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::flush::{self, Dialect, Locked, NewRow, StateWrite};
+use super::flush::{self, Dialect, Locked, NewRow, StateWrite, Version};
 use super::{
     Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
     TableOwner, Watermark,
@@ -117,30 +117,37 @@ FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::time
      AS u(user_id, goal_id, challenge_id, namespace, at, expires_at)
 ON CONFLICT (user_id, goal_id) DO NOTHING";
 
-/// The rows of a batch, locked in key order, with the handler's state.
-const LOCK_ROWS_SQL: &str = "
+/// The rows of a batch with the handler's state and their version (`ctid`,
+/// `xmin`: the write finds them without a lookup, and only if unchanged).
+/// `{lock}`: `FOR UPDATE OF p` (in key order) or nothing.
+const READ_BATCH_SQL: &str = "
 SELECT p.user_id, p.goal_id, p.progress, p.status, p.completed_at, p.claimed_at, p.is_active,
        p.updated_at, {expires_at}, {baseline_value}, p.created_at,
-       s.last_event_at, s.last_counted_day
+       s.last_event_at, s.last_counted_day, p.ctid::text, p.xmin::text
 FROM user_goal_progress p
 JOIN UNNEST($1::varchar[], $2::varchar[]) AS k(user_id, goal_id)
   ON p.user_id = k.user_id AND p.goal_id = k.goal_id
 LEFT JOIN challenge_event_handler_goal_state s
        ON s.user_id = p.user_id AND s.goal_id = p.goal_id AND s.row_created_at = p.created_at
 ORDER BY p.user_id, p.goal_id
-FOR UPDATE OF p";
+{lock}";
 
-/// The columns the rules decide; nothing else of the row is written.
+/// The columns the rules decide; nothing else of the row is written. A row
+/// is found by the `ctid` the read returned (a TID scan, not a second index
+/// lookup) and changed only if it is still that version (same key, same
+/// `xmin`); the keys written come back, so the others can be read again.
 const WRITE_ROWS_SQL: &str = "
 UPDATE user_goal_progress AS p SET
     progress = u.progress, status = u.status, completed_at = u.completed_at,
     claimed_at = u.claimed_at, updated_at = u.updated_at{, expires_at = u.expires_at}
     {, baseline_value = u.baseline_value}
-FROM UNNEST($1::varchar[], $2::varchar[], $3::int4[], $4::varchar[], $5::timestamp[],
-            $6::timestamp[], $7::timestamp[], $8::timestamp[], $9::int4[])
-     AS u(user_id, goal_id, progress, status, completed_at, claimed_at, updated_at,
+FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::int4[], $6::varchar[],
+            $7::timestamp[], $8::timestamp[], $9::timestamp[], $10::timestamp[], $11::int4[])
+     AS u(tid, xmin, user_id, goal_id, progress, status, completed_at, claimed_at, updated_at,
           expires_at, baseline_value)
-WHERE p.user_id = u.user_id AND p.goal_id = u.goal_id";
+WHERE p.ctid = u.tid::tid AND p.xmin::text = u.xmin
+  AND p.user_id = u.user_id AND p.goal_id = u.goal_id
+RETURNING p.user_id, p.goal_id";
 
 const WRITE_STATES_SQL: &str = "
 INSERT INTO challenge_event_handler_goal_state AS s
@@ -187,7 +194,8 @@ pub struct Columns {
 struct Statements {
     read_rows: String,
     insert_rows: String,
-    lock_rows: String,
+    /// [reading, reading and locking] a batch's rows.
+    read_batch: [String; 2],
     write_rows: String,
 }
 
@@ -223,7 +231,10 @@ impl Statements {
         Statements {
             read_rows: fill(READ_ROWS_SQL),
             insert_rows: fill(INSERT_ROWS_SQL),
-            lock_rows: fill(LOCK_ROWS_SQL),
+            read_batch: [
+                fill(READ_BATCH_SQL).replace("{lock}", ""),
+                fill(READ_BATCH_SQL).replace("{lock}", "FOR UPDATE OF p"),
+            ],
             write_rows: fill(WRITE_ROWS_SQL),
         }
     }
@@ -442,7 +453,7 @@ fn day_of(date: NaiveDate) -> i32 {
 
 use chrono::Datelike;
 
-/// A locked row as `LOCK_ROWS_SQL` returns it.
+/// A row as `READ_BATCH_SQL` returns it.
 type LockedRow = (
     String,
     String,
@@ -457,6 +468,8 @@ type LockedRow = (
     NaiveDateTime,
     Option<NaiveDateTime>,
     Option<NaiveDate>,
+    String,
+    String,
 );
 
 fn locked(r: LockedRow) -> Result<(Key, Locked)> {
@@ -486,6 +499,10 @@ fn locked(r: LockedRow) -> Result<(Key, Locked)> {
         Locked {
             row,
             created_at: micros_of(r.10),
+            version: Some(Version {
+                ctid: r.13,
+                xmin: r.14,
+            }),
         },
     ))
 }
@@ -581,12 +598,18 @@ impl Dialect for PgStore {
         Ok(())
     }
 
-    async fn lock_rows(&self, tx: &mut Self::Tx, keys: &[&Key]) -> Result<HashMap<Key, Locked>> {
+    async fn read_rows(
+        &self,
+        tx: &mut Self::Tx,
+        keys: &[&Key],
+        lock: bool,
+    ) -> Result<HashMap<Key, Locked>> {
         let mut rows = HashMap::with_capacity(keys.len());
+        let sql = &self.statements().await?.1.read_batch[usize::from(lock)];
         for chunk in keys.chunks(self.batch_size) {
             let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
             let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
-            let found: Vec<LockedRow> = sqlx::query_as(&self.statements().await?.1.lock_rows)
+            let found: Vec<LockedRow> = sqlx::query_as(sql)
                 .bind(users)
                 .bind(goals)
                 .fetch_all(&mut **tx)
@@ -600,13 +623,29 @@ impl Dialect for PgStore {
         Ok(rows)
     }
 
-    async fn write_rows(&self, tx: &mut Self::Tx, rows: &[(Key, Row)]) -> Result<()> {
+    async fn write_rows(
+        &self,
+        tx: &mut Self::Tx,
+        rows: &[(Key, Row)],
+        current: &HashMap<Key, Locked>,
+    ) -> Result<Vec<Key>> {
+        let mut changed = Vec::new();
         for chunk in rows.chunks(self.batch_size) {
-            let (mut users, mut goals, mut progress, mut status) =
+            let (mut tids, mut xmins, mut users, mut goals) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut completed, mut claimed, mut updated, mut expires, mut baseline) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut progress, mut status, mut completed, mut claimed) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut updated, mut expires, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
             for (key, row) in chunk {
+                let version = current.get(key).and_then(|l| l.version.as_ref());
+                let version = version.ok_or_else(|| {
+                    StoreError::Rejected(format!(
+                        "internal: no row read for {}/{}",
+                        key.user_id, key.goal_id
+                    ))
+                })?;
+                tids.push(version.ctid.as_str());
+                xmins.push(version.xmin.as_str());
                 users.push(key.user_id.as_str());
                 goals.push(key.goal_id.as_str());
                 progress.push(row.progress);
@@ -617,21 +656,33 @@ impl Dialect for PgStore {
                 expires.push(row.expires_at.map(naive_micros));
                 baseline.push(row.baseline);
             }
-            sqlx::query(&self.statements().await?.1.write_rows)
-                .bind(users)
-                .bind(goals)
-                .bind(progress)
-                .bind(status)
-                .bind(completed)
-                .bind(claimed)
-                .bind(updated)
-                .bind(expires)
-                .bind(baseline)
-                .execute(&mut **tx)
-                .await
-                .map_err(pg)?;
+            let written: Vec<(String, String)> =
+                sqlx::query_as(&self.statements().await?.1.write_rows)
+                    .bind(tids)
+                    .bind(xmins)
+                    .bind(users)
+                    .bind(goals)
+                    .bind(progress)
+                    .bind(status)
+                    .bind(completed)
+                    .bind(claimed)
+                    .bind(updated)
+                    .bind(expires)
+                    .bind(baseline)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(pg)?;
+            if written.len() < chunk.len() {
+                let written: HashSet<(String, String)> = written.into_iter().collect();
+                changed.extend(
+                    chunk
+                        .iter()
+                        .filter(|(k, _)| !written.contains(&(k.user_id.clone(), k.goal_id.clone())))
+                        .map(|(k, _)| k.clone()),
+                );
+            }
         }
-        Ok(())
+        Ok(changed)
     }
 
     async fn write_states(&self, tx: &mut Self::Tx, states: &[StateWrite<'_>]) -> Result<()> {

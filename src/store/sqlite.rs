@@ -296,7 +296,13 @@ impl Dialect for SqliteStore {
         Ok(())
     }
 
-    async fn lock_rows(&self, tx: &mut Self::Tx, keys: &[&Key]) -> Result<HashMap<Key, Locked>> {
+    /// The write lock of `BEGIN IMMEDIATE` covers every row: `lock` adds nothing.
+    async fn read_rows(
+        &self,
+        tx: &mut Self::Tx,
+        keys: &[&Key],
+        _lock: bool,
+    ) -> Result<HashMap<Key, Locked>> {
         let mut rows = HashMap::with_capacity(keys.len());
         for key in keys {
             let found: Option<LockedRow> = sqlx::query_as(LOCK_ROW_SQL.as_str())
@@ -333,13 +339,19 @@ impl Dialect for SqliteStore {
                 Locked {
                     row,
                     created_at: micros_of(r.8),
+                    version: None,
                 },
             );
         }
         Ok(rows)
     }
 
-    async fn write_rows(&self, tx: &mut Self::Tx, rows: &[(Key, Row)]) -> Result<()> {
+    async fn write_rows(
+        &self,
+        tx: &mut Self::Tx,
+        rows: &[(Key, Row)],
+        _current: &HashMap<Key, Locked>,
+    ) -> Result<Vec<Key>> {
         for (key, row) in rows {
             sqlx::query(WRITE_ROW_SQL)
                 .bind(&key.user_id)
@@ -355,7 +367,8 @@ impl Dialect for SqliteStore {
                 .await
                 .map_err(lite)?;
         }
-        Ok(())
+        // Nothing else writes while this transaction holds the write lock.
+        Ok(Vec::new())
     }
 
     async fn write_states(&self, tx: &mut Self::Tx, states: &[StateWrite<'_>]) -> Result<()> {
