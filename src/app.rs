@@ -413,7 +413,7 @@ async fn prepare(
                         "the handler owns user_goal_progress: a player's first event gives them every goal assigned by default"
                     }
                 };
-                tracing::info!(table_owner = owner.as_str(), "{creates} ({why})");
+                tracing::info!(table_owner = owner.as_str(), why = %why, "{creates}");
                 health.set_waiting(None);
                 return Some((owner, rotation_columns));
             }

@@ -762,7 +762,7 @@ pub struct StoreBenchArgs {
     /// Flushes to time (each inserts new rows, then updates them).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Rows per UPSERT statement (PostgreSQL).
+    /// Rows per statement of a flush (PostgreSQL).
     #[arg(long, default_value_t = 1000)]
     pub db_batch_size: usize,
 }

@@ -318,7 +318,7 @@ impl Buffer {
     /// Every entry, sorted by key (so every replica locks rows in the same
     /// order); a key in several kinds (a goal whose rules changed between
     /// a crash and the restart) has its entries in one fixed order.
-    pub fn entries(&self) -> Vec<(&Key, &Meta, Entry<'_>)> {
+    pub fn entries(&self) -> Entries<'_> {
         let mut entries: Vec<(&Key, &Meta, Entry<'_>)> = Vec::with_capacity(self.len());
         entries.extend(
             self.absolute
@@ -345,8 +345,9 @@ impl Buffer {
                 .map(|(k, (m, v))| (k, m, Entry::Daily(v))),
         );
         entries.extend(self.m5.map.iter().map(|(k, (m, v))| (k, m, Entry::M5(v))));
-        entries.sort_by(|a, b| a.0.cmp(b.0).then(a.2.order().cmp(&b.2.order())));
-        entries
+        // (key, kind) is unique: an unstable sort gives the one order.
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.2.order().cmp(&b.2.order())));
+        Entries(entries)
     }
 
     /// Nothing to flush: no entry and no deletion.
@@ -403,12 +404,31 @@ pub struct Plan {
 }
 
 impl Buffer {
+    /// [`Entries::plan`] of every entry.
+    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan {
+        self.entries().plan(row_of, now)
+    }
+
+    /// [`Entries::new_rows`] of every entry.
+    pub fn new_rows(&self) -> Vec<(Key, &Meta, Row)> {
+        self.entries().new_rows()
+    }
+}
+
+/// Every entry of a buffer, sorted by key (so every replica locks rows in
+/// the same order); sorted once per flush, read by each step of it.
+pub struct Entries<'b>(Vec<(&'b Key, &'b Meta, Entry<'b>)>);
+
+impl<'b> Entries<'b> {
+    pub fn as_slice(&self) -> &[(&'b Key, &'b Meta, Entry<'b>)] {
+        &self.0
+    }
+
     /// Applies every entry to its row as `row_of` finds it (None: the row
     /// does not exist), in key order; `now` is the flush's time.
     pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan {
         let mut plan = Plan::default();
-        let entries = self.entries();
-        let mut rest = entries.as_slice();
+        let mut rest = self.0.as_slice();
         while let Some(((key, _, _), _)) = rest.split_first() {
             let same = rest.iter().take_while(|(k, _, _)| k == key).count();
             let (group, after) = rest.split_at(same);
@@ -439,9 +459,9 @@ impl Buffer {
 
     /// The rows of the entries' goals assigned by default, as the handler
     /// creates them where it owns the table (at each entry's first update).
-    pub fn new_rows(&self) -> Vec<(Key, &Meta, Row)> {
-        let mut rows: Vec<(Key, &Meta, Row)> = Vec::new();
-        for (key, meta, entry) in self.entries() {
+    pub fn new_rows(&self) -> Vec<(Key, &'b Meta, Row)> {
+        let mut rows: Vec<(Key, &'b Meta, Row)> = Vec::new();
+        for &(key, meta, entry) in &self.0 {
             if !meta.creates_row || rows.last().is_some_and(|(k, _, _)| k == key) {
                 continue;
             }

@@ -15,7 +15,7 @@
 //! - [`wal`] — sled write-ahead log: dedup by event id, group commit with one
 //!   fsync per batch, replay at start-up; hands committed records to a sink.
 //! - [`buffer`] — coalesces acknowledged records per user-goal, in WAL order.
-//! - [`flusher`] — every `FLUSH_INTERVAL`: deletions + batch UPSERT +
+//! - [`flusher`] — every `FLUSH_INTERVAL`: deletions + read, plan, write +
 //!   watermark in one transaction, then WAL truncation.
 //! - [`store`] — the progress store seam: PostgreSQL ([`store::postgres`]) and
 //!   the embedded SQLite default ([`store::sqlite`]).

@@ -18,7 +18,7 @@ use challenge_event_handler::telemetry::{self, LogArgs, LogFormat};
 use challenge_event_handler::App;
 
 /// Durable AccelByte challenge event handler: AGS events over gRPC (or HTTP
-/// JSON) → fsync'd WAL → coalesced batch UPSERT into PostgreSQL (or the
+/// JSON) → fsync'd WAL → coalesced batch write into PostgreSQL (or the
 /// embedded SQLite store when no database is configured).
 ///
 /// With no command it serves (`serve`).

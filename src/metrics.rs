@@ -188,7 +188,7 @@ impl Metrics {
             buffer_size: gauge("buffer_size", "user-goal entries waiting in the coalescing buffer"),
             flush_duration: histogram(
                 "flush_duration_seconds",
-                "time of one flush transaction (UPSERT + watermark + commit)",
+                "time of one flush transaction (watermark, deletions, read, write, commit)",
                 seconds(),
             ),
             flush_failures: counter("flush_failures_total", "flush attempts that failed and will be retried"),

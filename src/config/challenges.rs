@@ -306,8 +306,8 @@ impl Validator {
                 None
             }
         };
-        let daily = self.boolean(obj, "daily", at).unwrap_or(false);
-        let default_assigned = self.boolean(obj, "defaultAssigned", at).unwrap_or(true);
+        let daily = self.boolean(obj, "daily", "", at).unwrap_or(false);
+        let default_assigned = self.boolean(obj, "defaultAssigned", "", at).unwrap_or(true);
         let source = self.event_source(obj, at);
         let (stat_code, target) = self.requirement(obj, source, at);
         self.reward(obj, at);
@@ -376,7 +376,9 @@ impl Validator {
         let goal_id = self.id(obj, "goalId", at);
         self.non_empty_string(obj, "name", at);
         self.string(obj, "description", false, at);
-        let default_assigned = self.boolean(obj, "defaultAssigned", at).unwrap_or(false);
+        let default_assigned = self
+            .boolean(obj, "defaultAssigned", "", at)
+            .unwrap_or(false);
         let source = self.event_source(obj, at);
         let (stat_code, target) = self.requirement(obj, source, at);
         self.reward(obj, at);
@@ -442,7 +444,9 @@ impl Validator {
         };
         self.unknown_keys(rot, ROTATION_KEYS, at, "rotation.");
         let before = self.problems.len();
-        let enabled = self.boolean(rot, "enabled", at).unwrap_or(false);
+        let enabled = self
+            .boolean(rot, "enabled", "rotation.", at)
+            .unwrap_or(false);
         let kind = self.optional_string(rot, "type", "rotation.", at);
         let schedule = self.optional_string(rot, "schedule", "rotation.", at);
         let (reset_progress, allow_reselection) = match rot.get("onExpiry") {
@@ -751,14 +755,21 @@ impl Validator {
         }
     }
 
-    fn boolean(&mut self, obj: &Map<String, Value>, key: &str, at: &At) -> Option<bool> {
+    /// `prefix` names the object the key is in (`"rotation."`), for the message.
+    fn boolean(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        prefix: &str,
+        at: &At,
+    ) -> Option<bool> {
         match obj.get(key) {
             Some(Value::Bool(b)) => Some(*b),
             None => None,
             Some(other) => {
                 self.problem(format!(
                     "{}: must be true or false, got {other}",
-                    at.field(key)
+                    at.field(&format!("{prefix}{key}"))
                 ));
                 None
             }

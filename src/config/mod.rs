@@ -122,7 +122,7 @@ pub struct ServeArgs {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 4)]
     pub db_max_connections: u32,
-    /// Rows per UPSERT statement.
+    /// Rows per statement of a flush.
     #[arg(long, env = "DB_BATCH_SIZE", default_value_t = 1000)]
     pub db_batch_size: usize,
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
 use super::{Applied, Deleted, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
-use crate::buffer::{Buffer, Key, Meta, PendingDeletion};
+use crate::buffer::{Buffer, Entries, Key, Meta, PendingDeletion};
 use crate::rules::row::{GoalState, Micros, Row};
 
 /// A row as the flush reads it: its columns and its identity (`created_at`:
@@ -137,11 +137,11 @@ pub async fn apply<D: Dialect>(
     // user from before the deletion, so what follows is a fresh start.
     let deleted = dialect.delete_users(&mut tx, &batch.deletions).await?;
     let entries = batch.entries();
-    let mut keys: Vec<&Key> = entries.iter().map(|(key, _, _)| *key).collect();
+    let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
     keys.dedup();
     let mut current = dialect.read_rows(&mut tx, &keys, false).await?;
     if owner.table == TableOwner::Handler && keys.len() > current.len() {
-        let rows = new_rows(dialect, &mut tx, batch, &entries, &current, owner).await?;
+        let rows = new_rows(dialect, &mut tx, &entries, &current, owner).await?;
         if !rows.is_empty() {
             dialect.insert_rows(&mut tx, &rows).await?;
             let created: Vec<&Key> = keys
@@ -158,7 +158,7 @@ pub async fn apply<D: Dialect>(
         StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
     ));
     crate::crash_point!("flush-mid-transaction");
-    let mut plan = batch.plan(|key| current.get(key).map(|l| &l.row), now);
+    let mut plan = entries.plan(|key| current.get(key).map(|l| &l.row), now);
     let changed = dialect.write_rows(&mut tx, &plan.writes, &current).await?;
     if !changed.is_empty() {
         // Rows changed since they were read: read them again, locked, and
@@ -169,7 +169,7 @@ pub async fn apply<D: Dialect>(
             current.remove(key);
         }
         current.extend(reread);
-        plan = batch.plan(|key| current.get(key).map(|l| &l.row), now);
+        plan = entries.plan(|key| current.get(key).map(|l| &l.row), now);
         let retry: Vec<(Key, Row)> = plan
             .writes
             .iter()
@@ -215,13 +215,12 @@ pub async fn apply<D: Dialect>(
 async fn new_rows<'b, D: Dialect>(
     dialect: &D,
     tx: &mut D::Tx,
-    batch: &'b Buffer,
-    entries: &[(&'b Key, &'b Meta, crate::buffer::Entry<'b>)],
+    entries: &Entries<'b>,
     current: &HashMap<Key, Locked>,
     owner: &'b Owner,
 ) -> Result<Vec<NewRow<'b>>> {
     let mut first: BTreeMap<&str, (i64, &'b Meta)> = BTreeMap::new();
-    for (key, meta, entry) in entries {
+    for (key, meta, entry) in entries.as_slice() {
         if current.contains_key(*key) {
             continue;
         }
@@ -230,7 +229,7 @@ async fn new_rows<'b, D: Dialect>(
             .or_insert((entry.first_ms(), meta));
         seen.0 = seen.0.min(entry.first_ms());
     }
-    let mut rows: Vec<NewRow<'b>> = batch
+    let mut rows: Vec<NewRow<'b>> = entries
         .new_rows()
         .into_iter()
         .filter(|(key, _, _)| !current.contains_key(key))

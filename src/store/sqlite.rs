@@ -401,8 +401,7 @@ impl ProgressStore for SqliteStore {
         }
         Ok(Prepared::Ready {
             owner: TableOwner::Handler,
-            why: "the embedded store is the handler's own file (no challenge service creates its \
-                  rows)"
+            why: "the embedded store is the handler's own file; no challenge service creates its rows"
                 .into(),
             rotation_columns: true,
         })

@@ -441,10 +441,14 @@ impl Binary {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file);
-        // An empty value leaves the variable unset (e.g. TABLE_OWNER, which
-        // the harness would otherwise set).
-        for (k, v) in env.iter().filter(|(_, v)| !v.is_empty()) {
-            command.env(k, v);
+        // Later pairs win; an empty value unsets the variable (e.g.
+        // TABLE_OWNER or AB_NAMESPACE, which the harness would otherwise set).
+        for (k, v) in env {
+            if v.is_empty() {
+                command.env_remove(k);
+            } else {
+                command.env(k, v);
+            }
         }
         let child = command.spawn().expect("spawn the service binary");
         Binary {
