@@ -28,10 +28,15 @@ use crate::store::{Database, Owner, Prepared, ProgressStore, Store, StoreError, 
 use crate::wal::{self, Wal, WalConfig, WalStore, WalThread};
 
 pub struct App {
-    settings: Settings,
-    goals: Arc<GoalIndex>,
     grpc: TcpListener,
     http: TcpListener,
+    core: Core,
+}
+
+/// Everything but the listeners (all `wal drain` needs).
+struct Core {
+    settings: Settings,
+    goals: Arc<GoalIndex>,
     store: Arc<Store>,
     wal: WalStore,
     instance_id: String,
@@ -39,10 +44,9 @@ pub struct App {
     health: Arc<Health>,
 }
 
-impl App {
-    /// Loads `challenges.json`, opens the WAL and binds both ports. Does not
-    /// touch the database: that happens in [`App::run_until_stopped`].
-    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+impl Core {
+    /// Loads `challenges.json` and opens the WAL; the database is not touched.
+    async fn build(settings: Settings) -> anyhow::Result<Core> {
         let loaded = challenges::load(&settings.config_path)?;
         tracing::info!(
             config = %settings.config_path.display(),
@@ -54,15 +58,13 @@ impl App {
             tracing::warn!(config = %settings.config_path.display(), "{warning}");
         }
         let goals = Arc::new(GoalIndex::new(loaded.generation, loaded.goals));
-        let instance_id = match &settings.instance_id {
-            Some(id) => id.clone(),
-            None => wal::instance_id(&settings.wal_dir).with_context(|| {
+        let instance_id = wal::instance_id(&settings.wal_dir, settings.instance_id.as_deref())
+            .with_context(|| {
                 format!(
-                    "cannot read or create the instance id in {}",
+                    "cannot read or record the instance id in {}",
                     settings.wal_dir.display()
                 )
-            })?,
-        };
+            })?;
         let wal_config = WalConfig {
             dir: settings.wal_dir.clone(),
             max_bytes: settings.wal_max_bytes,
@@ -74,28 +76,39 @@ impl App {
         let wal = tokio::task::spawn_blocking(move || WalStore::open(wal_config))
             .await
             .context("WAL open task failed")??;
-        let grpc = TcpListener::bind(settings.grpc_addr)
-            .await
-            .with_context(|| format!("cannot bind the gRPC port {}", settings.grpc_addr))?;
-        let http = TcpListener::bind(settings.metrics_addr)
-            .await
-            .with_context(|| format!("cannot bind the metrics port {}", settings.metrics_addr))?;
-        let store = Arc::new(Store::connect_lazy(
-            &settings.database,
-            settings.db_max_connections,
-            settings.db_batch_size,
-        ));
-        Ok(App {
+        let store = Arc::new(
+            Store::connect_lazy(
+                &settings.database,
+                settings.db_max_connections,
+                settings.db_batch_size,
+            )
+            .with_cluster(settings.cluster.clone()),
+        );
+        Ok(Core {
             settings,
             goals,
-            grpc,
-            http,
             store,
             wal,
             instance_id,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
         })
+    }
+}
+
+impl App {
+    /// Loads `challenges.json`, opens the WAL and binds both ports. Does not
+    /// touch the database: that happens in [`App::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let (grpc_addr, http_addr) = (settings.grpc_addr, settings.metrics_addr);
+        let core = Core::build(settings).await?;
+        let grpc = TcpListener::bind(grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC port {grpc_addr}"))?;
+        let http = TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot bind the metrics port {http_addr}"))?;
+        Ok(App { grpc, http, core })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -107,7 +120,7 @@ impl App {
     }
 
     pub fn instance_id(&self) -> &str {
-        &self.instance_id
+        &self.core.instance_id
     }
 
     /// Runs until `shutdown` is cancelled (or a fatal error), then shuts down
@@ -116,35 +129,38 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         let http_stop = CancellationToken::new();
+        let App {
+            grpc,
+            http,
+            core:
+                Core {
+                    settings,
+                    goals,
+                    store,
+                    wal,
+                    instance_id,
+                    metrics,
+                    health,
+                },
+        } = self;
         tracing::info!(
-            grpc = %health::local_addr(&self.grpc),
-            http = %health::local_addr(&self.http),
-            goals = self.goals.len(),
-            instance_id = %self.instance_id,
-            namespace = %self.settings.namespace,
-            store = %self.settings.database.describe(),
+            grpc = %health::local_addr(&grpc),
+            http = %health::local_addr(&http),
+            goals = goals.len(),
+            instance_id = %instance_id,
+            namespace = %settings.namespace,
+            store = %settings.database.describe(),
             "starting"
         );
-        if let Database::Sqlite(path) = &self.settings.database {
+        if let Database::Sqlite(path) = &settings.database {
             tracing::info!(
                 path = %path.display(),
                 "no database configured: using the embedded SQLite store (set DATABASE_URL or DB_HOST for PostgreSQL)"
             );
         }
-        for warning in &self.settings.warnings {
+        for warning in &settings.warnings {
             tracing::warn!("{warning}");
         }
-        let App {
-            settings,
-            goals,
-            grpc,
-            http,
-            store,
-            wal,
-            instance_id,
-            metrics,
-            health,
-        } = self;
         let gate = Arc::new(ingest::Gate::default());
         tasks.spawn(health::serve(
             http,
@@ -167,8 +183,11 @@ impl App {
             metrics: metrics.clone(),
             health: health.clone(),
         };
+        let upkeep_store = parts.store.clone();
+        let mut left_in_wal = None;
         if let Some(running) = start_up(parts, &settings, &lifetime).await? {
             enter(&health, &metrics, Phase::Serving);
+            tasks.spawn(upkeep(upkeep_store, metrics.clone(), lifetime.stop.clone()));
             let ingress = Ingress::new(
                 settings.namespace.clone(),
                 goals,
@@ -195,7 +214,7 @@ impl App {
             .await?;
             enter(&health, &metrics, Phase::ShuttingDown);
             gate.close();
-            shut_down(
+            left_in_wal = shut_down(
                 flusher,
                 running.wal,
                 running.wal_thread,
@@ -206,8 +225,150 @@ impl App {
         } else {
             enter(&health, &metrics, Phase::ShuttingDown);
         }
-        finish(tasks, http_stop, &lifetime.fatal).await
+        finish(tasks, http_stop, &lifetime.fatal, left_in_wal).await
     }
+}
+
+/// How often every replica runs the cluster's upkeep (PostgreSQL).
+const UPKEEP_EVERY: Duration = Duration::from_secs(15);
+/// How long an upkeep round waits for the cluster lock before it lets the
+/// flushes go on and tries again next round.
+const UPKEEP_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The cluster's upkeep until `stop`: a new ledger table every quarter of
+/// LEDGER_WINDOW, expired tables dropped, expired tombstones removed.
+async fn upkeep(store: Arc<Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let Store::Postgres(pg) = &*store else {
+        return;
+    };
+    let mut failing = false;
+    loop {
+        match pg.upkeep(UPKEEP_LOCK_WAIT).await {
+            Ok(done) => {
+                if failing {
+                    tracing::info!("cluster upkeep recovered");
+                    failing = false;
+                }
+                metrics.ledger_tables.set(done.tables as i64);
+                metrics.ledger_event_ids.set(done.ids);
+                for (table, ids) in &done.dropped {
+                    metrics.ledger_ids_expired.inc_by((*ids).max(0) as u64);
+                    tracing::info!(table, ids, "ledger table older than LEDGER_WINDOW dropped");
+                }
+                if done.rotated {
+                    tracing::debug!(tables = done.tables, "new ledger table started");
+                }
+                if done.tombstones_expired > 0 {
+                    tracing::info!(
+                        tombstones = done.tombstones_expired,
+                        "GDPR tombstones older than TOMBSTONE_RETENTION removed"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics.upkeep_failures.inc();
+                if !failing {
+                    tracing::warn!(error = %e, "cluster upkeep failed (ledger rotation, tombstone expiry); retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(UPKEEP_EVERY) => {}
+        }
+    }
+}
+
+/// `wal drain`: a stopped replica's WAL into the database, without serving.
+/// Replays the WAL under its instance id with a new epoch (fencing any
+/// process of that id still running elsewhere), flushes until the WAL is
+/// empty — events another replica applied meanwhile are left out by the
+/// cluster's ledger — and truncates it. Safe to run again: an empty WAL
+/// drains to nothing. Refuses a WAL another process holds (sled's lock).
+/// Gives up after `timeout` (the database unreachable, the table missing).
+pub async fn drain(settings: Settings, timeout: Duration) -> anyhow::Result<()> {
+    let dir = settings.wal_dir.clone();
+    if !dir.join("log").is_dir() {
+        anyhow::bail!(
+            "no WAL in {} (set WAL_DIR or DATA_DIR to the volume of the replica to drain)",
+            dir.display()
+        );
+    }
+    if settings.instance_id.is_none() && wal::recorded_instance_id(&dir)?.is_none() {
+        anyhow::bail!(
+            "{} records no instance id and INSTANCE_ID is not set: set INSTANCE_ID to the id the \
+             replica ran with (on Kubernetes, its pod name), so its records are replayed against \
+             its own watermark",
+            dir.display()
+        );
+    }
+    let core = Core::build(settings).await.with_context(|| {
+        format!(
+            "cannot open the WAL in {} (is a service still running on it?)",
+            dir.display()
+        )
+    })?;
+    let Core {
+        settings,
+        goals,
+        store,
+        wal,
+        instance_id,
+        metrics,
+        health,
+    } = core;
+    let before = wal.records();
+    tracing::info!(
+        wal_dir = %dir.display(),
+        instance_id = %instance_id,
+        records = before,
+        store = %settings.database.describe(),
+        "draining the WAL"
+    );
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            shutdown.cancel();
+        });
+    }
+    let lifetime = Lifetime::new(shutdown);
+    let parts = Parts {
+        goals,
+        store,
+        wal,
+        instance_id: instance_id.clone(),
+        metrics: metrics.clone(),
+        health,
+    };
+    let Some(running) = start_up(parts, &settings, &lifetime).await? else {
+        if lifetime.fatal.is_cancelled() {
+            anyhow::bail!("stopped after a fatal error (see the log above)");
+        }
+        anyhow::bail!(
+            "gave up after {timeout:?}: the database was not ready (see the log above); the WAL \
+             is untouched, run `wal drain` again"
+        );
+    };
+    let mut flusher = running.flusher;
+    let left = final_flush(&mut flusher, &running.wal, &lifetime.fatal, timeout).await;
+    close_wal(flusher, running.wal, running.wal_thread).await;
+    if lifetime.fatal.is_cancelled() {
+        anyhow::bail!("stopped after a fatal error (see the log above)");
+    }
+    if let Some(bytes) = left {
+        anyhow::bail!("{bytes} bytes are still in the WAL; run `wal drain` again");
+    }
+    println!(
+        "drained {} (instance {instance_id}): {} records replayed and written, {} events left out \
+         as already applied by another replica; the WAL is empty",
+        dir.display(),
+        metrics.wal_replayed.get(),
+        metrics.events_applied_elsewhere.get(),
+    );
+    Ok(())
 }
 
 /// The service's phase, for `/healthz` and the `phase` metric alike.
@@ -458,16 +619,18 @@ async fn serve(
     flush_loop.await.context("flush loop panicked")
 }
 
-/// Shutting down: the last flush, then the WAL closed.
+/// Shutting down: flushing until the WAL is empty (or the grace period
+/// ends), then the WAL closed. Some(bytes): what is left in the WAL.
 async fn shut_down(
     mut flusher: Flusher<Store>,
     wal: Wal,
     wal_thread: WalThread,
     settings: &Settings,
     lifetime: &Lifetime,
-) {
-    final_flush(&mut flusher, &lifetime.fatal, settings.shutdown_grace).await;
+) -> Option<u64> {
+    let left = final_flush(&mut flusher, &wal, &lifetime.fatal, settings.shutdown_grace).await;
     close_wal(flusher, wal, wal_thread).await;
+    left
 }
 
 /// The writer exits once every handle is gone; its thread is joined.
@@ -554,41 +717,77 @@ async fn serving<S: tonic::server::NamedService>(
     reporter.set_serving::<S>().await;
 }
 
-/// The last flush on the way out. A failure leaves the WAL for the next start.
+/// The last flushes on the way out: until nothing acknowledged is left
+/// outside the database, or `grace` is over. A failure is retried within
+/// the grace period. Some(bytes): records left in the WAL (logged): they
+/// are applied at the next start, or by `wal drain` if this replica does
+/// not come back.
 async fn final_flush<S: ProgressStore>(
     flusher: &mut Flusher<S>,
+    wal: &Wal,
     fatal: &CancellationToken,
     grace: Duration,
-) {
-    if fatal.is_cancelled() || !flusher.has_pending() {
-        return;
-    }
-    match tokio::time::timeout(grace, flusher.flush_once()).await {
-        Ok(Ok(rows)) => tracing::info!(rows, "final flush done"),
-        Ok(Err(e @ StoreError::Fenced { .. })) => {
-            tracing::error!(error = %e, "final flush refused: this instance was fenced");
-            fatal.cancel();
+) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    let mut last_error = None;
+    while !fatal.is_cancelled() && flusher.has_pending() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
         }
-        Ok(Err(e)) => tracing::warn!(
-            error = %e,
-            "final flush failed; the acknowledged updates stay in the WAL and are applied at the next start"
-        ),
-        Err(_) => tracing::warn!(
-            "final flush timed out; the acknowledged updates stay in the WAL and are applied at the next start"
-        ),
+        match tokio::time::timeout(left, flusher.flush_once()).await {
+            Ok(Ok(rows)) => tracing::info!(rows, "final flush done"),
+            Ok(Err(e @ StoreError::Fenced { .. })) => {
+                tracing::error!(error = %e, "final flush refused: this instance was fenced");
+                fatal.cancel();
+            }
+            Ok(Err(e)) => {
+                if last_error.is_none() {
+                    tracing::warn!(error = %e, "final flush failed; retrying until the grace period ends");
+                }
+                last_error = Some(e.to_string());
+                backoff.failed();
+                let pause = backoff
+                    .delay()
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+            Err(_) => break,
+        }
     }
+    if !flusher.has_pending() {
+        return None;
+    }
+    let bytes = wal.backlog_bytes();
+    tracing::error!(
+        wal_backlog_bytes = bytes,
+        wal_backlog_records = wal.stats().backlog_records(),
+        grace = ?grace,
+        last_error = last_error.as_deref().unwrap_or("none (the grace period ended)"),
+        "stopping with acknowledged updates not in the database: they stay in the WAL and are \
+         applied when this replica starts again on the same volume, or by `challenge-event-handler \
+         wal drain` on that volume if it does not (deploy/README.md, \"Scaling down\")"
+    );
+    Some(bytes)
 }
 
 async fn finish(
     tasks: TaskTracker,
     http_stop: CancellationToken,
     fatal: &CancellationToken,
+    left_in_wal: Option<u64>,
 ) -> anyhow::Result<()> {
     http_stop.cancel();
     tasks.close();
     tasks.wait().await;
     if fatal.is_cancelled() {
         anyhow::bail!("stopped after a fatal error (see the log above)");
+    }
+    if let Some(bytes) = left_in_wal {
+        anyhow::bail!(
+            "stopped with {bytes} bytes of acknowledged updates left in the WAL (see the log above)"
+        );
     }
     tracing::info!("stopped");
     Ok(())

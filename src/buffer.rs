@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::rules::m5::Runs;
 use crate::rules::row::{Micros, Row};
 use crate::rules::{typed, Deletion, Op, Record, Update};
+use crate::wal::dedup::{mark_of, Mark};
 
 /// A `user_goal_progress` primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,6 +39,9 @@ pub struct Meta {
     pub creates_row: bool,
     /// How many updates were coalesced into the entry.
     pub records: u32,
+    /// The earliest event time of those updates (Unix ms): a GDPR
+    /// tombstone of another replica drops the entry if it is not later.
+    pub first_ms: i64,
 }
 
 /// How two pending values for one key combine. `self` is the older one.
@@ -151,6 +155,7 @@ impl<T: Coalesce> Pending<T> {
         match self.map.remove(&key) {
             Some((old_meta, older)) => {
                 meta.records += old_meta.records;
+                meta.first_ms = meta.first_ms.min(old_meta.first_ms);
                 self.map.insert(key, (meta, older.merge(value)))
             }
             None => self.map.insert(key, (meta, value)),
@@ -163,6 +168,7 @@ impl<T: Coalesce> Pending<T> {
             match self.map.remove(&key) {
                 Some((mut meta, newer)) => {
                     meta.records += old_meta.records;
+                    meta.first_ms = meta.first_ms.min(old_meta.first_ms);
                     self.map.insert(key, (meta, old_value.merge(newer)))
                 }
                 None => self.map.insert(key, (old_meta, old_value)),
@@ -213,6 +219,11 @@ pub struct Buffer {
     pub m5: Pending<Runs>,
     /// GDPR deletions, in sequence order; the flush applies them first.
     pub deletions: Vec<PendingDeletion>,
+    /// The event ids of every record applied (but empty ones), as dedup
+    /// marks, in WAL order (an event's records are consecutive: one mark
+    /// each). On PostgreSQL
+    /// the flush records them in the cluster's ledger of applied events.
+    pub events: Vec<Mark>,
     /// The highest WAL sequence number applied.
     last_seq: u64,
     /// How many updates were applied (before coalescing).
@@ -234,6 +245,14 @@ impl Buffer {
         debug_assert!(seq > self.last_seq || self.updates == 0);
         self.last_seq = self.last_seq.max(seq);
         self.updates += 1;
+        // An event without an id is not deduplicated (as in the WAL).
+        let id = record.event_id();
+        if !id.is_empty() {
+            let mark = mark_of(id);
+            if self.events.last() != Some(&mark) {
+                self.events.push(mark);
+            }
+        }
         match record {
             Record::Update(update) => self.apply_update(update),
             Record::Delete(deletion) => self.apply_deletion(seq, deletion),
@@ -264,6 +283,7 @@ impl Buffer {
             target: update.target,
             creates_row: update.creates_row,
             records: 1,
+            first_ms: update.event_time_ms,
         };
         let time = update.event_time_ms;
         match update.op {
@@ -364,6 +384,26 @@ impl Buffer {
         self.updates
     }
 
+    /// The batch of records `(after, upto]` (read back from the WAL) without
+    /// the events whose marks are in `skip`: what a flush writes once the
+    /// cluster's ledger says another flush applied those.
+    pub fn rebuilt(
+        after: u64,
+        upto: u64,
+        records: Vec<(u64, Record)>,
+        skip: &std::collections::HashSet<Mark>,
+    ) -> Buffer {
+        let mut buffer = Buffer::starting_after(after);
+        for (seq, record) in records {
+            let id = record.event_id();
+            if id.is_empty() || !skip.contains(&mark_of(id)) {
+                buffer.apply(seq, record);
+            }
+        }
+        buffer.last_seq = upto;
+        buffer
+    }
+
     /// Takes everything out; `self` continues empty after the same sequence number.
     pub fn take(&mut self) -> Buffer {
         std::mem::replace(self, Buffer::starting_after(self.last_seq))
@@ -380,6 +420,8 @@ impl Buffer {
         }
         older.deletions.append(&mut self.deletions);
         self.deletions = older.deletions;
+        older.events.append(&mut self.events);
+        self.events = older.events;
         self.absolute.absorb_older(older.absolute);
         self.increment.absorb_older(older.increment);
         self.daily_increment.absorb_older(older.daily_increment);
@@ -422,6 +464,11 @@ pub struct Entries<'b>(Vec<(&'b Key, &'b Meta, Entry<'b>)>);
 impl<'b> Entries<'b> {
     pub fn as_slice(&self) -> &[(&'b Key, &'b Meta, Entry<'b>)] {
         &self.0
+    }
+
+    /// Keeps the entries `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Key, &Meta) -> bool) {
+        self.0.retain(|(key, meta, _)| keep(key, meta));
     }
 
     /// Applies every entry to its row as `row_of` finds it (None: the row

@@ -11,6 +11,7 @@
 //! [`MAX_BACKOFF`]; the log says when flushing starts failing and when it
 //! recovers, not at every attempt.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,16 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::rules::Record;
-use crate::store::{Deleted, Lease, NotApplied, Owner, ProgressStore, StoreError, TableOwner};
+use crate::store::{
+    Applied, Deleted, Dropped, Lease, NotApplied, Owner, ProgressStore, StoreError, TableOwner,
+};
+use crate::wal::dedup::Mark;
 use crate::wal::{Sink, Wal};
+
+/// How many times one flush leaves out events other flushes applied
+/// before it gives up for this round (each round, a concurrent flush
+/// applied more of its events).
+const MAX_LEDGER_ROUNDS: usize = 8;
 
 /// The longest wait between flush attempts while the database is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -73,6 +82,9 @@ pub struct Flusher<S> {
     health: Arc<Health>,
     /// A batch whose transaction failed: possibly committed, possibly not.
     in_doubt: Option<Buffer>,
+    /// The WAL sequence number the database has everything up to: where
+    /// the next batch starts.
+    flushed_upto: u64,
     /// Updates for players without rows since the last log line, and when it was.
     unmatched: (NotApplied, Option<Instant>),
 }
@@ -89,14 +101,15 @@ impl<S: ProgressStore> Flusher<S> {
     ) -> Self {
         Flusher {
             store,
-            lease,
             owner,
             buffer,
             wal,
             metrics,
             health,
+            flushed_upto: lease.applied_seq,
             in_doubt: None,
             unmatched: (NotApplied::default(), None),
+            lease,
         }
     }
 
@@ -131,6 +144,7 @@ impl<S: ProgressStore> Flusher<S> {
                 if let Some(doubt) = self.in_doubt.take() {
                     self.audit_unknown(&doubt);
                 }
+                self.flushed_upto = upto;
                 self.truncate(upto).await;
             }
         }
@@ -148,11 +162,7 @@ impl<S: ProgressStore> Flusher<S> {
         }
         let upto = batch.last_seq();
         let started = Instant::now();
-        match self
-            .store
-            .apply(&self.lease, upto, &batch, &self.owner)
-            .await
-        {
+        match self.apply(&mut batch, upto).await {
             Ok(applied) => {
                 self.metrics
                     .flush_duration
@@ -166,7 +176,9 @@ impl<S: ProgressStore> Flusher<S> {
                     "flushed"
                 );
                 self.audit(&applied.deleted);
+                self.audit_dropped(&applied.dropped);
                 self.count_not_applied(&applied.not_applied);
+                self.flushed_upto = upto;
                 self.truncate(upto).await;
                 Ok(applied.rows)
             }
@@ -174,6 +186,61 @@ impl<S: ProgressStore> Flusher<S> {
                 self.in_doubt = Some(batch);
                 Err(e)
             }
+        }
+    }
+
+    /// The batch's transaction. When the cluster's ledger says another flush
+    /// applied some of its events, nothing was written: the batch is built
+    /// again from the WAL without them (in place, so a failure keeps the
+    /// smaller batch in doubt) and written again.
+    async fn apply(&mut self, batch: &mut Buffer, upto: u64) -> Result<Applied, StoreError> {
+        let mut skip: HashSet<Mark> = HashSet::new();
+        for _ in 0..MAX_LEDGER_ROUNDS {
+            match self
+                .store
+                .apply(&self.lease, upto, batch, &self.owner)
+                .await
+            {
+                Err(StoreError::AlreadyApplied { marks }) => {
+                    let new = marks.iter().filter(|m| skip.insert(**m)).count();
+                    self.metrics.events_applied_elsewhere.inc_by(new as u64);
+                    tracing::info!(
+                        events = new,
+                        upto_seq = upto,
+                        "events of this batch were applied by another flush (redelivered to another \
+                         replica, or to this one after DEDUP_WINDOW): leaving them out"
+                    );
+                    let records = self.wal.read(self.flushed_upto, upto).await.map_err(|e| {
+                        StoreError::Unavailable(format!(
+                            "cannot read the batch back from the WAL: {e}"
+                        ))
+                    })?;
+                    // If nothing is left, the next round moves only the watermark.
+                    *batch = Buffer::rebuilt(self.flushed_upto, upto, records, &skip);
+                }
+                other => return other,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "other flushes kept applying events of this batch ({MAX_LEDGER_ROUNDS} rounds); retrying"
+        )))
+    }
+
+    /// The audit trail of pending updates left out for a deletion another
+    /// replica applied: one line per user, and a metric.
+    fn audit_dropped(&self, dropped: &[Dropped]) {
+        for d in dropped {
+            self.metrics.updates_dropped_deleted_user.inc_by(d.updates);
+            tracing::info!(
+                audit = "gdpr_pending_updates_dropped",
+                user_id = %d.user_id,
+                namespace = %d.namespace,
+                updates = d.updates,
+                deleted_at = %rfc3339(d.deleted_ms),
+                deleted_by = %d.by_instance,
+                dropped_by = %self.lease.instance_id,
+                "pending updates of a user another replica deleted were not written"
+            );
         }
     }
 

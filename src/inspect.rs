@@ -140,6 +140,20 @@ pub enum WalCommand {
     /// watermark (when the store is reachable), pending records and bytes,
     /// the oldest pending event, dedup marks.
     Inspect(WalInspectArgs),
+    /// Write a stopped replica's WAL into the database and empty it (a
+    /// replica scaled away for good). Takes the service's settings; exits 0
+    /// once the WAL is empty. Refuses a WAL a running service holds; safe to
+    /// run again.
+    Drain(Box<WalDrainArgs>),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WalDrainArgs {
+    #[command(flatten)]
+    pub serve: crate::config::ServeArgs,
+    /// How long to keep trying while the database is unreachable or not ready.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -168,7 +182,19 @@ struct WalReport {
 }
 
 pub async fn wal(command: WalCommand) -> anyhow::Result<()> {
-    let WalCommand::Inspect(args) = command;
+    match command {
+        WalCommand::Inspect(args) => wal_inspect(args).await,
+        WalCommand::Drain(args) => {
+            let settings = args.serve.validate()?;
+            for warning in &settings.warnings {
+                tracing::warn!("{warning}");
+            }
+            crate::app::drain(settings, args.timeout).await
+        }
+    }
+}
+
+async fn wal_inspect(args: WalInspectArgs) -> anyhow::Result<()> {
     let dir = args.store.wal_dir();
     if !dir.join("log").is_dir() {
         bail!(

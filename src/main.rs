@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send one test event (login, stat, GDPR deletion) to a running service.
     Send(SendArgs),
     /// Show a user's challenge progress from the configured store.
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Serve(args)) => serve(*args).await,
             None => serve(cli.serve).await,
         }
     });

@@ -61,6 +61,14 @@ pub struct Metrics {
     pub gdpr_deletions: IntCounter,
     pub gdpr_rows_deleted: IntCounter,
     pub gdpr_deletions_pending: IntGauge,
+    /// Events left out because the cluster's ledger had them applied already.
+    pub events_applied_elsewhere: IntCounter,
+    /// Updates left out because another replica deleted their user.
+    pub updates_dropped_deleted_user: IntCounter,
+    pub ledger_event_ids: IntGauge,
+    pub ledger_tables: IntGauge,
+    pub ledger_ids_expired: IntCounter,
+    pub upkeep_failures: IntCounter,
     pub wal_max_bytes: IntGauge,
     pub last_flush_success: IntGauge,
     pub phase: IntGauge,
@@ -221,6 +229,30 @@ impl Metrics {
             gdpr_deletions_pending: gauge(
                 "gdpr_deletions_pending",
                 "GDPR data deletions acknowledged (durable in the WAL) and not yet applied to the database",
+            ),
+            events_applied_elsewhere: counter(
+                "events_applied_elsewhere_total",
+                "events acknowledged here and left out of a flush because the cluster's ledger \
+                 already had them applied (redelivered to another replica, or to this one after \
+                 DEDUP_WINDOW)",
+            ),
+            updates_dropped_deleted_user: counter(
+                "updates_dropped_deleted_user_total",
+                "pending updates left out because another replica applied a GDPR deletion of \
+                 their user (each user also logged as an audit line)",
+            ),
+            ledger_event_ids: gauge(
+                "ledger_event_ids",
+                "event ids in the cluster's ledger (PostgreSQL's estimate, updated by the upkeep)",
+            ),
+            ledger_tables: gauge("ledger_tables", "tables of the cluster's ledger"),
+            ledger_ids_expired: counter(
+                "ledger_ids_expired_total",
+                "event ids dropped from the ledger with their table, older than LEDGER_WINDOW",
+            ),
+            upkeep_failures: counter(
+                "upkeep_failures_total",
+                "rounds of the cluster's upkeep (ledger rotation, tombstone expiry) that failed",
             ),
             wal_max_bytes: gauge(
                 "wal_max_bytes",

@@ -757,9 +757,13 @@ async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
             .unwrap();
     }
     proxy.set_down(true);
-    svc.stop()
+    // The final flushes fail for the whole grace period: the process stops
+    // with an error that says what is left in the WAL (which keeps it).
+    let err = svc
+        .stop()
         .await
-        .expect("a failed final flush is not an error exit: the WAL keeps the updates");
+        .expect_err("updates left in the WAL make the stop an error exit");
+    assert!(err.to_string().contains("left in the WAL"), "{err}");
     assert_eq!(count_rows(&db).await, 0);
 
     proxy.set_down(false);

@@ -233,12 +233,16 @@ mod cases {
             let mut buffer = Buffer::starting_after(seq.get());
             for (i, r) in records.iter().enumerate() {
                 let r = match r.clone() {
+                    // Each case's own users and event ids (the ledger
+                    // remembers ids across cases on PostgreSQL).
                     Record::Update(mut u) => {
                         u.user_id = format!("{prefix}{}", u.user_id);
+                        u.event_id = format!("{prefix}{}", u.event_id);
                         Record::Update(u)
                     }
                     Record::Delete(mut d) => {
                         d.user_id = format!("{prefix}{}", d.user_id);
+                        d.event_id = format!("{prefix}{}", d.event_id);
                         Record::Delete(d)
                     }
                 };

@@ -31,3 +31,24 @@ CREATE TABLE IF NOT EXISTS challenge_event_handler_settings (
     value      TEXT         NOT NULL,
     updated_at TIMESTAMP    NOT NULL DEFAULT NOW()
 );
+
+-- The cluster's ledger of applied event ids (src/store/cluster.rs): the
+-- tables of marks, newest first. The tables themselves are
+-- challenge_event_handler_events_<unix seconds they began>.
+CREATE TABLE IF NOT EXISTS challenge_event_handler_ledger (
+    id         SMALLINT    PRIMARY KEY CHECK (id = 1),
+    tables     TEXT[]      NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- GDPR deletions as every replica must see them: a replica's flush drops
+-- its pending updates of a user another replica deleted (not later than
+-- deleted_at plus TOMBSTONE_SKEW). Removed after TOMBSTONE_RETENTION.
+CREATE TABLE IF NOT EXISTS challenge_event_handler_tombstones (
+    namespace   VARCHAR(100) NOT NULL,
+    user_id     VARCHAR(100) NOT NULL,
+    instance_id VARCHAR(100) NOT NULL,
+    deleted_at  TIMESTAMPTZ  NOT NULL,
+    applied_at  TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, user_id, instance_id)
+);

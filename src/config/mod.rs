@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
+use crate::store::cluster::ClusterSettings;
 use crate::store::{Database, TableOwner};
 use crate::wal::Recovery;
 
@@ -183,6 +184,27 @@ pub struct ServeArgs {
     #[arg(long, env = "NO_MIGRATE")]
     pub no_migrate: bool,
 
+    /// How long the cluster's ledger remembers an applied event id, so that
+    /// an event redelivered to any replica is applied once (PostgreSQL). It
+    /// must cover how late a redelivery can come: Kafka Connect redelivers
+    /// what it had not committed (offsets every minute) after a failed batch,
+    /// a rebalance or a restart.
+    #[arg(long, env = "LEDGER_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ledger_window: Duration,
+    /// Turn the cluster's ledger of applied event ids off (one replica only:
+    /// each replica still drops redeliveries it saw itself, DEDUP_WINDOW).
+    #[arg(long, env = "NO_LEDGER")]
+    pub no_ledger: bool,
+    /// Clock skew allowed between replicas for GDPR deletions: a replica drops
+    /// its pending updates of a user another replica deleted unless they are
+    /// later than the deletion by more than this.
+    #[arg(long, env = "TOMBSTONE_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub tombstone_skew: Duration,
+    /// How long a GDPR deletion's tombstone is kept: longer than any update
+    /// can wait unflushed (a database outage, an orphaned WAL before `wal drain`).
+    #[arg(long, env = "TOMBSTONE_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Duration,
+
     /// Who owns user_goal_progress. `service`: AccelByte's challenge service
     /// (it creates the table and a player's rows; events only update existing
     /// rows). `handler`: no challenge service uses this database (the handler
@@ -220,6 +242,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub migrate: bool,
     pub table_owner: Option<TableOwner>,
+    /// The cluster's guarantees on PostgreSQL (ledger, tombstones).
+    pub cluster: ClusterSettings,
     /// Things the operator should know about these settings, logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -280,6 +304,15 @@ impl ServeArgs {
         if self.wal_max_bytes < 1024 {
             return Err(invalid("WAL_MAX_BYTES", "must be at least 1KiB"));
         }
+        if !self.no_ledger && self.ledger_window < Duration::from_secs(60) {
+            return Err(invalid(
+                "LEDGER_WINDOW",
+                "must be at least 1m (set NO_LEDGER to run without the ledger)",
+            ));
+        }
+        if self.tombstone_retention < Duration::from_secs(3600) {
+            return Err(invalid("TOMBSTONE_RETENTION", "must be at least 1h"));
+        }
         if self.table_owner == Some(TableOwner::Service) && matches!(database, Database::Sqlite(_))
         {
             return Err(invalid(
@@ -311,6 +344,11 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             migrate: !self.no_migrate,
             table_owner: self.table_owner,
+            cluster: ClusterSettings {
+                ledger_window: (!self.no_ledger).then_some(self.ledger_window),
+                tombstone_skew: self.tombstone_skew,
+                tombstone_retention: self.tombstone_retention,
+            },
             warnings,
         })
     }

@@ -19,9 +19,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
-use super::{Applied, Deleted, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
+use super::{Applied, Deleted, Dropped, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
 use crate::buffer::{Buffer, Entries, Key, Meta, PendingDeletion};
 use crate::rules::row::{GoalState, Micros, Row};
+use crate::wal::dedup::Mark;
 
 /// A row as the flush reads it: its columns and its identity (`created_at`:
 /// the handler's own per-row state belongs to this row only, not to one
@@ -40,6 +41,18 @@ pub struct Locked {
 pub struct Version {
     pub ctid: String,
     pub xmin: String,
+}
+
+/// A GDPR deletion another replica applied: its pending updates of the
+/// user acknowledged up to `cutoff_ms` must not be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The deletion's time plus the allowed clock skew, Unix ms.
+    pub cutoff_ms: i64,
+    /// The deletion's time, Unix ms.
+    pub deleted_ms: i64,
+    /// The replica that applied it.
+    pub instance_id: String,
 }
 
 /// A row to insert where the handler owns the table.
@@ -72,12 +85,42 @@ pub trait Dialect: Send + Sync {
         lease: &Lease,
         upto: u64,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Deletes every row (and the handler's state) of each deleted user.
+    /// Deletes every row (and the handler's state) of each deleted user;
+    /// on PostgreSQL leaves a tombstone of `instance_id` for each.
     fn delete_users(
         &self,
         tx: &mut Self::Tx,
         deletions: &[PendingDeletion],
+        instance_id: &str,
     ) -> impl Future<Output = Result<Vec<Deleted>>> + Send;
+    /// Takes the cluster lock first in the transaction: shared, exclusive
+    /// for a batch with deletions (PostgreSQL; one process needs none).
+    fn lock_cluster(
+        &self,
+        _tx: &mut Self::Tx,
+        _exclusive: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// Records the batch's events in the cluster's ledger; returns those
+    /// another flush recorded first (PostgreSQL with the ledger on).
+    fn claim_events(
+        &self,
+        _tx: &mut Self::Tx,
+        _events: &[Mark],
+    ) -> impl Future<Output = Result<Vec<Mark>>> + Send {
+        async { Ok(Vec::new()) }
+    }
+    /// The newest tombstone other replicas left for each of `users`
+    /// (namespace, user id).
+    fn tombstones(
+        &self,
+        _tx: &mut Self::Tx,
+        _users: &[(&str, &str)],
+        _instance_id: &str,
+    ) -> impl Future<Output = Result<HashMap<(String, String), Tombstone>>> + Send {
+        async { Ok(HashMap::new()) }
+    }
     /// Which of `users` have any row.
     fn users_with_rows(
         &self,
@@ -125,7 +168,11 @@ pub async fn apply<D: Dialect>(
     now: Micros,
 ) -> Result<Applied> {
     let mut tx = dialect.begin().await?;
-    // The watermark first: it locks this instance's row, so a zombie with an
+    // The cluster lock before any other: it cannot be part of a deadlock.
+    dialect
+        .lock_cluster(&mut tx, !batch.deletions.is_empty())
+        .await?;
+    // The watermark next: it locks this instance's row, so a zombie with an
     // old epoch fails here before touching any progress row.
     if !dialect.move_watermark(&mut tx, lease, upto).await? {
         return Err(StoreError::Fenced {
@@ -133,10 +180,19 @@ pub async fn apply<D: Dialect>(
             epoch: lease.epoch,
         });
     }
+    // Events another flush applied (another replica, or an earlier
+    // delivery): this transaction is abandoned; the flusher leaves them out.
+    let taken = dialect.claim_events(&mut tx, &batch.events).await?;
+    if !taken.is_empty() {
+        return Err(StoreError::AlreadyApplied { marks: taken });
+    }
     // Deletions before anything else: the batch holds nothing of a deleted
     // user from before the deletion, so what follows is a fresh start.
-    let deleted = dialect.delete_users(&mut tx, &batch.deletions).await?;
-    let entries = batch.entries();
+    let deleted = dialect
+        .delete_users(&mut tx, &batch.deletions, &lease.instance_id)
+        .await?;
+    let mut entries = batch.entries();
+    let dropped = drop_tombstoned(dialect, &mut tx, &mut entries, &lease.instance_id).await?;
     let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
     keys.dedup();
     let mut current = dialect.read_rows(&mut tx, &keys, false).await?;
@@ -204,7 +260,51 @@ pub async fn apply<D: Dialect>(
         rows: plan.writes.len(),
         deleted,
         not_applied,
+        dropped,
     })
+}
+
+/// Leaves out the entries of users another replica deleted, when their
+/// updates are not later than the deletion (plus the allowed skew).
+async fn drop_tombstoned<D: Dialect>(
+    dialect: &D,
+    tx: &mut D::Tx,
+    entries: &mut Entries<'_>,
+    instance_id: &str,
+) -> Result<Vec<Dropped>> {
+    let mut users: Vec<(&str, &str)> = entries
+        .as_slice()
+        .iter()
+        .map(|(key, meta, _)| (meta.namespace.as_str(), key.user_id.as_str()))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stones = dialect.tombstones(tx, &users, instance_id).await?;
+    if stones.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut dropped: BTreeMap<(String, String), Dropped> = BTreeMap::new();
+    entries.retain(|key, meta| {
+        let user = (meta.namespace.clone(), key.user_id.clone());
+        match stones.get(&user) {
+            Some(stone) if meta.first_ms <= stone.cutoff_ms => {
+                let d = dropped.entry(user).or_insert_with(|| Dropped {
+                    user_id: key.user_id.clone(),
+                    namespace: meta.namespace.clone(),
+                    updates: 0,
+                    deleted_ms: stone.deleted_ms,
+                    by_instance: stone.instance_id.clone(),
+                });
+                d.updates += u64::from(meta.records);
+                false
+            }
+            _ => true,
+        }
+    });
+    Ok(dropped.into_values().collect())
 }
 
 /// The rows a flush creates where the handler owns the table, for the

@@ -13,6 +13,7 @@
 //! keeps what it needs in tables of its own (`challenge_event_handler_*`)
 //! and, unless it owns the table ([`TableOwner`]), only updates rows.
 
+pub mod cluster;
 pub mod flush;
 pub mod postgres;
 pub mod sqlite;
@@ -42,6 +43,11 @@ pub enum StoreError {
          two processes must never share one INSTANCE_ID / WAL_DIR"
     )]
     Fenced { instance_id: String, epoch: i64 },
+    /// Events of the batch are in the cluster's ledger already: another
+    /// flush applied them (another replica, or an earlier delivery). Nothing
+    /// was written; the flusher leaves them out and flushes again.
+    #[error("{} events of the batch were applied by another flush", marks.len())]
+    AlreadyApplied { marks: Vec<crate::wal::dedup::Mark> },
 }
 
 impl StoreError {
@@ -220,6 +226,21 @@ pub struct Applied {
     pub deleted: Vec<Deleted>,
     /// Updates that found no row to change.
     pub not_applied: NotApplied,
+    /// Updates left out for a GDPR deletion another replica applied.
+    pub dropped: Vec<Dropped>,
+}
+
+/// A user's pending updates left out because another replica deleted the
+/// user (its tombstone), for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub user_id: String,
+    pub namespace: String,
+    /// Updates (one per event and goal) not written.
+    pub updates: u64,
+    /// The deletion's time, Unix ms, and the replica that applied it.
+    pub deleted_ms: i64,
+    pub by_instance: String,
 }
 
 /// Updates (one per event and goal) a flush did not apply, by reason.
@@ -347,6 +368,17 @@ impl Store {
                 batch_size,
             )),
             Database::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::connect_lazy(path)),
+        }
+    }
+}
+
+impl Store {
+    /// Keeps the cluster's guarantees as `cluster` says (PostgreSQL; the
+    /// embedded store is one process).
+    pub fn with_cluster(self, cluster: cluster::ClusterSettings) -> Store {
+        match self {
+            Store::Postgres(pg) => Store::Postgres(pg.with_cluster(cluster)),
+            other => other,
         }
     }
 }

@@ -14,7 +14,8 @@ use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::flush::{self, Dialect, Locked, NewRow, StateWrite, Version};
+use super::cluster::{self, ClusterSettings};
+use super::flush::{self, Dialect, Locked, NewRow, StateWrite, Tombstone, Version};
 use super::{
     Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
     TableOwner, Watermark,
@@ -22,11 +23,12 @@ use super::{
 use crate::buffer::{Key, PendingDeletion};
 use crate::clock::{micros_of, naive_micros};
 use crate::rules::row::{GoalState, Row, Status};
+use crate::wal::dedup::Mark;
 
 /// PostgreSQL's errors as the store's: what waiting can fix is `Unavailable`
 /// (the connection, the server starting or shutting down, resources, a
 /// serialization failure or deadlock); everything else needs an operator.
-fn pg(e: sqlx::Error) -> StoreError {
+pub(super) fn pg(e: sqlx::Error) -> StoreError {
     let transient = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -240,9 +242,13 @@ impl Statements {
     }
 }
 
+/// Event ids per ledger statement.
+const LEDGER_CHUNK: usize = 10_000;
+
 pub struct PgStore {
     pool: PgPool,
     batch_size: usize,
+    cluster: ClusterSettings,
     statements: std::sync::OnceLock<(Columns, Statements)>,
 }
 
@@ -262,8 +268,24 @@ impl PgStore {
         PgStore {
             pool,
             batch_size: batch_size.max(1),
+            cluster: ClusterSettings::default(),
             statements: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The same store, keeping the cluster's guarantees as `cluster` says.
+    pub fn with_cluster(mut self, cluster: ClusterSettings) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn cluster(&self) -> &ClusterSettings {
+        &self.cluster
+    }
+
+    /// One round of the cluster's upkeep ([`cluster::upkeep`]).
+    pub async fn upkeep(&self, wait: std::time::Duration) -> Result<cluster::Upkeep> {
+        cluster::upkeep(&self.pool, &self.cluster, wait).await
     }
 
     /// The M5 columns the table has, read once (the table exists by then).
@@ -533,6 +555,7 @@ impl Dialect for PgStore {
         &self,
         tx: &mut Self::Tx,
         deletions: &[PendingDeletion],
+        instance_id: &str,
     ) -> Result<Vec<Deleted>> {
         if deletions.is_empty() {
             return Ok(Vec::new());
@@ -556,7 +579,42 @@ impl Dialect for PgStore {
             .execute(&mut **tx)
             .await
             .map_err(pg)?;
+        let stones: Vec<(&str, &str, i64)> = deletions
+            .iter()
+            .map(|d| {
+                let d = &d.deletion;
+                (d.namespace.as_str(), d.user_id.as_str(), d.event_time_ms)
+            })
+            .collect();
+        cluster::write_tombstones(tx, instance_id, &stones).await?;
         Ok(Deleted::count(deletions, &gone))
+    }
+
+    async fn lock_cluster(&self, tx: &mut Self::Tx, exclusive: bool) -> Result<()> {
+        cluster::lock(tx, exclusive).await
+    }
+
+    async fn claim_events(&self, tx: &mut Self::Tx, events: &[Mark]) -> Result<Vec<Mark>> {
+        if self.cluster.ledger_window.is_none() {
+            return Ok(Vec::new());
+        }
+        cluster::claim(tx, events, LEDGER_CHUNK).await
+    }
+
+    async fn tombstones(
+        &self,
+        tx: &mut Self::Tx,
+        users: &[(&str, &str)],
+        instance_id: &str,
+    ) -> Result<HashMap<(String, String), Tombstone>> {
+        cluster::tombstones(
+            tx,
+            users,
+            instance_id,
+            self.cluster.tombstone_skew,
+            self.batch_size.max(LEDGER_CHUNK),
+        )
+        .await
     }
 
     async fn users_with_rows(&self, tx: &mut Self::Tx, users: &[&str]) -> Result<HashSet<String>> {
@@ -714,6 +772,9 @@ impl ProgressStore for PgStore {
     async fn prepare(&self, requested: Option<TableOwner>, migrate: bool) -> Result<Prepared> {
         if migrate {
             self.create_handler_tables().await?;
+            if self.cluster.ledger_window.is_some() {
+                cluster::create_ledger(&self.pool).await?;
+            }
         }
         let recorded = self
             .setting("table_owner")

@@ -235,10 +235,12 @@ impl Dialect for SqliteStore {
         Ok(moved.rows_affected() == 1)
     }
 
+    /// One process: its WAL orders its deletions exactly; no tombstones.
     async fn delete_users(
         &self,
         tx: &mut Self::Tx,
         deletions: &[PendingDeletion],
+        _instance_id: &str,
     ) -> Result<Vec<Deleted>> {
         let mut deleted = Vec::with_capacity(deletions.len());
         for pending in deletions {

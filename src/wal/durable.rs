@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::Result;
+use super::{Result, WalError};
 
 pub(super) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -55,17 +55,46 @@ pub(super) fn begin_first_start(dir: &Path, creating: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Reads the instance id stored in the WAL directory, creating one on first start.
-pub fn instance_id(dir: &Path) -> Result<String> {
-    let path = dir.join("instance_id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+/// The instance id recorded in the WAL directory, if any.
+pub fn recorded_instance_id(dir: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(dir.join("instance_id")) {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// The instance id the WAL directory's records belong to: `configured`
+/// (INSTANCE_ID) or, without it, the one recorded there (generated on the
+/// first start). The id is recorded in the directory, and a configured id
+/// that differs from the recorded one is refused: the WAL's records would
+/// be replayed against another instance's watermark and applied again.
+pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
+    let recorded = recorded_instance_id(dir)?;
+    match (recorded, configured) {
+        (Some(recorded), Some(configured)) if recorded != configured => {
+            Err(WalError::OtherInstance {
+                dir: dir.to_owned(),
+                recorded,
+                configured: configured.to_owned(),
+            })
+        }
+        (Some(recorded), _) => Ok(recorded),
+        (None, configured) => {
+            let id = configured.map_or_else(
+                || format!("ceh-{}", uuid::Uuid::new_v4().simple()),
+                str::to_owned,
+            );
+            record_instance_id(dir, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+fn record_instance_id(dir: &Path, id: &str) -> Result<()> {
     create_dir_durable(dir)?;
-    let id = format!("ceh-{}", uuid::Uuid::new_v4().simple());
+    let path = dir.join("instance_id");
     let tmp = dir.join("instance_id.tmp");
     {
         let mut f = File::create(&tmp)?;
@@ -74,5 +103,5 @@ pub fn instance_id(dir: &Path) -> Result<String> {
     }
     std::fs::rename(&tmp, &path)?;
     fsync_dir(dir)?;
-    Ok(id)
+    Ok(())
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crate::rules::Record;
 
-pub use durable::{create_dir_durable, instance_id};
+pub use durable::{create_dir_durable, instance_id, recorded_instance_id};
 pub use store::{WalStore, WalSummary};
 pub use writer::{Appended, Wal, WalStats, WalThread};
 
@@ -50,6 +50,18 @@ pub enum WalError {
          WAL_RECOVERY=skip-corrupt to drop corrupt records (their updates are lost)"
     )]
     Corrupt { seq: u64, reason: codec::CodecError },
+    #[error(
+        "the WAL in {dir} belongs to instance {recorded:?}, but INSTANCE_ID is {configured:?}: \
+         its records would be replayed against another instance's watermark. Start it with \
+         INSTANCE_ID={recorded:?} (or `wal drain` it so), or give this instance its own volume"
+    )]
+    OtherInstance {
+        dir: PathBuf,
+        recorded: String,
+        configured: String,
+    },
+    #[error("WAL record {seq} is listed but not in the log")]
+    Missing { seq: u64 },
     #[error(
         "the write-ahead log is full ({bytes} bytes not yet in the database, WAL_MAX_BYTES={max}); \
          the database is probably unreachable, retry later"

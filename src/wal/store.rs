@@ -479,6 +479,35 @@ impl WalStore {
         Ok(replayed)
     }
 
+    /// The records of sequence numbers `(after, upto]`, in order, read back
+    /// from the log (they must not be truncated yet).
+    pub fn read(&self, after: u64, upto: u64) -> Result<Vec<(u64, Record)>> {
+        let mut out = Vec::new();
+        for entry in self
+            .live
+            .iter()
+            .filter(|e| e.last > after && e.first <= upto)
+        {
+            let corrupt = |reason| WalError::Corrupt {
+                seq: entry.first,
+                reason,
+            };
+            let Some(bytes) = self.db.get(entry.key())? else {
+                return Err(WalError::Missing { seq: entry.first });
+            };
+            let records = match entry.layout {
+                Layout::Frame => codec::decode_frame(&bytes).map_err(corrupt)?.1,
+                Layout::Record => vec![codec::decode(&bytes).map_err(corrupt)?],
+            };
+            out.extend(
+                (entry.first..)
+                    .zip(records)
+                    .filter(|(seq, _)| *seq > after && *seq <= upto),
+            );
+        }
+        Ok(out)
+    }
+
     /// Remembers the event ids of a frame's records, written at `written_ms`,
     /// as dedup marks (within the window), to be saved before it is removed.
     fn rebuild_marks(&mut self, written_ms: i64, records: &[Record], now_bucket: u64) {

@@ -94,6 +94,12 @@ pub enum Appended {
 }
 
 enum Command {
+    /// The records of sequence numbers `(after, upto]` (not truncated yet).
+    Read {
+        after: u64,
+        upto: u64,
+        reply: oneshot::Sender<Result<Vec<(u64, Record)>>>,
+    },
     Append {
         event_id: String,
         records: Vec<Record>,
@@ -123,6 +129,17 @@ impl Wal {
                 records,
                 reply,
             })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Reads back the records of sequence numbers `(after, upto]`: a flush's
+    /// batch, record by record (to leave out events another replica applied).
+    pub async fn read(&self, after: u64, upto: u64) -> Result<Vec<(u64, Record)>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Read { after, upto, reply })
             .await
             .map_err(|_| self.closed_error())?;
         rx.await.map_err(|_| self.closed_error())?
@@ -291,6 +308,7 @@ impl Writer {
                 match command {
                     Command::Append { reply, .. } => drop(reply.send(Err(WalError::Failed))),
                     Command::Truncate { reply, .. } => drop(reply.send(Err(WalError::Failed))),
+                    Command::Read { reply, .. } => drop(reply.send(Err(WalError::Failed))),
                 }
             }
             return;
@@ -312,6 +330,11 @@ impl Writer {
         };
         for command in commands.drain(..) {
             match command {
+                // Only what earlier rounds committed is read: the range is
+                // below anything this round appends.
+                Command::Read { after, upto, reply } => {
+                    drop(reply.send(self.store.read(after, upto)));
+                }
                 Command::Truncate { upto, reply } => {
                     truncate_upto = truncate_upto.max(Some(upto));
                     truncates.push(reply);

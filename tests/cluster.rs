@@ -1,0 +1,424 @@
+//! Several replicas of the real binary on one PostgreSQL, as Extend scales
+//! the handler out: events redelivered across replicas (Kafka Connect
+//! retries a batch as a whole, to whichever replica it reaches), replicas
+//! killed with SIGKILL and restarted or drained with `wal drain`, GDPR
+//! deletions through one replica while another holds updates of that user.
+//! The oracle: every event id acknowledged anywhere counts exactly once; no
+//! row of a deleted user remains.
+//!
+//! `CLUSTER_SECS` sets the length of the load (default 6 s; the long run in
+//! docs/RELIABILITY.md uses 120).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient;
+use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
+use common::*;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+/// One increment goal that never completes, so every login shows.
+const COUNTING: &str = r#"{"challenges":[{"challengeId":"c","name":"C","goals":[
+ {"goalId":"logins","name":"l","type":"increment","eventSource":"login",
+  "requirement":{"operator":">=","targetValue":2000000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}}]}]}"#;
+
+const EXIT: Duration = Duration::from_secs(60);
+
+/// A replica that flushes every 50 ms.
+fn fast(db: &str, dir: &std::path::Path) -> Binary {
+    Binary::spawn_with_config(db, dir, COUNTING, &[("FLUSH_INTERVAL", "50ms")])
+}
+
+/// A replica that never flushes on its own: what it acknowledges stays in
+/// its WAL until it stops (or is drained).
+fn holding(db: &str, dir: &std::path::Path) -> Binary {
+    Binary::spawn_with_config(
+        db,
+        dir,
+        COUNTING,
+        &[("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")],
+    )
+}
+
+async fn send_login(channel: &Channel, user: &str, id: &str) -> bool {
+    UserAuthenticationUserLoggedInServiceClient::new(channel.clone())
+        .on_message(login(user, id, ""))
+        .await
+        .is_ok()
+}
+
+async fn send_deletion(channel: &Channel, user: &str, id: &str) {
+    DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(channel.clone())
+        .on_message(gdpr_deletion(user, id))
+        .await
+        .expect("deletion acknowledged");
+}
+
+/// user → logins in the table (goal `logins`) for users named `tag-…`.
+async fn counted(db: &PgPool, tag: &str) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i32)>(
+        "SELECT user_id, progress FROM user_goal_progress WHERE goal_id = 'logins' AND user_id LIKE $1",
+    )
+    .bind(format!("{tag}-%"))
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(u, p)| (u, i64::from(p)))
+    .collect()
+}
+
+async fn rows_of(db: &PgPool, user: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM user_goal_progress WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// `wal drain` of `dir` against `db`; (exit code, stdout, stderr).
+fn drain(dir: &std::path::Path, db: &str) -> (i32, String, String) {
+    let config = dir.join("challenges.json");
+    let wal = dir.join("wal");
+    cli(
+        dir,
+        &["wal", "drain", "--timeout", "60s"],
+        &[
+            ("DATABASE_URL", db),
+            ("AB_NAMESPACE", NAMESPACE),
+            ("CONFIG_PATH", config.to_str().unwrap()),
+            ("WAL_DIR", wal.to_str().unwrap()),
+            ("TABLE_OWNER", "handler"),
+            ("LOG_LEVEL", "info"),
+        ],
+    )
+}
+
+/// The replicas' gRPC channels; None while a replica is down.
+type Replicas = Arc<RwLock<Vec<Option<Channel>>>>;
+
+/// One producer (a Kafka partition): its own users, unique event ids, each
+/// event sent to one replica, a third of them also to a second replica at
+/// the same time and a sixth again later (the redelivery of a batch). An
+/// event a replica could not take is sent to the next one until one
+/// acknowledges it. Returns user → distinct events acknowledged.
+async fn produce(
+    replicas: Replicas,
+    tag: String,
+    producer: usize,
+    stop: Arc<AtomicBool>,
+    redelivered: Arc<AtomicU64>,
+) -> BTreeMap<String, i64> {
+    let mut acknowledged = BTreeMap::new();
+    let mut n: usize = 0;
+    let mut later: Vec<(String, String, usize)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let user = format!("{tag}-{producer}-{}", n % 5);
+        let id = format!("{tag}-{producer}-{n}");
+        let (first, second) = ((producer + n) % 3, (producer + n + 1 + n % 2) % 3);
+        let twice = n.is_multiple_of(3);
+        let channels: Vec<Option<Channel>> = replicas.read().unwrap().clone();
+        let mut ok = false;
+        if twice {
+            if let (Some(a), Some(b)) = (&channels[first], &channels[second]) {
+                let (x, y) = tokio::join!(send_login(a, &user, &id), send_login(b, &user, &id));
+                ok = x || y;
+                redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Until one replica acknowledges it (retried from the next one).
+        let mut attempt = 0;
+        while !ok {
+            let r = (first + attempt) % 3;
+            if let Some(channel) = &channels[r] {
+                ok = send_login(channel, &user, &id).await;
+            }
+            attempt += 1;
+            if attempt.is_multiple_of(3) && !ok {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(attempt < 300, "no replica acknowledged {id}");
+        }
+        *acknowledged.entry(user.clone()).or_insert(0) += 1;
+        if n % 6 == 1 {
+            later.push((user, id, second));
+        }
+        // The redelivery of an earlier batch, to another replica.
+        if later.len() >= 4 {
+            for (user, id, r) in later.drain(..) {
+                if let Some(channel) = &channels[r] {
+                    send_login(channel, &user, &id).await;
+                    redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test]
+async fn three_replicas_redelivery_kill_9_and_wal_drain_count_every_event_once() {
+    let secs: u64 = std::env::var("CLUSTER_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A and B flush every 50 ms; C holds everything until it is killed.
+    let mut a = fast(&db.url, dirs[0].path());
+    let mut b = fast(&db.url, dirs[1].path());
+    let mut c = holding(&db.url, dirs[2].path());
+    for r in [&mut a, &mut b, &mut c] {
+        r.wait_healthy().await;
+    }
+    let replicas: Replicas = Arc::new(RwLock::new(vec![
+        Some(a.channel().await),
+        Some(b.channel().await),
+        Some(c.channel().await),
+    ]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let redelivered = Arc::new(AtomicU64::new(0));
+    let producers: Vec<_> = (0..6)
+        .map(|p| {
+            tokio::spawn(produce(
+                replicas.clone(),
+                "cl".into(),
+                p,
+                stop.clone(),
+                redelivered.clone(),
+            ))
+        })
+        .collect();
+
+    // Users deleted while C holds updates of theirs: 3 logins through C and
+    // one through A, then the deletion through A (and again through B).
+    let doomed: Vec<String> = (0..4).map(|i| format!("doomed-{i}")).collect();
+    let channels = replicas.read().unwrap().clone();
+    for user in &doomed {
+        for i in 0..3 {
+            assert!(send_login(channels[2].as_ref().unwrap(), user, &format!("{user}-c{i}")).await);
+        }
+        assert!(send_login(channels[0].as_ref().unwrap(), user, &format!("{user}-a")).await);
+    }
+
+    // B is killed mid-load and comes back on its volume.
+    tokio::time::sleep(Duration::from_secs(secs) / 3).await;
+    replicas.write().unwrap()[1] = None;
+    b.kill9();
+    for user in &doomed {
+        send_deletion(channels[0].as_ref().unwrap(), user, &format!("{user}-del")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(secs) / 3).await;
+    let mut b = fast(&db.url, dirs[1].path());
+    b.wait_healthy().await;
+    let b_channel = b.channel().await;
+    for user in &doomed {
+        // The deletion redelivered to another replica.
+        send_deletion(&b_channel, user, &format!("{user}-del")).await;
+    }
+    replicas.write().unwrap()[1] = Some(b_channel);
+    tokio::time::sleep(Duration::from_secs(secs) / 3).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for p in producers {
+        for (user, n) in p.await.unwrap() {
+            *expected.entry(user).or_insert(0) += n;
+        }
+    }
+
+    // C is lost with everything it acknowledged (a node gone, the replica
+    // scaled away); A and B stop gracefully, with nothing left behind.
+    c.kill9();
+    a.sigterm();
+    b.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0, "{}", a.log_text());
+    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
+
+    // C's volume, drained.
+    let (code, out, err) = drain(dirs[2].path(), &db.url);
+    assert_eq!(code, 0, "wal drain failed:\n{out}\n{err}");
+    assert!(out.contains("the WAL is empty"), "{out}\n{err}");
+    assert!(
+        err.contains("applied by another flush") || err.contains("gdpr_pending_updates_dropped"),
+        "C held redelivered events and updates of deleted users:\n{err}"
+    );
+    assert!(err.contains("gdpr_pending_updates_dropped"), "{err}");
+    let after_first = counted(&pool, "cl").await;
+    assert_eq!(
+        after_first,
+        expected,
+        "every acknowledged event counts once ({} sent twice)",
+        redelivered.load(Ordering::Relaxed)
+    );
+    for user in &doomed {
+        assert_eq!(rows_of(&pool, user).await, 0, "{user} was deleted");
+    }
+
+    // A second drain finds nothing and changes nothing.
+    let (code, out, err) = drain(dirs[2].path(), &db.url);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(": 0 records replayed"), "{out}\n{err}");
+    assert_eq!(counted(&pool, "cl").await, expected);
+    println!(
+        "cluster: {} events acknowledged over {} users, {} sent to a second replica; \
+         0 lost, 0 doubled; {} deleted users without rows",
+        expected.values().sum::<i64>(),
+        expected.len(),
+        redelivered.load(Ordering::Relaxed),
+        doomed.len()
+    );
+}
+
+#[tokio::test]
+async fn the_same_events_at_two_replicas_before_either_flushes_count_once() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = holding(&db.url, da.path());
+    let mut b = holding(&db.url, db_dir.path());
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let (ca, cb) = (a.channel().await, b.channel().await);
+    let mut expected = BTreeMap::new();
+    for u in 0..20 {
+        let user = format!("tw-{u}");
+        for i in 0..5 {
+            let id = format!("{user}-{i}");
+            let (x, y) = tokio::join!(send_login(&ca, &user, &id), send_login(&cb, &user, &id));
+            assert!(x && y);
+        }
+        expected.insert(user, 5);
+    }
+    // Both hold all of it; both stop at once, so their final flushes race.
+    a.sigterm();
+    b.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0, "{}", a.log_text());
+    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
+    assert_eq!(counted(&pool, "tw").await, expected);
+    let logs = format!("{}\n{}", a.log_text(), b.log_text());
+    assert!(logs.contains("applied by another flush"), "{logs}");
+}
+
+#[tokio::test]
+async fn an_event_flushed_by_one_replica_and_redelivered_to_another_counts_once() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = fast(&db.url, da.path());
+    let mut b = fast(&db.url, db_dir.path());
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let (ca, cb) = (a.channel().await, b.channel().await);
+    let ids: Vec<String> = (0..10).map(|i| format!("rd-{i}")).collect();
+    for id in &ids {
+        assert!(send_login(&ca, "rd-user", id).await);
+    }
+    // In the table through A before the redelivery reaches B.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counted(&pool, "rd").await.get("rd-user") != Some(&10) {
+        assert!(std::time::Instant::now() < deadline, "A never flushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        assert!(send_login(&cb, "rd-user", id).await);
+    }
+    b.sigterm();
+    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
+    assert_eq!(counted(&pool, "rd").await.get("rd-user"), Some(&10));
+    assert!(
+        b.log_text().contains("applied by another flush"),
+        "{}",
+        b.log_text()
+    );
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+}
+
+#[tokio::test]
+async fn a_graceful_stop_drops_updates_of_a_user_another_replica_deleted() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = fast(&db.url, da.path());
+    let mut c = holding(&db.url, dc.path());
+    a.wait_healthy().await;
+    c.wait_healthy().await;
+    let (ca, cc) = (a.channel().await, c.channel().await);
+    // C acknowledges logins of two users and holds them; A deletes one.
+    for i in 0..3 {
+        assert!(send_login(&cc, "gone", &format!("gone-c{i}")).await);
+        assert!(send_login(&cc, "kept", &format!("kept-c{i}")).await);
+    }
+    assert!(send_login(&ca, "gone", "gone-a").await);
+    send_deletion(&ca, "gone", "gone-del").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stones: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM challenge_event_handler_tombstones WHERE user_id = 'gone'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if stones == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never applied the deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // C's final flush writes the kept user's logins, not the deleted one's.
+    c.sigterm();
+    assert_eq!(c.wait_exit(EXIT).await, 0, "{}", c.log_text());
+    assert_eq!(rows_of(&pool, "gone").await, 0);
+    let kept: i32 = sqlx::query_scalar(
+        "SELECT progress FROM user_goal_progress WHERE user_id = 'kept' AND goal_id = 'logins'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 3);
+    let log = c.log_text();
+    assert!(log.contains("gdpr_pending_updates_dropped"), "{log}");
+    assert!(log.contains("updates=3"), "{log}");
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+}
+
+#[tokio::test]
+async fn wal_drain_refuses_a_wal_a_running_replica_holds_and_a_foreign_instance_id() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = fast(&db.url, dir.path());
+    a.wait_healthy().await;
+    let (code, out, err) = drain(dir.path(), &db.url);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("is a service still running on it?"), "{err}");
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+
+    // Its records belong to its own instance id: another is refused.
+    let config = dir.path().join("challenges.json");
+    let wal = dir.path().join("wal");
+    let (code, _, err) = cli(
+        dir.path(),
+        &["wal", "drain", "--timeout", "10s"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("AB_NAMESPACE", NAMESPACE),
+            ("CONFIG_PATH", config.to_str().unwrap()),
+            ("WAL_DIR", wal.to_str().unwrap()),
+            ("INSTANCE_ID", "someone-else"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("belongs to instance"), "{err}");
+}
