@@ -251,12 +251,23 @@ async fn upkeep(store: Arc<Store>, metrics: Arc<Metrics>, stop: CancellationToke
                 }
                 metrics.ledger_tables.set(done.tables as i64);
                 metrics.ledger_event_ids.set(done.ids);
+                let locked_ms = done.rotation.map_or(0, |d| d.as_millis() as u64);
                 for (table, ids) in &done.dropped {
                     metrics.ledger_ids_expired.inc_by((*ids).max(0) as u64);
-                    tracing::info!(table, ids, "ledger table older than LEDGER_WINDOW dropped");
+                    tracing::info!(
+                        table,
+                        ids,
+                        locked_ms,
+                        "ledger table older than LEDGER_WINDOW dropped"
+                    );
                 }
                 if done.rotated {
-                    tracing::debug!(tables = done.tables, "new ledger table started");
+                    tracing::info!(
+                        tables = done.tables,
+                        ids = done.ids,
+                        locked_ms,
+                        "new ledger table started"
+                    );
                 }
                 if done.tombstones_expired > 0 {
                     tracing::info!(

@@ -208,6 +208,54 @@ fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_
 }
 
 #[test]
+fn the_drain_job_runs_wal_drain_on_a_replicas_claim_under_its_instance_id() {
+    let job = yaml_documents("deploy/kubernetes/jobs/drain-job.yaml").remove(0);
+    assert_eq!(job["kind"], "Job");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..2], ["wal", "drain"]);
+    let env = container["env"].as_sequence().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} is not set"))
+    };
+    // The replica's pod name is its INSTANCE_ID, and its claim is
+    // data-<pod name> (the StatefulSet's volumeClaimTemplate "data").
+    let instance = value("INSTANCE_ID");
+    assert!(
+        instance.starts_with("challenge-event-handler-"),
+        "{instance}"
+    );
+    let claim = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .expect("the data volume")["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .unwrap();
+    assert_eq!(claim, format!("data-{instance}"));
+    assert_eq!(value("DATA_DIR"), "/data");
+    let known = settings();
+    for e in env {
+        let name = e["name"].as_str().unwrap();
+        assert!(
+            known.contains(name),
+            "{name} is not a setting of the service"
+        );
+    }
+}
+
+#[test]
 fn docker_compose_runs_postgres_and_the_service_with_a_volume_for_the_wal() {
     let compose: Value = serde_yaml::from_str(&read("docker-compose.yml")).unwrap();
     let service = &compose["services"]["challenge-event-handler"];

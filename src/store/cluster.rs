@@ -78,10 +78,13 @@ pub async fn lock(tx: &mut Transaction<'static, Postgres>, exclusive: bool) -> R
 }
 
 /// The ledger's tables, newest (the one new ids go to) first.
-async fn ledger_tables(tx: &mut Transaction<'static, Postgres>) -> Result<Vec<String>> {
+async fn ledger_tables<'c, E>(db: E) -> Result<Vec<String>>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
     let tables: Option<Vec<String>> =
         sqlx::query_scalar("SELECT tables FROM challenge_event_handler_ledger WHERE id = 1")
-            .fetch_optional(&mut **tx)
+            .fetch_optional(db)
             .await
             .map_err(pg)?;
     match tables {
@@ -125,7 +128,7 @@ pub async fn claim(
     let mut marks: Vec<Mark> = marks.to_vec();
     marks.sort_unstable();
     marks.dedup();
-    let tables = ledger_tables(tx).await?;
+    let tables = ledger_tables(&mut **tx).await?;
     let newest = checked_table(&tables[0])?;
     let older: Vec<&str> = tables[1..]
         .iter()
@@ -225,13 +228,15 @@ async fn new_table(tx: &mut Transaction<'static, Postgres>) -> Result<String> {
 pub struct Upkeep {
     /// A new ledger table was started.
     pub rotated: bool,
-    /// Ledger tables dropped, with the ids they held.
+    /// Ledger tables dropped, with the ids they held (PostgreSQL's estimate).
     pub dropped: Vec<(String, i64)>,
     /// The ledger's tables after this round, and the ids in them (estimates).
     pub tables: usize,
     pub ids: i64,
     /// Tombstones removed (older than the retention).
     pub tombstones_expired: u64,
+    /// How long the rotation held the cluster lock (new table, drops, commit).
+    pub rotation: Option<Duration>,
 }
 
 /// Upkeep, run every few seconds by every replica (idempotent): starts a
@@ -253,12 +258,12 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
         return Ok(done);
     };
     let window_s = window.as_secs().max(4) as i64;
-    let mut tx = pool.begin().await.map_err(pg)?;
+    // Read without a transaction: most rounds change nothing.
     let now: i64 = sqlx::query_scalar("SELECT floor(extract(epoch FROM clock_timestamp()))::int8")
-        .fetch_one(&mut *tx)
+        .fetch_one(pool)
         .await
         .map_err(pg)?;
-    let tables = ledger_tables(&mut tx).await?;
+    let tables = ledger_tables(pool).await?;
     let newest_start = table_start(&tables[0]).unwrap_or(now);
     // Table i took ids until table i-1 began: it may go once that is older
     // than the window. The newest always stays.
@@ -269,6 +274,7 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
         .collect();
     let rotate = now - newest_start >= window_s / 4;
     if rotate || !stale.is_empty() {
+        let mut tx = pool.begin().await.map_err(pg)?;
         sqlx::query(&format!(
             "SET LOCAL lock_timeout = {}",
             wait.as_millis().max(1)
@@ -289,8 +295,9 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
             }
             Err(e) => return Err(pg(e)),
         }
+        let locked_at = std::time::Instant::now();
         // Read again under the lock: another replica may have rotated.
-        let tables = ledger_tables(&mut tx).await?;
+        let tables = ledger_tables(&mut *tx).await?;
         let newest_start = table_start(&tables[0]).unwrap_or(now);
         let mut kept: Vec<String> = Vec::new();
         if now - newest_start >= window_s / 4 {
@@ -305,10 +312,17 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
             };
             if successor_start.is_some_and(|next| next < now - window_s) {
                 let name = checked_table(table)?;
-                let ids: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}"))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(pg)?;
+                // PostgreSQL's statistics: counting would hold the lock for
+                // seconds on a big table.
+                let ids: i64 = sqlx::query_scalar(
+                    "SELECT n_live_tup FROM pg_stat_user_tables
+                     WHERE relname = $1 AND schemaname = current_schema()",
+                )
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(pg)?
+                .unwrap_or(0);
                 sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
                     .execute(&mut *tx)
                     .await
@@ -326,15 +340,15 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
         .await
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
+        done.rotation = Some(locked_at.elapsed());
         done.tables = kept.len();
     } else {
-        tx.commit().await.map_err(pg)?;
         done.tables = tables.len();
     }
     done.ids = sqlx::query_scalar(
-        "SELECT coalesce(sum(c.reltuples), 0)::int8 FROM pg_class c
-         WHERE c.relname LIKE 'challenge\\_event\\_handler\\_events\\_%' AND c.relkind = 'r'
-           AND c.reltuples > 0",
+        "SELECT coalesce(sum(n_live_tup), 0)::int8 FROM pg_stat_user_tables
+         WHERE relname LIKE 'challenge\\_event\\_handler\\_events\\_%'
+           AND schemaname = current_schema()",
     )
     .fetch_one(pool)
     .await
