@@ -20,6 +20,8 @@ use crate::config::{challenges, Settings};
 use crate::flusher::{Flusher, Intake, MAX_BACKOFF};
 use crate::grpc::Ingress;
 use crate::health::{self, Health, Phase};
+use crate::http_access::{Access, RateLimit};
+use crate::http_ingest::{self, IngestState};
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::retry::{self, Backoff, GiveUp};
@@ -30,6 +32,10 @@ use crate::wal::{self, Wal, WalConfig, WalStore, WalThread};
 pub struct App {
     grpc: TcpListener,
     http: TcpListener,
+    /// HTTP ingest's own port (`HTTP_INGEST_PORT`), if set.
+    ingest: Option<TcpListener>,
+    /// Who may write through HTTP ingest (the token file read at build).
+    access: Access,
     core: Core,
 }
 
@@ -101,6 +107,8 @@ impl App {
     /// touch the database: that happens in [`App::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let (grpc_addr, http_addr) = (settings.grpc_addr, settings.metrics_addr);
+        let access = settings.http_ingest.access(&settings.database)?;
+        let ingest_addr = settings.http_ingest.addr;
         let core = Core::build(settings).await?;
         let grpc = TcpListener::bind(grpc_addr)
             .await
@@ -108,7 +116,21 @@ impl App {
         let http = TcpListener::bind(http_addr)
             .await
             .with_context(|| format!("cannot bind the metrics port {http_addr}"))?;
-        Ok(App { grpc, http, core })
+        let ingest = match ingest_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the HTTP ingest port {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(App {
+            grpc,
+            http,
+            ingest,
+            access,
+            core,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -117,6 +139,11 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         health::local_addr(&self.http)
+    }
+
+    /// HTTP ingest's own port, when `HTTP_INGEST_PORT` is set.
+    pub fn ingest_addr(&self) -> Option<SocketAddr> {
+        self.ingest.as_ref().map(health::local_addr)
     }
 
     pub fn instance_id(&self) -> &str {
@@ -132,6 +159,8 @@ impl App {
         let App {
             grpc,
             http,
+            ingest: ingest_listener,
+            access,
             core:
                 Core {
                     settings,
@@ -146,6 +175,7 @@ impl App {
         tracing::info!(
             grpc = %health::local_addr(&grpc),
             http = %health::local_addr(&http),
+            ingest = %health::local_addr(ingest_listener.as_ref().unwrap_or(&http)),
             goals = goals.len(),
             instance_id = %instance_id,
             namespace = %settings.namespace,
@@ -162,17 +192,46 @@ impl App {
             tracing::warn!("{warning}");
         }
         let gate = Arc::new(ingest::Gate::default());
-        tasks.spawn(health::serve(
-            http,
-            health::HttpState {
-                health: health.clone(),
+        match access.describe() {
+            (true, line) => tracing::warn!("{line}"),
+            (false, line) => tracing::info!("{line}"),
+        }
+        if let Access::Tokens(tokens) = &access {
+            metrics.http_ingest_tokens.set(tokens.count() as i64);
+            tasks.spawn(tokens.clone().watch(metrics.clone(), http_stop.clone()));
+        }
+        let ingest_routes = http_ingest::router(
+            IngestState {
+                gate: gate.clone(),
+                access,
+                limit: (settings.http_ingest.rate > 0).then(|| {
+                    Arc::new(RateLimit::new(
+                        settings.http_ingest.rate,
+                        settings.http_ingest.burst,
+                    ))
+                }),
                 metrics: metrics.clone(),
-                ingest: gate.clone(),
-                ingest_token: settings.http_ingest_token.clone(),
             },
             settings.http_max_body_bytes,
+        );
+        let (shared, own) = match ingest_listener {
+            Some(listener) => (None, Some((listener, ingest_routes))),
+            None => (Some(ingest_routes), None),
+        };
+        tasks.spawn(health::serve(
+            http,
+            health::router(
+                health::HttpState {
+                    health: health.clone(),
+                    metrics: metrics.clone(),
+                },
+                shared,
+            ),
             http_stop.clone(),
         ));
+        if let Some((listener, routes)) = own {
+            tasks.spawn(health::serve(listener, routes, http_stop.clone()));
+        }
         let lifetime = Lifetime::new(shutdown);
         metrics.wal_max_bytes.set(settings.wal_max_bytes as i64);
         let parts = Parts {

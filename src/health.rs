@@ -1,23 +1,21 @@
 //! The HTTP port: `GET /healthz` (200 only while serving, with the WAL backlog
 //! and the last flush result as JSON), `GET /metrics` (Prometheus text), and
-//! the JSON ingest endpoints of [`crate::http_ingest`].
+//! the JSON ingest endpoints of [`crate::http_ingest`] unless they have a
+//! port of their own (`HTTP_INGEST_PORT`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_ingest::{self, IngestState};
-use crate::ingest::Gate;
 use crate::metrics::Metrics;
 use crate::wal::WalStats;
 
@@ -150,10 +148,6 @@ struct HealthReport {
 pub struct HttpState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// The ingestion path, open while serving.
-    pub ingest: Arc<Gate>,
-    /// `HTTP_INGEST_TOKEN`, when set.
-    pub ingest_token: Option<String>,
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -173,35 +167,31 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// The HTTP routes; ingest bodies are limited to `max_body_bytes` (413 beyond).
-pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
-    let ingest = Router::new()
-        .route("/v1/events", post(http_ingest::post_event))
-        .route("/v1/events/batch", post(http_ingest::post_batch))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(IngestState {
-            gate: state.ingest.clone(),
-            token: state.ingest_token.clone(),
-            metrics: state.metrics.clone(),
-        });
-    Router::new()
+/// The metrics port's routes, with `ingest`'s when they share the port.
+pub fn router(state: HttpState, ingest: Option<Router>) -> Router {
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(state)
-        .merge(ingest)
+        .with_state(state);
+    match ingest {
+        Some(ingest) => routes.merge(ingest),
+        None => routes,
+    }
 }
 
-/// Serves the HTTP routes until `stop`.
+/// Serves `app` until `stop`; handlers can see the caller's address
+/// (`ConnectInfo`, for the per-client rate limit).
 pub async fn serve(
     listener: TcpListener,
-    state: HttpState,
-    max_body_bytes: usize,
+    app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(state, max_body_bytes);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
 }
 
 /// The address a listener is bound to (for logs and tests).
@@ -219,8 +209,6 @@ mod tests {
         let state = HttpState {
             health: health.clone(),
             metrics: Arc::new(Metrics::new()),
-            ingest: Arc::new(Gate::default()),
-            ingest_token: None,
         };
         let response = healthz(State(state)).await.into_response();
         let code = response.status();

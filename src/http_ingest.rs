@@ -10,21 +10,28 @@
 //!
 //! Answers: 200 `{"outcome": …}`; 400 `{"errors": [{"field", "message"}]}`
 //! naming every bad field (a wrong type, an unknown field, truncated JSON);
-//! 401 without the bearer token when `HTTP_INGEST_TOKEN` is set; 413 for a
-//! body over `HTTP_MAX_BODY_BYTES`; 503 with `Retry-After` when the event
-//! cannot be made durable now (the WAL is full, the service is starting or
-//! stopping). A batch answers per item (200 when every item was accepted,
+//! 404 while HTTP ingest is closed and 401 without an accepted bearer token
+//! ([`crate::http_access`], checked before the body is read); 413 for a body
+//! over `HTTP_MAX_BODY_BYTES`; 429 with `Retry-After` over the client's rate;
+//! 503 with `Retry-After` when the event cannot be made durable now (the WAL
+//! is full, the service is starting or stopping). A batch answers per item (200 when every item was accepted,
 //! else 207), items in the order sent.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::event::{self, EventError};
+use crate::http_access::{Access, Client, RateLimit};
 use crate::ingest::{EventType, IngestError, Ingress, Outcome};
 use crate::metrics::{failure, Metrics};
 use crate::proto::iam::account::v1::{
@@ -355,7 +362,9 @@ async fn ingest(ingress: &Ingress, metrics: &Metrics, value: &Value) -> Answer {
 #[derive(Clone)]
 pub struct IngestState {
     pub gate: std::sync::Arc<crate::ingest::Gate>,
-    pub token: Option<String>,
+    pub access: Access,
+    /// `HTTP_INGEST_RATE` / `HTTP_INGEST_BURST`; none when the rate is 0.
+    pub limit: Option<std::sync::Arc<RateLimit>>,
     pub metrics: std::sync::Arc<Metrics>,
 }
 
@@ -379,11 +388,63 @@ fn error_body(message: &str) -> serde_json::Value {
     serde_json::json!({ "error": message })
 }
 
-/// The body limit, the token check, the gate and the JSON body, common to
-/// both endpoints.
+/// Who may write, checked before the body is read: 404 while HTTP ingest
+/// is closed, 401 without an accepted bearer token. Marks the request with
+/// the [`Client`] its events count against.
+pub async fn guard(State(state): State<IngestState>, mut request: Request, next: Next) -> Response {
+    let client = match &state.access {
+        Access::Closed => {
+            refused(&state.metrics, failure::UNAUTHORIZED);
+            return respond(
+                StatusCode::NOT_FOUND,
+                &error_body(
+                    "HTTP ingest is closed on this service: set HTTP_INGEST_TOKEN_FILE (or \
+                     HTTP_INGEST_TOKEN) to accept writes with a bearer token, or \
+                     HTTP_INGEST_OPEN=true on a trusted network (docs/SECURITY.md)",
+                ),
+                false,
+            );
+        }
+        Access::Open { .. } => {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            Client::Address(peer)
+        }
+        Access::Tokens(tokens) => {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given.and_then(|g| tokens.find(g)) {
+                Some(token) => Client::Token(token),
+                None => {
+                    refused(&state.metrics, failure::UNAUTHORIZED);
+                    let mut response = respond(
+                        StatusCode::UNAUTHORIZED,
+                        &error_body(
+                            "a valid bearer token is required (Authorization: Bearer <token>, \
+                             a token of HTTP_INGEST_TOKEN or HTTP_INGEST_TOKEN_FILE)",
+                        ),
+                        false,
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return response;
+                }
+            }
+        }
+    };
+    request.extensions_mut().insert(client);
+    next.run(request).await
+}
+
+/// The body limit, the gate and the JSON body, common to both endpoints.
 fn admit(
     state: &IngestState,
-    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Ingress, Value), Box<Response>> {
     let body = match body {
@@ -407,26 +468,6 @@ fn admit(
             return Err(Box::new(respond(status, &error_body(&message), false)));
         }
     };
-    if let Some(token) = &state.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
-            refused(&state.metrics, failure::UNAUTHORIZED);
-            let mut response = respond(
-                StatusCode::UNAUTHORIZED,
-                &error_body(
-                    "a valid bearer token is required (Authorization: Bearer <HTTP_INGEST_TOKEN>)",
-                ),
-                false,
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Err(Box::new(response));
-        }
-    }
     let Some(ingress) = state.gate.get() else {
         refused(&state.metrics, failure::UNAVAILABLE);
         return Err(Box::new(respond(
@@ -448,21 +489,54 @@ fn admit(
     }
 }
 
-/// Compares two secrets in time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Takes `events` from the client's bucket: 429 with `Retry-After` when it
+/// holds fewer.
+fn within_rate(state: &IngestState, client: &Client, events: usize) -> Result<(), Box<Response>> {
+    let Some(limit) = &state.limit else {
+        return Ok(());
+    };
+    let Err(wait) = limit.take(client, events, std::time::Instant::now()) else {
+        return Ok(());
+    };
+    refused(&state.metrics, failure::RATE_LIMITED);
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        &error_body(&format!(
+            "over this client's HTTP ingest rate (HTTP_INGEST_RATE events/s, \
+             HTTP_INGEST_BURST at once); retry after {seconds} s"
+        )),
+        false,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    Err(Box::new(response))
+}
+
+/// The ingest routes behind [`guard`]; bodies over `max_body_bytes` get 413.
+pub fn router(state: IngestState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_event))
+        .route("/v1/events/batch", post(post_batch))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
 }
 
 /// `POST /v1/events`.
 pub async fn post_event(
     State(state): State<IngestState>,
-    headers: HeaderMap,
+    Extension(client): Extension<Client>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ingress, value) = match admit(&state, &headers, body) {
+    let (ingress, value) = match admit(&state, body) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
+    if let Err(response) = within_rate(&state, &client, 1) {
+        return *response;
+    }
     let answer = ingest(&ingress, &state.metrics, &value).await;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     respond(status, &answer, answer.status == 503)
@@ -471,10 +545,10 @@ pub async fn post_event(
 /// `POST /v1/events/batch`.
 pub async fn post_batch(
     State(state): State<IngestState>,
-    headers: HeaderMap,
+    Extension(client): Extension<Client>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ingress, value) = match admit(&state, &headers, body) {
+    let (ingress, value) = match admit(&state, body) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
@@ -493,6 +567,9 @@ pub async fn post_batch(
             &serde_json::json!({ "errors": [field_error("", format!("a batch holds at most {MAX_BATCH} events, got {}", items.len()))] }),
             false,
         );
+    }
+    if let Err(response) = within_rate(&state, &client, items.len()) {
+        return *response;
     }
     // Concurrently, so the whole batch shares the WAL's group commits.
     let answers = futures_util::future::join_all(
@@ -598,12 +675,5 @@ mod tests {
             (long.field.as_str(), long.message.as_str()),
             ("userId", "is 101 characters; at most 100 are allowed")
         );
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"abcd"));
     }
 }

@@ -7,7 +7,8 @@
 //! top to bottom:
 //!
 //! - [`grpc`] — the four AGS `OnMessage` services ([`grpc::codec`] decodes),
-//!   health and reflection; [`http_ingest`] — the same events as HTTP JSON.
+//!   health and reflection; [`http_ingest`] — the same events as HTTP JSON,
+//!   behind [`http_access`] (tokens or closed, a rate limit per client).
 //! - [`ingest`] — the one path both take: namespace filter, validation,
 //!   rules, WAL append; answered once durable.
 //! - [`event`] — validates the wire messages into an [`event::Event`].
@@ -39,6 +40,7 @@ pub mod failpoints;
 pub mod flusher;
 pub mod grpc;
 pub mod health;
+pub mod http_access;
 pub mod http_ingest;
 pub mod ingest;
 pub mod inspect;

@@ -16,11 +16,20 @@ pub mod failure {
     pub const UNAVAILABLE: &str = "unavailable";
     /// A storage fault (INTERNAL, HTTP 500).
     pub const INTERNAL: &str = "internal";
-    /// HTTP ingest without the bearer token (401).
+    /// HTTP ingest without an accepted bearer token (401), or closed (404).
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// HTTP ingest body over HTTP_MAX_BODY_BYTES (413).
     pub const TOO_LARGE: &str = "too_large";
-    pub const ALL: [&str; 5] = [INVALID, UNAVAILABLE, INTERNAL, UNAUTHORIZED, TOO_LARGE];
+    /// HTTP ingest over the client's HTTP_INGEST_RATE (429).
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const ALL: [&str; 6] = [
+        INVALID,
+        UNAVAILABLE,
+        INTERNAL,
+        UNAUTHORIZED,
+        TOO_LARGE,
+        RATE_LIMITED,
+    ];
 }
 
 /// The `reason` label of `updates_not_applied_total`.
@@ -69,6 +78,7 @@ pub struct Metrics {
     pub ledger_tables: IntGauge,
     pub ledger_ids_expired: IntCounter,
     pub upkeep_failures: IntCounter,
+    pub http_ingest_tokens: IntGauge,
     pub wal_max_bytes: IntGauge,
     pub last_flush_success: IntGauge,
     pub phase: IntGauge,
@@ -249,6 +259,10 @@ impl Metrics {
             ledger_ids_expired: counter(
                 "ledger_ids_expired_total",
                 "event ids dropped from the ledger with their table, older than LEDGER_WINDOW",
+            ),
+            http_ingest_tokens: gauge(
+                "http_ingest_tokens",
+                "bearer tokens HTTP ingest accepts now (HTTP_INGEST_TOKEN and HTTP_INGEST_TOKEN_FILE)",
             ),
             upkeep_failures: counter(
                 "upkeep_failures_total",

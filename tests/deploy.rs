@@ -139,8 +139,8 @@ fn yaml_documents(path: &str) -> Vec<Value> {
 
 use serde::Deserialize;
 
-#[test]
-fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_flush() {
+/// The objects of deploy/kubernetes, each file listed in kustomization.yaml.
+fn manifests() -> Vec<Value> {
     let dir = repo("deploy/kubernetes");
     let kustomization = yaml_documents("deploy/kubernetes/kustomization.yaml").remove(0);
     let listed: BTreeSet<String> = kustomization["resources"]
@@ -160,6 +160,12 @@ fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_
             objects.extend(yaml_documents(&format!("deploy/kubernetes/{name}")));
         }
     }
+    objects
+}
+
+#[test]
+fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_flush() {
+    let objects = manifests();
     let kind = |k: &'static str| objects.iter().filter(move |o| o["kind"] == k);
     let set = kind("StatefulSet").next().expect("a StatefulSet");
     assert!(kind("PodDisruptionBudget").next().is_some());
@@ -192,7 +198,24 @@ fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_owned())
         .collect();
-    for map in kind("ConfigMap").chain(kind("Secret")) {
+    // The ConfigMaps and Secrets given as the environment (envFrom).
+    let from: Vec<&Value> = container["envFrom"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r["configMapRef"]["name"]
+                .as_str()
+                .or(r["secretRef"]["name"].as_str())
+        })
+        .flat_map(|name| {
+            objects
+                .iter()
+                .filter(move |o| o["metadata"]["name"] == name && o["kind"] != "StatefulSet")
+        })
+        .collect();
+    assert!(from.len() >= 2, "the settings ConfigMap and the Secret");
+    for map in from {
         for section in ["data", "stringData"] {
             if let Some(keys) = map[section].as_mapping() {
                 passed.extend(keys.keys().map(|k| k.as_str().unwrap().to_owned()));
@@ -204,6 +227,118 @@ fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_
             known.contains(name),
             "{name} is not a setting of the service"
         );
+    }
+}
+
+#[test]
+fn http_ingest_in_the_manifests_has_its_own_port_a_token_file_and_a_network_policy() {
+    let objects = manifests();
+    let kind = |k: &'static str| objects.iter().filter(move |o| o["kind"] == k);
+    let set = kind("StatefulSet").next().expect("a StatefulSet");
+    let pod = &set["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let port_named = |name: &str| {
+        container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    // HTTP_INGEST_PORT (a ConfigMap setting) is the container's ingest port,
+    // not the metrics port, and the Service exposes it.
+    let config = kind("ConfigMap")
+        .find(|m| m["data"]["HTTP_INGEST_PORT"].is_string())
+        .expect("HTTP_INGEST_PORT in a ConfigMap");
+    let ingest_port: u64 = config["data"]["HTTP_INGEST_PORT"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ingest_port, port_named("ingest"));
+    assert_ne!(ingest_port, port_named("http"));
+    assert!(kind("Service").any(|s| s["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p["targetPort"] == "ingest")));
+    // HTTP_INGEST_TOKEN_FILE is a key of a Secret mounted as a directory
+    // (a subPath mount would never see the Secret change).
+    let env = container["env"].as_sequence().unwrap();
+    let file = env
+        .iter()
+        .find(|e| e["name"] == "HTTP_INGEST_TOKEN_FILE")
+        .expect("HTTP_INGEST_TOKEN_FILE")["value"]
+        .as_str()
+        .unwrap();
+    let (dir, key) = file.rsplit_once('/').unwrap();
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .expect("a mount at the token file's directory");
+    assert!(mount["subPath"].is_null());
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mount's volume");
+    let secret_name = volume["secret"]["secretName"]
+        .as_str()
+        .expect("a Secret volume");
+    let secret = kind("Secret")
+        .find(|s| s["metadata"]["name"] == secret_name)
+        .expect("the token Secret is a manifest");
+    assert!(
+        secret["stringData"][key].is_string(),
+        "the Secret has the key {key}"
+    );
+    // Nothing opens HTTP ingest without a token.
+    for text in [
+        read("deploy/kubernetes/config.yaml"),
+        read("deploy/kubernetes/statefulset.yaml"),
+        read("docker-compose.yml"),
+    ] {
+        assert!(!text.contains("HTTP_INGEST_OPEN"));
+    }
+    // The NetworkPolicy admits each port, and scrapes and writes from different peers.
+    let policy = kind("NetworkPolicy").next().expect("a NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        set["spec"]["selector"]["matchLabels"]
+    );
+    let rules = policy["spec"]["ingress"].as_sequence().unwrap();
+    let from_of = |port: &str| {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                r["ports"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"] == port)
+            })
+            .unwrap_or_else(|| panic!("no NetworkPolicy rule for the {port} port"));
+        assert!(
+            rule["from"].as_sequence().is_some_and(|f| !f.is_empty()),
+            "the {port} rule names its peers"
+        );
+        rule["from"].clone()
+    };
+    let _ = from_of("grpc");
+    assert_ne!(from_of("http"), from_of("ingest"));
+    // Every setting the policy relies on is one the service reads.
+    let known = settings();
+    for name in [
+        "HTTP_INGEST_PORT",
+        "HTTP_INGEST_TOKEN_FILE",
+        "HTTP_INGEST_RATE",
+    ] {
+        assert!(known.contains(name), "{name}");
     }
 }
 

@@ -11,45 +11,8 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// An HTTP/1.1 request on a fresh connection: (status, headers, body).
-async fn request(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // A server may answer (413) before reading a large body; ignore a reset.
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
 async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    let (status, _, text) = request(addr, path, &[], body.to_string().as_bytes()).await;
+    let (status, _, text) = http_request(addr, path, &[], body.to_string().as_bytes()).await;
     (
         status,
         serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
@@ -61,18 +24,11 @@ fn stat_event(user: &str, id: &str, inc: f64) -> Value {
            "statCode": "kills", "latestValue": inc, "inc": inc})
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[tokio::test]
 async fn one_event_is_acknowledged_once_durable_and_a_redelivery_counts_once() {
     let db = pg::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&db.url, dir.path(), &[]).await;
+    let svc = Service::start(&db.url, dir.path(), &["--http-ingest-open"]).await;
     let pool = db.pool().await;
 
     let (status, body) = post(svc.http_addr, "/v1/events", &stat_event("ha", "h-1", 3.0)).await;
@@ -137,7 +93,7 @@ async fn one_event_is_acknowledged_once_durable_and_a_redelivery_counts_once() {
 async fn a_batch_answers_per_item_in_order() {
     let db = pg::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&db.url, dir.path(), &[]).await;
+    let svc = Service::start(&db.url, dir.path(), &["--http-ingest-open"]).await;
     let pool = db.pool().await;
 
     let batch = json!([
@@ -200,7 +156,12 @@ async fn a_batch_answers_per_item_in_order() {
 async fn bad_requests_get_400_naming_each_field_and_write_nothing() {
     let db = pg::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&db.url, dir.path(), &["--http-max-body-bytes", "2KiB"]).await;
+    let svc = Service::start(
+        &db.url,
+        dir.path(),
+        &["--http-max-body-bytes", "2KiB", "--http-ingest-open"],
+    )
+    .await;
     let pool = db.pool().await;
     let cases = [
         (
@@ -250,7 +211,7 @@ async fn bad_requests_get_400_naming_each_field_and_write_nothing() {
             "{event}: {body}"
         );
     }
-    let (status, _, text) = request(
+    let (status, _, text) = http_request(
         svc.http_addr,
         "/v1/events",
         &[],
@@ -264,7 +225,7 @@ async fn bad_requests_get_400_naming_each_field_and_write_nothing() {
     let big =
         json!({"type": "login", "id": "x".repeat(4000), "userId": "hx", "namespace": NAMESPACE});
     let (status, _, _) =
-        request(svc.http_addr, "/v1/events", &[], big.to_string().as_bytes()).await;
+        http_request(svc.http_addr, "/v1/events", &[], big.to_string().as_bytes()).await;
     assert_eq!(status, 413);
 
     barrier(&svc, &pool).await;
@@ -296,11 +257,11 @@ async fn with_an_ingest_token_a_request_needs_it() {
     ] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         let (status, h, text) =
-            request(svc.http_addr, "/v1/events", &headers, body.as_bytes()).await;
+            http_request(svc.http_addr, "/v1/events", &headers, body.as_bytes()).await;
         assert_eq!(status, 401, "{auth:?}: {text}");
         assert_eq!(header(&h, "www-authenticate"), Some("Bearer"));
     }
-    let (status, _, text) = request(
+    let (status, _, text) = http_request(
         svc.http_addr,
         "/v1/events",
         &[("Authorization", "Bearer s3cret")],
@@ -323,14 +284,19 @@ async fn under_backpressure_the_answer_is_503_with_retry_after_and_nothing_is_lo
     let pool = db.pool().await;
     let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
     let url = proxy.url_for(&db.url);
-    let svc = Service::start(&url, dir.path(), &["--wal-max-bytes", "4KiB"]).await;
+    let svc = Service::start(
+        &url,
+        dir.path(),
+        &["--wal-max-bytes", "4KiB", "--http-ingest-open"],
+    )
+    .await;
     proxy.set_down(true);
     let mut acknowledged = 0;
     let (headers, body) = loop {
         assert!(acknowledged < 5000, "the WAL bound was never reached");
         let event = json!({"type": "login", "id": format!("bp-{acknowledged}"),
                            "userId": format!("bp-{acknowledged}"), "namespace": NAMESPACE});
-        let (status, headers, body) = request(
+        let (status, headers, body) = http_request(
             svc.http_addr,
             "/v1/events",
             &[],
@@ -374,7 +340,9 @@ async fn before_the_service_serves_ingest_answers_503_with_retry_after() {
     let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
     proxy.set_down(true);
     let url = proxy.url_for(&db.url);
-    let app = Service::build(&url, dir.path(), &[]).await.unwrap();
+    let app = Service::build(&url, dir.path(), &["--http-ingest-open"])
+        .await
+        .unwrap();
     let http = app.http_addr();
     let stop = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -386,7 +354,7 @@ async fn before_the_service_serves_ingest_answers_503_with_retry_after() {
         )
         .await
         {
-            break request(http, "/v1/events", &[], body.as_bytes()).await;
+            break http_request(http, "/v1/events", &[], body.as_bytes()).await;
         }
     };
     assert_eq!(status, 503, "{text}");

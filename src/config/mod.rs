@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::store::cluster::ClusterSettings;
@@ -143,16 +144,40 @@ pub struct ServeArgs {
     /// gRPC port (0: any free port).
     #[arg(long, env = "GRPC_PORT", default_value_t = 6565)]
     pub grpc_port: u16,
-    /// HTTP port: /healthz, /metrics and the JSON ingest endpoints (0: any free port).
+    /// HTTP port: /healthz, /metrics, and the JSON ingest endpoints unless
+    /// HTTP_INGEST_PORT is set (0: any free port).
     #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
     pub metrics_port: u16,
-    /// Address both ports bind to.
+    /// Address the ports bind to.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
-    /// A bearer token the HTTP ingest endpoints (POST /v1/events…) require;
-    /// unset: no token needed (keep the port private then).
+    /// Bearer tokens HTTP ingest (POST /v1/events…) accepts, separated by
+    /// commas (several at once while rotating). With PostgreSQL, HTTP ingest
+    /// is closed unless a token is configured or HTTP_INGEST_OPEN is set.
     #[arg(long, env = "HTTP_INGEST_TOKEN", hide_env_values = true)]
     pub http_ingest_token: Option<String>,
+    /// A file of bearer tokens, one per line (`#` comments): a Kubernetes
+    /// Secret mounted as a file. Re-read when it changes (every 2 s).
+    #[arg(long, env = "HTTP_INGEST_TOKEN_FILE")]
+    pub http_ingest_token_file: Option<PathBuf>,
+    /// Accept HTTP ingest writes without a token: for a network where only
+    /// trusted callers reach the ingest port. Warned at every start.
+    #[arg(long, env = "HTTP_INGEST_OPEN", value_parser = BoolishValueParser::new())]
+    pub http_ingest_open: bool,
+    /// Serve HTTP ingest on this port and not on METRICS_PORT, so that a
+    /// NetworkPolicy can let Prometheus scrape without letting it write
+    /// (0: any free port).
+    #[arg(long, env = "HTTP_INGEST_PORT")]
+    pub http_ingest_port: Option<u16>,
+    /// Events per second each HTTP ingest client (its token, else its
+    /// address) may send; beyond, 429 with Retry-After. 0: no limit. gRPC is
+    /// not limited (it has backpressure).
+    #[arg(long, env = "HTTP_INGEST_RATE", default_value_t = 1000)]
+    pub http_ingest_rate: u32,
+    /// Events a client may send at once above its rate (at least 100, a full
+    /// batch).
+    #[arg(long, env = "HTTP_INGEST_BURST", default_value_t = 2000)]
+    pub http_ingest_burst: u32,
     /// Largest HTTP request body accepted by the ingest endpoints.
     #[arg(long, env = "HTTP_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub http_max_body_bytes: u64,
@@ -181,7 +206,7 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
 
     /// Skip database migrations at start-up (when a separate job runs them).
-    #[arg(long, env = "NO_MIGRATE")]
+    #[arg(long, env = "NO_MIGRATE", value_parser = BoolishValueParser::new())]
     pub no_migrate: bool,
 
     /// How long the cluster's ledger remembers an applied event id, so that
@@ -193,7 +218,7 @@ pub struct ServeArgs {
     pub ledger_window: Duration,
     /// Turn the cluster's ledger of applied event ids off (one replica only:
     /// each replica still drops redeliveries it saw itself, DEDUP_WINDOW).
-    #[arg(long, env = "NO_LEDGER")]
+    #[arg(long, env = "NO_LEDGER", value_parser = BoolishValueParser::new())]
     pub no_ledger: bool,
     /// Clock skew allowed between replicas for GDPR deletions: a replica drops
     /// its pending updates of a user another replica deleted unless they are
@@ -233,7 +258,7 @@ pub struct Settings {
     pub grpc_addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
     pub grpc_max_message_bytes: usize,
-    pub http_ingest_token: Option<String>,
+    pub http_ingest: HttpIngestSettings,
     pub http_max_body_bytes: usize,
     pub flush_interval: Duration,
     pub buffer_max_keys: usize,
@@ -246,6 +271,43 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Things the operator should know about these settings, logged at start-up.
     pub warnings: Vec<String>,
+}
+
+/// Who may write through HTTP ingest and where ([`crate::http_access`]).
+#[derive(Debug, Clone)]
+pub struct HttpIngestSettings {
+    /// `HTTP_INGEST_TOKEN`, split.
+    pub tokens: Vec<String>,
+    pub token_file: Option<PathBuf>,
+    pub open: bool,
+    /// Its own listener (`HTTP_INGEST_PORT`), else the metrics port.
+    pub addr: Option<std::net::SocketAddr>,
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl HttpIngestSettings {
+    /// Tokens when any are configured; else open when asked or on the
+    /// embedded store; else closed. Reads the token file.
+    pub fn access(&self, database: &Database) -> Result<crate::http_access::Access, SettingsError> {
+        use crate::http_access::{Access, OpenBecause, Tokens};
+        if !self.tokens.is_empty() || self.token_file.is_some() {
+            let tokens = Tokens::load(self.tokens.clone(), self.token_file.clone())
+                .map_err(|e| invalid("HTTP_INGEST_TOKEN_FILE", e))?;
+            return Ok(Access::Tokens(std::sync::Arc::new(tokens)));
+        }
+        Ok(if self.open {
+            Access::Open {
+                why: OpenBecause::TrustedNetwork,
+            }
+        } else if matches!(database, Database::Sqlite(_)) {
+            Access::Open {
+                why: OpenBecause::EmbeddedStore,
+            }
+        } else {
+            Access::Closed
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +375,48 @@ impl ServeArgs {
         if self.tombstone_retention < Duration::from_secs(3600) {
             return Err(invalid("TOMBSTONE_RETENTION", "must be at least 1h"));
         }
+        let tokens = self
+            .http_ingest_token
+            .as_deref()
+            .map(crate::http_access::parse_tokens)
+            .unwrap_or_default();
+        if self.http_ingest_open && (!tokens.is_empty() || self.http_ingest_token_file.is_some()) {
+            return Err(invalid(
+                "HTTP_INGEST_OPEN",
+                "is set together with HTTP_INGEST_TOKEN or HTTP_INGEST_TOKEN_FILE: \
+                 choose tokens or an open endpoint",
+            ));
+        }
+        if self.http_ingest_rate > 0
+            && (self.http_ingest_burst as usize) < crate::http_ingest::MAX_BATCH
+        {
+            return Err(invalid(
+                "HTTP_INGEST_BURST",
+                format!(
+                    "must be at least {} (a full batch) while HTTP_INGEST_RATE limits",
+                    crate::http_ingest::MAX_BATCH
+                ),
+            ));
+        }
+        if self
+            .http_ingest_port
+            .is_some_and(|p| p != 0 && p == self.metrics_port)
+        {
+            return Err(invalid(
+                "HTTP_INGEST_PORT",
+                "is METRICS_PORT; leave it unset to serve ingest on the metrics port",
+            ));
+        }
+        let http_ingest = HttpIngestSettings {
+            tokens,
+            token_file: self.http_ingest_token_file,
+            open: self.http_ingest_open,
+            addr: self
+                .http_ingest_port
+                .map(|port| (self.bind_address, port).into()),
+            rate: self.http_ingest_rate,
+            burst: self.http_ingest_burst,
+        };
         if self.table_owner == Some(TableOwner::Service) && matches!(database, Database::Sqlite(_))
         {
             return Err(invalid(
@@ -335,7 +439,7 @@ impl ServeArgs {
             metrics_addr: (self.bind_address, self.metrics_port).into(),
             grpc_max_message_bytes: usize::try_from(self.grpc_max_message_bytes)
                 .unwrap_or(usize::MAX),
-            http_ingest_token: self.http_ingest_token.filter(|t| !t.is_empty()),
+            http_ingest,
             http_max_body_bytes: usize::try_from(self.http_max_body_bytes).unwrap_or(usize::MAX),
             flush_interval: self.flush_interval,
             buffer_max_keys: self.buffer_max_keys,

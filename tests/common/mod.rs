@@ -459,6 +459,15 @@ impl Binary {
         }
     }
 
+    /// HTTP ingest's address (its own port when `HTTP_INGEST_PORT` is set),
+    /// from the "starting" log line; call after [`Binary::wait_healthy`].
+    pub fn ingest_addr(&self) -> SocketAddr {
+        let port = self
+            .logged_port("ingest=")
+            .expect("an ingest= address in the starting line");
+        ([127, 0, 0, 1], port).into()
+    }
+
     /// The port after `key=` in the service's "starting" log line.
     fn logged_port(&self, key: &str) -> Option<u16> {
         let log = self.log_text();
@@ -656,4 +665,49 @@ pub async fn wait_for_oracle(db: &PgPool, tag: &str, oracle: &Oracle) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An HTTP/1.1 request on a fresh connection: (status, headers, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A server may answer (413) before reading a large body; ignore a reset.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// A response header's value (names are lower-cased by [`http_request`]).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

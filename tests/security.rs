@@ -1,0 +1,397 @@
+//! Secure by default, on the real binary: HTTP ingest on PostgreSQL is
+//! closed without a token; tokens come from the environment and from a file
+//! re-read when it changes; the open opt-in warns at every start; a client
+//! over its rate gets 429 with Retry-After; ingest can have a port of its
+//! own; the embedded quick start stays open, and says why.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn kills(user: &str, id: &str, inc: f64) -> Value {
+    json!({"type": "stat", "id": id, "userId": user, "namespace": NAMESPACE,
+           "statCode": "kills", "latestValue": inc, "inc": inc})
+}
+
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Vec<(String, String)>, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    http_request(addr, path, &headers, body.to_string().as_bytes()).await
+}
+
+async fn metric(service: &Binary, line: &str) -> bool {
+    http_get(service.http_addr(), "/metrics")
+        .await
+        .1
+        .lines()
+        .any(|l| l == line)
+}
+
+/// A gRPC event for `user`, waited for in the database: every HTTP write
+/// acknowledged before it would be flushed by then too.
+async fn flushed_past(service: &Binary, db: &sqlx::PgPool, user: &str) {
+    use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
+    let mut client = UserAuthenticationUserLoggedInServiceClient::new(service.channel().await);
+    client
+        .on_message(login(user, &format!("{user}-login"), ""))
+        .await
+        .expect("a gRPC login is acknowledged");
+    wait_for_progress(db, user, "login-count", 1, WAIT).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_without_a_token_http_writes_are_refused_and_write_nothing() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "100ms")]);
+    service.wait_healthy().await;
+    let log = service.log_text();
+    assert!(log.contains("HTTP ingest is closed"), "{log}");
+
+    for (path, body) in [
+        ("/v1/events", kills("closed", "c-1", 999.0)),
+        ("/v1/events/batch", json!([kills("closed", "c-2", 999.0)])),
+    ] {
+        let (status, _, text) = post(service.http_addr(), path, None, &body).await;
+        assert_eq!(status, 404, "{path}: {text}");
+        assert!(
+            text.contains("HTTP_INGEST_TOKEN_FILE") && text.contains("HTTP_INGEST_OPEN"),
+            "the answer says how to enable it: {text}"
+        );
+        // A token is no way in while none is configured.
+        let (status, _, _) = post(service.http_addr(), path, Some("guess"), &body).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    flushed_past(&service, &pool, "closed-probe").await;
+    assert_eq!(row(&pool, "closed", "kills").await, None);
+    assert!(
+        metric(
+            &service,
+            r#"challenge_event_handler_events_failed_total{reason="unauthorized"} 4"#
+        )
+        .await
+    );
+    // Scrapes and health stay open.
+    assert_eq!(http_get(service.http_addr(), "/healthz").await.0, 200);
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing_else() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let file = secrets.join("tokens");
+    std::fs::write(&file, "# rotated 2026-12-01\nfile-old-7f3a\n").unwrap();
+    let file_env = file.display().to_string();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "100ms"),
+            ("HTTP_INGEST_TOKEN", "env-a-91c2,env-b-44d0"),
+            ("HTTP_INGEST_TOKEN_FILE", &file_env),
+        ],
+    );
+    service.wait_healthy().await;
+    let addr = service.http_addr();
+    assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 3").await);
+
+    for wrong in [
+        None,
+        Some("wrong"),
+        Some("env-a-91c"),
+        Some("env-a-91c2,env-b-44d0"),
+    ] {
+        let (status, headers, text) =
+            post(addr, "/v1/events", wrong, &kills("tk", "w", 50.0)).await;
+        assert_eq!(status, 401, "{wrong:?}: {text}");
+        assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+    }
+    for (i, token) in ["env-a-91c2", "env-b-44d0", "file-old-7f3a"]
+        .iter()
+        .enumerate()
+    {
+        let (status, _, text) = post(
+            addr,
+            "/v1/events",
+            Some(token),
+            &kills("tk", &format!("ok-{i}"), 1.0),
+        )
+        .await;
+        assert_eq!(status, 200, "{token}: {text}");
+    }
+
+    // Rotate as Kubernetes updates a mounted Secret: a new file swapped in.
+    let next = secrets.join("tokens.next");
+    std::fs::write(&next, "file-new-0b9e\n").unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _, _) = post(
+            addr,
+            "/v1/events",
+            Some("file-new-0b9e"),
+            &kills("tk", "new-1", 1.0),
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 401);
+        assert!(
+            Instant::now() < deadline,
+            "the new token was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, _) = post(
+        addr,
+        "/v1/events",
+        Some("file-old-7f3a"),
+        &kills("tk", "old-2", 50.0),
+    )
+    .await;
+    assert_eq!(status, 401, "the token taken out of the file is refused");
+    let (status, _, _) = post(
+        addr,
+        "/v1/events",
+        Some("env-a-91c2"),
+        &kills("tk", "env-2", 1.0),
+    )
+    .await;
+    assert_eq!(status, 200, "the environment's tokens stay");
+    assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 3").await);
+
+    wait_for_progress(&pool, "tk", "kills", 5, WAIT).await;
+    flushed_past(&service, &pool, "tk-probe").await;
+    assert_eq!(row(&pool, "tk", "kills").await.unwrap().progress, 5);
+    let log = service
+        .wait_for_log("HTTP ingest tokens reloaded", WAIT)
+        .await;
+    for token in ["env-a-91c2", "env-b-44d0", "file-old-7f3a", "file-new-0b9e"] {
+        assert!(!log.contains(token), "a token is in the log:\n{log}");
+    }
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn the_open_opt_in_warns_at_every_start_and_cannot_be_mixed_with_tokens() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    for start in 0..2 {
+        let mut service = Binary::spawn(
+            &db.url,
+            dir.path(),
+            &[("FLUSH_INTERVAL", "100ms"), ("HTTP_INGEST_OPEN", "yes")],
+        );
+        service.wait_healthy().await;
+        let log = service.log_text();
+        let warning = log
+            .lines()
+            .find(|l| l.contains("HTTP ingest is OPEN"))
+            .unwrap_or_else(|| panic!("no warning at start {start}:\n{log}"));
+        assert!(warning.contains("WARN"), "{warning}");
+        let (status, _, text) = post(
+            service.http_addr(),
+            "/v1/events",
+            None,
+            &kills("op", &format!("op-{start}"), 2.0),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        service.sigterm();
+        assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    }
+    assert_eq!(row(&pool, "op", "kills").await.unwrap().progress, 4);
+
+    let mut mixed = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("HTTP_INGEST_OPEN", "true"),
+            ("HTTP_INGEST_TOKEN", "t0k3n-x"),
+        ],
+    );
+    assert_ne!(mixed.wait_exit(Duration::from_secs(30)).await, 0);
+    let log = mixed.log_text();
+    assert!(log.contains("invalid setting HTTP_INGEST_OPEN"), "{log}");
+    assert!(!log.contains("t0k3n-x"), "{log}");
+
+    let mut missing = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("HTTP_INGEST_TOKEN_FILE", "/nonexistent/tokens")],
+    );
+    assert_ne!(missing.wait_exit(Duration::from_secs(30)).await, 0);
+    let log = missing.log_text();
+    assert!(
+        log.contains("HTTP_INGEST_TOKEN_FILE") && log.contains("/nonexistent/tokens"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after_and_it_is_counted() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "100ms"),
+            ("HTTP_INGEST_TOKEN", "rate-a,rate-b"),
+            ("HTTP_INGEST_RATE", "1"),
+            ("HTTP_INGEST_BURST", "100"),
+        ],
+    );
+    service.wait_healthy().await;
+    let addr = service.http_addr();
+    let batch: Vec<Value> = (0..100)
+        .map(|i| kills(&format!("rl-{i}"), &format!("rl-{i}"), 1.0))
+        .collect();
+    let (status, _, text) = post(addr, "/v1/events/batch", Some("rate-a"), &json!(batch)).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, headers, text) = post(
+        addr,
+        "/v1/events",
+        Some("rate-a"),
+        &kills("rl-over", "rl-over", 1.0),
+    )
+    .await;
+    assert_eq!(status, 429, "{text}");
+    let retry: u64 = header(&headers, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(text.contains("HTTP_INGEST_RATE"), "{text}");
+    // Another token is another client.
+    let (status, _, _) = post(
+        addr,
+        "/v1/events",
+        Some("rate-b"),
+        &kills("rl-b", "rl-b", 1.0),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // After Retry-After, the first client may send again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let (status, _, text) = post(
+        addr,
+        "/v1/events",
+        Some("rate-a"),
+        &kills("rl-later", "rl-later", 1.0),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        metric(
+            &service,
+            r#"challenge_event_handler_events_failed_total{reason="rate_limited"} 1"#
+        )
+        .await
+    );
+    flushed_past(&service, &pool, "rl-probe").await;
+    assert_eq!(
+        row(&pool, "rl-over", "kills").await,
+        None,
+        "the refused event wrote nothing"
+    );
+    assert!(row(&pool, "rl-99", "kills").await.is_some());
+    assert!(row(&pool, "rl-later", "kills").await.is_some());
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn with_an_ingest_port_the_metrics_port_takes_no_writes() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "100ms"),
+            ("HTTP_INGEST_PORT", "0"),
+            ("HTTP_INGEST_TOKEN", "port-t"),
+        ],
+    );
+    service.wait_healthy().await;
+    let (metrics_port, ingest) = (service.http_addr(), service.ingest_addr());
+    assert_ne!(metrics_port, ingest);
+    let (status, _, _) = post(
+        metrics_port,
+        "/v1/events",
+        Some("port-t"),
+        &kills("ip", "ip-1", 1.0),
+    )
+    .await;
+    assert_eq!(status, 404, "no ingest on the metrics port");
+    let (status, _, text) = post(
+        ingest,
+        "/v1/events",
+        Some("port-t"),
+        &kills("ip", "ip-2", 3.0),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        http_get(ingest, "/metrics").await.0,
+        404,
+        "no scrape on the ingest port"
+    );
+    assert_eq!(http_get(metrics_port, "/metrics").await.0, 200);
+    wait_for_progress(&pool, "ip", "kills", 3, WAIT).await;
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn on_the_embedded_store_the_quick_start_posts_without_a_token_and_the_log_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn_bare(dir.path(), CHALLENGES, &[("FLUSH_INTERVAL", "50ms")]);
+    service.wait_healthy().await;
+    let log = service.log_text();
+    assert!(
+        log.contains(
+            "HTTP ingest is open without a token because the store is the embedded development one"
+        ),
+        "{log}"
+    );
+    let (status, _, text) = post(
+        service.http_addr(),
+        "/v1/events",
+        None,
+        &json!({"type": "stat", "id": "ev-1", "userId": "bob", "namespace": "mygame",
+                "statCode": "kills", "inc": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"outcome\":\"written\""), "{text}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
