@@ -34,7 +34,9 @@ EXPOSE 6565 8080
 USER app
 # 200 from /healthz only while serving (503 while starting, replaying the WAL
 # or shutting down); the binary asks it itself, so the image needs no curl.
+# `health` reads METRICS_PORT and BIND_ADDRESS as `serve` does, so changing
+# them keeps the check pointed at the service.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["/usr/local/bin/challenge-event-handler", "health", "--addr", "127.0.0.1:8080"]
+  CMD ["/usr/local/bin/challenge-event-handler", "health"]
 ENTRYPOINT ["/usr/local/bin/challenge-event-handler"]
 CMD ["serve"]

@@ -375,17 +375,40 @@ mod tests {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthArgs {
-    /// The service's HTTP address.
-    #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:8080")]
-    pub addr: String,
+    /// The service's HTTP address [default: from METRICS_PORT and
+    /// BIND_ADDRESS, as `serve` binds it; 127.0.0.1 for 0.0.0.0, ::1 for ::].
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub addr: Option<String>,
+    /// The service's HTTP port, as `serve` reads it.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+    /// The address `serve` binds, as it reads it.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+}
+
+impl HealthArgs {
+    /// Where `serve` with the same settings answers.
+    pub fn target(&self) -> String {
+        if let Some(addr) = &self.addr {
+            return addr.clone();
+        }
+        let ip = match self.bind_address {
+            ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        std::net::SocketAddr::new(ip, self.metrics_port).to_string()
+    }
 }
 
 /// `GET /healthz` of a running service: Ok when it serves (a container
 /// HEALTHCHECK that needs no curl in the image).
 pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = args.target();
     let answer = async {
-        let mut stream = tokio::net::TcpStream::connect(&args.addr).await?;
+        let mut stream = tokio::net::TcpStream::connect(&target).await?;
         stream
             .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await?;
@@ -395,8 +418,8 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     };
     let response = tokio::time::timeout(CONNECT_WAIT, answer)
         .await
-        .map_err(|_| anyhow::anyhow!("{} did not answer within {CONNECT_WAIT:?}", args.addr))?
-        .with_context(|| format!("cannot reach {}", args.addr))?;
+        .map_err(|_| anyhow::anyhow!("{target} did not answer within {CONNECT_WAIT:?}"))?
+        .with_context(|| format!("cannot reach {target}"))?;
     let status = response.split_whitespace().nth(1).unwrap_or("");
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     if status == "200" {

@@ -21,20 +21,32 @@ use challenge_event_handler::App;
 /// JSON) → fsync'd WAL → coalesced batch write into PostgreSQL (or the
 /// embedded SQLite store when no database is configured).
 ///
-/// With no command it serves (`serve`).
+/// With no command (or only flags) it serves (`serve`).
 #[derive(Parser)]
-#[command(
-    name = "challenge-event-handler",
-    version,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "challenge-event-handler", version)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    serve: ServeArgs,
+    command: Command,
     #[command(flatten)]
     log: LogArgs,
+}
+
+/// The command line with `serve` put in when no command is named, so that
+/// `challenge-event-handler --grpc-port 7000` still serves while each other
+/// command reads only its own settings (a bad serve setting in the
+/// environment does not break `health` or `check-config`).
+fn command_line() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = args.get(1).and_then(|a| a.to_str());
+    let names_no_command = match first {
+        None => true,
+        Some("-h" | "--help" | "-V" | "--version") => false,
+        Some(flag) => flag.starts_with('-'),
+    };
+    if names_no_command {
+        args.insert(1.min(args.len()), "serve".into());
+    }
+    args
 }
 
 #[derive(Subcommand)]
@@ -70,7 +82,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(command_line());
     // A log collector reads JSON lines; a person reads one `error:` line.
     let json_logs = cli.log.log_format == LogFormat::Json;
     telemetry::init(&cli.log.log_level, cli.log.log_format);
@@ -88,16 +100,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Send(args)) => send::send(args).await,
-            Some(Command::Progress(args)) => inspect::progress(args).await,
-            Some(Command::Wal(command)) => inspect::wal(command).await,
-            Some(Command::Health(args)) => inspect::health(args).await,
-            Some(Command::Bench(args)) => bench::run(args).await,
-            Some(Command::BenchDedup(args)) => bench::dedup_memory(&args),
-            Some(Command::BenchStore(args)) => bench::store_flush(args).await,
-            Some(Command::BenchWal(args)) => challenge_event_handler::bench_wal::run(args).await,
-            Some(Command::NoopServer(args)) => bench::noop_server(args).await,
-            Some(Command::CheckConfig { config_path }) => {
+            Command::Send(args) => send::send(args).await,
+            Command::Progress(args) => inspect::progress(args).await,
+            Command::Wal(command) => inspect::wal(command).await,
+            Command::Health(args) => inspect::health(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::BenchDedup(args) => bench::dedup_memory(&args),
+            Command::BenchStore(args) => bench::store_flush(args).await,
+            Command::BenchWal(args) => challenge_event_handler::bench_wal::run(args).await,
+            Command::NoopServer(args) => bench::noop_server(args).await,
+            Command::CheckConfig { config_path } => {
                 let loaded = challenges::load(&config_path)?;
                 println!(
                     "{}: {} goals, valid; {}",
@@ -110,8 +122,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Some(Command::Serve(args)) => serve(*args).await,
-            None => serve(cli.serve).await,
+            Command::Serve(args) => serve(*args).await,
         }
     });
     match result {

@@ -61,6 +61,17 @@ impl StoreArgs {
             .unwrap_or_else(|| self.data_dir.join("wal"))
     }
 
+    /// Whether any database setting is given (else the embedded store is
+    /// the fallback).
+    pub fn database_configured(&self) -> bool {
+        self.database_url.as_deref().is_some_and(|u| !u.is_empty())
+            || self.db_host.is_some()
+            || self.db_port.is_some()
+            || self.db_name.is_some()
+            || self.db_user.is_some()
+            || self.db_password.is_some()
+    }
+
     /// The database these settings choose.
     pub fn database(&self) -> Result<Database, SettingsError> {
         if let Some(url) = self.database_url.as_deref().filter(|u| !u.is_empty()) {
@@ -327,6 +338,19 @@ fn invalid(name: &'static str, problem: impl Into<String>) -> SettingsError {
 impl ServeArgs {
     pub fn validate(self) -> Result<Settings, SettingsError> {
         let database = self.store.database()?;
+        if !self.store.database_configured()
+            && self.namespace.as_deref().is_some_and(|n| !n.is_empty())
+        {
+            // AB_NAMESPACE is what Extend always sets: a production start with
+            // its database settings missing or misspelt must not serve from a
+            // file inside the container.
+            return Err(invalid(
+                "DATABASE_URL",
+                "is not set, nor any of DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, while \
+                 AB_NAMESPACE is set (a production start): set the database, or \
+                 DATABASE_URL=sqlite://<file> to choose the embedded store on purpose",
+            ));
+        }
         let mut warnings = Vec::new();
         let namespace = match self.namespace.filter(|n| !n.is_empty()) {
             Some(namespace) => namespace,
@@ -587,13 +611,27 @@ mod tests {
 
     #[test]
     fn bad_numbers_are_named() {
-        let err = args(&["--namespace", "ns", "--db-batch-size", "0"])
-            .validate()
-            .unwrap_err();
+        let err = args(&[
+            "--namespace",
+            "ns",
+            "--db-host",
+            "h",
+            "--db-batch-size",
+            "0",
+        ])
+        .validate()
+        .unwrap_err();
         assert_eq!(err.name, "DB_BATCH_SIZE");
-        let err = args(&["--namespace", "ns", "--buffer-max-keys", "0"])
-            .validate()
-            .unwrap_err();
+        let err = args(&[
+            "--namespace",
+            "ns",
+            "--db-host",
+            "h",
+            "--buffer-max-keys",
+            "0",
+        ])
+        .validate()
+        .unwrap_err();
         assert_eq!(err.name, "BUFFER_MAX_KEYS");
         assert!(err.to_string().contains("greater than zero"), "{err}");
         let err = args(&["--namespace", "ns", "--database-url", "mysql://x"])
@@ -605,12 +643,37 @@ mod tests {
 
     #[test]
     fn defaults_match_the_readme() {
-        let s = args(&["--namespace", "ns"]).validate().unwrap();
+        let s = args(&["--namespace", "ns", "--database-url", "postgres://u@h/db"])
+            .validate()
+            .unwrap();
         assert_eq!(s.flush_interval, Duration::from_secs(1));
         assert_eq!(s.dedup_window, Duration::from_secs(600));
         assert_eq!(s.buffer_max_keys, 2_000);
         assert_eq!(s.db_batch_size, 1000);
         assert_eq!(s.wal_max_bytes, 1 << 30);
         assert!(s.migrate);
+    }
+
+    #[test]
+    fn a_namespace_without_a_database_is_a_production_start_and_refused() {
+        let production = || {
+            let mut a = clean(args(&[]));
+            a.namespace = Some("ns".into());
+            a
+        };
+        let err = production().validate().unwrap_err();
+        assert_eq!(err.name, "DATABASE_URL");
+        let text = err.to_string();
+        for named in ["DB_HOST", "AB_NAMESPACE", "sqlite://"] {
+            assert!(text.contains(named), "{text}");
+        }
+        // Chosen on purpose, the embedded store serves a namespace.
+        let mut embedded = production();
+        embedded.store.database_url = Some("sqlite://x.db".into());
+        let s = embedded.validate().unwrap();
+        assert!(matches!(s.database, Database::Sqlite(_)));
+        // No namespace: the development default.
+        let s = clean(args(&[])).validate().unwrap();
+        assert!(matches!(s.database, Database::Sqlite(_)));
     }
 }

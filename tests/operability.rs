@@ -1,0 +1,144 @@
+//! Failing loudly, on the real binary: a production start with no database
+//! is refused naming the settings; `health` finds the service where `serve`
+//! binds it; boolean settings take the usual spellings, and a bad setting
+//! breaks only the commands that read it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn a_production_start_without_a_database_is_refused_naming_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    // AB_NAMESPACE is what Extend always sets; the database settings are misspelt.
+    let mut service = Binary::spawn_bare(
+        dir.path(),
+        CHALLENGES,
+        &[
+            ("AB_NAMESPACE", "mygame"),
+            ("DATABSE_URL", "postgres://x@db/challenge_db"),
+        ],
+    );
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 1);
+    let log = service.log_text();
+    for named in ["DATABASE_URL", "DB_HOST", "AB_NAMESPACE", "sqlite://"] {
+        assert!(log.contains(named), "{named} is not named:\n{log}");
+    }
+    assert!(
+        !dir.path().join("data/progress.sqlite3").exists(),
+        "nothing was served from a file in the container"
+    );
+
+    // Chosen on purpose, the embedded store serves the namespace.
+    let file = dir.path().join("chosen.sqlite3");
+    let url = format!("sqlite://{}", file.display());
+    let mut chosen = Binary::spawn_bare(
+        dir.path(),
+        CHALLENGES,
+        &[("AB_NAMESPACE", "mygame"), ("DATABASE_URL", &url)],
+    );
+    chosen.wait_healthy().await;
+    assert!(file.exists());
+    chosen.sigterm();
+    assert_eq!(chosen.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn health_asks_the_port_serve_binds_from_the_same_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port().to_string()
+    };
+    // BIND_ADDRESS 0.0.0.0 (the image's): health asks 127.0.0.1.
+    let mut service = Binary::spawn_bare(
+        dir.path(),
+        CHALLENGES,
+        &[("METRICS_PORT", &port), ("BIND_ADDRESS", "0.0.0.0")],
+    );
+    service.wait_healthy().await;
+    let (code, out, err) = cli(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"status\":\"serving\""), "{out}");
+    // The default port is not where this service is.
+    let (code, _, err) = cli(dir.path(), &["health"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("127.0.0.1:8080"), "{err}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+/// `serve` up to its settings check: LEDGER_WINDOW=10s is refused only when
+/// the ledger is on, and TOMBSTONE_RETENTION=1s (checked after it) always,
+/// so the setting named says how NO_LEDGER was read, and nothing starts.
+fn read_no_ledger(dir: &std::path::Path, spelling: &str) -> (i32, String) {
+    let (code, _, err) = cli(
+        dir,
+        &["serve"],
+        &[
+            ("NO_LEDGER", spelling),
+            ("LEDGER_WINDOW", "10s"),
+            ("TOMBSTONE_RETENTION", "1s"),
+        ],
+    );
+    (code, err)
+}
+
+#[test]
+fn boolean_settings_take_the_usual_spellings_and_a_bad_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for on in ["1", "true", "TRUE", "yes", "on", "y"] {
+        let (code, err) = read_no_ledger(dir.path(), on);
+        assert_eq!(code, 1, "{on}: {err}");
+        assert!(
+            err.contains("invalid setting TOMBSTONE_RETENTION"),
+            "{on} read as on: {err}"
+        );
+    }
+    for off in ["0", "false", "no", "off", "n"] {
+        let (code, err) = read_no_ledger(dir.path(), off);
+        assert_eq!(code, 1, "{off}: {err}");
+        assert!(
+            err.contains("invalid setting LEDGER_WINDOW"),
+            "{off} read as off: {err}"
+        );
+    }
+    let (code, err) = read_no_ledger(dir.path(), "maybe");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("NO_LEDGER") || err.contains("--no-ledger"),
+        "{err}"
+    );
+    assert!(err.contains("maybe"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_serve_setting_breaks_serve_and_not_the_other_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn_bare(dir.path(), CHALLENGES, &[]);
+    service.wait_healthy().await;
+    let http = service.http_addr().to_string();
+    let bad = [("NO_MIGRATE", "perhaps"), ("WAL_MAX_BYTES", "lots")];
+    let (code, out, err) = cli(dir.path(), &["health", "--addr", &http], &bad);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = dir.path().join("challenges.json");
+    let (code, out, err) = cli(
+        dir.path(),
+        &["check-config", "--config-path", config.to_str().unwrap()],
+        &bad,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(dir.path(), &["serve"], &bad);
+    assert_eq!(code, 2, "{err}");
+    // The usual spellings of a boolean do not break anything.
+    let (code, out, err) = cli(
+        dir.path(),
+        &["health", "--addr", &http],
+        &[("NO_MIGRATE", "1")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
