@@ -1,5 +1,6 @@
 # The challenge-event-handler image, for AccelByte Extend or any container
 # platform. Build: docker build -t challenge-event-handler .
+# (.dockerignore keeps target/ and the rest out of the build context.)
 # protoc is vendored by the build (protoc-bin-vendored): no system protoc needed.
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -22,7 +23,9 @@ COPY config ./config
 # updates that are not yet in the database, and the instance id. Without a
 # database configured, the embedded store lives there too
 # (/data/progress.sqlite3); production sets DATABASE_URL (or DB_HOST, …) and
-# AB_NAMESPACE.
+# AB_NAMESPACE. The image runs as uid 10001: a bind-mounted host directory
+# must be writable by it (chown 10001 <dir>), or the start stops with
+# "cannot read or record the instance id in /data/wal: … Permission denied".
 ENV CONFIG_PATH=/app/config/challenges.json \
     DATA_DIR=/data \
     GRPC_PORT=6565 \

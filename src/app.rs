@@ -90,13 +90,18 @@ impl Core {
             )
             .with_cluster(settings.cluster.clone()),
         );
+        let wal_dir = settings.wal_dir.clone();
         Ok(Core {
             settings,
             goals,
             store,
             wal,
             instance_id,
-            metrics: Arc::new(Metrics::new()),
+            metrics: {
+                let metrics = Metrics::new();
+                metrics.watch_wal_volume(wal_dir);
+                Arc::new(metrics)
+            },
             health: Arc::new(Health::default()),
         })
     }

@@ -354,7 +354,9 @@ impl<S: ProgressStore> Flusher<S> {
         stop: CancellationToken,
         fatal: CancellationToken,
     ) -> Self {
-        let mut backoff = Backoff::new(interval, MAX_BACKOFF);
+        // Failures back off up to MAX_BACKOFF, never below the interval (a
+        // FLUSH_INTERVAL over 30 s was silently cut to 30 s before).
+        let mut backoff = Backoff::new(interval, MAX_BACKOFF.max(interval));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -83,6 +83,32 @@ pub struct Metrics {
     pub last_flush_success: IntGauge,
     pub phase: IntGauge,
     pub resident_memory: IntGauge,
+    pub start_time: IntGauge,
+    pub wal_volume_available: IntGauge,
+    pub wal_volume_size: IntGauge,
+    /// The WAL directory whose file system `render` measures.
+    wal_dir: std::sync::OnceLock<std::path::PathBuf>,
+}
+
+/// (bytes available to this process, total bytes) of the file system that
+/// holds `dir`.
+pub fn volume_bytes(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` a buffer of the
+    // type statvfs(3) fills; it is read only when the call succeeded.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    let block = stat.f_frsize as u64;
+    Some((
+        (stat.f_bavail as u64).saturating_mul(block),
+        (stat.f_blocks as u64).saturating_mul(block),
+    ))
 }
 
 /// This process's resident memory in bytes (Linux `/proc/self/status`).
@@ -284,8 +310,24 @@ impl Metrics {
                 "resident_memory_bytes",
                 "resident memory of the process (VmRSS), read at each scrape",
             ),
+            start_time: gauge(
+                "start_time_seconds",
+                "when this process started (Unix seconds): it changes at every restart",
+            ),
+            wal_volume_available: gauge(
+                "wal_volume_available_bytes",
+                "bytes the WAL's file system still has for this process, read at each scrape",
+            ),
+            wal_volume_size: gauge(
+                "wal_volume_size_bytes",
+                "size of the WAL's file system, read at each scrape",
+            ),
+            wal_dir: std::sync::OnceLock::new(),
             registry,
         };
+        metrics
+            .start_time
+            .set((crate::clock::unix_ms() / 1000) as i64);
         // Every label an alert or the dashboard reads exists from the start,
         // at zero, so a ratio or an increase() has a series to work on.
         for event in crate::event::EventType::ALL {
@@ -301,10 +343,19 @@ impl Metrics {
         metrics
     }
 
+    /// Measure the file system of `dir` (the WAL's) at each scrape.
+    pub fn watch_wal_volume(&self, dir: std::path::PathBuf) {
+        let _ = self.wal_dir.set(dir);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         if let Some(bytes) = resident_bytes() {
             self.resident_memory.set(bytes as i64);
+        }
+        if let Some((available, size)) = self.wal_dir.get().and_then(|d| volume_bytes(d)) {
+            self.wal_volume_available.set(available as i64);
+            self.wal_volume_size.set(size as i64);
         }
         let mut out = Vec::new();
         TextEncoder::new()

@@ -189,6 +189,28 @@ fn the_kubernetes_manifests_give_each_replica_a_volume_an_id_probes_and_time_to_
         instance["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
     );
+    // The image is one the reader must name: kustomization.yaml's `images:`
+    // replaces the StatefulSet's, and its placeholder cannot be pulled.
+    let kustomization = yaml_documents("deploy/kubernetes/kustomization.yaml").remove(0);
+    let image = container["image"].as_str().unwrap();
+    let set_image = kustomization["images"]
+        .as_sequence()
+        .expect("images: in kustomization.yaml")
+        .iter()
+        .find(|i| i["name"] == image)
+        .expect("kustomization.yaml sets the StatefulSet's image");
+    for key in ["newName", "newTag"] {
+        assert!(
+            set_image[key].as_str().unwrap().contains("SET-"),
+            "{key} is a placeholder the reader must set"
+        );
+    }
+    assert!(!image.contains("latest"));
+    // The build context leaves target/ out.
+    assert!(read(".dockerignore").lines().any(|l| l.trim() == "target/"));
+    assert!(
+        read("Dockerfile").contains(r#"CMD ["/usr/local/bin/challenge-event-handler", "health"]"#)
+    );
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         assert_eq!(container[probe]["httpGet"]["path"], "/healthz", "{probe}");
     }
@@ -340,6 +362,80 @@ fn http_ingest_in_the_manifests_has_its_own_port_a_token_file_and_a_network_poli
     ] {
         assert!(known.contains(name), "{name}");
     }
+}
+
+/// Seconds of a Prometheus duration such as `10m`, `30s`, `1h`.
+fn prom_seconds(text: &str) -> u64 {
+    let (number, unit) = text.split_at(text.len() - 1);
+    let n: u64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("a duration: {text}"));
+    n * match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => panic!("a duration: {text}"),
+    }
+}
+
+#[test]
+fn every_alert_has_a_runbook_section_and_fires_before_a_probe_restarts_the_pod() {
+    let runbook = read("docs/RUNBOOK.md");
+    let sections: BTreeSet<&str> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .collect();
+    let rules: Value = serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    let set = manifests()
+        .into_iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .unwrap();
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let budget = |probe: &str| {
+        let p = &container[probe];
+        p["periodSeconds"].as_u64().unwrap() * p["failureThreshold"].as_u64().unwrap()
+    };
+    let startup = budget("startupProbe");
+    let mut phase_alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert!(
+                sections.contains(name),
+                "docs/RUNBOOK.md has no section \"## {name}\""
+            );
+            let section = runbook.split(&format!("## {name}\n")).nth(1).unwrap();
+            let section = section.split("\n## ").next().unwrap();
+            for part in ["**Means**", "**Check**", "**Do**"] {
+                assert!(
+                    section.contains(part),
+                    "{name}: no {part} in its runbook section"
+                );
+            }
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+            assert!(
+                url.ends_with(&format!("docs/RUNBOOK.md#{}", name.to_lowercase())),
+                "{name}: {url}"
+            );
+            // An alert on a start-up phase must fire, with a scrape and an
+            // evaluation to spare, before the startup probe gives up (a
+            // restart resets the phase, and the alert would never fire).
+            let expr = rule["expr"].as_str().unwrap();
+            if expr.contains("challenge_event_handler_phase") {
+                phase_alerts += 1;
+                let wait = prom_seconds(rule["for"].as_str().expect("a for: window"));
+                assert!(
+                    wait + 120 <= startup,
+                    "{name} fires after {wait} s; the startup probe restarts the pod after {startup} s"
+                );
+            }
+        }
+    }
+    assert!(phase_alerts >= 2, "NotServing and ReplayRunningLong");
+    // Liveness only runs after start-up and tolerates a minute of 503s.
+    assert!(budget("livenessProbe") >= 60);
 }
 
 #[test]
