@@ -25,14 +25,13 @@
 //! start-up, serving and shutdown), [`retry`] (backoff), [`health`] (the HTTP
 //! port: `/healthz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
 //! [`clock`], [`model`] (the rules as a rule book, for tests and fuzzing), the
-//! operator commands [`send`], [`inspect`] (`progress`, `wal inspect`) and
-//! [`bench`], and [`proto`] (generated wire types). docs/DESIGN.md explains
+//! operator commands in [`cli`] (`send`, `progress`, `wal inspect`, `wal
+//! drain`, `health`, the benchmarks), and [`proto`] (generated wire types). docs/DESIGN.md explains
 //! the whole.
 
 pub mod app;
-pub mod bench;
-pub mod bench_wal;
 pub mod buffer;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod event;
@@ -43,13 +42,11 @@ pub mod health;
 pub mod http_access;
 pub mod http_ingest;
 pub mod ingest;
-pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod retry;
 pub mod rules;
-pub mod send;
 pub mod store;
 pub mod telemetry;
 pub mod wal;

@@ -10,10 +10,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use challenge_event_handler::bench::{self, BenchArgs};
+use challenge_event_handler::cli::bench::{self, BenchArgs};
+use challenge_event_handler::cli::inspect::{self, HealthArgs, ProgressArgs, WalCommand};
+use challenge_event_handler::cli::send::{self, SendArgs};
 use challenge_event_handler::config::{challenges, ServeArgs};
-use challenge_event_handler::inspect::{self, HealthArgs, ProgressArgs, WalCommand};
-use challenge_event_handler::send::{self, SendArgs};
 use challenge_event_handler::telemetry::{self, LogArgs, LogFormat};
 use challenge_event_handler::App;
 
@@ -78,7 +78,7 @@ enum Command {
     /// Measure the memory the dedup index of event ids takes (no service needed).
     BenchDedup(bench::DedupBenchArgs),
     /// Measure the WAL alone (no gRPC, no database) and the disk under it.
-    BenchWal(challenge_event_handler::bench_wal::WalBenchArgs),
+    BenchWal(challenge_event_handler::cli::bench::wal::WalBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::BenchDedup(args) => bench::dedup_memory(&args),
             Command::BenchStore(args) => bench::store_flush(args).await,
-            Command::BenchWal(args) => challenge_event_handler::bench_wal::run(args).await,
+            Command::BenchWal(args) => challenge_event_handler::cli::bench::wal::run(args).await,
             Command::NoopServer(args) => bench::noop_server(args).await,
             Command::CheckConfig { config_path } => {
                 let loaded = challenges::load(&config_path)?;

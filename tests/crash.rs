@@ -309,7 +309,7 @@ async fn a_gdpr_deletion_acknowledged_before_a_kill_9_is_applied_by_replay_and_n
         .await
         .unwrap();
     challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(channel.clone())
-        .on_message(challenge_event_handler::send::gdpr_deletion_message(NAMESPACE, "gk", "gk-gdpr", ""))
+        .on_message(challenge_event_handler::cli::send::gdpr_deletion_message(NAMESPACE, "gk", "gk-gdpr", ""))
         .await
         .unwrap();
     send(channel)

@@ -207,7 +207,7 @@ impl Service {
 
 /// A login event of `user` at `timestamp` (RFC 3339, or empty for arrival time).
 pub fn login(user: &str, id: &str, timestamp: &str) -> UserLoggedIn {
-    challenge_event_handler::send::login_message(NAMESPACE, user, id, timestamp)
+    challenge_event_handler::cli::send::login_message(NAMESPACE, user, id, timestamp)
 }
 
 pub fn third_party_login(user: &str, id: &str) -> UserThirdPartyLoggedIn {
@@ -227,7 +227,7 @@ pub fn third_party_login(user: &str, id: &str) -> UserThirdPartyLoggedIn {
 
 /// A GDPR data deletion of `user` (named in the payload).
 pub fn gdpr_deletion(user: &str, id: &str) -> GdprRequestDataDeletionResponse {
-    challenge_event_handler::send::gdpr_deletion_message(NAMESPACE, user, id, "")
+    challenge_event_handler::cli::send::gdpr_deletion_message(NAMESPACE, user, id, "")
 }
 
 /// A stat update of `user`.
@@ -239,7 +239,9 @@ pub fn stat(
     id: &str,
     timestamp: &str,
 ) -> StatItemUpdated {
-    challenge_event_handler::send::stat_message(NAMESPACE, code, user, latest, inc, id, timestamp)
+    challenge_event_handler::cli::send::stat_message(
+        NAMESPACE, code, user, latest, inc, id, timestamp,
+    )
 }
 
 /// A row of `user_goal_progress` as the tests look at it.

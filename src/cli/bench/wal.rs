@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{open_loop_with, stat_record, RunResult, Tally};
+use super::{open_loop_with, stat_record, RunResult, Tally};
 use crate::metrics::Metrics;
 use crate::rules::Record;
 use crate::wal::{Appended, Recovery, Sink, WalConfig, WalStore};
