@@ -19,9 +19,10 @@ use crate::buffer::Buffer;
 use crate::config::{challenges, Settings};
 use crate::flusher::{Flusher, Intake, MAX_BACKOFF};
 use crate::grpc::Ingress;
-use crate::health::{self, Health, Phase};
-use crate::http_access::{Access, RateLimit};
-use crate::http_ingest::{self, IngestState};
+use crate::health::{Health, Phase};
+use crate::http;
+use crate::http::access::{Access, RateLimit};
+use crate::http::ingest::IngestState;
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::retry::{self, Backoff, GiveUp};
@@ -139,16 +140,16 @@ impl App {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        health::local_addr(&self.grpc)
+        http::local_addr(&self.grpc)
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        health::local_addr(&self.http)
+        http::local_addr(&self.http)
     }
 
     /// HTTP ingest's own port, when `HTTP_INGEST_PORT` is set.
     pub fn ingest_addr(&self) -> Option<SocketAddr> {
-        self.ingest.as_ref().map(health::local_addr)
+        self.ingest.as_ref().map(http::local_addr)
     }
 
     pub fn instance_id(&self) -> &str {
@@ -178,9 +179,9 @@ impl App {
                 },
         } = self;
         tracing::info!(
-            grpc = %health::local_addr(&grpc),
-            http = %health::local_addr(&http),
-            ingest = %health::local_addr(ingest_listener.as_ref().unwrap_or(&http)),
+            grpc = %http::local_addr(&grpc),
+            http = %http::local_addr(&http),
+            ingest = %http::local_addr(ingest_listener.as_ref().unwrap_or(&http)),
             goals = goals.len(),
             instance_id = %instance_id,
             namespace = %settings.namespace,
@@ -205,7 +206,7 @@ impl App {
             metrics.http_ingest_tokens.set(tokens.count() as i64);
             tasks.spawn(tokens.clone().watch(metrics.clone(), http_stop.clone()));
         }
-        let ingest_routes = http_ingest::router(
+        let ingest_routes = http::ingest::router(
             IngestState {
                 gate: gate.clone(),
                 access,
@@ -223,10 +224,10 @@ impl App {
             Some(listener) => (None, Some((listener, ingest_routes))),
             None => (Some(ingest_routes), None),
         };
-        tasks.spawn(health::serve(
+        tasks.spawn(http::serve(
             http,
-            health::router(
-                health::HttpState {
+            http::router(
+                http::HttpState {
                     health: health.clone(),
                     metrics: metrics.clone(),
                 },
@@ -235,7 +236,7 @@ impl App {
             http_stop.clone(),
         ));
         if let Some((listener, routes)) = own {
-            tasks.spawn(health::serve(listener, routes, http_stop.clone()));
+            tasks.spawn(http::serve(listener, routes, http_stop.clone()));
         }
         let lifetime = Lifetime::new(shutdown);
         metrics.wal_max_bytes.set(settings.wal_max_bytes as i64);

@@ -1,22 +1,13 @@
-//! The HTTP port: `GET /healthz` (200 only while serving, with the WAL backlog
-//! and the last flush result as JSON), `GET /metrics` (Prometheus text), and
-//! the JSON ingest endpoints of [`crate::http_ingest`] unless they have a
-//! port of their own (`HTTP_INGEST_PORT`).
+//! The service's health: its phase (starting, replaying, serving, shutting
+//! down), what start-up waits for, the WAL backlog and the last flush. The
+//! flusher and start-up write it; `/healthz` ([`crate::http`]) and the
+//! metrics read it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
 use crate::wal::WalStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,7 +96,8 @@ impl Health {
         *self.last_flush.lock().expect("health lock poisoned") = Some(flush);
     }
 
-    fn report(&self) -> HealthReport {
+    /// What `/healthz` answers.
+    pub fn report(&self) -> HealthReport {
         let wal = self.wal.get();
         let phase = match (self.phase(), wal) {
             (Phase::Serving, Some(w)) if w.is_failed() => Phase::ShuttingDown,
@@ -133,128 +125,13 @@ fn now() -> String {
     crate::clock::rfc3339(crate::clock::unix_ms() as i64)
 }
 
-#[derive(Serialize)]
-struct HealthReport {
-    status: Phase,
+/// The service's health as `/healthz` shows it.
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    pub status: Phase,
     #[serde(skip_serializing_if = "Option::is_none")]
-    waiting_for: Option<String>,
-    wal_backlog_bytes: u64,
-    wal_backlog_records: u64,
-    last_flush: Option<LastFlush>,
-}
-
-/// What the HTTP handlers share.
-#[derive(Clone)]
-pub struct HttpState {
-    pub health: Arc<Health>,
-    pub metrics: Arc<Metrics>,
-}
-
-async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    let report = state.health.report();
-    let code = if report.status == Phase::Serving {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, axum::Json(report))
-}
-
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-}
-
-/// The metrics port's routes, with `ingest`'s when they share the port.
-pub fn router(state: HttpState, ingest: Option<Router>) -> Router {
-    let routes = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(state);
-    match ingest {
-        Some(ingest) => routes.merge(ingest),
-        None => routes,
-    }
-}
-
-/// Serves `app` until `stop`; handlers can see the caller's address
-/// (`ConnectInfo`, for the per-client rate limit).
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
-}
-
-/// The address a listener is bound to (for logs and tests).
-pub fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener
-        .local_addr()
-        .expect("a bound listener has an address")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn status_of(health: &Arc<Health>) -> (StatusCode, serde_json::Value) {
-        let state = HttpState {
-            health: health.clone(),
-            metrics: Arc::new(Metrics::new()),
-        };
-        let response = healthz(State(state)).await.into_response();
-        let code = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (code, serde_json::from_slice(&body).unwrap())
-    }
-
-    #[tokio::test]
-    async fn healthz_is_200_only_while_serving() {
-        let health = Arc::new(Health::default());
-        for (phase, code, name) in [
-            (Phase::Starting, StatusCode::SERVICE_UNAVAILABLE, "starting"),
-            (
-                Phase::Replaying,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "replaying",
-            ),
-            (Phase::Serving, StatusCode::OK, "serving"),
-            (
-                Phase::ShuttingDown,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-            ),
-        ] {
-            health.set_phase(phase);
-            let (status, body) = status_of(&health).await;
-            assert_eq!(status, code);
-            assert_eq!(body["status"], name);
-        }
-    }
-
-    #[tokio::test]
-    async fn healthz_reports_the_last_flush() {
-        let health = Arc::new(Health::default());
-        health.set_phase(Phase::Serving);
-        health.flush_failed("database error: connection refused".into());
-        let (_, body) = status_of(&health).await;
-        assert_eq!(body["last_flush"]["ok"], false);
-        assert_eq!(
-            body["last_flush"]["error"],
-            "database error: connection refused"
-        );
-        health.flush_succeeded(12);
-        let (_, body) = status_of(&health).await;
-        assert_eq!(body["last_flush"]["rows"], 12);
-    }
+    pub waiting_for: Option<String>,
+    pub wal_backlog_bytes: u64,
+    pub wal_backlog_records: u64,
+    pub last_flush: Option<LastFlush>,
 }

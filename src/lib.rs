@@ -7,8 +7,9 @@
 //! top to bottom:
 //!
 //! - [`grpc`] — the four AGS `OnMessage` services ([`grpc::codec`] decodes),
-//!   health and reflection; [`http_ingest`] — the same events as HTTP JSON,
-//!   behind [`http_access`] (tokens or closed, a rate limit per client).
+//!   health and reflection; [`http`] — `/healthz`, `/metrics` and the same
+//!   events as HTTP JSON ([`http::ingest`]) behind [`http::access`] (tokens
+//!   or closed, a rate limit per client).
 //! - [`ingest`] — the one path both take: namespace filter, validation,
 //!   rules, WAL append; answered once durable.
 //! - [`event`] — validates the wire messages into an [`event::Event`].
@@ -22,8 +23,8 @@
 //!   the embedded SQLite default ([`store::sqlite`]).
 //!
 //! Around it: [`config`] (settings and `challenges.json`), [`app`] (assembly,
-//! start-up, serving and shutdown), [`retry`] (backoff), [`health`] (the HTTP
-//! port: `/healthz`, `/metrics`), [`metrics`], [`telemetry`] (logs),
+//! start-up, serving and shutdown), [`retry`] (backoff), [`health`] (the
+//! service's phase and last flush), [`metrics`], [`telemetry`] (logs),
 //! [`clock`], [`model`] (the rules as a rule book, for tests and fuzzing), the
 //! operator commands in [`cli`] (`send`, `progress`, `wal inspect`, `wal
 //! drain`, `health`, the benchmarks), and [`proto`] (generated wire types). docs/DESIGN.md explains
@@ -39,8 +40,7 @@ pub mod failpoints;
 pub mod flusher;
 pub mod grpc;
 pub mod health;
-pub mod http_access;
-pub mod http_ingest;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

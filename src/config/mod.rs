@@ -284,7 +284,7 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
-/// Who may write through HTTP ingest and where ([`crate::http_access`]).
+/// Who may write through HTTP ingest and where ([`crate::http::access`]).
 #[derive(Debug, Clone)]
 pub struct HttpIngestSettings {
     /// `HTTP_INGEST_TOKEN`, split.
@@ -300,8 +300,11 @@ pub struct HttpIngestSettings {
 impl HttpIngestSettings {
     /// Tokens when any are configured; else open when asked or on the
     /// embedded store; else closed. Reads the token file.
-    pub fn access(&self, database: &Database) -> Result<crate::http_access::Access, SettingsError> {
-        use crate::http_access::{Access, OpenBecause, Tokens};
+    pub fn access(
+        &self,
+        database: &Database,
+    ) -> Result<crate::http::access::Access, SettingsError> {
+        use crate::http::access::{Access, OpenBecause, Tokens};
         if !self.tokens.is_empty() || self.token_file.is_some() {
             let tokens = Tokens::load(self.tokens.clone(), self.token_file.clone())
                 .map_err(|e| invalid("HTTP_INGEST_TOKEN_FILE", e))?;
@@ -402,7 +405,7 @@ impl ServeArgs {
         let tokens = self
             .http_ingest_token
             .as_deref()
-            .map(crate::http_access::parse_tokens)
+            .map(crate::http::access::parse_tokens)
             .unwrap_or_default();
         if self.http_ingest_open && (!tokens.is_empty() || self.http_ingest_token_file.is_some()) {
             return Err(invalid(
@@ -412,13 +415,13 @@ impl ServeArgs {
             ));
         }
         if self.http_ingest_rate > 0
-            && (self.http_ingest_burst as usize) < crate::http_ingest::MAX_BATCH
+            && (self.http_ingest_burst as usize) < crate::http::ingest::MAX_BATCH
         {
             return Err(invalid(
                 "HTTP_INGEST_BURST",
                 format!(
                     "must be at least {} (a full batch) while HTTP_INGEST_RATE limits",
-                    crate::http_ingest::MAX_BATCH
+                    crate::http::ingest::MAX_BATCH
                 ),
             ));
         }

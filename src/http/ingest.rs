@@ -11,7 +11,7 @@
 //! Answers: 200 `{"outcome": …}`; 400 `{"errors": [{"field", "message"}]}`
 //! naming every bad field (a wrong type, an unknown field, truncated JSON);
 //! 404 while HTTP ingest is closed and 401 without an accepted bearer token
-//! ([`crate::http_access`], checked before the body is read); 413 for a body
+//! ([`crate::http::access`], checked before the body is read); 413 for a body
 //! over `HTTP_MAX_BODY_BYTES`; 429 with `Retry-After` over the client's rate;
 //! 503 with `Retry-After` when the event cannot be made durable now (the WAL
 //! is full, the service is starting or stopping). A batch answers per item (200 when every item was accepted,
@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::event::{self, EventError};
-use crate::http_access::{Access, Client, RateLimit};
+use crate::http::access::{Access, Client, RateLimit};
 use crate::ingest::{EventType, IngestError, Ingress, Outcome};
 use crate::metrics::{failure, Metrics};
 use crate::proto::iam::account::v1::{
