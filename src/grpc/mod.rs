@@ -9,6 +9,7 @@
 //! durable → `UNAVAILABLE` (retryable), never an OK.
 
 pub mod codec;
+pub mod server;
 
 use tonic::{Request, Response, Status};
 

@@ -1,0 +1,191 @@
+//! Start-up: the handler's tables and who owns `user_goal_progress`, this
+//! instance's lease, the replay of the WAL and its flush.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::Buffer;
+use crate::config::Settings;
+use crate::flusher::{Flusher, Intake, MAX_BACKOFF};
+use crate::health::{Health, Phase};
+use crate::retry::{self, Backoff, GiveUp};
+use crate::store::{Owner, Prepared, ProgressStore, Store, TableOwner};
+
+use super::*;
+
+/// Start-up: migrations, this instance's lease, replay of everything above
+/// the watermark, the WAL writer, and a flush of the replayed updates — each
+/// waiting for the database as long as it takes. None: stopped meanwhile.
+pub(super) async fn start_up(
+    parts: Parts,
+    settings: &Settings,
+    lifetime: &Lifetime,
+) -> anyhow::Result<Option<Running>> {
+    let Parts {
+        goals,
+        store,
+        wal: mut wal_store,
+        instance_id,
+        metrics,
+        health,
+    } = parts;
+    let (stop, fatal) = (&lifetime.stop, &lifetime.fatal);
+    let patient = || Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let Some((owner, rotation_columns)) = prepare(&store, settings, &health, (stop, fatal)).await
+    else {
+        return Ok(None);
+    };
+    if goals.generation() == crate::rules::Generation::M5 && !rotation_columns {
+        anyhow::bail!(
+            "user_goal_progress has no baseline_value or expires_at column: it was made before the \
+             challenge service's M5 migrations, and the M5 rules of {} need both. Let the challenge \
+             service run its migrations (002_add_baseline_value), then start again",
+            settings.config_path.display()
+        );
+    }
+    let owner = Arc::new(match owner {
+        TableOwner::Service => Owner::service(),
+        TableOwner::Handler => Owner::handler(goals.goals()),
+    });
+    let Some(lease) = retry::until_ok(
+        "read this instance's watermark",
+        patient(),
+        GiveUp::OnPermanent,
+        (stop, fatal),
+        &mut (&*store, instance_id.as_str()),
+        |(store, id)| Box::pin(store.lease(id)),
+    )
+    .await
+    else {
+        return Ok(None);
+    };
+
+    enter(&health, &metrics, Phase::Replaying);
+    let watermark = lease.applied_seq;
+    let wal_last = wal_store.last_seq();
+    let pending = wal_store.records();
+    let replay_started = std::time::Instant::now();
+    let (wal_store, buffer, replayed) = tokio::task::spawn_blocking(move || {
+        let mut buffer = Buffer::starting_after(watermark);
+        let replayed = wal_store.replay(watermark, &mut buffer);
+        replayed.map(|n| (wal_store, buffer, n))
+    })
+    .await
+    .context("WAL replay task failed")??;
+    metrics.wal_replayed.inc_by(replayed);
+    metrics
+        .gdpr_deletions_pending
+        .set(buffer.deletions.len() as i64);
+    tracing::info!(
+        epoch = lease.epoch,
+        watermark,
+        wal_records = pending,
+        replayed,
+        replay_ms = replay_started.elapsed().as_millis() as u64,
+        buffered_keys = buffer.len(),
+        "wal replayed"
+    );
+
+    let buffer = Arc::new(Mutex::new(buffer));
+    let flush_early = Arc::new(Notify::new());
+    let intake = Intake {
+        buffer: buffer.clone(),
+        flush_early: flush_early.clone(),
+        max_keys: settings.buffer_max_keys,
+        metrics: metrics.clone(),
+    };
+    // Sequence numbers never go backwards, even after a truncation.
+    let next_seq = wal_last.max(watermark) + 1;
+    let (wal, wal_thread) = wal_store.start(next_seq, intake, metrics.clone(), fatal.clone())?;
+    health.attach_wal(wal.stats());
+    let mut flusher = Flusher::new(
+        store,
+        lease,
+        owner,
+        buffer,
+        wal.clone(),
+        metrics.clone(),
+        health,
+    );
+    let flushed = retry::until_ok(
+        "flush the replayed WAL",
+        Backoff::new(settings.flush_interval, MAX_BACKOFF),
+        GiveUp::OnFenced,
+        (stop, fatal),
+        &mut flusher,
+        |flusher| Box::pin(flusher.flush_once()),
+    )
+    .await;
+    let running = Running {
+        flusher,
+        wal,
+        wal_thread,
+        flush_early,
+    };
+    if flushed.is_none() {
+        // Close the WAL before giving up; nothing was acknowledged yet.
+        close_wal(running.flusher, running.wal, running.wal_thread).await;
+        return Ok(None);
+    }
+    Ok(Some(running))
+}
+
+/// How long start-up waits between looks for a table it may not create.
+pub(super) const TABLE_WAIT: Duration = Duration::from_secs(2);
+
+/// The handler's own tables, and who owns `user_goal_progress`; while the
+/// table does not exist and the handler may not create it, waits (not
+/// ready), saying so once a minute. None: stopped meanwhile.
+pub(super) async fn prepare(
+    store: &Arc<Store>,
+    settings: &Settings,
+    health: &Health,
+    (stop, fatal): (&CancellationToken, &CancellationToken),
+) -> Option<(TableOwner, bool)> {
+    let mut said: Option<std::time::Instant> = None;
+    loop {
+        let prepared = retry::until_ok(
+            "prepare the database",
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            GiveUp::OnPermanent,
+            (stop, fatal),
+            &mut (&**store, settings.table_owner, settings.migrate),
+            |(store, owner, migrate)| Box::pin(store.prepare(*owner, *migrate)),
+        )
+        .await?;
+        match prepared {
+            Prepared::Ready {
+                owner,
+                why,
+                rotation_columns,
+            } => {
+                let creates = match owner {
+                    TableOwner::Service => {
+                        "the challenge service owns user_goal_progress: events update existing rows only"
+                    }
+                    TableOwner::Handler => {
+                        "the handler owns user_goal_progress: a player's first event gives them every goal assigned by default"
+                    }
+                };
+                tracing::info!(table_owner = owner.as_str(), why = %why, "{creates}");
+                health.set_waiting(None);
+                return Some((owner, rotation_columns));
+            }
+            Prepared::Waiting { why } => {
+                health.set_waiting(Some(why.clone()));
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!("not ready: {why}");
+                    said = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(TABLE_WAIT) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The gRPC server: the four AGS event services of one [`Ingress`],
+//! `grpc.health.v1` and reflection, and its drain at shutdown.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::ingest::Ingress;
+
+/// Serves the AGS event services, `grpc.health.v1` and reflection on
+/// `listener` until `stop`; then no new call is taken and calls in flight
+/// get `grace` to be answered.
+pub async fn serve(
+    listener: TcpListener,
+    ingress: Ingress,
+    max_message_bytes: usize,
+    grace: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let services = ingress.services(max_message_bytes);
+    serving(&reporter, &services.login).await;
+    serving(&reporter, &services.third_party_login).await;
+    serving(&reporter, &services.stat).await;
+    serving(&reporter, &services.gdpr_deletion).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let stopping = stop.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(services.login)
+        .add_service(services.third_party_login)
+        .add_service(services.stat)
+        .add_service(services.gdpr_deletion)
+        // TCP_NODELAY: a unary answer is several small HTTP/2 writes; Nagle's
+        // algorithm would hold them back for the peer's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                stopping.cancelled().await;
+            },
+        );
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(Into::into),
+        _ = stop.cancelled() => {}
+    }
+    // Stopping: no new connections. Calls in flight get the grace period to be
+    // answered; idle connections are not waited for (a client may keep its
+    // connection open forever), they are closed when `server` is dropped.
+    tracing::info!(
+        in_flight = ingress.in_flight(),
+        "shutting down: no new calls; finishing calls in flight"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        if ingress.in_flight() == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                in_flight = ingress.in_flight(),
+                grace = ?grace,
+                "calls still in flight after the grace period; closing anyway (they were not acknowledged)"
+            );
+            return Ok(());
+        }
+        tokio::select! {
+            result = &mut server => return result.map_err(Into::into),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+/// Marks a service as serving in `grpc.health.v1` (the value only gives its type).
+async fn serving<S: tonic::server::NamedService>(
+    reporter: &tonic_health::server::HealthReporter,
+    _service: &S,
+) {
+    reporter.set_serving::<S>().await;
+}
