@@ -165,8 +165,8 @@ pub async fn apply<D: Dialect>(
     upto: u64,
     batch: &Buffer,
     owner: &Owner,
-    now: Micros,
 ) -> Result<Applied> {
+    let now: Micros = crate::rules::row::micros(crate::clock::unix_ms() as i64);
     let mut tx = dialect.begin().await?;
     // The cluster lock before any other: it cannot be part of a deadlock.
     dialect

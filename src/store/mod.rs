@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod flush;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::future::Future;

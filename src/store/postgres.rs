@@ -16,6 +16,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::cluster::{self, ClusterSettings};
 use super::flush::{self, Dialect, Locked, NewRow, StateWrite, Tombstone, Version};
+use super::sql;
 use super::{
     Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
     TableOwner, Watermark,
@@ -77,19 +78,34 @@ LEFT JOIN challenge_event_handler_goal_state s
 WHERE p.user_id = $1 AND ($2::varchar IS NULL OR p.goal_id = $2)
 ORDER BY p.goal_id";
 
-const LEASE_SQL: &str = "
+/// This instance's lease, its fenced watermark and the watermark's read.
+static STATEMENTS: sql::Statements = sql::Statements {
+    lease: "
 INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
 VALUES ($1, 1, 0)
 ON CONFLICT (instance_id) DO UPDATE SET epoch = w.epoch + 1, updated_at = now()
-RETURNING epoch, applied_seq";
-
-const WATERMARK_SQL: &str = "
+RETURNING epoch, applied_seq",
+    move_watermark: "
 UPDATE challenge_event_handler_watermark
 SET applied_seq = GREATEST(applied_seq, $3), updated_at = now()
-WHERE instance_id = $1 AND epoch = $2";
+WHERE instance_id = $1 AND epoch = $2
+RETURNING epoch",
+    read_watermark: "
+SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = $1",
+};
 
-const READ_WATERMARK_SQL: &str = "
-SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = $1";
+impl sql::Backend for PgStore {
+    type Db = Postgres;
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+    fn statements(&self) -> &'static sql::Statements {
+        &STATEMENTS
+    }
+    fn error(e: sqlx::Error) -> StoreError {
+        pg(e)
+    }
+}
 
 /// GDPR deletions: every row of each (user, namespace); the rows deleted are
 /// returned for the audit log.
@@ -541,14 +557,7 @@ impl Dialect for PgStore {
     }
 
     async fn move_watermark(&self, tx: &mut Self::Tx, lease: &Lease, upto: u64) -> Result<bool> {
-        let moved = sqlx::query(WATERMARK_SQL)
-            .bind(&lease.instance_id)
-            .bind(lease.epoch)
-            .bind(upto as i64)
-            .execute(&mut **tx)
-            .await
-            .map_err(pg)?;
-        Ok(moved.rows_affected() == 1)
+        sql::move_watermark(self, tx, lease, upto).await
     }
 
     async fn delete_users(
@@ -837,16 +846,7 @@ impl ProgressStore for PgStore {
     }
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
-        let (epoch, applied_seq): (i64, i64) = sqlx::query_as(LEASE_SQL)
-            .bind(instance_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(pg)?;
-        Ok(Lease {
-            instance_id: instance_id.to_owned(),
-            epoch,
-            applied_seq: applied_seq.max(0) as u64,
-        })
+        sql::lease(self, instance_id).await
     }
 
     async fn apply(
@@ -856,17 +856,11 @@ impl ProgressStore for PgStore {
         batch: &crate::buffer::Buffer,
         owner: &Owner,
     ) -> Result<Applied> {
-        let now = crate::rules::row::micros(crate::clock::unix_ms() as i64);
-        flush::apply(self, lease, upto_seq, batch, owner, now).await
+        flush::apply(self, lease, upto_seq, batch, owner).await
     }
 
     async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
-        let row: Option<(i64, i64)> = sqlx::query_as(READ_WATERMARK_SQL)
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(pg)?;
-        Ok(row.map(Watermark::from))
+        sql::watermark(self, instance_id).await
     }
 
     async fn user_progress(
@@ -874,12 +868,8 @@ impl ProgressStore for PgStore {
         user_id: &str,
         goal_id: Option<&str>,
     ) -> Result<Vec<ProgressRow>> {
-        sqlx::query_as(&self.statements().await?.1.read_rows)
-            .bind(user_id)
-            .bind(goal_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(pg)
+        let read_rows = &self.statements().await?.1.read_rows;
+        sql::user_progress(self, read_rows, user_id, goal_id).await
     }
 }
 

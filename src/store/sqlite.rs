@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::flush::{self, Dialect, Locked, NewRow, StateWrite};
+use super::sql;
 use super::{
     Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
     TableOwner, Watermark,
@@ -65,21 +66,6 @@ fn lite_migrate(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
-const LEASE_SQL: &str = "
-INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
-VALUES (?1, 1, 0)
-ON CONFLICT (instance_id) DO UPDATE SET epoch = w.epoch + 1,
-    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-RETURNING epoch, applied_seq";
-
-const WATERMARK_SQL: &str = "
-UPDATE challenge_event_handler_watermark
-SET applied_seq = max(applied_seq, ?3), updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE instance_id = ?1 AND epoch = ?2";
-
-const READ_WATERMARK_SQL: &str = "
-SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = ?1";
-
 /// The handler's state belongs to the row created at `row_created_at`
 /// (compared as times: older files wrote milliseconds, this build micro).
 const STATE_JOIN: &str = "LEFT JOIN challenge_event_handler_goal_state s
@@ -108,6 +94,36 @@ fn lock_row_sql() -> String {
 
 static READ_ROWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(read_rows_sql);
 static LOCK_ROW_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(lock_row_sql);
+
+/// This instance's lease, its fenced watermark and the watermark's read.
+static STATEMENTS: sql::Statements = sql::Statements {
+    lease: "
+INSERT INTO challenge_event_handler_watermark AS w (instance_id, epoch, applied_seq)
+VALUES (?1, 1, 0)
+ON CONFLICT (instance_id) DO UPDATE SET epoch = w.epoch + 1,
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+RETURNING epoch, applied_seq",
+    move_watermark: "
+UPDATE challenge_event_handler_watermark
+SET applied_seq = max(applied_seq, ?3), updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE instance_id = ?1 AND epoch = ?2
+RETURNING epoch",
+    read_watermark: "
+SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = ?1",
+};
+
+impl sql::Backend for SqliteStore {
+    type Db = Sqlite;
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+    fn statements(&self) -> &'static sql::Statements {
+        &STATEMENTS
+    }
+    fn error(e: sqlx::Error) -> StoreError {
+        lite(e)
+    }
+}
 
 const DELETE_SQL: &str = "DELETE FROM user_goal_progress WHERE user_id = ?1 AND namespace = ?2";
 const DELETE_STATE_SQL: &str = "DELETE FROM challenge_event_handler_goal_state WHERE user_id = ?1";
@@ -225,14 +241,7 @@ impl Dialect for SqliteStore {
     }
 
     async fn move_watermark(&self, tx: &mut Self::Tx, lease: &Lease, upto: u64) -> Result<bool> {
-        let moved = sqlx::query(WATERMARK_SQL)
-            .bind(&lease.instance_id)
-            .bind(lease.epoch)
-            .bind(upto as i64)
-            .execute(&mut **tx)
-            .await
-            .map_err(lite)?;
-        Ok(moved.rows_affected() == 1)
+        sql::move_watermark(self, tx, lease, upto).await
     }
 
     /// One process: its WAL orders its deletions exactly; no tombstones.
@@ -411,16 +420,7 @@ impl ProgressStore for SqliteStore {
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
         self.ensure_dir()?;
-        let (epoch, applied_seq): (i64, i64) = sqlx::query_as(LEASE_SQL)
-            .bind(instance_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(lite)?;
-        Ok(Lease {
-            instance_id: instance_id.to_owned(),
-            epoch,
-            applied_seq: applied_seq.max(0) as u64,
-        })
+        sql::lease(self, instance_id).await
     }
 
     async fn apply(
@@ -430,17 +430,11 @@ impl ProgressStore for SqliteStore {
         batch: &Buffer,
         owner: &Owner,
     ) -> Result<Applied> {
-        let now = crate::rules::row::micros(crate::clock::unix_ms() as i64);
-        flush::apply(self, lease, upto_seq, batch, owner, now).await
+        flush::apply(self, lease, upto_seq, batch, owner).await
     }
 
     async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
-        let row: Option<(i64, i64)> = sqlx::query_as(READ_WATERMARK_SQL)
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(lite)?;
-        Ok(row.map(Watermark::from))
+        sql::watermark(self, instance_id).await
     }
 
     async fn user_progress(
@@ -448,12 +442,7 @@ impl ProgressStore for SqliteStore {
         user_id: &str,
         goal_id: Option<&str>,
     ) -> Result<Vec<ProgressRow>> {
-        sqlx::query_as(READ_ROWS_SQL.as_str())
-            .bind(user_id)
-            .bind(goal_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(lite)
+        sql::user_progress(self, READ_ROWS_SQL.as_str(), user_id, goal_id).await
     }
 }
 

@@ -1,0 +1,118 @@
+//! What the two SQL backends share, written once over sqlx's `Database`:
+//! this instance's lease (a new epoch), the fenced move of its watermark
+//! inside a flush's transaction, the commit, and the reads of the watermark
+//! and of a player's rows. Each backend ([`super::postgres`],
+//! [`super::sqlite`]) supplies only its statements ([`Statements`]) and how
+//! its errors read ([`Backend::error`]).
+
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+
+use super::{Lease, ProgressRow, Result, StoreError, Watermark};
+
+/// A backend's statements for the shared operations (`$n` or `?n`
+/// placeholders: instance id, epoch, sequence).
+pub(super) struct Statements {
+    /// A new epoch for an instance id (made on first use): `(epoch, applied_seq)`.
+    pub lease: &'static str,
+    /// The watermark raised to the sequence where the epoch still matches,
+    /// returning the epoch (no row: fenced).
+    pub move_watermark: &'static str,
+    /// `(epoch, applied_seq)` of an instance id.
+    pub read_watermark: &'static str,
+}
+
+/// A SQL backend: its pool, its statements, and its errors.
+pub(super) trait Backend {
+    type Db: Database;
+    fn pool(&self) -> &Pool<Self::Db>;
+    fn statements(&self) -> &'static Statements;
+    /// An error of this database as the store reports it.
+    fn error(e: sqlx::Error) -> StoreError;
+}
+
+/// A new epoch for `instance_id`: every older holder of it is fenced.
+pub(super) async fn lease<B: Backend>(backend: &B, instance_id: &str) -> Result<Lease>
+where
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    (i64, i64): for<'r> FromRow<'r, <B::Db as Database>::Row>,
+{
+    let (epoch, applied_seq): (i64, i64) = sqlx::query_as(backend.statements().lease)
+        .bind(instance_id)
+        .fetch_one(backend.pool())
+        .await
+        .map_err(B::error)?;
+    Ok(Lease {
+        instance_id: instance_id.to_owned(),
+        epoch,
+        applied_seq: applied_seq.max(0) as u64,
+    })
+}
+
+/// Raises the watermark to `upto` in the flush's transaction; false when
+/// the lease's epoch is no longer the instance's (fenced).
+pub(super) async fn move_watermark<B: Backend>(
+    backend: &B,
+    tx: &mut Transaction<'static, B::Db>,
+    lease: &Lease,
+    upto: u64,
+) -> Result<bool>
+where
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    i64: for<'q> Encode<'q, B::Db> + Type<B::Db>,
+    (i64,): for<'r> FromRow<'r, <B::Db as Database>::Row>,
+{
+    let moved: Option<(i64,)> = sqlx::query_as(backend.statements().move_watermark)
+        .bind(lease.instance_id.as_str())
+        .bind(lease.epoch)
+        .bind(upto as i64)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(B::error)?;
+    Ok(moved.is_some())
+}
+
+/// The watermark of `instance_id`, if it ever took a lease.
+pub(super) async fn watermark<B: Backend>(
+    backend: &B,
+    instance_id: &str,
+) -> Result<Option<Watermark>>
+where
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    (i64, i64): for<'r> FromRow<'r, <B::Db as Database>::Row>,
+{
+    let row: Option<(i64, i64)> = sqlx::query_as(backend.statements().read_watermark)
+        .bind(instance_id)
+        .fetch_optional(backend.pool())
+        .await
+        .map_err(B::error)?;
+    Ok(row.map(Watermark::from))
+}
+
+/// A player's rows (one goal's with `goal_id`) by `read_rows`, whose
+/// placeholders are the user id and the goal id or NULL.
+pub(super) async fn user_progress<B: Backend>(
+    backend: &B,
+    read_rows: &str,
+    user_id: &str,
+    goal_id: Option<&str>,
+) -> Result<Vec<ProgressRow>>
+where
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Option<&'q str>: Encode<'q, B::Db> + Type<B::Db>,
+    ProgressRow: for<'r> FromRow<'r, <B::Db as Database>::Row>,
+{
+    sqlx::query_as(read_rows)
+        .bind(user_id)
+        .bind(goal_id)
+        .fetch_all(backend.pool())
+        .await
+        .map_err(B::error)
+}
