@@ -23,12 +23,11 @@ use crate::clock::rfc3339;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
-use crate::rules::Record;
 use crate::store::{
     Applied, Deleted, Dropped, Lease, NotApplied, Owner, ProgressStore, StoreError, TableOwner,
 };
 use crate::wal::dedup::Mark;
-use crate::wal::{Sink, Wal};
+use crate::wal::Wal;
 
 /// How many times one flush leaves out events other flushes applied
 /// before it gives up for this round (each round, a concurrent flush
@@ -37,36 +36,6 @@ const MAX_LEDGER_ROUNDS: usize = 8;
 
 /// The longest wait between flush attempts while the database is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The WAL's sink in a running service: committed records go into the shared
-/// buffer in sequence order; a buffer of `max_keys` entries wakes the flusher early.
-pub struct Intake {
-    pub buffer: Arc<Mutex<Buffer>>,
-    pub flush_early: Arc<Notify>,
-    pub max_keys: usize,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Sink for Intake {
-    fn committed(&mut self, records: Vec<(u64, Record)>) {
-        let deletions = records
-            .iter()
-            .filter(|(_, r)| matches!(r, Record::Delete(_)))
-            .count();
-        let keys = {
-            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
-            buffer.committed(records);
-            buffer.len()
-        };
-        self.metrics.buffer_size.set(keys as i64);
-        if deletions > 0 {
-            self.metrics.gdpr_deletions_pending.add(deletions as i64);
-        }
-        if keys >= self.max_keys {
-            self.flush_early.notify_one();
-        }
-    }
-}
 
 /// How often the log may say that updates found no row.
 const NOT_APPLIED_LOG_EVERY: Duration = Duration::from_secs(60);

@@ -9,8 +9,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Buffer;
+use crate::buffer::Intake;
 use crate::config::Settings;
-use crate::flusher::{Flusher, Intake, MAX_BACKOFF};
+use crate::flusher::{Flusher, MAX_BACKOFF};
 use crate::health::{Health, Phase};
 use crate::retry::{self, Backoff, GiveUp};
 use crate::store::{Owner, Prepared, ProgressStore, Store, TableOwner};

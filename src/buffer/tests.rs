@@ -1,0 +1,168 @@
+//! The buffer's coalescing, merge-back and deletion rules.
+
+use super::*;
+
+fn update(goal: &str, op: Op, time: i64) -> Record {
+    Record::Update(Update {
+        user_id: "u".into(),
+        goal_id: goal.into(),
+        challenge_id: "c".into(),
+        namespace: "ns".into(),
+        target: 10,
+        creates_row: true,
+        event_time_ms: time,
+        event_id: String::new(),
+        op,
+    })
+}
+
+fn deletion(user: &str) -> Record {
+    Record::Delete(Deletion {
+        user_id: user.into(),
+        namespace: "ns".into(),
+        event_time_ms: 0,
+        event_id: format!("gdpr-{user}"),
+    })
+}
+
+#[test]
+fn a_deletion_drops_the_users_pending_entries_and_later_ones_start_afresh() {
+    let mut b = Buffer::default();
+    b.apply(1, update("inc", Op::Add(2), 1));
+    b.apply(2, update("abs", Op::Set(4), 2));
+    let mut other = update("inc", Op::Add(7), 3);
+    if let Record::Update(u) = &mut other {
+        u.user_id = "someone-else".into();
+    }
+    b.apply(3, other);
+    b.apply(4, deletion("u"));
+    assert!(b.absolute.is_empty());
+    assert_eq!(b.increment.len(), 1, "only the other user's entry is left");
+    b.apply(5, update("inc", Op::Add(3), 5));
+    assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, 3);
+    assert_eq!(b.deletions.len(), 1);
+    assert_eq!(b.deletions[0].seq, 4);
+    assert!(!b.is_empty());
+}
+
+#[test]
+fn a_failed_flush_merged_back_loses_what_a_newer_deletion_removed() {
+    let mut b = Buffer::default();
+    b.apply(1, update("inc", Op::Add(2), 1));
+    b.apply(2, deletion("v"));
+    let failed = b.take();
+    b.apply(3, deletion("u"));
+    b.apply(4, update("inc", Op::Add(5), 4));
+    b.merge_back(failed);
+    assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, 5);
+    let seqs: Vec<u64> = b.deletions.iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, [2, 3], "deletions in sequence order");
+}
+
+fn key(goal: &str) -> Key {
+    Key {
+        user_id: "u".into(),
+        goal_id: goal.into(),
+    }
+}
+
+#[test]
+fn increments_sum_and_absolutes_keep_the_newest_event() {
+    let mut b = Buffer::default();
+    b.apply(1, update("inc", Op::Add(2), 10));
+    b.apply(2, update("inc", Op::Add(3), 5));
+    b.apply(3, update("abs", Op::Set(7), 20));
+    b.apply(4, update("abs", Op::Set(3), 10)); // older event arriving later
+    assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, 5);
+    assert_eq!(b.absolute.get(&key("abs")).unwrap().1.value, 7);
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.updates(), 4);
+    assert_eq!(b.last_seq(), 4);
+}
+
+#[test]
+fn daily_increments_keep_one_per_day_and_daily_keeps_the_latest_day() {
+    let mut b = Buffer::default();
+    b.apply(1, update("di", Op::CountDay(5), 50));
+    b.apply(2, update("di", Op::CountDay(5), 40));
+    b.apply(3, update("di", Op::CountDay(6), 60));
+    b.apply(4, update("d", Op::CompleteDay(6), 61));
+    b.apply(5, update("d", Op::CompleteDay(5), 51));
+    let days = &b.daily_increment.get(&key("di")).unwrap().1;
+    assert_eq!(days.0, BTreeMap::from([(5, 50), (6, 60)]));
+    assert_eq!(
+        b.daily.get(&key("d")).unwrap().1,
+        LatestDay {
+            day: 6,
+            event_time_ms: 61
+        }
+    );
+    // A day arriving after a later one is not counted (as one by one).
+    b.apply(6, update("di", Op::CountDay(4), 30));
+    assert_eq!(
+        b.daily_increment.get(&key("di")).unwrap().1 .0,
+        BTreeMap::from([(5, 50), (6, 60)])
+    );
+}
+
+#[test]
+fn an_absolute_goal_that_reached_its_target_stays_reached_when_the_value_falls() {
+    let mut b = Buffer::default();
+    b.apply(1, update("abs", Op::Set(4), 10));
+    b.apply(2, update("abs", Op::Set(12), 20)); // target 10
+    b.apply(3, update("abs", Op::Set(3), 30));
+    b.apply(4, update("abs", Op::Set(50), 25)); // older than the last: skipped
+    let latest = b.absolute.get(&key("abs")).unwrap().1;
+    assert_eq!(
+        latest,
+        Latest {
+            value: 3,
+            event_time_ms: 30,
+            reached_ms: Some(20)
+        }
+    );
+}
+
+#[test]
+fn a_failed_flush_merged_back_equals_never_having_swapped() {
+    let ops = [
+        update("inc", Op::Add(2), 1),
+        update("abs", Op::Set(4), 2),
+        update("di", Op::CountDay(1), 3),
+        update("inc", Op::Add(5), 4),
+        update("abs", Op::Set(1), 5),
+        update("di", Op::CountDay(2), 6),
+        update("d", Op::CompleteDay(2), 7),
+    ];
+    let mut straight = Buffer::default();
+    for (i, u) in ops.iter().enumerate() {
+        straight.apply(i as u64 + 1, u.clone());
+    }
+    let mut swapped = Buffer::default();
+    for (i, u) in ops[..3].iter().enumerate() {
+        swapped.apply(i as u64 + 1, u.clone());
+    }
+    let taken = swapped.take();
+    assert!(swapped.is_empty());
+    assert_eq!(taken.last_seq(), 3);
+    for (i, u) in ops[3..].iter().enumerate() {
+        swapped.apply(i as u64 + 4, u.clone());
+    }
+    swapped.merge_back(taken);
+    assert_eq!(swapped.last_seq(), straight.last_seq());
+    assert_eq!(swapped.increment.sorted(), straight.increment.sorted());
+    assert_eq!(swapped.absolute.sorted(), straight.absolute.sorted());
+    assert_eq!(
+        swapped.daily_increment.sorted(),
+        straight.daily_increment.sorted()
+    );
+    assert_eq!(swapped.daily.sorted(), straight.daily.sorted());
+}
+
+#[test]
+fn deltas_saturate_instead_of_overflowing() {
+    let mut b = Buffer::default();
+    b.apply(1, update("inc", Op::Add(i32::MAX), 1));
+    b.apply(2, update("inc", Op::Add(i32::MAX), 2));
+    assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, i32::MAX);
+}
