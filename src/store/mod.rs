@@ -13,9 +13,9 @@
 //! keeps what it needs in tables of its own (`challenge_event_handler_*`)
 //! and, unless it owns the table ([`TableOwner`]), only updates rows.
 
-pub mod cluster;
 pub mod flush;
 pub mod postgres;
+pub use postgres::cluster;
 mod sql;
 pub mod sqlite;
 

@@ -8,6 +8,8 @@
 //! challenge service's claim never deadlock), applies the rules in Rust and
 //! writes back the columns that changed with one `UPDATE … FROM UNNEST`.
 
+pub mod cluster;
+mod error;
 mod schema;
 pub use schema::golang_migrate_lock_id;
 
@@ -17,7 +19,6 @@ use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::cluster::{self, ClusterSettings};
 use super::flush::{self, Dialect, Locked, NewRow, StateWrite, Tombstone, Version};
 use super::sql;
 use super::{
@@ -28,34 +29,8 @@ use crate::buffer::{Key, PendingDeletion};
 use crate::clock::{micros_of, naive_micros};
 use crate::rules::row::{GoalState, Row, Status};
 use crate::wal::dedup::Mark;
-
-/// PostgreSQL's errors as the store's: what waiting can fix is `Unavailable`
-/// (the connection, the server starting or shutting down, resources, a
-/// serialization failure or deadlock); everything else needs an operator.
-pub(super) fn pg(e: sqlx::Error) -> StoreError {
-    let transient = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
-        // 53: insufficient resources; 40: serialization failure / deadlock.
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code.starts_with("40")
-        }),
-        _ => false,
-    };
-    if transient {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Rejected(e.to_string())
-    }
-}
+use cluster::ClusterSettings;
+use error::pg;
 
 /// `{expires_at}` and `{baseline_value}` stand for the columns, or NULL on a
 /// table made before the challenge service's M5 migrations (see [`Columns`]).

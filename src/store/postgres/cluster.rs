@@ -30,9 +30,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::flush::Tombstone;
-use super::postgres::pg;
-use super::{Result, StoreError};
+use super::error::pg;
+use crate::store::flush::Tombstone;
+use crate::store::{Result, StoreError};
 use crate::wal::dedup::Mark;
 
 /// The cluster lock's advisory key ("CEHCLUST").

@@ -1,0 +1,31 @@
+//! PostgreSQL's errors as the store reports them.
+
+use crate::store::StoreError;
+
+/// PostgreSQL's errors as the store's: what waiting can fix is `Unavailable`
+/// (the connection, the server starting or shutting down, resources, a
+/// serialization failure or deadlock); everything else needs an operator.
+pub(crate) fn pg(e: sqlx::Error) -> StoreError {
+    let transient = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
+        // 53: insufficient resources; 40: serialization failure / deadlock.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("40")
+        }),
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Rejected(e.to_string())
+    }
+}
