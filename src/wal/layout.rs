@@ -3,11 +3,9 @@
 //! `<WAL_DIR>/log`, written at every group commit and emptied by truncation:
 //! - `f` + first seq (u64 BE) → a frame: every record of one group commit
 //!   ([`super::codec`], format 3);
-//! - `w` + seq (u64 BE) → one record (formats 1 and 2, written by older
-//!   builds: still replayed and truncated, never written);
-//! - `m` + bucket (u64 BE) + first seq (u64 BE) → dedup marks, and
-//!   `d` + bucket (u64 BE) + mark (u128 BE) → nothing: older builds' dedup
-//!   marks, still loaded and expired, never written.
+//! - `m` + bucket (u64 BE) + first seq (u64 BE) → dedup marks (builds
+//!   before the marks database);
+//! - older builds' keys: [`super::legacy`].
 //!
 //! `<WAL_DIR>/marks`, the dedup marks of frames already truncated:
 //! - `m` + bucket (u64 BE) + chunk (u64 BE) → marks of that time bucket
@@ -24,8 +22,6 @@ use super::dedup::Mark;
 
 pub(super) const FRAME_PREFIX: u8 = b'f';
 pub(super) const MARKS_PREFIX: u8 = b'm';
-pub(super) const OLD_RECORD_PREFIX: u8 = b'w';
-pub(super) const OLD_MARK_PREFIX: u8 = b'd';
 
 fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     let mut key = [prefix; 9];
@@ -52,36 +48,14 @@ pub(super) fn chunk_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
 }
 
-pub(super) fn old_record_key(seq: u64) -> [u8; 9] {
-    prefixed(OLD_RECORD_PREFIX, seq)
-}
-
-#[cfg(test)]
-pub(super) fn old_mark_key(bucket: u64, mark: Mark) -> [u8; 25] {
-    let mut key = [OLD_MARK_PREFIX; 25];
-    key[1..9].copy_from_slice(&bucket.to_be_bytes());
-    key[9..].copy_from_slice(&mark.to_be_bytes());
-    key
-}
-
 /// The prefix of one bucket's marks keys (in either database).
 pub(super) fn bucket_prefix(bucket: u64) -> [u8; 9] {
     prefixed(MARKS_PREFIX, bucket)
 }
 
-/// The prefix of one bucket's marks in the log of the oldest builds (a key per mark).
-pub(super) fn old_bucket_prefix(bucket: u64) -> [u8; 9] {
-    prefixed(OLD_MARK_PREFIX, bucket)
-}
-
 /// The u64 that follows the prefix byte (a seq or a bucket).
 pub(super) fn number_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
-
-/// The mark of an old-layout mark key.
-pub(super) fn old_mark_of(key: &[u8]) -> Option<Mark> {
-    Some(u128::from_be_bytes(key.get(9..25)?.try_into().ok()?))
 }
 
 /// A marks value: the crc32 of the marks, then the marks.
@@ -133,6 +107,5 @@ mod tests {
         assert!(marks_key(1, u64::MAX) < marks_key(2, 0));
         assert_eq!(number_of(&marks_key(7, 9)), Some(7));
         assert_eq!(chunk_of(&marks_key(7, 9)), Some(9));
-        assert_eq!(old_mark_of(&old_mark_key(3, 99)), Some(99));
     }
 }

@@ -1,6 +1,7 @@
 //! The write-ahead log: sled 0.34, one writer thread, group commit.
 //!
 //! - [`layout`]: keys of the two sled databases, `<WAL_DIR>/log` (frames) and `<WAL_DIR>/marks` (dedup marks);
+//! - [`legacy`]: older builds' keys (a record per key, a mark per key), read and never written;
 //! - [`codec`]: the record format (version, bincode 2, crc32);
 //! - [`dedup`]: event-id marks, in time buckets;
 //! - [`durable`]: directory fsyncs, the first-start marker, the instance id;
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod dedup;
 mod durable;
 mod layout;
+mod legacy;
 mod store;
 mod writer;
 
@@ -106,7 +108,8 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::rules::{Op, Update};
     use dedup::{mark_of, Dedup};
-    use layout::{frame_key, old_mark_key, old_record_key};
+    use layout::frame_key;
+    use legacy::{mark_key as old_mark_key, record_key as old_record_key};
     use std::path::Path;
     use std::sync::Arc;
     use std::sync::Mutex;
@@ -223,7 +226,7 @@ mod tests {
 
         let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!((store.last_seq(), store.records()), (5, 5));
-        assert!(store.dedup.contains(mark_of("e3")));
+        assert!(store.seen(mark_of("e3")));
         let mut buffer = Buffer::starting_after(2);
         assert_eq!(store.replay(2, &mut buffer).unwrap(), 3);
         assert_eq!(buffer.last_seq(), 5);
@@ -292,7 +295,7 @@ mod tests {
         }
         let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!((store.last_seq(), store.records()), (3, 3));
-        assert!(store.dedup.contains(mark_of("e2")));
+        assert!(store.seen(mark_of("e2")));
         let mut buffer = Buffer::starting_after(1);
         assert_eq!(store.replay(1, &mut buffer).unwrap(), 2);
         assert_eq!(buffer.increment.len(), 2); // u2, u3
@@ -430,20 +433,17 @@ mod tests {
         // Two records of one event, then another event; all in the database already.
         frame_without_saved_marks(dir.path(), 1, &["a", "a", "b"]);
         let mut store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
-        assert!(
-            !store.dedup.contains(mark_of("a")),
-            "nothing saved the marks yet"
-        );
+        assert!(!store.seen(mark_of("a")), "nothing saved the marks yet");
         assert_eq!(store.replay(3, &mut Buffer::starting_after(3)).unwrap(), 0);
-        assert!(store.dedup.contains(mark_of("a")) && store.dedup.contains(mark_of("b")));
-        assert_eq!(store.dedup.len(), 2, "one mark per event, not per record");
+        assert!(store.seen(mark_of("a")) && store.seen(mark_of("b")));
+        assert_eq!(store.dedup_marks(), 2, "one mark per event, not per record");
         assert_eq!(store.records(), 0, "the frame is truncated");
         drop(store);
 
         // The frame is gone; the marks database remembers its events.
         let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!(store.records(), 0);
-        assert!(store.dedup.contains(mark_of("a")) && store.dedup.contains(mark_of("b")));
+        assert!(store.seen(mark_of("a")) && store.seen(mark_of("b")));
         with_writer(store, 4, &Shared::default(), |wal| async move {
             assert_eq!(
                 wal.append("b".into(), vec![update(9)]).await.unwrap(),
@@ -466,10 +466,10 @@ mod tests {
 
         let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
         assert_eq!(store.records(), 0);
-        let log_marks = store.db.scan_prefix([layout::MARKS_PREFIX]).count();
+        let log_marks = store.log().scan_prefix([layout::MARKS_PREFIX]).count();
         assert_eq!(log_marks, 0, "no marks are written into the log");
         for i in 1..=6 {
-            assert!(store.dedup.contains(mark_of(&format!("e{i}"))), "e{i}");
+            assert!(store.seen(mark_of(&format!("e{i}"))), "e{i}");
         }
         assert_eq!(store.summary(None).unwrap().dedup_marks, 6);
     }

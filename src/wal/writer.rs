@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::dedup::{mark_of, Mark};
-use super::layout::{bucket_prefix, frame_key, old_bucket_prefix};
-use super::store::{disk_bytes, Entry, Layout, WalStore};
+use super::layout::frame_key;
+use super::store::{disk_bytes, WalStore};
 use super::{codec, Result, Sink, WalError};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
@@ -24,10 +24,6 @@ use crate::rules::Record;
 
 /// Commands one group commit takes at most.
 const MAX_GROUP: usize = 4096;
-/// Expired mark keys removed from disk per group commit: small, so a sweep
-/// spreads over many commits instead of stalling one (a bucket has a key per
-/// truncation it saw; older builds wrote one per group commit or per event).
-const SWEEP_PER_COMMIT: usize = 256;
 const CHANNEL_CAPACITY: usize = 16_384;
 
 impl WalStore {
@@ -42,14 +38,14 @@ impl WalStore {
     ) -> Result<(Wal, WalThread)> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared {
-            bytes: AtomicU64::new(self.bytes),
-            records: AtomicU64::new(self.records),
+            bytes: AtomicU64::new(self.bytes()),
+            records: AtomicU64::new(self.records()),
             failed: AtomicBool::new(false),
         });
-        metrics.wal_bytes.set(self.bytes as i64);
+        metrics.wal_bytes.set(self.bytes() as i64);
         metrics.wal_disk_bytes.set(self.disk_bytes() as i64);
-        metrics.dedup_marks.set(self.dedup.len() as i64);
-        let trimmer = Trimmer::start(self.db.clone(), self.config.dir.clone(), metrics.clone())?;
+        metrics.dedup_marks.set(self.dedup_marks() as i64);
+        let trimmer = Trimmer::start(self.log(), self.dir().to_owned(), metrics.clone())?;
         let writer = Writer {
             store: self,
             trimmer,
@@ -256,6 +252,16 @@ type AppendReply = (oneshot::Sender<Result<Appended>>, Result<Appended>);
 
 /// What one round writes: its records (sequence numbers from `first`) and
 /// the dedup marks of their events.
+/// What one group commit does: the appends staged (with the outcome each
+/// caller gets once the round is durable), the truncations asked for, and
+/// the round's frame.
+struct Round {
+    appends: Vec<AppendReply>,
+    truncates: Vec<oneshot::Sender<Result<()>>>,
+    truncate_upto: Option<u64>,
+    group: Group,
+}
+
 struct Group {
     first: u64,
     records: Vec<Record>,
@@ -301,7 +307,10 @@ impl Writer {
         tracing::debug!("wal writer stopped");
     }
 
-    /// One group commit.
+    /// One group commit: every command waiting is read into one round
+    /// ([`Self::gather`]), the round is written with one fsync
+    /// ([`Self::write`]), and only then are its records handed to the sink
+    /// and every caller answered ([`Self::answer`]).
     fn commit(&mut self, commands: &mut Vec<Command>) {
         if self.shared.failed.load(Ordering::Relaxed) {
             for command in commands.drain(..) {
@@ -315,40 +324,72 @@ impl Writer {
         }
         let started = Instant::now();
         let now_ms = unix_ms();
-        let now_bucket = self.store.dedup.bucket_of(now_ms);
+        let now_bucket = self.store.bucket_of(now_ms);
         let mut batch = sled::Batch::default();
-        self.expire_marks(now_bucket, &mut batch);
+        self.store.expire_marks(now_bucket, &mut batch);
+        let round = self.gather(commands, now_bucket);
+        match self.write(&round, now_ms, batch) {
+            Ok(truncated) => self.answer(round, truncated, now_bucket, started),
+            Err(e) => {
+                self.fail(&e);
+                for (reply, _) in round.appends {
+                    let _ = reply.send(Err(WalError::Failed));
+                }
+                for reply in round.truncates {
+                    let _ = reply.send(Err(WalError::Failed));
+                }
+            }
+        }
+    }
 
-        let mut appends: Vec<AppendReply> = Vec::new();
-        let mut truncates = Vec::new();
-        let mut truncate_upto = None;
-        let mut group = Group {
-            first: self.next_seq,
-            records: Vec::new(),
-            marks: Vec::new(),
-            approx_bytes: 0,
+    /// Reads the waiting commands into one round: appends staged into its
+    /// frame, truncations merged into one, reads answered at once (they only
+    /// read what earlier rounds committed: below anything this round appends).
+    fn gather(&mut self, commands: &mut Vec<Command>, now_bucket: u64) -> Round {
+        let mut round = Round {
+            appends: Vec::new(),
+            truncates: Vec::new(),
+            truncate_upto: None,
+            group: Group {
+                first: self.next_seq,
+                records: Vec::new(),
+                marks: Vec::new(),
+                approx_bytes: 0,
+            },
         };
         for command in commands.drain(..) {
             match command {
-                // Only what earlier rounds committed is read: the range is
-                // below anything this round appends.
                 Command::Read { after, upto, reply } => {
                     drop(reply.send(self.store.read(after, upto)));
                 }
                 Command::Truncate { upto, reply } => {
-                    truncate_upto = truncate_upto.max(Some(upto));
-                    truncates.push(reply);
+                    round.truncate_upto = round.truncate_upto.max(Some(upto));
+                    round.truncates.push(reply);
                 }
                 Command::Append {
                     event_id,
                     records,
                     reply,
                 } => {
-                    let outcome = self.stage(&event_id, records, now_bucket, &mut group);
-                    appends.push((reply, outcome));
+                    let outcome = self.stage(&event_id, records, now_bucket, &mut round.group);
+                    round.appends.push((reply, outcome));
                 }
             }
         }
+        round
+    }
+
+    /// Writes the round: its frame, and, for a truncation, the marks saved
+    /// first and the truncated entries counted out; one apply, one fsync.
+    /// Returns the keys of the truncated frames (removed later, by the
+    /// trimmer).
+    fn write(
+        &mut self,
+        round: &Round,
+        now_ms: u64,
+        mut batch: sled::Batch,
+    ) -> Result<Vec<[u8; 9]>> {
+        let group = &round.group;
         if !group.records.is_empty() {
             let head = codec::FrameHead {
                 first_seq: group.first,
@@ -357,52 +398,41 @@ impl Writer {
             };
             codec::encode_frame(&head, &group.records, &mut self.frame);
             batch.insert(&frame_key(group.first), self.frame.as_slice());
-            self.store.live.push_back(Entry {
-                layout: Layout::Frame,
-                first: head.first_seq,
-                last: head.last_seq(),
-                bytes: self.frame.len() as u32,
-            });
-            self.store.bytes += self.frame.len() as u64;
-            self.store.records += u64::from(head.count);
+            self.store.frame_staged(&head, self.frame.len());
         }
-
         let mut truncated = Vec::new();
-        let saved = match truncate_upto {
-            Some(upto) => self.store.save_marks().map(|()| {
-                if !group.records.is_empty() {
-                    crate::crash_point!("wal-marks-saved");
-                }
-                truncated = self.store.remove_upto(upto);
-            }),
-            None => Ok(()),
-        };
-        let written = saved
-            .and_then(|()| self.store.db.apply_batch(batch).map_err(WalError::from))
-            .and_then(|()| {
-                fail::fail_point!("wal-fsync", |_| Err(WalError::Io(std::io::Error::other(
-                    "injected fsync failure (failpoint wal-fsync)"
-                ))));
-                self.store.sync()
-            });
-        if let Err(e) = written {
-            self.fail(&e);
-            for (reply, _) in appends {
-                let _ = reply.send(Err(WalError::Failed));
+        if let Some(upto) = round.truncate_upto {
+            self.store.save_marks()?;
+            if !group.records.is_empty() {
+                crate::crash_point!("wal-marks-saved");
             }
-            for reply in truncates {
-                let _ = reply.send(Err(WalError::Failed));
-            }
-            return;
+            truncated = self.store.remove_upto(upto);
         }
+        self.store.apply(batch)?;
+        fail::fail_point!("wal-fsync", |_| Err(WalError::Io(std::io::Error::other(
+            "injected fsync failure (failpoint wal-fsync)"
+        ))));
+        self.store.sync()?;
+        Ok(truncated)
+    }
+
+    /// After the fsync: the truncated frames to the trimmer, the round's
+    /// marks queued for saving, its records to the sink, then every caller
+    /// answered.
+    fn answer(&mut self, round: Round, truncated: Vec<[u8; 9]>, now_bucket: u64, started: Instant) {
         crate::crash_point!("wal-after-fsync");
         if !truncated.is_empty() {
             // The marks are saved: the frames may go.
             let _ = self.trimmer.tx.send(truncated);
         }
+        let Round {
+            appends,
+            truncates,
+            group,
+            ..
+        } = round;
         // Only now may the round's marks be saved by a later truncation.
         self.store.marks_durable(now_bucket, group.marks);
-
         let records = group.records.len();
         if records > 0 {
             let committed = (group.first..).zip(group.records).collect();
@@ -412,12 +442,16 @@ impl Writer {
                 .wal_append_duration
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.shared.bytes.store(self.store.bytes, Ordering::Relaxed);
+        self.shared
+            .bytes
+            .store(self.store.bytes(), Ordering::Relaxed);
         self.shared
             .records
-            .store(self.store.records, Ordering::Relaxed);
-        self.metrics.wal_bytes.set(self.store.bytes as i64);
-        self.metrics.dedup_marks.set(self.store.dedup.len() as i64);
+            .store(self.store.records(), Ordering::Relaxed);
+        self.metrics.wal_bytes.set(self.store.bytes() as i64);
+        self.metrics
+            .dedup_marks
+            .set(self.store.dedup_marks() as i64);
         for (reply, outcome) in appends {
             let _ = reply.send(outcome);
         }
@@ -435,19 +469,13 @@ impl Writer {
         group: &mut Group,
     ) -> Result<Appended> {
         let mark = (!event_id.is_empty()).then(|| mark_of(event_id));
-        if mark.is_some_and(|m| self.store.dedup.contains(m)) {
+        if mark.is_some_and(|m| self.store.seen(m)) {
             return Ok(Appended::Duplicate);
         }
         // The bound is checked against an estimate of the encoded size (the
         // frame is encoded once, after the round): close enough for backpressure.
         let size: u64 = records.iter().map(approx_encoded_size).sum();
-        let max = self.store.config.max_bytes;
-        if self.store.bytes + group.approx_bytes + size > max {
-            return Err(WalError::Full {
-                bytes: self.store.bytes + group.approx_bytes,
-                max,
-            });
-        }
+        self.store.room_for(group.approx_bytes, size)?;
         group.approx_bytes += size;
         let first = self.next_seq;
         self.next_seq += records.len() as u64;
@@ -461,60 +489,6 @@ impl Writer {
             first,
             last: self.next_seq - 1,
         })
-    }
-
-    /// Forgets buckets past the window and removes a bounded number of their
-    /// mark keys from disk: from the marks database (its own batch, made
-    /// durable with the next save) and, for logs of older builds, from the
-    /// log (`batch`).
-    fn expire_marks(&mut self, now_bucket: u64, batch: &mut sled::Batch) {
-        self.store.sweep.extend(self.store.dedup.expire(now_bucket));
-        let mut budget = SWEEP_PER_COMMIT;
-        let mut marks_batch = sled::Batch::default();
-        let mut marks_removed = 0;
-        while let Some(&bucket) = self.store.sweep.front() {
-            let mut removed = 0;
-            let places = [
-                (true, bucket_prefix(bucket)),
-                (false, bucket_prefix(bucket)),
-                (false, old_bucket_prefix(bucket)),
-            ];
-            for (in_marks_db, prefix) in places {
-                let (db, batch) = if in_marks_db {
-                    (&self.store.marks_db, &mut marks_batch)
-                } else {
-                    (&self.store.db, &mut *batch)
-                };
-                for key in db.scan_prefix(prefix).keys().take(budget - removed) {
-                    match key {
-                        Ok(key) => {
-                            batch.remove(key);
-                            removed += 1;
-                            marks_removed += usize::from(in_marks_db);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot scan expired dedup marks");
-                            budget = removed;
-                            break;
-                        }
-                    }
-                }
-            }
-            if removed < budget {
-                self.store.sweep.pop_front();
-                budget -= removed;
-            } else {
-                break;
-            }
-        }
-        // Even an empty sled batch writes to the log; most commits sweep nothing.
-        if marks_removed == 0 {
-            return;
-        }
-        if let Err(e) = self.store.marks_db.apply_batch(marks_batch) {
-            // Left on disk, the keys are found and expired again at the next start.
-            tracing::warn!(error = %e, "cannot remove expired dedup marks");
-        }
     }
 
     fn fail(&mut self, error: &WalError) {

@@ -9,17 +9,17 @@
 //! marks database and fsync'd ([`WalStore::save_marks`]); that database holds
 //! them for the rest of the dedup window.
 
-use std::collections::{BTreeMap, VecDeque};
+mod marks;
+
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::dedup::{mark_of, Dedup, Mark};
+use super::dedup::{Dedup, Mark};
 use super::durable::{begin_first_start, fsync_dir};
-use super::layout::{
-    chunk_of, decode_marks, encode_marks, frame_key, marks_key, number_of, old_mark_of,
-    old_record_key, FRAME_PREFIX, MARKS_PREFIX, OLD_MARK_PREFIX, OLD_RECORD_PREFIX,
-};
+use super::layout::{chunk_of, decode_marks, frame_key, number_of, FRAME_PREFIX, MARKS_PREFIX};
+use super::legacy;
 use super::{codec, Recovery, Result, Sink, WalConfig, WalError};
 use crate::clock::unix_ms;
 use crate::rules::Record;
@@ -72,16 +72,6 @@ fn open_durably(wal_dir: &Path, name: &str, cache_bytes: u64) -> Result<(sled::D
     }
     Ok((db, db_file))
 }
-
-/// Marks per key of the marks database. sled splits a leaf past 16 keys and
-/// writes a page over 128 KiB as a file of its own ("blob", created, synced
-/// and deleted again at the next rewrite): 256 marks (4 KiB) per key keep a
-/// leaf at 64 KiB. One key per save at 10,000 events/s (160 KiB) made every
-/// save rewrite a 900 KB blob.
-const MARKS_PER_KEY: usize = 256;
-
-/// Marks keys written per sled batch when marks are saved.
-const KEYS_PER_BATCH: usize = 16;
 
 /// sled's page cache for the marks database: it is written about once a
 /// second and read only at start-up.
@@ -155,7 +145,7 @@ impl Entry {
     pub fn key(&self) -> [u8; 9] {
         match self.layout {
             Layout::Frame => frame_key(self.first),
-            Layout::Record => old_record_key(self.first),
+            Layout::Record => legacy::record_key(self.first),
         }
     }
 
@@ -166,26 +156,26 @@ impl Entry {
 
 /// An opened WAL before its writer thread starts: what start-up replays.
 pub struct WalStore {
-    pub(super) db: sled::Db,
+    db: sled::Db,
     db_file: File,
     /// Dedup marks of truncated frames (see the module's doc).
-    pub(super) marks_db: sled::Db,
+    marks_db: sled::Db,
     marks_file: File,
     /// Marks whose frames are in the log but which are not in `marks_db` yet.
     pending_marks: Vec<(u64, Mark)>,
     /// The next chunk number of a marks key.
     next_chunk: u64,
-    pub(super) dedup: Dedup,
+    dedup: Dedup,
     /// Buckets past the window whose marks are still on disk.
-    pub(super) sweep: VecDeque<u64>,
+    sweep: VecDeque<u64>,
     /// Live entries, in sequence order.
-    pub(super) live: VecDeque<Entry>,
+    live: VecDeque<Entry>,
     /// Records in the live entries.
-    pub(super) records: u64,
-    pub(super) bytes: u64,
+    records: u64,
+    bytes: u64,
     /// Entries whose crc does not match, and why.
     corrupt: Vec<(Entry, codec::CodecError)>,
-    pub(super) config: WalConfig,
+    config: WalConfig,
 }
 
 impl WalStore {
@@ -210,11 +200,8 @@ impl WalStore {
             }
         };
         // Older builds' marks first: they are older than any frame's.
-        for item in db.scan_prefix([OLD_MARK_PREFIX]).keys() {
-            let key = item?;
-            if let (Some(bucket), Some(mark)) = (number_of(&key), old_mark_of(&key)) {
-                remember(bucket, &[mark], &mut dedup);
-            }
+        for (bucket, mark) in legacy::marks(&db)? {
+            remember(bucket, &[mark], &mut dedup);
         }
         let mut next_chunk = 0;
         for (source, is_marks_db) in [(&db, false), (&marks_db, true)] {
@@ -236,16 +223,8 @@ impl WalStore {
 
         let mut live = Vec::new();
         let mut corrupt = Vec::new();
-        for item in db.scan_prefix([OLD_RECORD_PREFIX]) {
-            let (key, value) = item?;
-            let Some(seq) = number_of(&key) else { continue };
-            let entry = Entry {
-                layout: Layout::Record,
-                first: seq,
-                last: seq,
-                bytes: value.len() as u32,
-            };
-            if let Err(reason) = codec::decode(&value) {
+        for (entry, damage) in legacy::entries(&db)? {
+            if let Some(reason) = damage {
                 corrupt.push((entry, reason));
             }
             live.push(entry);
@@ -323,10 +302,7 @@ impl WalStore {
                 .get(entry.key())?
                 .and_then(|bytes| match entry.layout {
                     Layout::Frame => codec::decode_frame_head(&bytes).ok().map(|h| h.written_ms),
-                    Layout::Record => codec::decode(&bytes).ok().map(|record| match record {
-                        crate::rules::Record::Update(u) => u.event_time_ms,
-                        crate::rules::Record::Delete(d) => d.event_time_ms,
-                    }),
+                    Layout::Record => legacy::event_time_ms(&bytes),
                 }),
             None => None,
         };
@@ -351,51 +327,6 @@ impl WalStore {
             dedup_marks: (self.dedup.len() + self.unsaved_marks()?) as u64,
             disk_bytes: self.disk_bytes(),
         })
-    }
-
-    /// Event ids of the frames in the log (within the window) that are not
-    /// among the saved marks: what replay would add. Reads every frame.
-    fn unsaved_marks(&self) -> Result<usize> {
-        let now_bucket = self.dedup.bucket_of(unix_ms());
-        let mut unsaved = std::collections::HashSet::new();
-        for entry in self.live.iter().filter(|e| e.layout == Layout::Frame) {
-            let Some(bytes) = self.db.get(entry.key())? else {
-                continue;
-            };
-            let Ok((head, records)) = codec::decode_frame(&bytes) else {
-                continue; // counted among the corrupt entries
-            };
-            let Some((_, marks)) = self.frame_marks(head.written_ms, &records, now_bucket) else {
-                continue; // older than the window
-            };
-            unsaved.extend(marks.filter(|mark| !self.dedup.contains(*mark)));
-        }
-        Ok(unsaved.len())
-    }
-
-    /// The bucket and the dedup marks of a frame written at `written_ms` (one
-    /// per event: an event's records are next to each other in its frame),
-    /// or None when the frame is older than the window.
-    fn frame_marks<'a>(
-        &self,
-        written_ms: i64,
-        records: &'a [Record],
-        now_bucket: u64,
-    ) -> Option<(u64, impl Iterator<Item = Mark> + 'a)> {
-        let bucket = self.dedup.bucket_of(u64::try_from(written_ms).unwrap_or(0));
-        if self.dedup.is_expired(bucket, now_bucket) {
-            return None;
-        }
-        let mut previous = None;
-        let marks = records.iter().filter_map(move |record| {
-            let id = record.event_id();
-            if id.is_empty() || previous == Some(id) {
-                return None;
-            }
-            previous = Some(id);
-            Some(mark_of(id))
-        });
-        Some((bucket, marks))
     }
 
     /// Drops what the database already has (seq ≤ `watermark`) and hands the
@@ -453,7 +384,7 @@ impl WalStore {
                     records
                 }
                 // Older builds wrote a mark key with every record.
-                Layout::Record => vec![codec::decode(&bytes).map_err(corrupt)?],
+                Layout::Record => vec![legacy::record(&bytes).map_err(corrupt)?],
             };
             for (seq, record) in (entry.first..).zip(records) {
                 if seq <= watermark {
@@ -497,7 +428,7 @@ impl WalStore {
             };
             let records = match entry.layout {
                 Layout::Frame => codec::decode_frame(&bytes).map_err(corrupt)?.1,
-                Layout::Record => vec![codec::decode(&bytes).map_err(corrupt)?],
+                Layout::Record => vec![legacy::record(&bytes).map_err(corrupt)?],
             };
             out.extend(
                 (entry.first..)
@@ -508,68 +439,59 @@ impl WalStore {
         Ok(out)
     }
 
-    /// Remembers the event ids of a frame's records, written at `written_ms`,
-    /// as dedup marks (within the window), to be saved before it is removed.
-    fn rebuild_marks(&mut self, written_ms: i64, records: &[Record], now_bucket: u64) {
-        let Some((bucket, marks)) = self.frame_marks(written_ms, records, now_bucket) else {
-            return;
-        };
-        let marks: Vec<Mark> = marks.collect();
-        for &mark in &marks {
-            self.remember_mark(bucket, mark);
-        }
-        self.marks_durable(bucket, marks);
+    /// A handle on the log (the trimmer removes truncated frames through it).
+    pub(super) fn log(&self) -> sled::Db {
+        self.db.clone()
     }
 
-    /// Remembers a mark for deduplication. Returns how many buckets were
-    /// dropped early to stay under the cap.
-    pub(super) fn remember_mark(&mut self, bucket: u64, mark: Mark) -> usize {
-        let evicted = self.dedup.insert(bucket, mark);
-        let count = evicted.len();
-        self.sweep.extend(evicted);
-        count
+    /// The WAL directory.
+    pub(super) fn dir(&self) -> &Path {
+        &self.config.dir
     }
 
-    /// Queues for the marks database the marks of a frame that is durable
-    /// (never before: a saved mark whose frame is then lost to a crash would
-    /// answer the client's retry as a duplicate of nothing).
-    pub(super) fn marks_durable(&mut self, bucket: u64, marks: impl IntoIterator<Item = Mark>) {
-        self.pending_marks
-            .extend(marks.into_iter().map(|mark| (bucket, mark)));
+    /// The dedup time bucket of `unix_ms`.
+    pub(super) fn bucket_of(&self, unix_ms: u64) -> u64 {
+        self.dedup.bucket_of(unix_ms)
     }
 
-    /// Writes the marks not yet saved to the marks database (a key per time
-    /// bucket) and fsyncs it. Called before any frame is removed from the log:
-    /// until then the frame itself carries its marks.
-    pub(super) fn save_marks(&mut self) -> Result<()> {
-        if self.pending_marks.is_empty() {
-            return Ok(());
+    /// Whether an event id was seen within the window.
+    pub(super) fn seen(&self, mark: Mark) -> bool {
+        self.dedup.contains(mark)
+    }
+
+    /// Event ids remembered (the `dedup_marks` metric).
+    pub(super) fn dedup_marks(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// Whether `size` more bytes fit under WAL_MAX_BYTES besides `staged`
+    /// bytes of this round; else the error a caller is answered with.
+    pub(super) fn room_for(&self, staged: u64, size: u64) -> Result<()> {
+        let max = self.config.max_bytes;
+        if self.bytes + staged + size > max {
+            return Err(WalError::Full {
+                bytes: self.bytes + staged,
+                max,
+            });
         }
-        let mut by_bucket: BTreeMap<u64, Vec<Mark>> = BTreeMap::new();
-        for (bucket, mark) in self.pending_marks.drain(..) {
-            // A bucket expired or dropped early is not written back.
-            if self.dedup.keeps(bucket) {
-                by_bucket.entry(bucket).or_default().push(mark);
-            }
-        }
-        // Each key stands alone (a save cut short by a crash leaves its frames
-        // in the log), so the keys go in small batches: one sled batch copies
-        // a leaf per key and frees nothing until it ends, and replay may save
-        // a million marks at once.
-        let keys: Vec<_> = by_bucket
-            .iter()
-            .flat_map(|(bucket, marks)| marks.chunks(MARKS_PER_KEY).map(move |c| (*bucket, c)))
-            .collect();
-        for batch_keys in keys.chunks(KEYS_PER_BATCH) {
-            let mut batch = sled::Batch::default();
-            for (bucket, chunk) in batch_keys {
-                batch.insert(&marks_key(*bucket, self.next_chunk), encode_marks(chunk));
-                self.next_chunk += 1;
-            }
-            self.marks_db.apply_batch(batch)?;
-        }
-        self.marks_db.flush()?;
-        self.marks_file.sync_all()?;
+        Ok(())
+    }
+
+    /// Counts a frame of this round (its batch is not applied yet).
+    pub(super) fn frame_staged(&mut self, head: &codec::FrameHead, len: usize) {
+        self.live.push_back(Entry {
+            layout: Layout::Frame,
+            first: head.first_seq,
+            last: head.last_seq(),
+            bytes: len as u32,
+        });
+        self.bytes += len as u64;
+        self.records += u64::from(head.count);
+    }
+
+    /// Applies a round's batch to the log (durable only after [`Self::sync`]).
+    pub(super) fn apply(&self, batch: sled::Batch) -> Result<()> {
+        self.db.apply_batch(batch)?;
         Ok(())
     }
 
