@@ -34,6 +34,37 @@ async fn post(
     http_request(addr, path, &headers, body.to_string().as_bytes()).await
 }
 
+/// A new database and the binary serving on it with `env` (and 100 ms
+/// flushes), healthy. Bind every field: the database and the directory are
+/// dropped with their binding.
+struct Started {
+    db: pg::TestDb,
+    pool: sqlx::PgPool,
+    dir: tempfile::TempDir,
+    service: Binary,
+}
+
+async fn started(env: &[(&str, &str)]) -> Started {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![("FLUSH_INTERVAL", "100ms")];
+    all.extend_from_slice(env);
+    let mut service = Binary::spawn(&db.url, dir.path(), &all);
+    service.wait_healthy().await;
+    Started {
+        db,
+        pool,
+        dir,
+        service,
+    }
+}
+
+/// The status of one `POST /v1/events`.
+async fn event_status(addr: SocketAddr, token: Option<&str>, body: &Value) -> u16 {
+    post(addr, "/v1/events", token, body).await.0
+}
+
 async fn metric(service: &Binary, line: &str) -> bool {
     http_get(service.http_addr(), "/metrics")
         .await
@@ -56,11 +87,12 @@ async fn flushed_past(service: &Binary, db: &sqlx::PgPool, user: &str) {
 
 #[tokio::test]
 async fn on_postgresql_without_a_token_http_writes_are_refused_and_write_nothing() {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "100ms")]);
-    service.wait_healthy().await;
+    let Started {
+        db: _db,
+        pool,
+        dir: _dir,
+        mut service,
+    } = started(&[]).await;
     let log = service.log_text();
     assert!(log.contains("HTTP ingest is closed"), "{log}");
 
@@ -147,13 +179,7 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
     std::fs::rename(&next, &file).unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, _, _) = post(
-            addr,
-            "/v1/events",
-            Some("file-new-0b9e"),
-            &kills("tk", "new-1", 1.0),
-        )
-        .await;
+        let status = event_status(addr, Some("file-new-0b9e"), &kills("tk", "new-1", 1.0)).await;
         if status == 200 {
             break;
         }
@@ -164,21 +190,9 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, _, _) = post(
-        addr,
-        "/v1/events",
-        Some("file-old-7f3a"),
-        &kills("tk", "old-2", 50.0),
-    )
-    .await;
+    let status = event_status(addr, Some("file-old-7f3a"), &kills("tk", "old-2", 50.0)).await;
     assert_eq!(status, 401, "the token taken out of the file is refused");
-    let (status, _, _) = post(
-        addr,
-        "/v1/events",
-        Some("env-a-91c2"),
-        &kills("tk", "env-2", 1.0),
-    )
-    .await;
+    let status = event_status(addr, Some("env-a-91c2"), &kills("tk", "env-2", 1.0)).await;
     assert_eq!(status, 200, "the environment's tokens stay");
     assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 3").await);
 
@@ -254,20 +268,17 @@ async fn the_open_opt_in_warns_at_every_start_and_cannot_be_mixed_with_tokens() 
 
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_with_retry_after_and_it_is_counted() {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[
-            ("FLUSH_INTERVAL", "100ms"),
-            ("HTTP_INGEST_TOKEN", "rate-a,rate-b"),
-            ("HTTP_INGEST_RATE", "1"),
-            ("HTTP_INGEST_BURST", "100"),
-        ],
-    );
-    service.wait_healthy().await;
+    let Started {
+        db: _db,
+        pool,
+        dir: _dir,
+        mut service,
+    } = started(&[
+        ("HTTP_INGEST_TOKEN", "rate-a,rate-b"),
+        ("HTTP_INGEST_RATE", "1"),
+        ("HTTP_INGEST_BURST", "100"),
+    ])
+    .await;
     let addr = service.http_addr();
     let batch: Vec<Value> = (0..100)
         .map(|i| kills(&format!("rl-{i}"), &format!("rl-{i}"), 1.0))
@@ -289,13 +300,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_it_is_counted() {
     assert!((1..=2).contains(&retry), "{retry}");
     assert!(text.contains("HTTP_INGEST_RATE"), "{text}");
     // Another token is another client.
-    let (status, _, _) = post(
-        addr,
-        "/v1/events",
-        Some("rate-b"),
-        &kills("rl-b", "rl-b", 1.0),
-    )
-    .await;
+    let status = event_status(addr, Some("rate-b"), &kills("rl-b", "rl-b", 1.0)).await;
     assert_eq!(status, 200);
     // After Retry-After, the first client may send again.
     tokio::time::sleep(Duration::from_secs(retry)).await;
@@ -328,28 +333,15 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_it_is_counted() {
 
 #[tokio::test]
 async fn with_an_ingest_port_the_metrics_port_takes_no_writes() {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[
-            ("FLUSH_INTERVAL", "100ms"),
-            ("HTTP_INGEST_PORT", "0"),
-            ("HTTP_INGEST_TOKEN", "port-t"),
-        ],
-    );
-    service.wait_healthy().await;
+    let Started {
+        db: _db,
+        pool,
+        dir: _dir,
+        mut service,
+    } = started(&[("HTTP_INGEST_PORT", "0"), ("HTTP_INGEST_TOKEN", "port-t")]).await;
     let (metrics_port, ingest) = (service.http_addr(), service.ingest_addr());
     assert_ne!(metrics_port, ingest);
-    let (status, _, _) = post(
-        metrics_port,
-        "/v1/events",
-        Some("port-t"),
-        &kills("ip", "ip-1", 1.0),
-    )
-    .await;
+    let status = event_status(metrics_port, Some("port-t"), &kills("ip", "ip-1", 1.0)).await;
     assert_eq!(status, 404, "no ingest on the metrics port");
     let (status, _, text) = post(
         ingest,

@@ -39,16 +39,9 @@ pub async fn drain(settings: Settings, timeout: Duration) -> anyhow::Result<()> 
             dir.display()
         )
     })?;
-    let Core {
-        settings,
-        goals,
-        store,
-        wal,
-        instance_id,
-        metrics,
-        health,
-    } = core;
-    let before = wal.records();
+    let Core { settings, parts } = core;
+    let (instance_id, metrics) = (parts.instance_id.clone(), parts.metrics.clone());
+    let before = parts.wal.records();
     tracing::info!(
         wal_dir = %dir.display(),
         instance_id = %instance_id,
@@ -65,14 +58,6 @@ pub async fn drain(settings: Settings, timeout: Duration) -> anyhow::Result<()> 
         });
     }
     let lifetime = Lifetime::new(shutdown);
-    let parts = Parts {
-        goals,
-        store,
-        wal,
-        instance_id: instance_id.clone(),
-        metrics: metrics.clone(),
-        health,
-    };
     let Some(running) = start_up(parts, &settings, &lifetime).await? else {
         if lifetime.fatal.is_cancelled() {
             anyhow::bail!("stopped after a fatal error (see the log above)");

@@ -49,12 +49,8 @@ pub struct App {
 /// Everything but the listeners (all `wal drain` needs).
 struct Core {
     settings: Settings,
-    goals: Arc<GoalIndex>,
-    store: Arc<Store>,
-    wal: WalStore,
-    instance_id: String,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    /// What start-up works with.
+    parts: Parts,
 }
 
 impl Core {
@@ -97,19 +93,18 @@ impl Core {
             )
             .with_cluster(settings.cluster.clone()),
         );
-        let wal_dir = settings.wal_dir.clone();
+        let metrics = Metrics::new();
+        metrics.watch_wal_volume(settings.wal_dir.clone());
         Ok(Core {
             settings,
-            goals,
-            store,
-            wal,
-            instance_id,
-            metrics: {
-                let metrics = Metrics::new();
-                metrics.watch_wal_volume(wal_dir);
-                Arc::new(metrics)
+            parts: Parts {
+                goals,
+                store,
+                wal,
+                instance_id,
+                metrics: Arc::new(metrics),
+                health: Arc::new(Health::default()),
             },
-            health: Arc::new(Health::default()),
         })
     }
 }
@@ -159,7 +154,7 @@ impl App {
     }
 
     pub fn instance_id(&self) -> &str {
-        &self.core.instance_id
+        &self.core.parts.instance_id
     }
 
     /// Runs until `shutdown` is cancelled (or a fatal error), then shuts down
@@ -173,23 +168,19 @@ impl App {
             http,
             ingest: ingest_listener,
             access,
-            core:
-                Core {
-                    settings,
-                    goals,
-                    store,
-                    wal,
-                    instance_id,
-                    metrics,
-                    health,
-                },
+            core: Core { settings, parts },
         } = self;
+        let (goals, metrics, health) = (
+            parts.goals.clone(),
+            parts.metrics.clone(),
+            parts.health.clone(),
+        );
         tracing::info!(
             grpc = %http::local_addr(&grpc),
             http = %http::local_addr(&http),
             ingest = %http::local_addr(ingest_listener.as_ref().unwrap_or(&http)),
             goals = goals.len(),
-            instance_id = %instance_id,
+            instance_id = %parts.instance_id,
             namespace = %settings.namespace,
             store = %settings.database.describe(),
             "starting"
@@ -246,14 +237,6 @@ impl App {
         }
         let lifetime = Lifetime::new(shutdown);
         metrics.wal_max_bytes.set(settings.wal_max_bytes as i64);
-        let parts = Parts {
-            goals: goals.clone(),
-            store,
-            wal,
-            instance_id,
-            metrics: metrics.clone(),
-            health: health.clone(),
-        };
         let upkeep_store = parts.store.clone();
         let mut left_in_wal = None;
         if let Some(running) = start_up(parts, &settings, &lifetime).await? {
