@@ -90,7 +90,7 @@ struct Inner {
     wal: Wal,
     metrics: Arc<Metrics>,
     /// `events_total` and `events_processed_total` per event type, looked up once.
-    counters: [(prometheus::IntCounter, prometheus::IntCounter); 4],
+    counters: [(prometheus::IntCounter, prometheus::IntCounter); EventType::ALL.len()],
     in_flight: AtomicUsize,
 }
 
