@@ -57,7 +57,7 @@ enum Command {
     Send(SendArgs),
     /// Show a user's challenge progress from the configured store.
     Progress(ProgressArgs),
-    /// Look at a WAL directory (`wal inspect`).
+    /// A WAL directory: `wal inspect` (look), `wal drain` (write a stopped replica's WAL into the database).
     #[command(subcommand)]
     Wal(WalCommand),
     /// Ask a running service's /healthz; exit 0 when it serves (a container HEALTHCHECK).
