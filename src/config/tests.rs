@@ -1,0 +1,164 @@
+//! Settings: defaults, bad values named, database choice, production starts.
+use super::*;
+use clap::Parser;
+use std::path::Path;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec!["x"];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).unwrap().serve
+}
+
+#[test]
+fn sizes_parse_with_binary_units() {
+    assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+    assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+    assert_eq!(parse_bytes("64 MB"), Ok(64 << 20));
+    assert_eq!(parse_bytes("1000"), Ok(1000));
+    assert!(parse_bytes("lots").is_err());
+    assert!(parse_bytes("5 parsecs")
+        .unwrap_err()
+        .contains("unknown unit"));
+    assert!(parse_bytes("99999999999TiB")
+        .unwrap_err()
+        .contains("too large"));
+}
+
+/// Flags only: the test environment may set any of these variables.
+fn clean(mut a: ServeArgs) -> ServeArgs {
+    a.namespace = None;
+    a.store.database_url = None;
+    a.store.db_host = None;
+    a.store.db_port = None;
+    a.store.db_name = None;
+    a.store.db_user = None;
+    a.store.db_password = None;
+    a.store.wal_dir = None;
+    a
+}
+
+#[test]
+fn with_postgresql_the_namespace_is_required_and_named_in_the_error() {
+    let mut a = clean(args(&[]));
+    a.store.database_url = Some("postgres://u@localhost/db".into());
+    let err = a.validate().unwrap_err();
+    assert_eq!(err.name, "AB_NAMESPACE");
+    assert!(err.to_string().contains("is required"));
+    let mut a = clean(args(&[]));
+    a.store.db_host = Some("db.internal".into());
+    assert_eq!(a.validate().unwrap_err().name, "AB_NAMESPACE");
+}
+
+#[test]
+fn with_nothing_configured_the_embedded_store_runs_with_a_development_namespace() {
+    let mut a = clean(args(&[]));
+    a.store.data_dir = PathBuf::from("/var/lib/ceh");
+    let s = a.validate().unwrap();
+    assert!(
+        matches!(&s.database, Database::Sqlite(p) if p == Path::new("/var/lib/ceh/progress.sqlite3")),
+        "{:?}",
+        s.database
+    );
+    assert_eq!(s.wal_dir, PathBuf::from("/var/lib/ceh/wal"));
+    assert_eq!(s.namespace, DEVELOPMENT_NAMESPACE);
+    assert_eq!(s.warnings.len(), 1);
+    assert!(s.warnings[0].contains("AB_NAMESPACE is not set"));
+}
+
+#[test]
+fn database_urls_choose_the_store() {
+    let pick = |url: &str| {
+        let mut a = clean(args(&[]));
+        a.namespace = Some("ns".into());
+        a.store.database_url = Some(url.into());
+        a.validate().map(|s| s.database)
+    };
+    assert!(matches!(
+        pick("postgres://u@h/db"),
+        Ok(Database::Postgres(_))
+    ));
+    assert!(matches!(
+        pick("postgresql://u@h/db"),
+        Ok(Database::Postgres(_))
+    ));
+    assert!(matches!(pick("sqlite://x/p.db"), Ok(Database::Sqlite(p)) if p == Path::new("x/p.db")));
+    assert!(
+        matches!(pick("sqlite:p.db?mode=rwc"), Ok(Database::Sqlite(p)) if p == Path::new("p.db"))
+    );
+    assert_eq!(pick("sqlite::memory:").unwrap_err().name, "DATABASE_URL");
+    assert_eq!(pick("mysql://x").unwrap_err().name, "DATABASE_URL");
+}
+
+#[test]
+fn bad_numbers_are_named() {
+    let err = args(&[
+        "--namespace",
+        "ns",
+        "--db-host",
+        "h",
+        "--db-batch-size",
+        "0",
+    ])
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.name, "DB_BATCH_SIZE");
+    let err = args(&[
+        "--namespace",
+        "ns",
+        "--db-host",
+        "h",
+        "--buffer-max-keys",
+        "0",
+    ])
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.name, "BUFFER_MAX_KEYS");
+    assert!(err.to_string().contains("greater than zero"), "{err}");
+    let err = args(&["--namespace", "ns", "--database-url", "mysql://x"])
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.name, "DATABASE_URL");
+    assert!(err.to_string().contains("sqlite://"), "{err}");
+}
+
+#[test]
+fn defaults_match_the_readme() {
+    let s = args(&["--namespace", "ns", "--database-url", "postgres://u@h/db"])
+        .validate()
+        .unwrap();
+    assert_eq!(s.flush_interval, Duration::from_secs(1));
+    assert_eq!(s.dedup_window, Duration::from_secs(600));
+    assert_eq!(s.buffer_max_keys, 2_000);
+    assert_eq!(s.db_batch_size, 1000);
+    assert_eq!(s.wal_max_bytes, 1 << 30);
+    assert!(s.migrate);
+}
+
+#[test]
+fn a_namespace_without_a_database_is_a_production_start_and_refused() {
+    let production = || {
+        let mut a = clean(args(&[]));
+        a.namespace = Some("ns".into());
+        a
+    };
+    let err = production().validate().unwrap_err();
+    assert_eq!(err.name, "DATABASE_URL");
+    let text = err.to_string();
+    for named in ["DB_HOST", "AB_NAMESPACE", "sqlite://"] {
+        assert!(text.contains(named), "{text}");
+    }
+    // Chosen on purpose, the embedded store serves a namespace.
+    let mut embedded = production();
+    embedded.store.database_url = Some("sqlite://x.db".into());
+    let s = embedded.validate().unwrap();
+    assert!(matches!(s.database, Database::Sqlite(_)));
+    // No namespace: the development default.
+    let s = clean(args(&[])).validate().unwrap();
+    assert!(matches!(s.database, Database::Sqlite(_)));
+}
