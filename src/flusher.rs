@@ -37,6 +37,13 @@ const MAX_LEDGER_ROUNDS: usize = 8;
 /// The longest wait between flush attempts while the database is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The flush loop's pacing: every `interval` while flushes succeed; after
+/// failures, doubling up to MAX_BACKOFF, never below the interval (a
+/// FLUSH_INTERVAL over 30 s was once silently cut to 30 s).
+fn flush_backoff(interval: Duration) -> Backoff {
+    Backoff::new(interval, MAX_BACKOFF.max(interval))
+}
+
 /// How often the log may say that updates found no row.
 const NOT_APPLIED_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -323,9 +330,7 @@ impl<S: ProgressStore> Flusher<S> {
         stop: CancellationToken,
         fatal: CancellationToken,
     ) -> Self {
-        // Failures back off up to MAX_BACKOFF, never below the interval (a
-        // FLUSH_INTERVAL over 30 s was silently cut to 30 s before).
-        let mut backoff = Backoff::new(interval, MAX_BACKOFF.max(interval));
+        let mut backoff = flush_backoff(interval);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -362,5 +367,25 @@ impl<S: ProgressStore> Flusher<S> {
             }
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flush_interval_is_kept_whatever_its_length_and_failures_back_off_to_the_cap() {
+        let hour = Duration::from_secs(3600);
+        let mut long = flush_backoff(hour);
+        assert_eq!(long.delay(), hour);
+        assert_eq!(long.failed(), hour, "never below the interval");
+        let mut short = flush_backoff(Duration::from_secs(1));
+        assert_eq!(short.delay(), Duration::from_secs(1));
+        assert_eq!(short.failed(), Duration::from_secs(2));
+        for _ in 0..10 {
+            short.failed();
+        }
+        assert_eq!(short.delay(), MAX_BACKOFF);
     }
 }

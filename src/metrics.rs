@@ -373,6 +373,24 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_wal_volume_is_measured_at_each_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let (available, size) = volume_bytes(dir.path()).expect("statvfs of a temp dir");
+        assert!(size > 0 && available <= size, "{available} of {size}");
+        assert_eq!(volume_bytes(&dir.path().join("missing")), None);
+        let metrics = Metrics::new();
+        metrics.watch_wal_volume(dir.path().to_owned());
+        let text = metrics.render();
+        assert!(
+            text.contains("challenge_event_handler_wal_volume_size_bytes "),
+            "{text}"
+        );
+        assert!(!text.contains("challenge_event_handler_wal_volume_size_bytes 0\n"));
+        assert!(!text.contains("challenge_event_handler_start_time_seconds 0\n"));
+    }
+
     use super::*;
 
     #[test]

@@ -59,20 +59,6 @@ async fn send_deletion(channel: &Channel, user: &str, id: &str) {
         .expect("deletion acknowledged");
 }
 
-/// user → logins in the table (goal `logins`) for users named `tag-…`.
-async fn counted(db: &PgPool, tag: &str) -> BTreeMap<String, i64> {
-    sqlx::query_as::<_, (String, i32)>(
-        "SELECT user_id, progress FROM user_goal_progress WHERE goal_id = 'logins' AND user_id LIKE $1",
-    )
-    .bind(format!("{tag}-%"))
-    .fetch_all(db)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(u, p)| (u, i64::from(p)))
-    .collect()
-}
-
 async fn rows_of(db: &PgPool, user: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM user_goal_progress WHERE user_id = $1")
         .bind(user)

@@ -403,11 +403,7 @@ async fn an_event_acknowledged_before_midnight_and_replayed_after_it_counts_for_
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/challenges.m5.json"
-    ))
-    .unwrap();
+    let config = m5_config();
     // Midnight at the end of 2030-06-01 (UTC).
     let midnight: i64 = 1_906_588_800_000;
     let offset_to =

@@ -78,19 +78,6 @@ fn metric(exposition: &str, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {sample} in:\n{exposition}"))
 }
 
-async fn counted(db: &PgPool, tag: &str) -> BTreeMap<String, i64> {
-    sqlx::query_as::<_, (String, i32)>(
-        "SELECT user_id, progress FROM user_goal_progress WHERE goal_id = 'logins' AND user_id LIKE $1",
-    )
-    .bind(format!("{tag}-%"))
-    .fetch_all(db)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(u, p)| (u, i64::from(p)))
-    .collect()
-}
-
 async fn wait_until_counted(db: &PgPool, tag: &str, expected: &BTreeMap<String, i64>) {
     let expected: BTreeMap<_, _> = expected
         .iter()

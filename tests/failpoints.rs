@@ -290,11 +290,7 @@ async fn a_row_the_service_changes_between_the_flushs_read_and_write_is_read_aga
     db.migrate_as_the_challenge_service().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/challenges.m5.json"
-    ))
-    .unwrap();
+    let config = m5_config();
     for (user, goal) in [
         ("rc", "daily-kills"),
         ("rc", "weekly-kills"),

@@ -21,15 +21,7 @@ use std::time::Duration;
 
 use challenge_event_handler::store::{Database, Prepared, ProgressStore, Store, TableOwner};
 use common::challenge_service::ChallengeService;
-use common::{http_get, login, pg, stat, Binary, NAMESPACE};
-
-fn m5_config() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/challenges.m5.json"
-    ))
-    .unwrap()
-}
+use common::{http_get, login, m5_config, pg, stat, Binary, NAMESPACE};
 
 async fn schema_migrations(pool: &sqlx::PgPool) -> Vec<(i64, bool)> {
     sqlx::query_as("SELECT version, dirty FROM schema_migrations")

@@ -338,6 +338,23 @@ fn wal_text(r: &WalReport) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn health_asks_where_serve_binds() {
+        let target = |addr: Option<&str>, port: u16, bind: &str| {
+            HealthArgs {
+                addr: addr.map(str::to_owned),
+                metrics_port: port,
+                bind_address: bind.parse().unwrap(),
+            }
+            .target()
+        };
+        assert_eq!(target(None, 8080, "0.0.0.0"), "127.0.0.1:8080");
+        assert_eq!(target(None, 9100, "::"), "[::1]:9100");
+        assert_eq!(target(None, 9100, "10.1.2.3"), "10.1.2.3:9100");
+        assert_eq!(target(Some("db:1"), 9100, "0.0.0.0"), "db:1");
+    }
+
     use super::*;
 
     #[test]

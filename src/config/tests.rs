@@ -162,3 +162,23 @@ fn a_namespace_without_a_database_is_a_production_start_and_refused() {
     let s = clean(args(&[])).validate().unwrap();
     assert!(matches!(s.database, Database::Sqlite(_)));
 }
+
+#[test]
+fn http_ingest_settings_that_cannot_work_together_are_named() {
+    let pg = |extra: &[&str]| {
+        let mut argv = vec!["--namespace", "ns", "--database-url", "postgres://u@h/db"];
+        argv.extend_from_slice(extra);
+        args(&argv).validate()
+    };
+    let err = pg(&["--http-ingest-open", "--http-ingest-token", "t"]).unwrap_err();
+    assert_eq!(err.name, "HTTP_INGEST_OPEN");
+    let err = pg(&["--http-ingest-burst", "99"]).unwrap_err();
+    assert_eq!(err.name, "HTTP_INGEST_BURST");
+    assert!(err.to_string().contains("100"), "{err}");
+    // Without a limit, the burst does not matter.
+    assert!(pg(&["--http-ingest-rate", "0", "--http-ingest-burst", "1"]).is_ok());
+    let err = pg(&["--metrics-port", "9000", "--http-ingest-port", "9000"]).unwrap_err();
+    assert_eq!(err.name, "HTTP_INGEST_PORT");
+    let s = pg(&["--http-ingest-token", "a, b,,c"]).unwrap();
+    assert_eq!(s.http_ingest.tokens, ["a", "b", "c"]);
+}

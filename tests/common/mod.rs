@@ -713,3 +713,27 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// user → the progress of goal `logins` for users named `tag-…` (the
+/// counting configs of the crash and cluster tests).
+pub async fn counted(db: &PgPool, tag: &str) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i32)>(
+        "SELECT user_id, progress FROM user_goal_progress WHERE goal_id = 'logins' AND user_id LIKE $1",
+    )
+    .bind(format!("{tag}-%"))
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(u, p)| (u, i64::from(p)))
+    .collect()
+}
+
+/// The shipped M5 example, `config/challenges.m5.json`.
+pub fn m5_config() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/challenges.m5.json"
+    ))
+    .expect("read config/challenges.m5.json")
+}
