@@ -47,9 +47,10 @@ pub struct Meta {
     pub first_ms: i64,
 }
 
-/// How two pending values for one key combine. `self` is the older one.
+/// How two pending values for one key combine. `self` is the older one;
+/// it becomes the two combined.
 pub trait Coalesce: Sized {
-    fn merge(self, newer: Self) -> Self;
+    fn merge(&mut self, newer: Self);
 }
 
 /// Absolute goal: the value of the newest event (by event time; a tie goes to
@@ -66,14 +67,12 @@ pub struct Latest {
 }
 
 impl Coalesce for Latest {
-    fn merge(self, newer: Self) -> Self {
+    fn merge(&mut self, newer: Self) {
         if newer.event_time_ms >= self.event_time_ms {
-            Latest {
+            *self = Latest {
                 reached_ms: self.reached_ms.or(newer.reached_ms),
                 ..newer
             }
-        } else {
-            self
         }
     }
 }
@@ -86,11 +85,9 @@ pub struct Sum {
 }
 
 impl Coalesce for Sum {
-    fn merge(self, newer: Self) -> Self {
-        Sum {
-            delta: self.delta.saturating_add(newer.delta),
-            last_event_ms: self.last_event_ms.max(newer.last_event_ms),
-        }
+    fn merge(&mut self, newer: Self) {
+        self.delta = self.delta.saturating_add(newer.delta);
+        self.last_event_ms = self.last_event_ms.max(newer.last_event_ms);
     }
 }
 
@@ -102,14 +99,13 @@ impl Coalesce for Sum {
 pub struct Days(pub BTreeMap<i32, i64>);
 
 impl Coalesce for Days {
-    fn merge(mut self, newer: Self) -> Self {
+    fn merge(&mut self, newer: Self) {
         let last = self.0.keys().next_back().copied();
         for (day, time) in newer.0 {
             if last.is_none_or(|last| day > last) {
                 self.0.entry(day).or_insert(time);
             }
         }
-        self
     }
 }
 
@@ -122,20 +118,18 @@ pub struct LatestDay {
 }
 
 impl Coalesce for LatestDay {
-    fn merge(self, newer: Self) -> Self {
-        match newer.day.cmp(&self.day) {
-            std::cmp::Ordering::Greater => newer,
-            std::cmp::Ordering::Less => self,
-            std::cmp::Ordering::Equal => self,
+    fn merge(&mut self, newer: Self) {
+        // The same day keeps its first event; an older day changes nothing.
+        if newer.day > self.day {
+            *self = newer;
         }
     }
 }
 
 /// M5 goals: the runs of events, one per rotation period (`src/rules/m5.rs`).
 impl Coalesce for Runs {
-    fn merge(mut self, newer: Self) -> Self {
+    fn merge(&mut self, newer: Self) {
         self.then(newer);
-        self
     }
 }
 
@@ -155,24 +149,29 @@ impl<T> Default for Pending<T> {
 
 impl<T: Coalesce> Pending<T> {
     fn add(&mut self, key: Key, mut meta: Meta, value: T) {
-        match self.map.remove(&key) {
-            Some((old_meta, older)) => {
+        match self.map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut pending) => {
+                let (old_meta, older) = pending.get_mut();
                 meta.records += old_meta.records;
                 meta.first_ms = meta.first_ms.min(old_meta.first_ms);
-                self.map.insert(key, (meta, older.merge(value)))
+                *old_meta = meta;
+                older.merge(value);
             }
-            None => self.map.insert(key, (meta, value)),
-        };
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((meta, value));
+            }
+        }
     }
 
     /// Merges `older` (entries acknowledged before everything in `self`) back in.
     fn absorb_older(&mut self, older: Pending<T>) {
-        for (key, (old_meta, old_value)) in older.map {
+        for (key, (old_meta, mut old_value)) in older.map {
             match self.map.remove(&key) {
                 Some((mut meta, newer)) => {
                     meta.records += old_meta.records;
                     meta.first_ms = meta.first_ms.min(old_meta.first_ms);
-                    self.map.insert(key, (meta, old_value.merge(newer)))
+                    old_value.merge(newer);
+                    self.map.insert(key, (meta, old_value))
                 }
                 None => self.map.insert(key, (old_meta, old_value)),
             };
