@@ -19,6 +19,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
+use sqlx::Transaction;
+
+use super::sql::Backend;
 use super::{Applied, Deleted, Dropped, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
 use crate::buffer::{Buffer, Entries, Key, Meta, PendingDeletion};
 use crate::rules::row::{GoalState, Micros, Row};
@@ -72,16 +75,22 @@ pub struct StateWrite<'p> {
     pub state: GoalState,
 }
 
-/// The statements of one SQL dialect. Every method runs inside `tx`.
-pub trait Dialect: Send + Sync {
-    type Tx: Send;
+/// A flush's transaction on a backend's database.
+pub(super) type Tx<D> = Transaction<'static, <D as Backend>::Db>;
 
-    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
-    fn commit(&self, tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
+/// The statements of one SQL dialect. Every method runs inside `tx`.
+pub(super) trait Dialect: Backend + Send + Sync {
+    /// Opens the flush's transaction.
+    fn begin(&self) -> impl Future<Output = Result<Tx<Self>>> + Send {
+        async { self.pool().begin().await.map_err(Self::error) }
+    }
+    fn commit(&self, tx: Tx<Self>) -> impl Future<Output = Result<()>> + Send {
+        async { tx.commit().await.map_err(Self::error) }
+    }
     /// Moves the watermark to `upto` if `lease` is current; false when fenced.
     fn move_watermark(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         lease: &Lease,
         upto: u64,
     ) -> impl Future<Output = Result<bool>> + Send;
@@ -89,7 +98,7 @@ pub trait Dialect: Send + Sync {
     /// on PostgreSQL leaves a tombstone of `instance_id` for each.
     fn delete_users(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         deletions: &[PendingDeletion],
         instance_id: &str,
     ) -> impl Future<Output = Result<Vec<Deleted>>> + Send;
@@ -97,7 +106,7 @@ pub trait Dialect: Send + Sync {
     /// for a batch with deletions (PostgreSQL; one process needs none).
     fn lock_cluster(
         &self,
-        _tx: &mut Self::Tx,
+        _tx: &mut Tx<Self>,
         _exclusive: bool,
     ) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
@@ -106,7 +115,7 @@ pub trait Dialect: Send + Sync {
     /// another flush recorded first (PostgreSQL with the ledger on).
     fn claim_events(
         &self,
-        _tx: &mut Self::Tx,
+        _tx: &mut Tx<Self>,
         _events: &[Mark],
     ) -> impl Future<Output = Result<Vec<Mark>>> + Send {
         async { Ok(Vec::new()) }
@@ -115,7 +124,7 @@ pub trait Dialect: Send + Sync {
     /// (namespace, user id).
     fn tombstones(
         &self,
-        _tx: &mut Self::Tx,
+        _tx: &mut Tx<Self>,
         _users: &[(&str, &str)],
         _instance_id: &str,
     ) -> impl Future<Output = Result<HashMap<(String, String), Tombstone>>> + Send {
@@ -124,20 +133,20 @@ pub trait Dialect: Send + Sync {
     /// Which of `users` have any row.
     fn users_with_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         users: &[&str],
     ) -> impl Future<Output = Result<HashSet<String>>> + Send;
     /// Inserts rows that do not exist yet (an existing row is left alone).
     fn insert_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         rows: &[NewRow<'_>],
     ) -> impl Future<Output = Result<()>> + Send;
     /// Reads the rows of `keys` (sorted), with the handler's state; with
     /// `lock`, locked (in key order) until the transaction ends.
     fn read_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         keys: &[&Key],
         lock: bool,
     ) -> impl Future<Output = Result<HashMap<Key, Locked>>> + Send;
@@ -146,20 +155,20 @@ pub trait Dialect: Send + Sync {
     /// (changed or deleted since), which it left alone.
     fn write_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         rows: &[(Key, Row)],
         current: &HashMap<Key, Locked>,
     ) -> impl Future<Output = Result<Vec<Key>>> + Send;
     /// Writes the handler's state of rows.
     fn write_states(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         states: &[StateWrite<'_>],
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The flush of `batch` (WAL sequence numbers up to `upto`) in one transaction.
-pub async fn apply<D: Dialect>(
+pub(super) async fn apply<D: Dialect>(
     dialect: &D,
     lease: &Lease,
     upto: u64,
@@ -268,7 +277,7 @@ pub async fn apply<D: Dialect>(
 /// updates are not later than the deletion (plus the allowed skew).
 async fn drop_tombstoned<D: Dialect>(
     dialect: &D,
-    tx: &mut D::Tx,
+    tx: &mut Tx<D>,
     entries: &mut Entries<'_>,
     instance_id: &str,
 ) -> Result<Vec<Dropped>> {
@@ -314,7 +323,7 @@ async fn drop_tombstoned<D: Dialect>(
 /// player's first update in the batch.
 async fn new_rows<'b, D: Dialect>(
     dialect: &D,
-    tx: &mut D::Tx,
+    tx: &mut Tx<D>,
     entries: &Entries<'b>,
     current: &HashMap<Key, Locked>,
     owner: &'b Owner,
@@ -371,7 +380,7 @@ async fn new_rows<'b, D: Dialect>(
 /// and claimed rows.
 async fn not_applied<D: Dialect>(
     dialect: &D,
-    tx: &mut D::Tx,
+    tx: &mut Tx<D>,
     missing: &[(Key, u32)],
     plan: &crate::buffer::Plan,
 ) -> Result<NotApplied> {

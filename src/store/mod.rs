@@ -13,7 +13,7 @@
 //! keeps what it needs in tables of its own (`challenge_event_handler_*`)
 //! and, unless it owns the table ([`TableOwner`]), only updates rows.
 
-pub mod flush;
+mod flush;
 pub mod postgres;
 pub use postgres::cluster;
 mod sql;
@@ -400,9 +400,13 @@ impl ProgressStore for Store {
     }
 
     async fn lease(&self, instance_id: &str) -> Result<Lease> {
-        each!(self, s => s.lease(instance_id).await)
+        match self {
+            Store::Postgres(s) => sql::lease(s, instance_id).await,
+            Store::Sqlite(s) => s.lease(instance_id).await,
+        }
     }
 
+    /// The flush transaction, written once above the two dialects.
     async fn apply(
         &self,
         lease: &Lease,
@@ -410,11 +414,11 @@ impl ProgressStore for Store {
         batch: &Buffer,
         owner: &Owner,
     ) -> Result<Applied> {
-        each!(self, s => s.apply(lease, upto_seq, batch, owner).await)
+        each!(self, s => flush::apply(s, lease, upto_seq, batch, owner).await)
     }
 
     async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
-        each!(self, s => s.watermark(instance_id).await)
+        each!(self, s => sql::watermark(s, instance_id).await)
     }
 
     async fn user_progress(

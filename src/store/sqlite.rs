@@ -21,15 +21,12 @@ use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::Sqlite;
 
-use super::flush::{self, Dialect, Locked, NewRow, StateWrite};
+use super::flush::{Dialect, Locked, NewRow, StateWrite, Tx};
 use super::sql;
-use super::{
-    Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
-    TableOwner, Watermark,
-};
-use crate::buffer::{Buffer, Key, PendingDeletion};
+use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
+use crate::buffer::{Key, PendingDeletion};
 use crate::clock::{micros_of, naive_micros};
 use crate::rules::row::{GoalState, Row, Status};
 
@@ -229,25 +226,19 @@ type LockedRow = (
 );
 
 impl Dialect for SqliteStore {
-    type Tx = Transaction<'static, Sqlite>;
-
-    async fn begin(&self) -> Result<Self::Tx> {
+    async fn begin(&self) -> Result<Tx<Self>> {
         // IMMEDIATE: take the write lock now, not halfway through.
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(lite)
     }
 
-    async fn commit(&self, tx: Self::Tx) -> Result<()> {
-        tx.commit().await.map_err(lite)
-    }
-
-    async fn move_watermark(&self, tx: &mut Self::Tx, lease: &Lease, upto: u64) -> Result<bool> {
+    async fn move_watermark(&self, tx: &mut Tx<Self>, lease: &Lease, upto: u64) -> Result<bool> {
         sql::move_watermark(self, tx, lease, upto).await
     }
 
     /// One process: its WAL orders its deletions exactly; no tombstones.
     async fn delete_users(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         deletions: &[PendingDeletion],
         _instance_id: &str,
     ) -> Result<Vec<Deleted>> {
@@ -276,7 +267,7 @@ impl Dialect for SqliteStore {
         Ok(deleted)
     }
 
-    async fn users_with_rows(&self, tx: &mut Self::Tx, users: &[&str]) -> Result<HashSet<String>> {
+    async fn users_with_rows(&self, tx: &mut Tx<Self>, users: &[&str]) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
         for user in users {
             let has: Option<i64> = sqlx::query_scalar(USER_HAS_ROWS_SQL)
@@ -291,7 +282,7 @@ impl Dialect for SqliteStore {
         Ok(found)
     }
 
-    async fn insert_rows(&self, tx: &mut Self::Tx, rows: &[NewRow<'_>]) -> Result<()> {
+    async fn insert_rows(&self, tx: &mut Tx<Self>, rows: &[NewRow<'_>]) -> Result<()> {
         for r in rows {
             sqlx::query(INSERT_ROW_SQL)
                 .bind(&r.key.user_id)
@@ -310,7 +301,7 @@ impl Dialect for SqliteStore {
     /// The write lock of `BEGIN IMMEDIATE` covers every row: `lock` adds nothing.
     async fn read_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         keys: &[&Key],
         _lock: bool,
     ) -> Result<HashMap<Key, Locked>> {
@@ -359,7 +350,7 @@ impl Dialect for SqliteStore {
 
     async fn write_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         rows: &[(Key, Row)],
         _current: &HashMap<Key, Locked>,
     ) -> Result<Vec<Key>> {
@@ -382,7 +373,7 @@ impl Dialect for SqliteStore {
         Ok(Vec::new())
     }
 
-    async fn write_states(&self, tx: &mut Self::Tx, states: &[StateWrite<'_>]) -> Result<()> {
+    async fn write_states(&self, tx: &mut Tx<Self>, states: &[StateWrite<'_>]) -> Result<()> {
         for s in states {
             sqlx::query(WRITE_STATE_SQL)
                 .bind(&s.key.user_id)
@@ -398,8 +389,13 @@ impl Dialect for SqliteStore {
     }
 }
 
-impl ProgressStore for SqliteStore {
-    async fn prepare(&self, requested: Option<TableOwner>, migrate: bool) -> Result<Prepared> {
+impl SqliteStore {
+    /// The embedded store is the handler's own file: its tables, made here.
+    pub(super) async fn prepare(
+        &self,
+        requested: Option<TableOwner>,
+        migrate: bool,
+    ) -> Result<Prepared> {
         if requested == Some(TableOwner::Service) {
             return Err(StoreError::Rejected(
                 "TABLE_OWNER=service needs PostgreSQL: the embedded store is the handler's own file"
@@ -418,26 +414,14 @@ impl ProgressStore for SqliteStore {
         })
     }
 
-    async fn lease(&self, instance_id: &str) -> Result<Lease> {
+    /// A new epoch for `instance_id` (the file's directory made first).
+    pub(super) async fn lease(&self, instance_id: &str) -> Result<Lease> {
         self.ensure_dir()?;
         sql::lease(self, instance_id).await
     }
 
-    async fn apply(
-        &self,
-        lease: &Lease,
-        upto_seq: u64,
-        batch: &Buffer,
-        owner: &Owner,
-    ) -> Result<Applied> {
-        flush::apply(self, lease, upto_seq, batch, owner).await
-    }
-
-    async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
-        sql::watermark(self, instance_id).await
-    }
-
-    async fn user_progress(
+    /// A user's rows (one goal's, with `goal_id`), by goal id.
+    pub(super) async fn user_progress(
         &self,
         user_id: &str,
         goal_id: Option<&str>,

@@ -17,14 +17,11 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::Postgres;
 
-use super::flush::{self, Dialect, Locked, NewRow, StateWrite, Tombstone, Version};
+use super::flush::{Dialect, Locked, NewRow, StateWrite, Tombstone, Tx, Version};
 use super::sql;
-use super::{
-    Applied, Deleted, Lease, Owner, Prepared, ProgressRow, ProgressStore, Result, StoreError,
-    TableOwner, Watermark,
-};
+use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
 use crate::clock::{micros_of, naive_micros};
 use crate::rules::row::{GoalState, Row, Status};
@@ -344,23 +341,13 @@ fn locked(r: LockedRow) -> Result<(Key, Locked)> {
 }
 
 impl Dialect for PgStore {
-    type Tx = Transaction<'static, Postgres>;
-
-    async fn begin(&self) -> Result<Self::Tx> {
-        self.pool.begin().await.map_err(pg)
-    }
-
-    async fn commit(&self, tx: Self::Tx) -> Result<()> {
-        tx.commit().await.map_err(pg)
-    }
-
-    async fn move_watermark(&self, tx: &mut Self::Tx, lease: &Lease, upto: u64) -> Result<bool> {
+    async fn move_watermark(&self, tx: &mut Tx<Self>, lease: &Lease, upto: u64) -> Result<bool> {
         sql::move_watermark(self, tx, lease, upto).await
     }
 
     async fn delete_users(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         deletions: &[PendingDeletion],
         instance_id: &str,
     ) -> Result<Vec<Deleted>> {
@@ -397,11 +384,11 @@ impl Dialect for PgStore {
         Ok(Deleted::count(deletions, &gone))
     }
 
-    async fn lock_cluster(&self, tx: &mut Self::Tx, exclusive: bool) -> Result<()> {
+    async fn lock_cluster(&self, tx: &mut Tx<Self>, exclusive: bool) -> Result<()> {
         cluster::lock(tx, exclusive).await
     }
 
-    async fn claim_events(&self, tx: &mut Self::Tx, events: &[Mark]) -> Result<Vec<Mark>> {
+    async fn claim_events(&self, tx: &mut Tx<Self>, events: &[Mark]) -> Result<Vec<Mark>> {
         if self.cluster.ledger_window.is_none() {
             return Ok(Vec::new());
         }
@@ -410,7 +397,7 @@ impl Dialect for PgStore {
 
     async fn tombstones(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         users: &[(&str, &str)],
         instance_id: &str,
     ) -> Result<HashMap<(String, String), Tombstone>> {
@@ -424,7 +411,7 @@ impl Dialect for PgStore {
         .await
     }
 
-    async fn users_with_rows(&self, tx: &mut Self::Tx, users: &[&str]) -> Result<HashSet<String>> {
+    async fn users_with_rows(&self, tx: &mut Tx<Self>, users: &[&str]) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in users.chunks(self.batch_size) {
             let rows: Vec<String> = sqlx::query_scalar(USERS_WITH_ROWS_SQL)
@@ -437,7 +424,7 @@ impl Dialect for PgStore {
         Ok(found)
     }
 
-    async fn insert_rows(&self, tx: &mut Self::Tx, rows: &[NewRow<'_>]) -> Result<()> {
+    async fn insert_rows(&self, tx: &mut Tx<Self>, rows: &[NewRow<'_>]) -> Result<()> {
         for chunk in rows.chunks(self.batch_size) {
             let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
             let (mut at, mut expires) = (Vec::new(), Vec::new());
@@ -465,7 +452,7 @@ impl Dialect for PgStore {
 
     async fn read_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         keys: &[&Key],
         lock: bool,
     ) -> Result<HashMap<Key, Locked>> {
@@ -490,7 +477,7 @@ impl Dialect for PgStore {
 
     async fn write_rows(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Tx<Self>,
         rows: &[(Key, Row)],
         current: &HashMap<Key, Locked>,
     ) -> Result<Vec<Key>> {
@@ -550,7 +537,7 @@ impl Dialect for PgStore {
         Ok(changed)
     }
 
-    async fn write_states(&self, tx: &mut Self::Tx, states: &[StateWrite<'_>]) -> Result<()> {
+    async fn write_states(&self, tx: &mut Tx<Self>, states: &[StateWrite<'_>]) -> Result<()> {
         for chunk in states.chunks(self.batch_size) {
             let (mut users, mut goals, mut created, mut last, mut days) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -575,30 +562,9 @@ impl Dialect for PgStore {
     }
 }
 
-impl ProgressStore for PgStore {
-    async fn prepare(&self, requested: Option<TableOwner>, migrate: bool) -> Result<Prepared> {
-        self.prepare_tables(requested, migrate).await
-    }
-
-    async fn lease(&self, instance_id: &str) -> Result<Lease> {
-        sql::lease(self, instance_id).await
-    }
-
-    async fn apply(
-        &self,
-        lease: &Lease,
-        upto_seq: u64,
-        batch: &crate::buffer::Buffer,
-        owner: &Owner,
-    ) -> Result<Applied> {
-        flush::apply(self, lease, upto_seq, batch, owner).await
-    }
-
-    async fn watermark(&self, instance_id: &str) -> Result<Option<Watermark>> {
-        sql::watermark(self, instance_id).await
-    }
-
-    async fn user_progress(
+impl PgStore {
+    /// A user's rows (one goal's, with `goal_id`), by goal id.
+    pub(super) async fn user_progress(
         &self,
         user_id: &str,
         goal_id: Option<&str>,

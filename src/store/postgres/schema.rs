@@ -39,7 +39,7 @@ impl PgStore {
     /// The handler's own tables (with `migrate`), and who owns
     /// `user_goal_progress`: requested, recorded at an earlier start, or
     /// the challenge service's when its table exists; else wait for it.
-    pub(super) async fn prepare_tables(
+    pub(in crate::store) async fn prepare(
         &self,
         requested: Option<TableOwner>,
         migrate: bool,
