@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat};
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).
 pub fn unix_ms() -> u64 {
@@ -59,9 +59,35 @@ pub fn micros_of(time: NaiveDateTime) -> i64 {
     time.and_utc().timestamp_micros()
 }
 
+/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01.
+const CE_TO_UNIX_DAYS: i32 = 719_163;
+
+/// A SQL `DATE` from days since the epoch.
+pub fn date_of_day(unix_day: i32) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(unix_day.saturating_add(CE_TO_UNIX_DAYS))
+        .unwrap_or_default()
+}
+
+/// Days since the epoch of a SQL `DATE`.
+pub fn day_of(date: NaiveDate) -> i32 {
+    use chrono::Datelike;
+    date.num_days_from_ce() - CE_TO_UNIX_DAYS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_days_map_to_calendar_dates_and_back() {
+        assert_eq!(date_of_day(0), NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
+        assert_eq!(
+            date_of_day(19_723),
+            NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()
+        );
+        assert_eq!(day_of(date_of_day(19_723)), 19_723);
+        assert_eq!(day_of(date_of_day(-5)), -5);
+    }
 
     #[test]
     fn times_print_in_utc_with_milliseconds() {

@@ -19,12 +19,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
+use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::Transaction;
 
 use super::sql::Backend;
 use super::{Applied, Deleted, Dropped, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
 use crate::buffer::{Buffer, Entries, Key, Meta, PendingDeletion};
-use crate::rules::row::{GoalState, Micros, Row};
+use crate::clock::{day_of, micros_of};
+use crate::rules::row::{GoalState, Micros, Row, Status};
 use crate::wal::dedup::Mark;
 
 /// A row as the flush reads it: its columns and its identity (`created_at`:
@@ -37,6 +39,55 @@ pub struct Locked {
     /// How the dialect finds this version of the row again (PostgreSQL:
     /// its `ctid` and `xmin`): the write changes it only if it is unchanged.
     pub version: Option<Version>,
+}
+
+/// A row's columns as both dialects read them, times in UTC without a zone:
+/// progress, status, completed_at, claimed_at, is_active, updated_at,
+/// expires_at, baseline_value, created_at, and the handler's state
+/// (last_event_at, last_counted_day).
+pub(super) type RowColumns = (
+    i32,
+    String,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+    bool,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<i32>,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<NaiveDate>,
+);
+
+impl Locked {
+    /// The row `key` as a dialect read it (`version` where it has one).
+    pub(super) fn of(key: &Key, c: RowColumns, version: Option<Version>) -> Result<Locked> {
+        let status = Status::parse(&c.1).ok_or_else(|| {
+            StoreError::Rejected(format!(
+                "user_goal_progress row {}/{} has status {:?}, not one of the four the table allows",
+                key.user_id, key.goal_id, c.1
+            ))
+        })?;
+        let row = Row {
+            progress: c.0,
+            status,
+            completed_at: c.2.map(micros_of),
+            claimed_at: c.3.map(micros_of),
+            is_active: c.4,
+            updated_at: micros_of(c.5),
+            expires_at: c.6.map(micros_of),
+            baseline: c.7,
+            state: GoalState {
+                last_event_at: c.9.map(micros_of),
+                last_counted_day: c.10.map(day_of),
+            },
+        };
+        Ok(Locked {
+            row,
+            created_at: micros_of(c.8),
+            version,
+        })
+    }
 }
 
 /// A version of a row as PostgreSQL stores it.

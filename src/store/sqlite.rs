@@ -17,18 +17,17 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::Sqlite;
 
-use super::flush::{Dialect, Locked, NewRow, StateWrite, Tx};
+use super::flush::{Dialect, Locked, NewRow, RowColumns, StateWrite, Tx};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
-use crate::clock::{micros_of, naive_micros};
-use crate::rules::row::{GoalState, Row, Status};
+use crate::clock::{date_of_day, naive_micros};
+use crate::rules::row::Row;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -155,16 +154,7 @@ fn time_text(unix_us: i64) -> String {
 }
 
 fn day_text(day: i32) -> String {
-    const CE_TO_UNIX_DAYS: i32 = 719_163;
-    NaiveDate::from_num_days_from_ce_opt(day.saturating_add(CE_TO_UNIX_DAYS))
-        .unwrap_or_default()
-        .format("%Y-%m-%d")
-        .to_string()
-}
-
-fn day_of(date: NaiveDate) -> i32 {
-    use chrono::Datelike;
-    date.num_days_from_ce() - 719_163
+    date_of_day(day).format("%Y-%m-%d").to_string()
 }
 
 pub struct SqliteStore {
@@ -209,21 +199,6 @@ impl SqliteStore {
         }
     }
 }
-
-/// A locked row as `LOCK_ROW_SQL` returns it.
-type LockedRow = (
-    i32,
-    String,
-    Option<NaiveDateTime>,
-    Option<NaiveDateTime>,
-    bool,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-    Option<i32>,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-    Option<NaiveDate>,
-);
 
 impl Dialect for SqliteStore {
     async fn begin(&self) -> Result<Tx<Self>> {
@@ -307,43 +282,15 @@ impl Dialect for SqliteStore {
     ) -> Result<HashMap<Key, Locked>> {
         let mut rows = HashMap::with_capacity(keys.len());
         for key in keys {
-            let found: Option<LockedRow> = sqlx::query_as(LOCK_ROW_SQL.as_str())
+            let found: Option<RowColumns> = sqlx::query_as(LOCK_ROW_SQL.as_str())
                 .bind(&key.user_id)
                 .bind(&key.goal_id)
                 .fetch_optional(&mut **tx)
                 .await
                 .map_err(lite)?;
-            let Some(r) = found else {
-                continue;
-            };
-            let status = Status::parse(&r.1).ok_or_else(|| {
-                StoreError::Rejected(format!(
-                    "user_goal_progress row {}/{} has status {:?}, not one of the four the table allows",
-                    key.user_id, key.goal_id, r.1
-                ))
-            })?;
-            let row = Row {
-                progress: r.0,
-                status,
-                completed_at: r.2.map(micros_of),
-                claimed_at: r.3.map(micros_of),
-                is_active: r.4,
-                updated_at: micros_of(r.5),
-                expires_at: r.6.map(micros_of),
-                baseline: r.7,
-                state: GoalState {
-                    last_event_at: r.9.map(micros_of),
-                    last_counted_day: r.10.map(day_of),
-                },
-            };
-            rows.insert(
-                (*key).clone(),
-                Locked {
-                    row,
-                    created_at: micros_of(r.8),
-                    version: None,
-                },
-            );
+            if let Some(columns) = found {
+                rows.insert((*key).clone(), Locked::of(key, columns, None)?);
+            }
         }
         Ok(rows)
     }
@@ -446,6 +393,9 @@ mod tests {
         );
         assert!(time_text(999) < time_text(1_000));
         assert_eq!(day_text(19_723), "2024-01-01");
-        assert_eq!(day_of(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()), 19_723);
+        assert_eq!(
+            crate::clock::day_of(chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()),
+            19_723
+        );
     }
 }

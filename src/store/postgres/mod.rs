@@ -15,16 +15,16 @@ pub use schema::golang_migrate_lock_id;
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{NaiveDate, NaiveDateTime};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Postgres;
+use sqlx::{FromRow, Row as _};
 
-use super::flush::{Dialect, Locked, NewRow, StateWrite, Tombstone, Tx, Version};
+use super::flush::{Dialect, Locked, NewRow, RowColumns, StateWrite, Tombstone, Tx, Version};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
-use crate::clock::{micros_of, naive_micros};
-use crate::rules::row::{GoalState, Row, Status};
+use crate::clock::{date_of_day, naive_micros};
+use crate::rules::row::Row;
 use crate::wal::dedup::Mark;
 use cluster::ClusterSettings;
 use error::pg;
@@ -102,9 +102,9 @@ ON CONFLICT (user_id, goal_id) DO NOTHING";
 /// `xmin`: the write finds them without a lookup, and only if unchanged).
 /// `{lock}`: `FOR UPDATE OF p` (in key order) or nothing.
 const READ_BATCH_SQL: &str = "
-SELECT p.user_id, p.goal_id, p.progress, p.status, p.completed_at, p.claimed_at, p.is_active,
+SELECT p.progress, p.status, p.completed_at, p.claimed_at, p.is_active,
        p.updated_at, {expires_at}, {baseline_value}, p.created_at,
-       s.last_event_at, s.last_counted_day, p.ctid::text, p.xmin::text
+       s.last_event_at, s.last_counted_day, p.user_id, p.goal_id, p.ctid::text, p.xmin::text
 FROM user_goal_progress p
 JOIN UNNEST($1::varchar[], $2::varchar[]) AS k(user_id, goal_id)
   ON p.user_id = k.user_id AND p.goal_id = k.goal_id
@@ -274,70 +274,20 @@ impl PgStore {
     }
 }
 
-fn date(day: i32) -> NaiveDate {
-    const CE_TO_UNIX_DAYS: i32 = 719_163;
-    NaiveDate::from_num_days_from_ce_opt(day.saturating_add(CE_TO_UNIX_DAYS)).unwrap_or_default()
-}
-
-fn day_of(date: NaiveDate) -> i32 {
-    const CE_TO_UNIX_DAYS: i32 = 719_163;
-    date.num_days_from_ce() - CE_TO_UNIX_DAYS
-}
-
-use chrono::Datelike;
-
-/// A row as `READ_BATCH_SQL` returns it.
-type LockedRow = (
-    String,
-    String,
-    i32,
-    String,
-    Option<NaiveDateTime>,
-    Option<NaiveDateTime>,
-    bool,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-    Option<i32>,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-    Option<NaiveDate>,
-    String,
-    String,
-);
-
-fn locked(r: LockedRow) -> Result<(Key, Locked)> {
-    let (user_id, goal_id, progress, status, completed_at, claimed_at, is_active) =
-        (r.0, r.1, r.2, r.3, r.4, r.5, r.6);
-    let status = Status::parse(&status).ok_or_else(|| {
-        StoreError::Rejected(format!(
-            "user_goal_progress row {user_id}/{goal_id} has status {status:?}, not one of the four the table allows"
-        ))
-    })?;
-    let row = Row {
-        progress,
-        status,
-        completed_at: completed_at.map(micros_of),
-        claimed_at: claimed_at.map(micros_of),
-        is_active,
-        updated_at: micros_of(r.7),
-        expires_at: r.8.map(micros_of),
-        baseline: r.9,
-        state: GoalState {
-            last_event_at: r.11.map(micros_of),
-            last_counted_day: r.12.map(day_of),
-        },
+/// A row as `READ_BATCH_SQL` returns it: the [`RowColumns`] both dialects
+/// read, then the key and the version.
+fn locked(r: &PgRow) -> Result<(Key, Locked)> {
+    let columns = RowColumns::from_row(r).map_err(pg)?;
+    let key = Key {
+        user_id: r.try_get(11).map_err(pg)?,
+        goal_id: r.try_get(12).map_err(pg)?,
     };
-    Ok((
-        Key { user_id, goal_id },
-        Locked {
-            row,
-            created_at: micros_of(r.10),
-            version: Some(Version {
-                ctid: r.13,
-                xmin: r.14,
-            }),
-        },
-    ))
+    let version = Version {
+        ctid: r.try_get(13).map_err(pg)?,
+        xmin: r.try_get(14).map_err(pg)?,
+    };
+    let locked = Locked::of(&key, columns, Some(version))?;
+    Ok((key, locked))
 }
 
 impl Dialect for PgStore {
@@ -461,13 +411,13 @@ impl Dialect for PgStore {
         for chunk in keys.chunks(self.batch_size) {
             let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
             let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
-            let found: Vec<LockedRow> = sqlx::query_as(sql)
+            let found = sqlx::query(sql)
                 .bind(users)
                 .bind(goals)
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(pg)?;
-            for r in found {
+            for r in &found {
                 let (key, row) = locked(r)?;
                 rows.insert(key, row);
             }
@@ -546,7 +496,7 @@ impl Dialect for PgStore {
                 goals.push(s.key.goal_id.as_str());
                 created.push(naive_micros(s.created_at));
                 last.push(s.state.last_event_at.map(naive_micros));
-                days.push(s.state.last_counted_day.map(date));
+                days.push(s.state.last_counted_day.map(date_of_day));
             }
             sqlx::query(WRITE_STATES_SQL)
                 .bind(users)
@@ -577,14 +527,6 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unix_days_map_to_calendar_dates_and_back() {
-        assert_eq!(date(0), NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
-        assert_eq!(date(19_723), NaiveDate::from_ymd_opt(2024, 1, 1).unwrap());
-        assert_eq!(day_of(date(19_723)), 19_723);
-        assert_eq!(day_of(date(-5)), -5);
-    }
 
     #[test]
     fn the_golang_migrate_lock_id_is_crc32_of_schema_table_and_database_times_the_salt() {
