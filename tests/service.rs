@@ -580,18 +580,27 @@ async fn healthz_metrics_grpc_health_and_reflection_are_served() {
         .expect("wal_disk_bytes exported");
     assert!(disk > 0, "the WAL's files take no space: {metrics}");
 
+    // Each event service is marked serving where it is routed.
     let mut health = tonic_health::pb::health_client::HealthClient::new(svc.channel.clone());
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        reply.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    for service in [
+        "accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService",
+        "accelbyte.iam.account.v1.UserAuthenticationUserThirdPartyLoggedInService",
+        "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService",
+        "accelbyte.iam.account.v1.DeletionAccountGdprGdprRequestDataDeletionResponseService",
+    ] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;

@@ -11,7 +11,10 @@
 pub mod codec;
 pub mod server;
 
+use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
 
 use crate::event::{self, Event, EventError, TimeSource};
 use crate::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_server::{
@@ -40,14 +43,6 @@ impl From<EventError> for Status {
     }
 }
 
-/// The generated servers of the AGS event services, all backed by one [`Ingress`].
-pub struct Services {
-    pub login: UserAuthenticationUserLoggedInServiceServer<Ingress>,
-    pub third_party_login: UserAuthenticationUserThirdPartyLoggedInServiceServer<Ingress>,
-    pub stat: StatisticStatItemUpdatedServiceServer<Ingress>,
-    pub gdpr_deletion: DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer<Ingress>,
-}
-
 /// gRPC's view of the ingestion path: a status for every failure.
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
@@ -73,23 +68,34 @@ impl Ingress {
             .map_err(Status::from)
     }
 
-    /// The four services, each with a decoding limit of `max_message_bytes`.
-    pub fn services(&self, max_message_bytes: usize) -> Services {
-        Services {
-            login: UserAuthenticationUserLoggedInServiceServer::new(self.clone())
-                .max_decoding_message_size(max_message_bytes),
-            third_party_login: UserAuthenticationUserThirdPartyLoggedInServiceServer::new(
-                self.clone(),
-            )
-            .max_decoding_message_size(max_message_bytes),
-            stat: StatisticStatItemUpdatedServiceServer::new(self.clone())
-                .max_decoding_message_size(max_message_bytes),
-            gdpr_deletion: DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer::new(
-                self.clone(),
-            )
-            .max_decoding_message_size(max_message_bytes),
-        }
+    /// The AGS event services, all backed by this [`Ingress`], each with a
+    /// decoding limit of `max_message_bytes` and marked serving in `health`.
+    /// A new event's service is added here and nowhere else in the server.
+    pub async fn routes(&self, max_message_bytes: usize, health: &HealthReporter) -> Routes {
+        let login = UserAuthenticationUserLoggedInServiceServer::new(self.clone())
+            .max_decoding_message_size(max_message_bytes);
+        let third_party_login =
+            UserAuthenticationUserThirdPartyLoggedInServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes);
+        let stat = StatisticStatItemUpdatedServiceServer::new(self.clone())
+            .max_decoding_message_size(max_message_bytes);
+        let gdpr_deletion =
+            DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes);
+        serving(health, &login).await;
+        serving(health, &third_party_login).await;
+        serving(health, &stat).await;
+        serving(health, &gdpr_deletion).await;
+        Routes::new(login)
+            .add_service(third_party_login)
+            .add_service(stat)
+            .add_service(gdpr_deletion)
     }
+}
+
+/// Marks a service as serving in `grpc.health.v1` (the value only gives its type).
+async fn serving<S: NamedService>(health: &HealthReporter, _service: &S) {
+    health.set_serving::<S>().await;
 }
 
 #[tonic::async_trait]

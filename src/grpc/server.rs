@@ -20,11 +20,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let services = ingress.services(max_message_bytes);
-    serving(&reporter, &services.login).await;
-    serving(&reporter, &services.third_party_login).await;
-    serving(&reporter, &services.stat).await;
-    serving(&reporter, &services.gdpr_deletion).await;
+    let events = ingress.routes(max_message_bytes, &reporter).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -34,13 +30,10 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let stopping = stop.clone();
     let server = tonic::transport::Server::builder()
+        .add_routes(events)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(services.login)
-        .add_service(services.third_party_login)
-        .add_service(services.stat)
-        .add_service(services.gdpr_deletion)
         // TCP_NODELAY: a unary answer is several small HTTP/2 writes; Nagle's
         // algorithm would hold them back for the peer's delayed ACK.
         .serve_with_incoming_shutdown(
@@ -79,12 +72,4 @@ pub async fn serve(
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
-}
-
-/// Marks a service as serving in `grpc.health.v1` (the value only gives its type).
-async fn serving<S: tonic::server::NamedService>(
-    reporter: &tonic_health::server::HealthReporter,
-    _service: &S,
-) {
-    reporter.set_serving::<S>().await;
 }
