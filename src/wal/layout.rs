@@ -23,7 +23,8 @@ use super::dedup::Mark;
 pub(super) const FRAME_PREFIX: u8 = b'f';
 pub(super) const MARKS_PREFIX: u8 = b'm';
 
-fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
+/// A prefix byte, then `n` (u64 BE): every 9-byte key of the log.
+pub(super) fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     let mut key = [prefix; 9];
     key[1..].copy_from_slice(&n.to_be_bytes());
     key

@@ -9,22 +9,12 @@
 
 use super::codec::{self, CodecError};
 use super::dedup::Mark;
-use super::store::{Entry, Layout};
+use super::layout::{number_of, prefixed};
 use super::Result;
 use crate::rules::Record;
 
 const RECORD_PREFIX: u8 = b'w';
 const MARK_PREFIX: u8 = b'd';
-
-fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
-    let mut key = [prefix; 9];
-    key[1..].copy_from_slice(&n.to_be_bytes());
-    key
-}
-
-fn number_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
 
 /// The key of an older build's record.
 pub(super) fn record_key(seq: u64) -> [u8; 9] {
@@ -61,20 +51,25 @@ pub(super) fn marks(db: &sled::Db) -> Result<Vec<(u64, Mark)>> {
     Ok(out)
 }
 
-/// The records an older build left in the log: an entry each, with the
-/// reason when its crc or format is wrong.
-pub(super) fn entries(db: &sled::Db) -> Result<Vec<(Entry, Option<CodecError>)>> {
+/// A record an older build left in the log.
+pub(super) struct OldRecord {
+    pub seq: u64,
+    pub bytes: u32,
+    /// Why it cannot be read (a wrong crc or format), if it cannot.
+    pub damage: Option<CodecError>,
+}
+
+/// The records an older build left in the log.
+pub(super) fn entries(db: &sled::Db) -> Result<Vec<OldRecord>> {
     let mut out = Vec::new();
     for item in db.scan_prefix([RECORD_PREFIX]) {
         let (key, value) = item?;
         let Some(seq) = number_of(&key) else { continue };
-        let entry = Entry {
-            layout: Layout::Record,
-            first: seq,
-            last: seq,
+        out.push(OldRecord {
+            seq,
             bytes: value.len() as u32,
-        };
-        out.push((entry, codec::decode(&value).err()));
+            damage: codec::decode(&value).err(),
+        });
     }
     Ok(out)
 }
@@ -108,8 +103,8 @@ mod tests {
         assert_eq!(marks(&db).unwrap(), [(3, 99), (4, u128::MAX)]);
         let entries = entries(&db).unwrap();
         assert_eq!(entries.len(), 1);
-        assert_eq!((entries[0].0.first, entries[0].0.last), (7, 7));
-        assert!(entries[0].1.is_some(), "a damaged record is reported");
+        assert_eq!(entries[0].seq, 7);
+        assert!(entries[0].damage.is_some(), "a damaged record is reported");
         assert!(bucket_prefix(3) < bucket_prefix(4));
     }
 }

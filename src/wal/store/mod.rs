@@ -223,8 +223,14 @@ impl WalStore {
 
         let mut live = Vec::new();
         let mut corrupt = Vec::new();
-        for (entry, damage) in legacy::entries(&db)? {
-            if let Some(reason) = damage {
+        for old in legacy::entries(&db)? {
+            let entry = Entry {
+                layout: Layout::Record,
+                first: old.seq,
+                last: old.seq,
+                bytes: old.bytes,
+            };
+            if let Some(reason) = old.damage {
                 corrupt.push((entry, reason));
             }
             live.push(entry);
