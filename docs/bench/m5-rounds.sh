@@ -13,6 +13,7 @@
 #   D   BIN,   config/challenges.m5.json (the M5 example), --stat-code kills
 #   E   BIN,   docs/bench/challenges.m5-same-goals.json (A's goals in M5 form), enemy-kills
 #
+# RATE=10000 sends in open loop at that many events/s instead of a closed loop.
 # One JSON line per run goes to OUT (default m5-rounds.jsonl): events/s, errors,
 # latency, and from /metrics the flushes, their rows and seconds, the WAL left.
 # Needs psql, python3, curl, and a PostgreSQL the libpq variables reach.
@@ -75,7 +76,7 @@ run_one() { # tag, configuration
   done
   "$BIN" bench --addr "http://127.0.0.1:$GRPC_PORT" --mix mixed --users "$USERS" \
     --stat-code "$stat" --concurrency 256 --connections 4 --warmup 2s --duration "$DURATION" \
-    --json >"$data.report" || true
+    ${RATE:+--rate "$RATE"} --json >"$data.report" || true
   local metrics
   metrics=$(curl -fs "http://127.0.0.1:$METRICS_PORT/metrics")
   local t0=$SECONDS
@@ -93,6 +94,7 @@ text = open(report).read()
 run = next((r for r in json.loads(text)["runs"] if r["target"] == "service"), {}) if text.strip() else {}
 print(json.dumps({
     "tag": tag, "config": cfg, "events_per_sec": run.get("per_sec"), "errors": run.get("errors"),
+    "offered_per_sec": run.get("offered_per_sec"),
     "p50_ms": run.get("p50_ms"), "p99_ms": run.get("p99_ms"),
     "flushes": float(flushes), "flush_seconds": float(flush_s), "rows_flushed": float(rows),
     "rows_per_flush_second": float(rows) / float(flush_s) if float(flush_s) > 0 else None,
