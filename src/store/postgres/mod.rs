@@ -277,14 +277,16 @@ impl PgStore {
 /// A row as `READ_BATCH_SQL` returns it: the [`RowColumns`] both dialects
 /// read, then the key and the version.
 fn locked(r: &PgRow) -> Result<(Key, Locked)> {
+    /// The first column after the [`RowColumns`] (there are 11 of them).
+    const KEY: usize = 11;
     let columns = RowColumns::from_row(r).map_err(pg)?;
     let key = Key {
-        user_id: r.try_get(11).map_err(pg)?,
-        goal_id: r.try_get(12).map_err(pg)?,
+        user_id: r.try_get(KEY).map_err(pg)?,
+        goal_id: r.try_get(KEY + 1).map_err(pg)?,
     };
     let version = Version {
-        ctid: r.try_get(13).map_err(pg)?,
-        xmin: r.try_get(14).map_err(pg)?,
+        ctid: r.try_get(KEY + 2).map_err(pg)?,
+        xmin: r.try_get(KEY + 3).map_err(pg)?,
     };
     let locked = Locked::of(&key, columns, Some(version))?;
     Ok((key, locked))
