@@ -77,7 +77,7 @@ pub fn apply_batch(rows: &mut Rows, batch: &Buffer, creates: Creates, now: Micro
     }
     let plan = batch.plan(|key| rows.get(key), now);
     for (key, row) in plan.writes {
-        rows.insert(key, row);
+        rows.insert(key.clone(), row);
     }
 }
 

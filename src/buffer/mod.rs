@@ -288,6 +288,15 @@ impl Buffer {
         Entries(entries)
     }
 
+    /// Whether an entry's rules read the handler's own state of a row
+    /// (`last_event_at`, `last_counted_day`): the type rules do, M5's do not.
+    pub fn reads_goal_state(&self) -> bool {
+        !(self.absolute.is_empty()
+            && self.increment.is_empty()
+            && self.daily_increment.is_empty()
+            && self.daily.is_empty())
+    }
+
     /// Nothing to flush: no entry and no deletion.
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.deletions.is_empty()
@@ -350,13 +359,14 @@ impl Buffer {
     }
 }
 
-/// What a flush does with the rows its entries touch.
+/// What a flush does with the rows its entries touch (keys borrowed from
+/// the buffer).
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct Plan<'b> {
     /// The rows that change, with their new columns, in key order.
-    pub writes: Vec<(Key, Row)>,
+    pub writes: Vec<(&'b Key, Row)>,
     /// Entries whose row does not exist, with how many updates each holds.
-    pub missing: Vec<(Key, u32)>,
+    pub missing: Vec<(&'b Key, u32)>,
     /// Updates not applied because their row is inactive.
     pub inactive: u64,
     /// Updates not applied because their row is claimed (and the rules keep it so).
@@ -365,7 +375,7 @@ pub struct Plan {
 
 impl Buffer {
     /// [`Entries::plan`] of every entry.
-    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan {
+    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan<'_> {
         self.entries().plan(row_of, now)
     }
 
@@ -391,7 +401,7 @@ impl<'b> Entries<'b> {
 
     /// Applies every entry to its row as `row_of` finds it (None: the row
     /// does not exist), in key order; `now` is the flush's time.
-    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan {
+    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan<'b> {
         let mut plan = Plan::default();
         let mut rest = self.0.as_slice();
         while let Some(((key, _, _), _)) = rest.split_first() {
@@ -400,7 +410,7 @@ impl<'b> Entries<'b> {
             rest = after;
             let Some(start) = row_of(key) else {
                 let records = group.iter().map(|(_, meta, _)| meta.records).sum();
-                plan.missing.push(((*key).clone(), records));
+                plan.missing.push((*key, records));
                 continue;
             };
             let mut current: Option<Row> = None;
@@ -416,7 +426,7 @@ impl<'b> Entries<'b> {
                 }
             }
             if let Some(next) = current.filter(|next| next != start) {
-                plan.writes.push(((*key).clone(), next));
+                plan.writes.push((*key, next));
             }
         }
         plan

@@ -166,3 +166,25 @@ fn deltas_saturate_instead_of_overflowing() {
     b.apply(2, update("inc", Op::Add(i32::MAX), 2));
     assert_eq!(b.increment.get(&key("inc")).unwrap().1.delta, i32::MAX);
 }
+
+#[test]
+fn only_a_batch_with_type_rule_entries_reads_the_handlers_goal_state() {
+    use crate::rules::m5::{Goal, Step};
+    let m5 = Op::M5(Step {
+        goal: Goal {
+            relative: false,
+            rotation: None,
+        },
+        value: Some(3),
+        inc: 3,
+    });
+    let mut b = Buffer::default();
+    assert!(!b.reads_goal_state(), "an empty batch reads nothing");
+    b.apply(1, update("m5", m5, 1));
+    assert!(!b.reads_goal_state(), "M5's rules never read the state");
+    b.apply(2, update("inc", Op::Add(1), 2));
+    assert!(b.reads_goal_state(), "the type rules read last_event_at");
+    let mut d = Buffer::default();
+    d.apply(1, update("daily", Op::CountDay(20_000), 1));
+    assert!(d.reads_goal_state(), "and last_counted_day");
+}

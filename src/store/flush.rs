@@ -126,6 +126,16 @@ pub struct StateWrite<'p> {
     pub state: GoalState,
 }
 
+/// How [`Dialect::read_rows`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Read {
+    /// Locked, in key order, until the transaction ends.
+    pub lock: bool,
+    /// With the handler's own state of each row (the type rules read it; a
+    /// batch of M5 entries alone does not need the join).
+    pub state: bool,
+}
+
 /// A flush's transaction on a backend's database.
 pub(super) type Tx<D> = Transaction<'static, <D as Backend>::Db>;
 
@@ -193,23 +203,24 @@ pub(super) trait Dialect: Backend + Send + Sync {
         tx: &mut Tx<Self>,
         rows: &[NewRow<'_>],
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Reads the rows of `keys` (sorted), with the handler's state; with
-    /// `lock`, locked (in key order) until the transaction ends.
-    fn read_rows(
+    /// Reads the rows of `keys` (sorted); with `read.lock`, locked (in key
+    /// order) until the transaction ends; with `read.state`, with the
+    /// handler's state (else its default: only the type rules read it).
+    fn read_rows<'k>(
         &self,
         tx: &mut Tx<Self>,
-        keys: &[&Key],
-        lock: bool,
-    ) -> impl Future<Output = Result<HashMap<Key, Locked>>> + Send;
+        keys: &[&'k Key],
+        read: Read,
+    ) -> impl Future<Output = Result<HashMap<&'k Key, Locked>>> + Send;
     /// Writes the columns the rules decide, of each row that is still the
     /// version `current` read; returns the keys of those that were not
     /// (changed or deleted since), which it left alone.
-    fn write_rows(
+    fn write_rows<'k>(
         &self,
         tx: &mut Tx<Self>,
-        rows: &[(Key, Row)],
-        current: &HashMap<Key, Locked>,
-    ) -> impl Future<Output = Result<Vec<Key>>> + Send;
+        rows: &[(&'k Key, Row)],
+        current: &HashMap<&'k Key, Locked>,
+    ) -> impl Future<Output = Result<Vec<&'k Key>>> + Send;
     /// Writes the handler's state of rows.
     fn write_states(
         &self,
@@ -255,7 +266,11 @@ pub(super) async fn apply<D: Dialect>(
     let dropped = drop_tombstoned(dialect, &mut tx, &mut entries, &lease.instance_id).await?;
     let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
     keys.dedup();
-    let mut current = dialect.read_rows(&mut tx, &keys, false).await?;
+    let read = Read {
+        lock: false,
+        state: batch.reads_goal_state(),
+    };
+    let mut current = dialect.read_rows(&mut tx, &keys, read).await?;
     if owner.table == TableOwner::Handler && keys.len() > current.len() {
         let rows = new_rows(dialect, &mut tx, &entries, &current, owner).await?;
         if !rows.is_empty() {
@@ -265,7 +280,7 @@ pub(super) async fn apply<D: Dialect>(
                 .copied()
                 .filter(|k| !current.contains_key(*k))
                 .collect();
-            current.extend(dialect.read_rows(&mut tx, &created, false).await?);
+            current.extend(dialect.read_rows(&mut tx, &created, read).await?);
         }
     }
     // A test holds the flush here to change a row between the read and the write.
@@ -279,14 +294,14 @@ pub(super) async fn apply<D: Dialect>(
     if !changed.is_empty() {
         // Rows changed since they were read: read them again, locked, and
         // apply their entries again (the other rows are written already).
-        let again: Vec<&Key> = changed.iter().collect();
-        let reread = dialect.read_rows(&mut tx, &again, true).await?;
+        let locked = Read { lock: true, ..read };
+        let reread = dialect.read_rows(&mut tx, &changed, locked).await?;
         for key in &changed {
-            current.remove(key);
+            current.remove(*key);
         }
         current.extend(reread);
         plan = entries.plan(|key| current.get(key).map(|l| &l.row), now);
-        let retry: Vec<(Key, Row)> = plan
+        let retry: Vec<(&Key, Row)> = plan
             .writes
             .iter()
             .filter(|(key, _)| changed.contains(key))
@@ -376,7 +391,7 @@ async fn new_rows<'b, D: Dialect>(
     dialect: &D,
     tx: &mut Tx<D>,
     entries: &Entries<'b>,
-    current: &HashMap<Key, Locked>,
+    current: &HashMap<&Key, Locked>,
     owner: &'b Owner,
 ) -> Result<Vec<NewRow<'b>>> {
     let mut first: BTreeMap<&str, (i64, &'b Meta)> = BTreeMap::new();
@@ -432,8 +447,8 @@ async fn new_rows<'b, D: Dialect>(
 async fn not_applied<D: Dialect>(
     dialect: &D,
     tx: &mut Tx<D>,
-    missing: &[(Key, u32)],
-    plan: &crate::buffer::Plan,
+    missing: &[(&Key, u32)],
+    plan: &crate::buffer::Plan<'_>,
 ) -> Result<NotApplied> {
     let mut counts = NotApplied {
         inactive: plan.inactive,

@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Sqlite;
 
-use super::flush::{Dialect, Locked, NewRow, RowColumns, StateWrite, Tx};
+use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, StateWrite, Tx};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
@@ -274,12 +274,12 @@ impl Dialect for SqliteStore {
     }
 
     /// The write lock of `BEGIN IMMEDIATE` covers every row: `lock` adds nothing.
-    async fn read_rows(
+    async fn read_rows<'k>(
         &self,
         tx: &mut Tx<Self>,
-        keys: &[&Key],
-        _lock: bool,
-    ) -> Result<HashMap<Key, Locked>> {
+        keys: &[&'k Key],
+        _read: Read,
+    ) -> Result<HashMap<&'k Key, Locked>> {
         let mut rows = HashMap::with_capacity(keys.len());
         for key in keys {
             let found: Option<RowColumns> = sqlx::query_as(LOCK_ROW_SQL.as_str())
@@ -289,18 +289,18 @@ impl Dialect for SqliteStore {
                 .await
                 .map_err(lite)?;
             if let Some(columns) = found {
-                rows.insert((*key).clone(), Locked::of(key, columns, None)?);
+                rows.insert(*key, Locked::of(key, columns, None)?);
             }
         }
         Ok(rows)
     }
 
-    async fn write_rows(
+    async fn write_rows<'k>(
         &self,
         tx: &mut Tx<Self>,
-        rows: &[(Key, Row)],
-        _current: &HashMap<Key, Locked>,
-    ) -> Result<Vec<Key>> {
+        rows: &[(&'k Key, Row)],
+        _current: &HashMap<&'k Key, Locked>,
+    ) -> Result<Vec<&'k Key>> {
         for (key, row) in rows {
             sqlx::query(WRITE_ROW_SQL)
                 .bind(&key.user_id)

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Postgres;
 use sqlx::{FromRow, Row as _};
 
-use super::flush::{Dialect, Locked, NewRow, RowColumns, StateWrite, Tombstone, Tx, Version};
+use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, StateWrite, Tombstone, Tx, Version};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
@@ -98,25 +98,33 @@ FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::time
      AS u(user_id, goal_id, challenge_id, namespace, at, expires_at)
 ON CONFLICT (user_id, goal_id) DO NOTHING";
 
-/// The rows of a batch with the handler's state and their version (`ctid`,
-/// `xmin`: the write finds them without a lookup, and only if unchanged).
-/// `{lock}`: `FOR UPDATE OF p` (in key order) or nothing.
+/// The rows of a batch with their version (`ctid`, `xmin`: the write finds
+/// them without a lookup, and only if unchanged) and the position of their
+/// key in the batch (1-based), so no key is decoded. `{state}`: the
+/// handler's state of each row (a join) or typed NULLs; `{lock}`: `ORDER BY`
+/// the key and `FOR UPDATE OF p` (rows locked in key order), or nothing (an
+/// unlocked read needs no order).
 const READ_BATCH_SQL: &str = "
 SELECT p.progress, p.status, p.completed_at, p.claimed_at, p.is_active,
        p.updated_at, {expires_at}, {baseline_value}, p.created_at,
-       s.last_event_at, s.last_counted_day, p.user_id, p.goal_id, p.ctid::text, p.xmin::text
-FROM user_goal_progress p
-JOIN UNNEST($1::varchar[], $2::varchar[]) AS k(user_id, goal_id)
-  ON p.user_id = k.user_id AND p.goal_id = k.goal_id
-LEFT JOIN challenge_event_handler_goal_state s
-       ON s.user_id = p.user_id AND s.goal_id = p.goal_id AND s.row_created_at = p.created_at
-ORDER BY p.user_id, p.goal_id
+       {state}, k.ord::int4, p.ctid::text, p.xmin::text
+FROM UNNEST($1::varchar[], $2::varchar[]) WITH ORDINALITY AS k(user_id, goal_id, ord)
+JOIN user_goal_progress p ON p.user_id = k.user_id AND p.goal_id = k.goal_id
+{state_join}
 {lock}";
+
+const STATE_COLUMNS: &str = "s.last_event_at, s.last_counted_day";
+const NO_STATE_COLUMNS: &str = "NULL::timestamp, NULL::date";
+const STATE_JOIN: &str = "
+LEFT JOIN challenge_event_handler_goal_state s
+       ON s.user_id = p.user_id AND s.goal_id = p.goal_id AND s.row_created_at = p.created_at";
+const LOCK: &str = "ORDER BY p.user_id, p.goal_id FOR UPDATE OF p";
 
 /// The columns the rules decide; nothing else of the row is written. A row
 /// is found by the `ctid` the read returned (a TID scan, not a second index
 /// lookup) and changed only if it is still that version (same key, same
-/// `xmin`); the keys written come back, so the others can be read again.
+/// `xmin`); the positions (1-based) of the rows written come back, so the
+/// others can be read again.
 const WRITE_ROWS_SQL: &str = "
 UPDATE user_goal_progress AS p SET
     progress = u.progress, status = u.status, completed_at = u.completed_at,
@@ -124,11 +132,12 @@ UPDATE user_goal_progress AS p SET
     {, baseline_value = u.baseline_value}
 FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::int4[], $6::varchar[],
             $7::timestamp[], $8::timestamp[], $9::timestamp[], $10::timestamp[], $11::int4[])
+     WITH ORDINALITY
      AS u(tid, xmin, user_id, goal_id, progress, status, completed_at, claimed_at, updated_at,
-          expires_at, baseline_value)
+          expires_at, baseline_value, ord)
 WHERE p.ctid = u.tid::tid AND p.xmin::text = u.xmin
   AND p.user_id = u.user_id AND p.goal_id = u.goal_id
-RETURNING p.user_id, p.goal_id";
+RETURNING u.ord::int4";
 
 const WRITE_STATES_SQL: &str = "
 INSERT INTO challenge_event_handler_goal_state AS s
@@ -152,8 +161,8 @@ pub struct Columns {
 struct Statements {
     read_rows: String,
     insert_rows: String,
-    /// [reading, reading and locking] a batch's rows.
-    read_batch: [String; 2],
+    /// A batch's rows, by `[lock][state]` ([`Read`]).
+    read_batch: [[String; 2]; 2],
     write_rows: String,
 }
 
@@ -189,10 +198,21 @@ impl Statements {
         Statements {
             read_rows: fill(READ_ROWS_SQL),
             insert_rows: fill(INSERT_ROWS_SQL),
-            read_batch: [
-                fill(READ_BATCH_SQL).replace("{lock}", ""),
-                fill(READ_BATCH_SQL).replace("{lock}", "FOR UPDATE OF p"),
-            ],
+            read_batch: [false, true].map(|lock| {
+                [false, true].map(|state| {
+                    fill(READ_BATCH_SQL)
+                        .replace("{lock}", if lock { LOCK } else { "" })
+                        .replace("{state_join}", if state { STATE_JOIN } else { "" })
+                        .replace(
+                            "{state}",
+                            if state {
+                                STATE_COLUMNS
+                            } else {
+                                NO_STATE_COLUMNS
+                            },
+                        )
+                })
+            }),
             write_rows: fill(WRITE_ROWS_SQL),
         }
     }
@@ -205,7 +225,8 @@ pub struct PgStore {
     pool: PgPool,
     batch_size: usize,
     cluster: ClusterSettings,
-    statements: std::sync::OnceLock<(Columns, Statements)>,
+    /// Boxed: the statements are many strings, read once per flush.
+    statements: std::sync::OnceLock<Box<(Columns, Statements)>>,
 }
 
 impl PgStore {
@@ -251,7 +272,7 @@ impl PgStore {
 
     async fn statements(&self) -> Result<&(Columns, Statements)> {
         if let Some(known) = self.statements.get() {
-            return Ok(known);
+            return Ok(known.as_ref());
         }
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns
@@ -266,7 +287,8 @@ impl PgStore {
         };
         Ok(self
             .statements
-            .get_or_init(|| (columns, Statements::for_table(columns))))
+            .get_or_init(|| Box::new((columns, Statements::for_table(columns))))
+            .as_ref())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -275,21 +297,22 @@ impl PgStore {
 }
 
 /// A row as `READ_BATCH_SQL` returns it: the [`RowColumns`] both dialects
-/// read, then the key and the version.
-fn locked(r: &PgRow) -> Result<(Key, Locked)> {
+/// read, then the key's position in `keys` (1-based) and the version.
+fn locked<'k>(r: &PgRow, keys: &[&'k Key]) -> Result<(&'k Key, Locked)> {
     /// The first column after the [`RowColumns`] (there are 11 of them).
-    const KEY: usize = 11;
+    const ORD: usize = 11;
     let columns = RowColumns::from_row(r).map_err(pg)?;
-    let key = Key {
-        user_id: r.try_get(KEY).map_err(pg)?,
-        goal_id: r.try_get(KEY + 1).map_err(pg)?,
-    };
+    let ord: i32 = r.try_get(ORD).map_err(pg)?;
+    let key = usize::try_from(ord)
+        .ok()
+        .and_then(|ord| keys.get(ord.wrapping_sub(1)))
+        .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {ord}")))?;
     let version = Version {
-        ctid: r.try_get(KEY + 2).map_err(pg)?,
-        xmin: r.try_get(KEY + 3).map_err(pg)?,
+        ctid: r.try_get(ORD + 1).map_err(pg)?,
+        xmin: r.try_get(ORD + 2).map_err(pg)?,
     };
-    let locked = Locked::of(&key, columns, Some(version))?;
-    Ok((key, locked))
+    let locked = Locked::of(key, columns, Some(version))?;
+    Ok((*key, locked))
 }
 
 impl Dialect for PgStore {
@@ -402,14 +425,15 @@ impl Dialect for PgStore {
         Ok(())
     }
 
-    async fn read_rows(
+    async fn read_rows<'k>(
         &self,
         tx: &mut Tx<Self>,
-        keys: &[&Key],
-        lock: bool,
-    ) -> Result<HashMap<Key, Locked>> {
+        keys: &[&'k Key],
+        read: Read,
+    ) -> Result<HashMap<&'k Key, Locked>> {
         let mut rows = HashMap::with_capacity(keys.len());
-        let sql = &self.statements().await?.1.read_batch[usize::from(lock)];
+        let sql =
+            &self.statements().await?.1.read_batch[usize::from(read.lock)][usize::from(read.state)];
         for chunk in keys.chunks(self.batch_size) {
             let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
             let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
@@ -420,28 +444,30 @@ impl Dialect for PgStore {
                 .await
                 .map_err(pg)?;
             for r in &found {
-                let (key, row) = locked(r)?;
+                let (key, row) = locked(r, chunk)?;
                 rows.insert(key, row);
             }
         }
         Ok(rows)
     }
 
-    async fn write_rows(
+    async fn write_rows<'k>(
         &self,
         tx: &mut Tx<Self>,
-        rows: &[(Key, Row)],
-        current: &HashMap<Key, Locked>,
-    ) -> Result<Vec<Key>> {
+        rows: &[(&'k Key, Row)],
+        current: &HashMap<&'k Key, Locked>,
+    ) -> Result<Vec<&'k Key>> {
         let mut changed = Vec::new();
         for chunk in rows.chunks(self.batch_size) {
-            let (mut tids, mut xmins, mut users, mut goals) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut progress, mut status, mut completed, mut claimed) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut updated, mut expires, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+            let n = chunk.len();
+            let (mut tids, mut xmins) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut users, mut goals) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut progress, mut status) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut completed, mut claimed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut updated, mut expires) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let mut baseline = Vec::with_capacity(n);
             for (key, row) in chunk {
-                let version = current.get(key).and_then(|l| l.version.as_ref());
+                let version = current.get(*key).and_then(|l| l.version.as_ref());
                 let version = version.ok_or_else(|| {
                     StoreError::Rejected(format!(
                         "internal: no row read for {}/{}",
@@ -460,29 +486,37 @@ impl Dialect for PgStore {
                 expires.push(row.expires_at.map(naive_micros));
                 baseline.push(row.baseline);
             }
-            let written: Vec<(String, String)> =
-                sqlx::query_as(&self.statements().await?.1.write_rows)
-                    .bind(tids)
-                    .bind(xmins)
-                    .bind(users)
-                    .bind(goals)
-                    .bind(progress)
-                    .bind(status)
-                    .bind(completed)
-                    .bind(claimed)
-                    .bind(updated)
-                    .bind(expires)
-                    .bind(baseline)
-                    .fetch_all(&mut **tx)
-                    .await
-                    .map_err(pg)?;
-            if written.len() < chunk.len() {
-                let written: HashSet<(String, String)> = written.into_iter().collect();
+            let written: Vec<i32> = sqlx::query_scalar(&self.statements().await?.1.write_rows)
+                .bind(tids)
+                .bind(xmins)
+                .bind(users)
+                .bind(goals)
+                .bind(progress)
+                .bind(status)
+                .bind(completed)
+                .bind(claimed)
+                .bind(updated)
+                .bind(expires)
+                .bind(baseline)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(pg)?;
+            if written.len() < n {
+                let mut done = vec![false; n];
+                for ord in written {
+                    if let Some(slot) = usize::try_from(ord)
+                        .ok()
+                        .and_then(|ord| done.get_mut(ord.wrapping_sub(1)))
+                    {
+                        *slot = true;
+                    }
+                }
                 changed.extend(
                     chunk
                         .iter()
-                        .filter(|(k, _)| !written.contains(&(k.user_id.clone(), k.goal_id.clone())))
-                        .map(|(k, _)| k.clone()),
+                        .zip(done)
+                        .filter(|(_, done)| !done)
+                        .map(|((key, _), _)| *key),
                 );
             }
         }
