@@ -30,53 +30,20 @@ GRPC_PORT=${GRPC_PORT:-16565}
 METRICS_PORT=${METRICS_PORT:-18080}
 [ $# -gt 0 ] || set -- A2 B2 D E
 
-# The goals a player is given by default, as SQL VALUES rows (goal_id, challenge_id).
-default_goals() {
-  python3 - "$1" <<'EOF'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-rows = [f"('{g['goalId']}', '{c['challengeId']}')"
-        for c in doc["challenges"] for g in c["goals"] if g.get("defaultAssigned", True)]
-print(", ".join(rows))
-EOF
-}
+. docs/bench/lib.sh
 
 metric() { # name, /metrics text: the sum of a metric's samples
   awk -v n="challenge_event_handler_$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }' <<<"$2"
 }
 
 run_one() { # tag, configuration
-  local tag=$1 cfg=$2 bin conf stat
-  case $cfg in
-    A2) bin=${BIN_A:?BIN_A: the build to compare with}; conf=config/challenges.json; stat=enemy-kills ;;
-    B2) bin=$BIN; conf=config/challenges.json; stat=enemy-kills ;;
-    D) bin=$BIN; conf=config/challenges.m5.json; stat=kills ;;
-    E) bin=$BIN; conf=docs/bench/challenges.m5-same-goals.json; stat=enemy-kills ;;
-    *) echo "unknown configuration $cfg (A2, B2, D, E)" >&2; exit 2 ;;
-  esac
+  local tag=$1 cfg=$2 bin conf stat pid
+  configuration "$cfg"
   local db="m5bench_${tag,,}" data
   data=$(mktemp -d)
-  psql -q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-  psql -q -d "$db" -f tests/fixtures/challenge-service/001_create_user_goal_progress.up.sql
-  psql -q -d "$db" -c "INSERT INTO user_goal_progress
-      (user_id, goal_id, challenge_id, namespace, progress, status, is_active)
-    SELECT 'bench-' || u, g.goal_id, g.challenge_id, 'mygame', 0, 'not_started', true
-    FROM generate_series(0, $((USERS - 1))) AS u
-    CROSS JOIN (VALUES $(default_goals "$conf")) AS g(goal_id, challenge_id)"
-  psql -q -d "$db" -c "VACUUM ANALYZE" -c "CHECKPOINT"
-
-  local host=${PGHOST:-/var/run/postgresql}
-  AB_NAMESPACE=mygame LOG_LEVEL=warn DATA_DIR="$data" CONFIG_PATH="$conf" \
-    DATABASE_URL="postgres://${PGUSER:-postgres}@localhost:${PGPORT:-5432}/$db?host=$host" \
-    GRPC_PORT=$GRPC_PORT METRICS_PORT=$METRICS_PORT "$bin" >"$data.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$METRICS_PORT/healthz" >/dev/null && break
-    sleep 0.2
-  done
-  "$BIN" bench --addr "http://127.0.0.1:$GRPC_PORT" --mix mixed --users "$USERS" \
-    --stat-code "$stat" --concurrency 256 --connections 4 --warmup 2s --duration "$DURATION" \
-    ${RATE:+--rate "$RATE"} --json >"$data.report" || true
+  prepare_database "$db" "$conf"
+  start_service "$db" "$data"
+  bench_load "$stat" "$DURATION" 2s ${RATE:+--rate "$RATE"} >"$data.report" || true
   local metrics
   metrics=$(curl -fs "http://127.0.0.1:$METRICS_PORT/metrics")
   local t0=$SECONDS
