@@ -296,6 +296,11 @@ impl PgStore {
     }
 }
 
+/// The index in a chunk of the position `WITH ORDINALITY` numbered (from 1).
+fn index_of(ord: i32) -> Option<usize> {
+    usize::try_from(ord).ok()?.checked_sub(1)
+}
+
 /// A row as `READ_BATCH_SQL` returns it: the [`RowColumns`] both dialects
 /// read, then the key's position in `keys` (1-based) and the version.
 fn locked<'k>(r: &PgRow, keys: &[&'k Key]) -> Result<(&'k Key, Locked)> {
@@ -303,9 +308,8 @@ fn locked<'k>(r: &PgRow, keys: &[&'k Key]) -> Result<(&'k Key, Locked)> {
     const ORD: usize = 11;
     let columns = RowColumns::from_row(r).map_err(pg)?;
     let ord: i32 = r.try_get(ORD).map_err(pg)?;
-    let key = usize::try_from(ord)
-        .ok()
-        .and_then(|ord| keys.get(ord.wrapping_sub(1)))
+    let key = index_of(ord)
+        .and_then(|i| keys.get(i))
         .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {ord}")))?;
     let version = Version {
         ctid: r.try_get(ORD + 1).map_err(pg)?,
@@ -459,13 +463,11 @@ impl Dialect for PgStore {
     ) -> Result<Vec<&'k Key>> {
         let mut changed = Vec::new();
         for chunk in rows.chunks(self.batch_size) {
-            let n = chunk.len();
-            let (mut tids, mut xmins) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            let (mut users, mut goals) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            let (mut progress, mut status) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            let (mut completed, mut claimed) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            let (mut updated, mut expires) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            let mut baseline = Vec::with_capacity(n);
+            let (mut tids, mut xmins, mut users, mut goals) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut progress, mut status, mut completed, mut claimed) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut updated, mut expires, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
             for (key, row) in chunk {
                 let version = current.get(*key).and_then(|l| l.version.as_ref());
                 let version = version.ok_or_else(|| {
@@ -501,13 +503,10 @@ impl Dialect for PgStore {
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(pg)?;
-            if written.len() < n {
-                let mut done = vec![false; n];
-                for ord in written {
-                    if let Some(slot) = usize::try_from(ord)
-                        .ok()
-                        .and_then(|ord| done.get_mut(ord.wrapping_sub(1)))
-                    {
+            if written.len() < chunk.len() {
+                let mut done = vec![false; chunk.len()];
+                for i in written.into_iter().filter_map(index_of) {
+                    if let Some(slot) = done.get_mut(i) {
                         *slot = true;
                     }
                 }
@@ -563,6 +562,14 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordinality_positions_count_from_one() {
+        assert_eq!(index_of(1), Some(0));
+        assert_eq!(index_of(1000), Some(999));
+        assert_eq!(index_of(0), None);
+        assert_eq!(index_of(-3), None);
+    }
 
     #[test]
     fn the_golang_migrate_lock_id_is_crc32_of_schema_table_and_database_times_the_salt() {
