@@ -12,10 +12,13 @@
 #   B2  BIN,   config/challenges.json (type rules), --stat-code enemy-kills
 #   D   BIN,   config/challenges.m5.json (the M5 example), --stat-code kills
 #   E   BIN,   docs/bench/challenges.m5-same-goals.json (A's goals in M5 form), enemy-kills
+#   DP  BIN_PREV (an earlier build of this work, to measure a change), as D
 #
 # RATE=10000 sends in open loop at that many events/s instead of a closed loop.
 # One JSON line per run goes to OUT (default m5-rounds.jsonl): events/s, errors,
-# latency, and from /metrics the flushes, their rows and seconds, the WAL left.
+# latency, from /metrics the flushes, their rows and seconds, the WAL left, and
+# the CPU seconds of the service, of PostgreSQL (all its processes) and of the
+# load generator over the load, also per event (us_per_event_*).
 # Needs psql, python3, curl, and a PostgreSQL the libpq variables reach.
 set -euo pipefail
 export PGOPTIONS="${PGOPTIONS:--c client_min_messages=warning}"
@@ -43,10 +46,15 @@ run_one() { # tag, configuration
   data=$(mktemp -d)
   prepare_database "$db" "$conf"
   start_service "$db" "$data"
-  bench_load "$stat" "$DURATION" 2s ${RATE:+--rate "$RATE"} >"$data.report" || true
+  local cpu0 t0 wall cpu1
+  cpu0=$(cpu_seconds "$pid")
+  t0=$(date +%s.%N)
+  CLIENT_TIME=$data.time bench_load "$stat" "$DURATION" 2s ${RATE:+--rate "$RATE"} >"$data.report" || true
+  wall=$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$t0" "$(date +%s.%N)")
+  cpu1=$(cpu_seconds "$pid")
   local metrics
   metrics=$(curl -fs "http://127.0.0.1:$METRICS_PORT/metrics")
-  local t0=$SECONDS
+  t0=$SECONDS
   kill -TERM "$pid"
   local rc=0
   wait "$pid" || rc=$?
@@ -54,11 +62,25 @@ run_one() { # tag, configuration
     "$(metric flush_duration_seconds_count "$metrics")" \
     "$(metric flush_duration_seconds_sum "$metrics")" \
     "$(metric db_batch_size_sum "$metrics")" \
-    "$(metric wal_bytes "$metrics")" "$data.report" >>"$OUT" <<'EOF'
+    "$(metric wal_bytes "$metrics")" "$data.report" \
+    "$wall" "$cpu0" "$cpu1" "$(cat "$data.time")" >>"$OUT" <<'EOF'
 import json, sys
-tag, cfg, rc, drain, flushes, flush_s, rows, wal, report = sys.argv[1:]
+tag, cfg, rc, drain, flushes, flush_s, rows, wal, report, wall, cpu0, cpu1, client = sys.argv[1:]
 text = open(report).read()
 run = next((r for r in json.loads(text)["runs"] if r["target"] == "service"), {}) if text.strip() else {}
+
+def cpu(wall, before, after, client, per_sec):
+    """CPU seconds of the service, PostgreSQL and the load generator over the
+    load (warm-up included), and per event at the measured rate."""
+    (s0, p0), (s1, p1) = map(float, before.split()), map(float, after.split())
+    c = sum(map(float, client.split())) if client.strip() else 0.0
+    spent = {"service": s1 - s0, "postgres": p1 - p0, "client": c}
+    out = {"wall_seconds": round(wall, 2)}
+    for who, s in spent.items():
+        out[f"cpu_{who}_s"] = round(s, 2)
+        if per_sec:
+            out[f"us_per_event_{who}"] = round(s / (per_sec * wall) * 1e6, 1)
+    return out
 print(json.dumps({
     "tag": tag, "config": cfg, "events_per_sec": run.get("per_sec"), "errors": run.get("errors"),
     "offered_per_sec": run.get("offered_per_sec"),
@@ -66,11 +88,12 @@ print(json.dumps({
     "flushes": float(flushes), "flush_seconds": float(flush_s), "rows_flushed": float(rows),
     "rows_per_flush_second": float(rows) / float(flush_s) if float(flush_s) > 0 else None,
     "wal_left_bytes": float(wal), "drain_seconds": int(drain), "exit_code": int(rc),
+    **cpu(float(wall), cpu0, cpu1, client, run.get("per_sec")),
 }))
 EOF
   tail -1 "$OUT"
   psql -q -d postgres -c "DROP DATABASE $db"
-  rm -rf "$data" "$data.log" "$data.report"
+  rm -rf "$data" "$data.log" "$data.report" "$data.time"
 }
 
 for r in $(seq "$ROUNDS"); do
