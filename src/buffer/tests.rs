@@ -188,3 +188,30 @@ fn only_a_batch_with_type_rule_entries_reads_the_handlers_goal_state() {
     d.apply(1, update("daily", Op::CountDay(20_000), 1));
     assert!(d.reads_goal_state(), "and last_counted_day");
 }
+
+proptest::proptest! {
+    /// The entries come in key order (then kind) whatever the user ids:
+    /// shared or short prefixes, NUL bytes, multi-byte characters.
+    #[test]
+    fn entries_come_in_key_order_whatever_the_user_ids(
+        users in proptest::collection::vec("(bench-|\\x00|é|[a-c]{0,20}){0,3}[0-9]{0,3}", 1..40),
+        goals in proptest::collection::vec("[ab]{0,2}", 1..4),
+    ) {
+        let mut b = Buffer::default();
+        let mut seq = 0;
+        for user in &users {
+            for (i, goal) in goals.iter().enumerate() {
+                seq += 1;
+                let op = if i % 2 == 0 { Op::Add(1) } else { Op::Set(1) };
+                let Record::Update(mut u) = update(goal, op, seq as i64) else { unreachable!() };
+                u.user_id = user.clone();
+                b.apply(seq, Record::Update(u));
+            }
+        }
+        let entries = b.entries();
+        let got: Vec<(&Key, u8)> = entries.as_slice().iter().map(|(k, _, e)| (*k, e.order())).collect();
+        let mut want = got.clone();
+        want.sort();
+        proptest::prop_assert_eq!(got, want);
+    }
+}

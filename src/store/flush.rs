@@ -90,6 +90,10 @@ impl Locked {
     }
 }
 
+/// The rows a flush read, by key (a fast hasher: one lookup per entry and
+/// per row written).
+pub type Rows<'k> = foldhash::HashMap<&'k Key, Locked>;
+
 /// A version of a row as PostgreSQL stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
@@ -211,7 +215,7 @@ pub(super) trait Dialect: Backend + Send + Sync {
         tx: &mut Tx<Self>,
         keys: &[&'k Key],
         read: Read,
-    ) -> impl Future<Output = Result<HashMap<&'k Key, Locked>>> + Send;
+    ) -> impl Future<Output = Result<Rows<'k>>> + Send;
     /// Writes the columns the rules decide, of each row that is still the
     /// version `current` read; returns the keys of those that were not
     /// (changed or deleted since), which it left alone.
@@ -219,7 +223,7 @@ pub(super) trait Dialect: Backend + Send + Sync {
         &self,
         tx: &mut Tx<Self>,
         rows: &[(&'k Key, Row)],
-        current: &HashMap<&'k Key, Locked>,
+        current: &Rows<'k>,
     ) -> impl Future<Output = Result<Vec<&'k Key>>> + Send;
     /// Writes the handler's state of rows.
     fn write_states(
@@ -391,7 +395,7 @@ async fn new_rows<'b, D: Dialect>(
     dialect: &D,
     tx: &mut Tx<D>,
     entries: &Entries<'b>,
-    current: &HashMap<&Key, Locked>,
+    current: &Rows<'_>,
     owner: &'b Owner,
 ) -> Result<Vec<NewRow<'b>>> {
     let mut first: BTreeMap<&str, (i64, &'b Meta)> = BTreeMap::new();

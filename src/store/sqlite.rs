@@ -12,7 +12,9 @@
 //! time (`BEGIN IMMEDIATE` takes it, so no row lock is needed); a busy
 //! database waits up to five seconds and then counts as unavailable (retried).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use foldhash::HashMapExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Sqlite;
 
-use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, StateWrite, Tx};
+use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, Rows, StateWrite, Tx};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
@@ -279,8 +281,8 @@ impl Dialect for SqliteStore {
         tx: &mut Tx<Self>,
         keys: &[&'k Key],
         _read: Read,
-    ) -> Result<HashMap<&'k Key, Locked>> {
-        let mut rows = HashMap::with_capacity(keys.len());
+    ) -> Result<Rows<'k>> {
+        let mut rows = Rows::with_capacity(keys.len());
         for key in keys {
             let found: Option<RowColumns> = sqlx::query_as(LOCK_ROW_SQL.as_str())
                 .bind(&key.user_id)
@@ -299,7 +301,7 @@ impl Dialect for SqliteStore {
         &self,
         tx: &mut Tx<Self>,
         rows: &[(&'k Key, Row)],
-        _current: &HashMap<&'k Key, Locked>,
+        _current: &Rows<'k>,
     ) -> Result<Vec<&'k Key>> {
         for (key, row) in rows {
             sqlx::query(WRITE_ROW_SQL)

@@ -6,7 +6,11 @@
 //! and by `max_marks`, past which the oldest bucket is dropped early (counted
 //! in `dedup_evicted_early_total`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+// Marks are xxh3 hashes already; a seeded fast hasher spreads them without
+// SipHash's cost on every acknowledged event.
+use foldhash::{HashSet, HashSetExt};
 use std::time::Duration;
 
 /// The compact form of an event id.
@@ -81,7 +85,9 @@ impl Dedup {
                 }
             }
             _ => {
-                self.buckets.push_back((bucket, HashSet::from([mark])));
+                let mut set = HashSet::new();
+                set.insert(mark);
+                self.buckets.push_back((bucket, set));
                 self.marks += 1;
             }
         }

@@ -15,11 +15,15 @@ pub use schema::golang_migrate_lock_id;
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::HashMapExt;
+
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Postgres;
 use sqlx::{FromRow, Row as _};
 
-use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, StateWrite, Tombstone, Tx, Version};
+use super::flush::{
+    Dialect, Locked, NewRow, Read, RowColumns, Rows, StateWrite, Tombstone, Tx, Version,
+};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
@@ -434,8 +438,8 @@ impl Dialect for PgStore {
         tx: &mut Tx<Self>,
         keys: &[&'k Key],
         read: Read,
-    ) -> Result<HashMap<&'k Key, Locked>> {
-        let mut rows = HashMap::with_capacity(keys.len());
+    ) -> Result<Rows<'k>> {
+        let mut rows = Rows::with_capacity(keys.len());
         let sql =
             &self.statements().await?.1.read_batch[usize::from(read.lock)][usize::from(read.state)];
         for chunk in keys.chunks(self.batch_size) {
@@ -459,7 +463,7 @@ impl Dialect for PgStore {
         &self,
         tx: &mut Tx<Self>,
         rows: &[(&'k Key, Row)],
-        current: &HashMap<&'k Key, Locked>,
+        current: &Rows<'k>,
     ) -> Result<Vec<&'k Key>> {
         let mut changed = Vec::new();
         for chunk in rows.chunks(self.batch_size) {
