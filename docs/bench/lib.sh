@@ -65,7 +65,8 @@ start_service() {
 bench_load() {
   local stat=$1 duration=$2 warmup=$3
   shift 3
-  /usr/bin/time -f '%U %S' -o "${CLIENT_TIME:-/dev/null}" "$BIN" bench --addr "http://127.0.0.1:$GRPC_PORT" --mix mixed --users "$USERS" \
+  /usr/bin/time -f '%U %S' -o "${CLIENT_TIME:-/dev/null}" \
+    "$BIN" bench --addr "http://127.0.0.1:$GRPC_PORT" --mix mixed --users "$USERS" \
     --stat-code "$stat" --concurrency 256 --connections 4 --warmup "$warmup" \
     --duration "$duration" "$@" --json
 }

@@ -270,47 +270,33 @@ impl Buffer {
     /// order); a key in several kinds (a goal whose rules changed between
     /// a crash and the restart) has its entries in one fixed order.
     pub fn entries(&self) -> Entries<'_> {
-        let mut entries: Vec<(&Key, &Meta, Entry<'_>)> = Vec::with_capacity(self.len());
-        entries.extend(
-            self.absolute
+        // Each entry is tagged with its user id's sort prefix: the sort
+        // compares numbers held in the vector and reads the keys only on a
+        // tie (comparing keys alone chased two pointers per comparison and
+        // took a third of the flush's CPU in the service; docs/BENCHMARKS.md,
+        // "Fifth round").
+        fn tagged<'b, T>(
+            pending: &'b Pending<T>,
+            kind: fn(&'b T) -> Entry<'b>,
+        ) -> impl Iterator<Item = (u128, (&'b Key, &'b Meta, Entry<'b>))> {
+            pending
                 .map
                 .iter()
-                .map(|(k, (m, v))| (k, m, Entry::Absolute(v))),
-        );
-        entries.extend(
-            self.increment
-                .map
-                .iter()
-                .map(|(k, (m, v))| (k, m, Entry::Increment(v))),
-        );
-        entries.extend(
-            self.daily_increment
-                .map
-                .iter()
-                .map(|(k, (m, v))| (k, m, Entry::DailyIncrement(v))),
-        );
-        entries.extend(
-            self.daily
-                .map
-                .iter()
-                .map(|(k, (m, v))| (k, m, Entry::Daily(v))),
-        );
-        entries.extend(self.m5.map.iter().map(|(k, (m, v))| (k, m, Entry::M5(v))));
-        // (key, kind) is unique: an unstable sort gives the one order. The
-        // sort compares the user ids' prefixes as numbers held in the vector
-        // and reads the keys only on a tie: comparing keys alone chased two
-        // pointers per comparison and took a third of the flush's CPU in
-        // the service (docs/BENCHMARKS.md, "Fifth round").
-        let mut tagged: Vec<(u128, (&Key, &Meta, Entry<'_>))> = entries
-            .into_iter()
-            .map(|e| (sort_prefix(&e.0.user_id), e))
-            .collect();
-        tagged.sort_unstable_by(|(pa, a), (pb, b)| {
+                .map(move |(k, (m, v))| (sort_prefix(&k.user_id), (k, m, kind(v))))
+        }
+        let mut entries = Vec::with_capacity(self.len());
+        entries.extend(tagged(&self.absolute, Entry::Absolute));
+        entries.extend(tagged(&self.increment, Entry::Increment));
+        entries.extend(tagged(&self.daily_increment, Entry::DailyIncrement));
+        entries.extend(tagged(&self.daily, Entry::Daily));
+        entries.extend(tagged(&self.m5, Entry::M5));
+        // (key, kind) is unique: an unstable sort gives the one order.
+        entries.sort_unstable_by(|(pa, a), (pb, b)| {
             pa.cmp(pb)
                 .then_with(|| a.0.cmp(b.0))
                 .then(a.2.order().cmp(&b.2.order()))
         });
-        Entries(tagged.into_iter().map(|(_, e)| e).collect())
+        Entries(entries.into_iter().map(|(_, e)| e).collect())
     }
 
     /// Whether an entry's rules read the handler's own state of a row

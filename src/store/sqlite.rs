@@ -13,11 +13,11 @@
 //! database waits up to five seconds and then counts as unavailable (retried).
 
 use std::collections::HashSet;
-
-use foldhash::HashMapExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+use foldhash::HashMapExt;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
