@@ -273,7 +273,7 @@ impl Buffer {
         // Each entry is tagged with its user id's sort prefix: the sort
         // compares numbers held in the vector and reads the keys only on a
         // tie (comparing keys alone chased two pointers per comparison and
-        // took a third of the flush's CPU in the service; docs/BENCHMARKS.md,
+        // took 29% of the flush's CPU in the service; docs/BENCHMARKS.md,
         // "Fifth round").
         fn tagged<'b, T>(
             pending: &'b Pending<T>,
