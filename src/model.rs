@@ -76,7 +76,7 @@ pub fn apply_batch(rows: &mut Rows, batch: &Buffer, creates: Creates, now: Micro
         }
     }
     let plan = batch.plan(|key| rows.get(key), now);
-    for (key, row) in plan.writes {
+    for (_, key, row) in plan.writes {
         rows.insert(key.clone(), row);
     }
 }

@@ -374,8 +374,10 @@ impl Buffer {
 /// the buffer).
 #[derive(Debug, Default)]
 pub struct Plan<'b> {
-    /// The rows that change, with their new columns, in key order.
-    pub writes: Vec<(&'b Key, Row)>,
+    /// The rows that change, with their new columns, in key order; each
+    /// with the position of its key among the entries' keys (each counted
+    /// once), as [`Entries::plan`] gave it to `row_of`.
+    pub writes: Vec<(usize, &'b Key, Row)>,
     /// Entries whose row does not exist, with how many updates each holds.
     pub missing: Vec<(&'b Key, u32)>,
     /// Updates not applied because their row is inactive.
@@ -387,7 +389,7 @@ pub struct Plan<'b> {
 impl Buffer {
     /// [`Entries::plan`] of every entry.
     pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan<'_> {
-        self.entries().plan(row_of, now)
+        self.entries().plan(|_, key| row_of(key), now)
     }
 
     /// [`Entries::new_rows`] of every entry.
@@ -410,16 +412,25 @@ impl<'b> Entries<'b> {
         self.0.retain(|(key, meta, _)| keep(key, meta));
     }
 
-    /// Applies every entry to its row as `row_of` finds it (None: the row
-    /// does not exist), in key order; `now` is the flush's time.
-    pub fn plan<'r>(&self, row_of: impl Fn(&Key) -> Option<&'r Row>, now: Micros) -> Plan<'b> {
+    /// Applies every entry to its row as `row_of(position, key)` finds it
+    /// (None: the row does not exist), in key order; the position is the
+    /// key's among the entries' keys, each counted once (0, 1, 2, …); `now`
+    /// is the flush's time.
+    pub fn plan<'r>(
+        &self,
+        row_of: impl Fn(usize, &Key) -> Option<&'r Row>,
+        now: Micros,
+    ) -> Plan<'b> {
         let mut plan = Plan::default();
         let mut rest = self.0.as_slice();
+        let mut at = 0;
         while let Some(((key, _, _), _)) = rest.split_first() {
             let same = rest.iter().take_while(|(k, _, _)| k == key).count();
             let (group, after) = rest.split_at(same);
             rest = after;
-            let Some(start) = row_of(key) else {
+            let position = at;
+            at += 1;
+            let Some(start) = row_of(position, key) else {
                 let records = group.iter().map(|(_, meta, _)| meta.records).sum();
                 plan.missing.push((*key, records));
                 continue;
@@ -437,7 +448,7 @@ impl<'b> Entries<'b> {
                 }
             }
             if let Some(next) = current.filter(|next| next != start) {
-                plan.writes.push((*key, next));
+                plan.writes.push((position, *key, next));
             }
         }
         plan

@@ -90,9 +90,71 @@ impl Locked {
     }
 }
 
-/// The rows a flush read, by key (a fast hasher: one lookup per entry and
-/// per row written).
-pub type Rows<'k> = foldhash::HashMap<&'k Key, Locked>;
+/// The rows a flush read, by the position of their key among the batch's
+/// keys (sorted, each once): the entries, the plan and the write find a row
+/// by that position, not by hashing its key (filling a key→row map was the
+/// largest part of the read in the service; docs/BENCHMARKS.md, "Sixth
+/// round").
+#[derive(Debug)]
+pub struct Rows {
+    slots: Vec<Option<Locked>>,
+    found: usize,
+}
+
+impl Rows {
+    /// No row yet of `keys` keys.
+    fn new(keys: usize) -> Rows {
+        Rows {
+            slots: (0..keys).map(|_| None).collect(),
+            found: 0,
+        }
+    }
+
+    /// The row at position `at`, if it was read.
+    pub fn get(&self, at: usize) -> Option<&Locked> {
+        self.slots.get(at).and_then(Option::as_ref)
+    }
+
+    /// Rows read of `at` (positions among the batch's keys), each as a
+    /// dialect returned it: (position in `at`, row).
+    fn fill(&mut self, at: &[usize], read: Vec<(usize, Locked)>) -> Result<()> {
+        for (i, locked) in read {
+            let slot = at
+                .get(i)
+                .and_then(|&at| self.slots.get_mut(at))
+                .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {i}")))?;
+            if slot.replace(locked).is_none() {
+                self.found += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the rows at `at` (to read them again).
+    fn forget(&mut self, at: &[usize]) {
+        for &at in at {
+            if let Some(slot) = self.slots.get_mut(at) {
+                if slot.take().is_some() {
+                    self.found -= 1;
+                }
+            }
+        }
+    }
+
+    /// How many of the keys have a row.
+    fn found(&self) -> usize {
+        self.found
+    }
+}
+
+/// A row to write back: its key, its new columns and the version the flush
+/// read (the write changes the row only if it is still that version).
+#[derive(Debug, Clone, Copy)]
+pub struct RowWrite<'a> {
+    pub key: &'a Key,
+    pub row: &'a Row,
+    pub version: Option<&'a Version>,
+}
 
 /// A version of a row as PostgreSQL stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,21 +272,21 @@ pub(super) trait Dialect: Backend + Send + Sync {
     /// Reads the rows of `keys` (sorted); with `read.lock`, locked (in key
     /// order) until the transaction ends; with `read.state`, with the
     /// handler's state (else its default: only the type rules read it).
-    fn read_rows<'k>(
+    /// Returns each row found with the position of its key in `keys`.
+    fn read_rows(
         &self,
         tx: &mut Tx<Self>,
-        keys: &[&'k Key],
+        keys: &[&Key],
         read: Read,
-    ) -> impl Future<Output = Result<Rows<'k>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(usize, Locked)>>> + Send;
     /// Writes the columns the rules decide, of each row that is still the
-    /// version `current` read; returns the keys of those that were not
+    /// version read; returns the positions in `rows` of those that were not
     /// (changed or deleted since), which it left alone.
-    fn write_rows<'k>(
+    fn write_rows(
         &self,
         tx: &mut Tx<Self>,
-        rows: &[(&'k Key, Row)],
-        current: &Rows<'k>,
-    ) -> impl Future<Output = Result<Vec<&'k Key>>> + Send;
+        rows: &[RowWrite<'_>],
+    ) -> impl Future<Output = Result<Vec<usize>>> + Send;
     /// Writes the handler's state of rows.
     fn write_states(
         &self,
@@ -270,21 +332,23 @@ pub(super) async fn apply<D: Dialect>(
     let dropped = drop_tombstoned(dialect, &mut tx, &mut entries, &lease.instance_id).await?;
     let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
     keys.dedup();
+    let all: Vec<usize> = (0..keys.len()).collect();
     let read = Read {
         lock: false,
         state: batch.reads_goal_state(),
     };
-    let mut current = dialect.read_rows(&mut tx, &keys, read).await?;
-    if owner.table == TableOwner::Handler && keys.len() > current.len() {
-        let rows = new_rows(dialect, &mut tx, &entries, &current, owner).await?;
+    let mut current = Rows::new(keys.len());
+    current.fill(&all, dialect.read_rows(&mut tx, &keys, read).await?)?;
+    if owner.table == TableOwner::Handler && keys.len() > current.found() {
+        let absent: Vec<usize> = (0..keys.len())
+            .filter(|&at| current.get(at).is_none())
+            .collect();
+        let absent_keys: Vec<&Key> = absent.iter().map(|&at| keys[at]).collect();
+        let rows = new_rows(dialect, &mut tx, &entries, &absent_keys, owner).await?;
         if !rows.is_empty() {
             dialect.insert_rows(&mut tx, &rows).await?;
-            let created: Vec<&Key> = keys
-                .iter()
-                .copied()
-                .filter(|k| !current.contains_key(*k))
-                .collect();
-            current.extend(dialect.read_rows(&mut tx, &created, read).await?);
+            let created = dialect.read_rows(&mut tx, &absent_keys, read).await?;
+            current.fill(&absent, created)?;
         }
     }
     // A test holds the flush here to change a row between the read and the write.
@@ -293,25 +357,30 @@ pub(super) async fn apply<D: Dialect>(
         StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
     ));
     crate::crash_point!("flush-mid-transaction");
-    let mut plan = entries.plan(|key| current.get(key).map(|l| &l.row), now);
-    let changed = dialect.write_rows(&mut tx, &plan.writes, &current).await?;
+    let mut plan = entries.plan(|at, key| row_at(&current, &keys, at, key), now);
+    let changed = dialect
+        .write_rows(&mut tx, &row_writes(&plan.writes, &current))
+        .await?;
     if !changed.is_empty() {
         // Rows changed since they were read: read them again, locked, and
         // apply their entries again (the other rows are written already).
+        let mut changed: Vec<usize> = changed.iter().map(|&i| plan.writes[i].0).collect();
+        changed.sort_unstable();
+        let changed_keys: Vec<&Key> = changed.iter().map(|&at| keys[at]).collect();
         let locked = Read { lock: true, ..read };
-        let reread = dialect.read_rows(&mut tx, &changed, locked).await?;
-        for key in &changed {
-            current.remove(*key);
-        }
-        current.extend(reread);
-        plan = entries.plan(|key| current.get(key).map(|l| &l.row), now);
-        let retry: Vec<(&Key, Row)> = plan
+        let reread = dialect.read_rows(&mut tx, &changed_keys, locked).await?;
+        current.forget(&changed);
+        current.fill(&changed, reread)?;
+        plan = entries.plan(|at, key| row_at(&current, &keys, at, key), now);
+        let retry: Vec<(usize, &Key, Row)> = plan
             .writes
             .iter()
-            .filter(|(key, _)| changed.contains(key))
+            .filter(|(at, _, _)| changed.binary_search(at).is_ok())
             .cloned()
             .collect();
-        let still = dialect.write_rows(&mut tx, &retry, &current).await?;
+        let still = dialect
+            .write_rows(&mut tx, &row_writes(&retry, &current))
+            .await?;
         if !still.is_empty() {
             return Err(StoreError::Unavailable(format!(
                 "{} rows changed although locked; retrying the flush",
@@ -322,8 +391,8 @@ pub(super) async fn apply<D: Dialect>(
     let states: Vec<StateWrite<'_>> = plan
         .writes
         .iter()
-        .filter_map(|(key, row)| {
-            let before = current.get(key)?;
+        .filter_map(|(at, key, row)| {
+            let before = current.get(*at)?;
             (row.state != before.row.state).then_some(StateWrite {
                 key,
                 created_at: before.created_at,
@@ -341,6 +410,28 @@ pub(super) async fn apply<D: Dialect>(
         not_applied,
         dropped,
     })
+}
+
+/// The row read of the key at position `at` among the batch's `keys`
+/// (which the plan also names, to check).
+fn row_at<'r>(current: &'r Rows, keys: &[&Key], at: usize, key: &Key) -> Option<&'r Row> {
+    debug_assert!(
+        keys.get(at) == Some(&key),
+        "the plan's key {at} is not the read's"
+    );
+    current.get(at).map(|l| &l.row)
+}
+
+/// The writes of a plan with the version of each row as it was read.
+fn row_writes<'a>(writes: &'a [(usize, &'a Key, Row)], current: &'a Rows) -> Vec<RowWrite<'a>> {
+    writes
+        .iter()
+        .map(|(at, key, row)| RowWrite {
+            key,
+            row,
+            version: current.get(*at).and_then(|l| l.version.as_ref()),
+        })
+        .collect()
 }
 
 /// Leaves out the entries of users another replica deleted, when their
@@ -395,12 +486,13 @@ async fn new_rows<'b, D: Dialect>(
     dialect: &D,
     tx: &mut Tx<D>,
     entries: &Entries<'b>,
-    current: &Rows<'_>,
+    absent: &[&Key],
     owner: &'b Owner,
 ) -> Result<Vec<NewRow<'b>>> {
     let mut first: BTreeMap<&str, (i64, &'b Meta)> = BTreeMap::new();
     for (key, meta, entry) in entries.as_slice() {
-        if current.contains_key(*key) {
+        // `absent` is sorted, as the entries are.
+        if absent.binary_search(key).is_err() {
             continue;
         }
         let seen = first
@@ -411,7 +503,7 @@ async fn new_rows<'b, D: Dialect>(
     let mut rows: Vec<NewRow<'b>> = entries
         .new_rows()
         .into_iter()
-        .filter(|(key, _, _)| !current.contains_key(key))
+        .filter(|(key, _, _)| absent.binary_search(&key).is_ok())
         .map(|(key, meta, row)| NewRow {
             key,
             challenge_id: &meta.challenge_id,

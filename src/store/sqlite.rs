@@ -17,19 +17,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use foldhash::HashMapExt;
-
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::Sqlite;
 
-use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, Rows, StateWrite, Tx};
+use super::flush::{Dialect, Locked, NewRow, Read, RowColumns, RowWrite, StateWrite, Tx};
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
 use crate::clock::{date_of_day, naive_micros};
-use crate::rules::row::Row;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -276,14 +273,14 @@ impl Dialect for SqliteStore {
     }
 
     /// The write lock of `BEGIN IMMEDIATE` covers every row: `lock` adds nothing.
-    async fn read_rows<'k>(
+    async fn read_rows(
         &self,
         tx: &mut Tx<Self>,
-        keys: &[&'k Key],
+        keys: &[&Key],
         _read: Read,
-    ) -> Result<Rows<'k>> {
-        let mut rows = Rows::with_capacity(keys.len());
-        for key in keys {
+    ) -> Result<Vec<(usize, Locked)>> {
+        let mut rows = Vec::with_capacity(keys.len());
+        for (at, key) in keys.iter().enumerate() {
             let found: Option<RowColumns> = sqlx::query_as(LOCK_ROW_SQL.as_str())
                 .bind(&key.user_id)
                 .bind(&key.goal_id)
@@ -291,19 +288,14 @@ impl Dialect for SqliteStore {
                 .await
                 .map_err(lite)?;
             if let Some(columns) = found {
-                rows.insert(*key, Locked::of(key, columns, None)?);
+                rows.push((at, Locked::of(key, columns, None)?));
             }
         }
         Ok(rows)
     }
 
-    async fn write_rows<'k>(
-        &self,
-        tx: &mut Tx<Self>,
-        rows: &[(&'k Key, Row)],
-        _current: &Rows<'k>,
-    ) -> Result<Vec<&'k Key>> {
-        for (key, row) in rows {
+    async fn write_rows(&self, tx: &mut Tx<Self>, rows: &[RowWrite<'_>]) -> Result<Vec<usize>> {
+        for RowWrite { key, row, .. } in rows {
             sqlx::query(WRITE_ROW_SQL)
                 .bind(&key.user_id)
                 .bind(&key.goal_id)

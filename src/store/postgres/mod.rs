@@ -15,20 +15,17 @@ pub use schema::golang_migrate_lock_id;
 
 use std::collections::{HashMap, HashSet};
 
-use foldhash::HashMapExt;
-
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Postgres;
 use sqlx::{FromRow, Row as _};
 
 use super::flush::{
-    Dialect, Locked, NewRow, Read, RowColumns, Rows, StateWrite, Tombstone, Tx, Version,
+    Dialect, Locked, NewRow, Read, RowColumns, RowWrite, StateWrite, Tombstone, Tx, Version,
 };
 use super::sql;
 use super::{Deleted, Lease, Prepared, ProgressRow, Result, StoreError, TableOwner};
 use crate::buffer::{Key, PendingDeletion};
 use crate::clock::{date_of_day, naive_micros};
-use crate::rules::row::Row;
 use crate::wal::dedup::Mark;
 use cluster::ClusterSettings;
 use error::pg;
@@ -306,21 +303,21 @@ fn index_of(ord: i32) -> Option<usize> {
 }
 
 /// A row as `READ_BATCH_SQL` returns it: the [`RowColumns`] both dialects
-/// read, then the key's position in `keys` (1-based) and the version.
-fn locked<'k>(r: &PgRow, keys: &[&'k Key]) -> Result<(&'k Key, Locked)> {
+/// read, then the key's position in `keys` (1-based) and the version;
+/// returned with that position (0-based).
+fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
     /// The first column after the [`RowColumns`] (there are 11 of them).
     const ORD: usize = 11;
     let columns = RowColumns::from_row(r).map_err(pg)?;
     let ord: i32 = r.try_get(ORD).map_err(pg)?;
-    let key = index_of(ord)
-        .and_then(|i| keys.get(i))
+    let at = index_of(ord)
+        .filter(|&i| i < keys.len())
         .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {ord}")))?;
     let version = Version {
         ctid: r.try_get(ORD + 1).map_err(pg)?,
         xmin: r.try_get(ORD + 2).map_err(pg)?,
     };
-    let locked = Locked::of(key, columns, Some(version))?;
-    Ok((*key, locked))
+    Ok((at, Locked::of(keys[at], columns, Some(version))?))
 }
 
 impl Dialect for PgStore {
@@ -433,16 +430,16 @@ impl Dialect for PgStore {
         Ok(())
     }
 
-    async fn read_rows<'k>(
+    async fn read_rows(
         &self,
         tx: &mut Tx<Self>,
-        keys: &[&'k Key],
+        keys: &[&Key],
         read: Read,
-    ) -> Result<Rows<'k>> {
-        let mut rows = Rows::with_capacity(keys.len());
+    ) -> Result<Vec<(usize, Locked)>> {
+        let mut rows = Vec::with_capacity(keys.len());
         let sql =
             &self.statements().await?.1.read_batch[usize::from(read.lock)][usize::from(read.state)];
-        for chunk in keys.chunks(self.batch_size) {
+        for (n, chunk) in keys.chunks(self.batch_size).enumerate() {
             let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
             let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
             let found = sqlx::query(sql)
@@ -451,29 +448,24 @@ impl Dialect for PgStore {
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(pg)?;
+            let start = n * self.batch_size;
             for r in &found {
-                let (key, row) = locked(r, chunk)?;
-                rows.insert(key, row);
+                let (at, row) = locked(r, chunk)?;
+                rows.push((start + at, row));
             }
         }
         Ok(rows)
     }
 
-    async fn write_rows<'k>(
-        &self,
-        tx: &mut Tx<Self>,
-        rows: &[(&'k Key, Row)],
-        current: &Rows<'k>,
-    ) -> Result<Vec<&'k Key>> {
+    async fn write_rows(&self, tx: &mut Tx<Self>, rows: &[RowWrite<'_>]) -> Result<Vec<usize>> {
         let mut changed = Vec::new();
-        for chunk in rows.chunks(self.batch_size) {
+        for (n, chunk) in rows.chunks(self.batch_size).enumerate() {
             let (mut tids, mut xmins, mut users, mut goals) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut progress, mut status, mut completed, mut claimed) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut updated, mut expires, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
-            for (key, row) in chunk {
-                let version = current.get(*key).and_then(|l| l.version.as_ref());
+            for RowWrite { key, row, version } in chunk {
                 let version = version.ok_or_else(|| {
                     StoreError::Rejected(format!(
                         "internal: no row read for {}/{}",
@@ -514,12 +506,12 @@ impl Dialect for PgStore {
                         *slot = true;
                     }
                 }
+                let start = n * self.batch_size;
                 changed.extend(
-                    chunk
-                        .iter()
-                        .zip(done)
-                        .filter(|(_, done)| !done)
-                        .map(|((key, _), _)| *key),
+                    done.iter()
+                        .enumerate()
+                        .filter(|(_, done)| !**done)
+                        .map(|(i, _)| start + i),
                 );
             }
         }
