@@ -525,3 +525,56 @@ fn the_metric_scanner_reads_histogram_series_as_their_metric() {
         ["challenge_event_handler_flush_duration_seconds", "challenge_event_handler_wal_bytes"]
     );
 }
+
+/// Bytes of a Kubernetes memory quantity (`512Mi`, `1Gi`, `1000M`, plain bytes).
+fn quantity_bytes(text: &str) -> u64 {
+    let units = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (suffix, unit) in units {
+        if let Some(n) = text.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap_or_else(|e| panic!("{text}: {e}")) * unit;
+        }
+    }
+    text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// Memory per byte of WAL backlog at the peak of the flush that writes it,
+/// when every update is a user-goal of its own (measured: docs/BENCHMARKS.md,
+/// "Memory per byte of backlog", 80 MiB of WAL → 714 MiB resident).
+const MEMORY_PER_WAL_BYTE: u64 = 9;
+
+#[test]
+fn the_manifests_refuse_calls_before_the_backlog_outgrows_the_memory_limit() {
+    let objects = manifests();
+    let config = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "challenge-event-handler")
+        .expect("the settings ConfigMap");
+    let wal_max = config["data"]["WAL_MAX_BYTES"]
+        .as_str()
+        .expect("WAL_MAX_BYTES is set in the ConfigMap");
+    let wal_max = challenge_event_handler::config::parse_bytes(wal_max).unwrap();
+    let set = objects
+        .iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .expect("a StatefulSet");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let limit = quantity_bytes(
+        container["resources"]["limits"]["memory"]
+            .as_str()
+            .expect("a memory limit"),
+    );
+    // What an idle service holds, with room for the dedup marks' index.
+    let base = 64 << 20;
+    assert!(
+        wal_max * MEMORY_PER_WAL_BYTE + base <= limit,
+        "WAL_MAX_BYTES={wal_max} needs about {} MiB of memory at the peak of its flush; the limit is {} MiB",
+        (wal_max * MEMORY_PER_WAL_BYTE + base) >> 20,
+        limit >> 20
+    );
+}
