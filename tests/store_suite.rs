@@ -477,3 +477,106 @@ macro_rules! suite {
 }
 
 suite!(postgres, sqlite);
+
+/// A flush taken a chunk of players at a time (DB_BATCH_SIZE 1: chunks of 4
+/// keys) writes what the same batch taken whole writes (10,000 keys), on a
+/// table the handler owns: players' goals assigned by default (created at
+/// each player's first update, as the service's Initialize gives them),
+/// updates of rows that exist, and players with more keys than a chunk.
+#[tokio::test]
+async fn postgres_a_flush_in_chunks_of_players_writes_what_one_whole_flush_writes() {
+    use challenge_event_handler::rules::{GoalKind, GoalRule};
+    use challenge_event_handler::store::DefaultGoal;
+    let owner = Owner {
+        table: TableOwner::Handler,
+        defaults: (0..3)
+            .map(|g| DefaultGoal {
+                goal_id: format!("d{g}"),
+                challenge_id: "c".into(),
+                rule: GoalRule::Typed(GoalKind::Increment),
+            })
+            .collect(),
+    };
+    let mut records = Vec::new();
+    for user in 0..9 {
+        // Player p has p % 4 + 1 goals of its own, updated twice, and one default goal.
+        for goal in 0..(user % 4 + 1) {
+            for step in 0..2 {
+                let Record::Update(mut u) = update(
+                    &format!("p{user}"),
+                    &format!("g{goal}"),
+                    Op::Add(step + goal + 1),
+                    goal % 2 == 0,
+                ) else {
+                    unreachable!()
+                };
+                u.event_time_ms += i64::from(user * 1_000 + goal * 10 + step);
+                records.push(Record::Update(u));
+            }
+        }
+        records.push(update(&format!("p{user}"), "d1", Op::Add(user + 1), true));
+    }
+    let mut written = Vec::new();
+    for batch_size in [1, 2_500] {
+        let db = common::pg::TestDb::new().await;
+        let store = Store::connect_lazy(
+            &Database::Postgres(Box::new(db.url.parse().unwrap())),
+            2,
+            batch_size,
+        );
+        store
+            .prepare(Some(TableOwner::Handler), true)
+            .await
+            .expect("prepare");
+        // Player p0 exists already (one row): it gets no default goals now.
+        sqlx::query(
+            "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status, is_active)
+             VALUES ('p0', 'g0', 'c', 'ns', 5, 'in_progress', true)",
+        )
+        .execute(&db.pool().await)
+        .await
+        .unwrap();
+        let lease = store.lease("chunks").await.unwrap();
+        let mut buffer = Buffer::starting_after(0);
+        for (seq, r) in records.iter().enumerate() {
+            buffer.apply(seq as u64 + 1, r.clone());
+        }
+        let applied = store
+            .apply(&lease, buffer.last_seq(), &buffer, &owner)
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for user in 0..9 {
+            for r in store
+                .user_progress(&format!("p{user}"), None)
+                .await
+                .unwrap()
+            {
+                rows.push((
+                    r.user_id.clone(),
+                    r.goal_id.clone(),
+                    r.progress,
+                    r.status.clone(),
+                    r.completed_at,
+                    r.assigned_at,
+                ));
+            }
+        }
+        written.push((applied.rows, rows));
+    }
+    let (whole, chunked) = (&written[1], &written[0]);
+    assert_eq!(chunked, whole, "chunks of 4 keys against one whole flush");
+    // Every player but p0 got the three default goals; p0 only what it had
+    // plus the goals its updates create.
+    let goals_of = |user: &str| -> Vec<&str> {
+        whole
+            .1
+            .iter()
+            .filter(|r| r.0 == user)
+            .map(|r| r.1.as_str())
+            .collect()
+    };
+    assert_eq!(goals_of("p0"), ["d1", "g0"]);
+    assert_eq!(goals_of("p3"), ["d0", "d1", "d2", "g0", "g2"]);
+    assert!(whole.0 > 0);
+}

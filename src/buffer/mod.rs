@@ -407,6 +407,36 @@ impl<'b> Entries<'b> {
         &self.0
     }
 
+    /// The entries in chunks of whole players, in order, each of at most
+    /// `max_keys` keys (a player with more is a chunk of its own), so a flush
+    /// can take a large batch a chunk at a time.
+    pub fn into_user_chunks(self, max_keys: usize) -> Vec<Entries<'b>> {
+        let max_keys = max_keys.max(1);
+        let mut chunks = Vec::new();
+        let (mut chunk, mut keys) = (Vec::new(), 0);
+        let mut rest = self.0.as_slice();
+        while let Some(((first, _, _), _)) = rest.split_first() {
+            // One player's entries, and how many keys they hold.
+            let user = rest
+                .iter()
+                .take_while(|(k, _, _)| k.user_id == first.user_id)
+                .count();
+            let (player, after) = rest.split_at(user);
+            rest = after;
+            let player_keys = 1 + player.windows(2).filter(|w| w[0].0 != w[1].0).count();
+            if keys > 0 && keys + player_keys > max_keys {
+                chunks.push(Entries(std::mem::take(&mut chunk)));
+                keys = 0;
+            }
+            chunk.extend_from_slice(player);
+            keys += player_keys;
+        }
+        if !chunk.is_empty() {
+            chunks.push(Entries(chunk));
+        }
+        chunks
+    }
+
     /// Keeps the entries `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&Key, &Meta) -> bool) {
         self.0.retain(|(key, meta, _)| keep(key, meta));

@@ -214,4 +214,44 @@ proptest::proptest! {
         want.sort();
         proptest::prop_assert_eq!(got, want);
     }
+
+    #[test]
+    fn chunks_hold_whole_players_within_the_bound_and_keep_every_entry_in_order(
+        users in proptest::collection::vec("[a-d]{1,3}", 1..30),
+        goals in proptest::collection::vec("[abc]{1,2}", 1..6),
+        max_keys in 1usize..12,
+    ) {
+        let mut b = Buffer::default();
+        let mut seq = 0;
+        for user in &users {
+            for (i, goal) in goals.iter().enumerate() {
+                seq += 1;
+                let op = if i % 2 == 0 { Op::Add(1) } else { Op::Set(1) };
+                let Record::Update(mut u) = update(goal, op, seq as i64) else { unreachable!() };
+                u.user_id = user.clone();
+                b.apply(seq, Record::Update(u));
+            }
+        }
+        let whole: Vec<(Key, u8)> = b.entries().as_slice().iter().map(|(k, _, e)| ((*k).clone(), e.order())).collect();
+        let chunks = b.entries().into_user_chunks(max_keys);
+        let mut joined = Vec::new();
+        let mut players_seen: Vec<String> = Vec::new();
+        for chunk in &chunks {
+            let entries = chunk.as_slice();
+            proptest::prop_assert!(!entries.is_empty());
+            let mut keys: Vec<&Key> = entries.iter().map(|(k, _, _)| *k).collect();
+            keys.dedup();
+            let mut players: Vec<&str> = keys.iter().map(|k| k.user_id.as_str()).collect();
+            players.dedup();
+            // Within the bound, unless one player alone is over it.
+            proptest::prop_assert!(keys.len() <= max_keys || players.len() == 1);
+            for p in players {
+                // No player is split over two chunks.
+                proptest::prop_assert!(!players_seen.iter().any(|q| q == p));
+                players_seen.push(p.to_owned());
+            }
+            joined.extend(entries.iter().map(|(k, _, e)| ((*k).clone(), e.order())));
+        }
+        proptest::prop_assert_eq!(joined, whole);
+    }
 }

@@ -90,6 +90,9 @@ impl Locked {
     }
 }
 
+/// The keys of a flush's chunk where the dialect does not say otherwise.
+pub(super) const CHUNK_KEYS: usize = 10_000;
+
 /// The rows a flush read, by the position of their key among the batch's
 /// keys (sorted, each once): the entries, the plan and the write find a row
 /// by that position, not by hashing its key (filling a key→row map was the
@@ -207,6 +210,11 @@ pub(super) type Tx<D> = Transaction<'static, <D as Backend>::Db>;
 
 /// The statements of one SQL dialect. Every method runs inside `tx`.
 pub(super) trait Dialect: Backend + Send + Sync {
+    /// How many keys a flush handles at a time (whole players; one player
+    /// with more keys is one chunk).
+    fn chunk_keys(&self) -> usize {
+        CHUNK_KEYS
+    }
     /// Opens the flush's transaction.
     fn begin(&self) -> impl Future<Output = Result<Tx<Self>>> + Send {
         async { self.pool().begin().await.map_err(Self::error) }
@@ -330,24 +338,69 @@ pub(super) async fn apply<D: Dialect>(
         .await?;
     let mut entries = batch.entries();
     let dropped = drop_tombstoned(dialect, &mut tx, &mut entries, &lease.instance_id).await?;
-    let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
-    keys.dedup();
-    let all: Vec<usize> = (0..keys.len()).collect();
     let read = Read {
         lock: false,
         state: batch.reads_goal_state(),
     };
+    // A chunk of players at a time, in the one transaction: what a flush
+    // holds besides the buffer (the rows read, the rows to write) stays the
+    // size of a chunk however large the backlog (docs/BENCHMARKS.md, "Memory
+    // per byte of backlog").
+    let mut done = Chunk::default();
+    for chunk in entries.into_user_chunks(dialect.chunk_keys()) {
+        let part = apply_chunk(dialect, &mut tx, &chunk, read, owner, now).await?;
+        done.rows += part.rows;
+        done.missing.extend(part.missing);
+        done.inactive += part.inactive;
+        done.claimed += part.claimed;
+    }
+    let not_applied = not_applied(dialect, &mut tx, &done).await?;
+    dialect.commit(tx).await?;
+    crate::crash_point!("flush-after-commit");
+    Ok(Applied {
+        rows: done.rows,
+        deleted,
+        not_applied,
+        dropped,
+    })
+}
+
+/// What the chunks of a flush did: rows written, and the updates not
+/// applied (their row missing, inactive or claimed).
+#[derive(Default)]
+struct Chunk<'b> {
+    rows: usize,
+    missing: Vec<(&'b Key, u32)>,
+    inactive: u64,
+    claimed: u64,
+}
+
+/// One chunk of a flush's entries (whole players, in key order), inside the
+/// flush's transaction: read its rows, create the missing ones where the
+/// handler owns the table, apply the rules, write back what changed (and
+/// read again, locked, what changed since it was read).
+async fn apply_chunk<'b, D: Dialect>(
+    dialect: &D,
+    tx: &mut Tx<D>,
+    entries: &Entries<'b>,
+    read: Read,
+    owner: &'b Owner,
+    now: Micros,
+) -> Result<Chunk<'b>> {
+    let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
+    keys.dedup();
+    let all: Vec<usize> = (0..keys.len()).collect();
     let mut current = Rows::new(keys.len());
-    current.fill(&all, dialect.read_rows(&mut tx, &keys, read).await?)?;
+    current.fill(&all, dialect.read_rows(tx, &keys, read).await?)?;
     if owner.table == TableOwner::Handler && keys.len() > current.found() {
         let absent: Vec<usize> = (0..keys.len())
             .filter(|&at| current.get(at).is_none())
             .collect();
         let absent_keys: Vec<&Key> = absent.iter().map(|&at| keys[at]).collect();
-        let rows = new_rows(dialect, &mut tx, &entries, &absent_keys, owner).await?;
+        let rows = new_rows(dialect, tx, entries, &absent_keys, owner).await?;
         if !rows.is_empty() {
-            dialect.insert_rows(&mut tx, &rows).await?;
-            let created = dialect.read_rows(&mut tx, &absent_keys, read).await?;
+            dialect.insert_rows(tx, &rows).await?;
+            let created = dialect.read_rows(tx, &absent_keys, read).await?;
             current.fill(&absent, created)?;
         }
     }
@@ -359,7 +412,7 @@ pub(super) async fn apply<D: Dialect>(
     crate::crash_point!("flush-mid-transaction");
     let mut plan = entries.plan(|at, key| row_at(&current, &keys, at, key), now);
     let changed = dialect
-        .write_rows(&mut tx, &row_writes(&plan.writes, &current))
+        .write_rows(tx, &row_writes(&plan.writes, &current))
         .await?;
     if !changed.is_empty() {
         // Rows changed since they were read: read them again, locked, and
@@ -368,7 +421,7 @@ pub(super) async fn apply<D: Dialect>(
         changed.sort_unstable();
         let changed_keys: Vec<&Key> = changed.iter().map(|&at| keys[at]).collect();
         let locked = Read { lock: true, ..read };
-        let reread = dialect.read_rows(&mut tx, &changed_keys, locked).await?;
+        let reread = dialect.read_rows(tx, &changed_keys, locked).await?;
         current.forget(&changed);
         current.fill(&changed, reread)?;
         plan = entries.plan(|at, key| row_at(&current, &keys, at, key), now);
@@ -379,7 +432,7 @@ pub(super) async fn apply<D: Dialect>(
             .cloned()
             .collect();
         let still = dialect
-            .write_rows(&mut tx, &row_writes(&retry, &current))
+            .write_rows(tx, &row_writes(&retry, &current))
             .await?;
         if !still.is_empty() {
             return Err(StoreError::Unavailable(format!(
@@ -400,15 +453,12 @@ pub(super) async fn apply<D: Dialect>(
             })
         })
         .collect();
-    dialect.write_states(&mut tx, &states).await?;
-    let not_applied = not_applied(dialect, &mut tx, &plan.missing, &plan).await?;
-    dialect.commit(tx).await?;
-    crate::crash_point!("flush-after-commit");
-    Ok(Applied {
+    dialect.write_states(tx, &states).await?;
+    Ok(Chunk {
         rows: plan.writes.len(),
-        deleted,
-        not_applied,
-        dropped,
+        missing: plan.missing,
+        inactive: plan.inactive,
+        claimed: plan.claimed,
     })
 }
 
@@ -543,12 +593,12 @@ async fn new_rows<'b, D: Dialect>(
 async fn not_applied<D: Dialect>(
     dialect: &D,
     tx: &mut Tx<D>,
-    missing: &[(&Key, u32)],
-    plan: &crate::buffer::Plan<'_>,
+    done: &Chunk<'_>,
 ) -> Result<NotApplied> {
+    let missing = &done.missing;
     let mut counts = NotApplied {
-        inactive: plan.inactive,
-        claimed: plan.claimed,
+        inactive: done.inactive,
+        claimed: done.claimed,
         ..NotApplied::default()
     };
     if missing.is_empty() {

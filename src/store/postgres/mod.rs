@@ -321,6 +321,13 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
 }
 
 impl Dialect for PgStore {
+    /// Four statements' worth of keys (`DB_BATCH_SIZE` each), at most 10,000.
+    fn chunk_keys(&self) -> usize {
+        self.batch_size
+            .saturating_mul(4)
+            .min(super::flush::CHUNK_KEYS)
+    }
+
     async fn move_watermark(&self, tx: &mut Tx<Self>, lease: &Lease, upto: u64) -> Result<bool> {
         sql::move_watermark(self, tx, lease, upto).await
     }
