@@ -545,8 +545,8 @@ fn quantity_bytes(text: &str) -> u64 {
 
 /// Memory per byte of WAL backlog at the peak of the flush that writes it,
 /// when every update is a user-goal of its own (measured: docs/BENCHMARKS.md,
-/// "Memory per byte of backlog", 80 MiB of WAL → 714 MiB resident).
-const MEMORY_PER_WAL_BYTE: u64 = 9;
+/// "Memory per byte of backlog", 80 MiB of WAL → 427–450 MiB resident).
+const MEMORY_PER_WAL_BYTE: u64 = 6;
 
 #[test]
 fn the_manifests_refuse_calls_before_the_backlog_outgrows_the_memory_limit() {
