@@ -7,8 +7,11 @@
 //! goal assigned by default, as the challenge service's Initialize gives
 //! them; an entry's own goal if assigned by default), apply the rules in
 //! Rust ([`Buffer::plan`]), and write back what changed. A [`Dialect`]
-//! supplies only the statements. In the steady state (every row exists) a
-//! flush is two statements per chunk of keys, a read and a write.
+//! supplies only the statements. After the deletions, the entries go a
+//! chunk of whole players at a time ([`Dialect::chunk_keys`]), each read,
+//! planned and written before the next, so a flush holds one chunk's rows
+//! however large its batch. In the steady state (every row exists) a flush
+//! is two statements per statement-sized part of a chunk, a read and a write.
 //!
 //! The read takes no lock: the write changes a row only if it is still the
 //! version that was read, and returns those that were not (the challenge
