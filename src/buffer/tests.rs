@@ -189,6 +189,25 @@ fn only_a_batch_with_type_rule_entries_reads_the_handlers_goal_state() {
     assert!(d.reads_goal_state(), "and last_counted_day");
 }
 
+/// A buffer with an update of every goal for every user (increments and
+/// absolutes alternating), in that order.
+fn every_user_every_goal(users: &[String], goals: &[String]) -> Buffer {
+    let mut b = Buffer::default();
+    let mut seq = 0;
+    for user in users {
+        for (i, goal) in goals.iter().enumerate() {
+            seq += 1;
+            let op = if i % 2 == 0 { Op::Add(1) } else { Op::Set(1) };
+            let Record::Update(mut u) = update(goal, op, seq as i64) else {
+                unreachable!()
+            };
+            u.user_id = user.clone();
+            b.apply(seq, Record::Update(u));
+        }
+    }
+    b
+}
+
 proptest::proptest! {
     /// The entries come in key order (then kind) whatever the user ids:
     /// shared or short prefixes, NUL bytes, multi-byte characters.
@@ -197,17 +216,7 @@ proptest::proptest! {
         users in proptest::collection::vec("(bench-|\\x00|é|[a-c]{0,20}){0,3}[0-9]{0,3}", 1..40),
         goals in proptest::collection::vec("[ab]{0,2}", 1..4),
     ) {
-        let mut b = Buffer::default();
-        let mut seq = 0;
-        for user in &users {
-            for (i, goal) in goals.iter().enumerate() {
-                seq += 1;
-                let op = if i % 2 == 0 { Op::Add(1) } else { Op::Set(1) };
-                let Record::Update(mut u) = update(goal, op, seq as i64) else { unreachable!() };
-                u.user_id = user.clone();
-                b.apply(seq, Record::Update(u));
-            }
-        }
+        let b = every_user_every_goal(&users, &goals);
         let entries = b.entries();
         let got: Vec<(&Key, u8)> = entries.as_slice().iter().map(|(k, _, e)| (*k, e.order())).collect();
         let mut want = got.clone();
@@ -221,17 +230,7 @@ proptest::proptest! {
         goals in proptest::collection::vec("[abc]{1,2}", 1..6),
         max_keys in 1usize..12,
     ) {
-        let mut b = Buffer::default();
-        let mut seq = 0;
-        for user in &users {
-            for (i, goal) in goals.iter().enumerate() {
-                seq += 1;
-                let op = if i % 2 == 0 { Op::Add(1) } else { Op::Set(1) };
-                let Record::Update(mut u) = update(goal, op, seq as i64) else { unreachable!() };
-                u.user_id = user.clone();
-                b.apply(seq, Record::Update(u));
-            }
-        }
+        let b = every_user_every_goal(&users, &goals);
         let whole: Vec<(Key, u8)> = b.entries().as_slice().iter().map(|(k, _, e)| ((*k).clone(), e.order())).collect();
         let chunks = b.entries().into_user_chunks(max_keys);
         let mut joined = Vec::new();
