@@ -104,7 +104,6 @@ pub(super) const CHUNK_KEYS: usize = 10_000;
 #[derive(Debug)]
 pub struct Rows {
     slots: Vec<Option<Locked>>,
-    found: usize,
 }
 
 impl Rows {
@@ -112,7 +111,6 @@ impl Rows {
     fn new(keys: usize) -> Rows {
         Rows {
             slots: (0..keys).map(|_| None).collect(),
-            found: 0,
         }
     }
 
@@ -129,9 +127,7 @@ impl Rows {
                 .get(i)
                 .and_then(|&at| self.slots.get_mut(at))
                 .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {i}")))?;
-            if slot.replace(locked).is_none() {
-                self.found += 1;
-            }
+            *slot = Some(locked);
         }
         Ok(())
     }
@@ -140,16 +136,14 @@ impl Rows {
     fn forget(&mut self, at: &[usize]) {
         for &at in at {
             if let Some(slot) = self.slots.get_mut(at) {
-                if slot.take().is_some() {
-                    self.found -= 1;
-                }
+                *slot = None;
             }
         }
     }
 
-    /// How many of the keys have a row.
-    fn found(&self) -> usize {
-        self.found
+    /// Whether every key has a row.
+    fn all_found(&self) -> bool {
+        self.slots.iter().all(Option::is_some)
     }
 }
 
@@ -395,7 +389,7 @@ async fn apply_chunk<'b, D: Dialect>(
     let all: Vec<usize> = (0..keys.len()).collect();
     let mut current = Rows::new(keys.len());
     current.fill(&all, dialect.read_rows(tx, &keys, read).await?)?;
-    if owner.table == TableOwner::Handler && keys.len() > current.found() {
+    if owner.table == TableOwner::Handler && !current.all_found() {
         let absent: Vec<usize> = (0..keys.len())
             .filter(|&at| current.get(at).is_none())
             .collect();
