@@ -27,7 +27,7 @@ use crate::store::{
     Applied, Deleted, Dropped, Lease, NotApplied, Owner, ProgressStore, StoreError, TableOwner,
 };
 use crate::wal::dedup::Mark;
-use crate::wal::Wal;
+use crate::wal::{Refill, Wal};
 
 /// How many times one flush leaves out events other flushes applied
 /// before it gives up for this round (each round, a concurrent flush
@@ -124,15 +124,14 @@ impl<S: ProgressStore> Flusher<S> {
                 self.truncate(upto).await;
             }
         }
-        let fresh = {
-            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
-            buffer.take()
-        };
-        let mut batch = fresh;
-        if let Some(older) = self.in_doubt.take() {
-            batch.merge_back(older);
+        if self.in_doubt.is_none() {
+            self.refill().await?;
         }
-        self.metrics.buffer_size.set(self.buffered_keys() as i64);
+        let mut batch = {
+            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
+            buffer.next_batch(self.in_doubt.take())
+        };
+        self.note_buffered();
         if batch.is_empty() {
             return Ok(0);
         }
@@ -160,9 +159,35 @@ impl<S: ProgressStore> Flusher<S> {
             }
             Err(e) => {
                 self.in_doubt = Some(batch);
+                self.note_buffered();
                 Err(e)
             }
         }
+    }
+
+    /// A buffer that spilled (MEMORY_MAX_KEYS) takes back what waits in the
+    /// WAL, slice by slice, until it holds everything or its bound again.
+    /// Not while a batch is in doubt: that batch and the buffer together
+    /// stay within twice the bound, whatever the length of an outage.
+    async fn refill(&self) -> Result<(), StoreError> {
+        while self.spilled() {
+            let refill = self.wal.refill().await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot read the backlog back from the WAL: {e}"))
+            })?;
+            if refill != Refill::More {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether acknowledged records wait in the WAL only.
+    fn spilled(&self) -> bool {
+        self.buffer
+            .lock()
+            .expect("buffer lock poisoned")
+            .spilled_after()
+            .is_some()
     }
 
     /// The batch's transaction. When the cluster's ledger says another flush
@@ -309,14 +334,19 @@ impl<S: ProgressStore> Flusher<S> {
         }
     }
 
-    fn buffered_keys(&self) -> usize {
-        self.buffer.lock().expect("buffer lock poisoned").len()
-            + self.in_doubt.as_ref().map_or(0, Buffer::len)
+    /// Sets the gauges of what waits in memory: the buffer and a batch in doubt.
+    fn note_buffered(&self) {
+        let in_doubt = self.in_doubt.as_ref().map_or(0, Buffer::len);
+        self.metrics.flush_retry_keys.set(in_doubt as i64);
+        let buffered = self.buffer.lock().expect("buffer lock poisoned").len();
+        self.metrics.buffer_size.set((buffered + in_doubt) as i64);
     }
 
     /// Whether anything acknowledged is still not in the database.
     pub fn has_pending(&self) -> bool {
-        !self.buffer.lock().expect("buffer lock poisoned").is_empty()
+        let buffer = self.buffer.lock().expect("buffer lock poisoned");
+        !buffer.is_empty()
+            || buffer.spilled_after().is_some()
             || self.in_doubt.as_ref().is_some_and(|b| !b.is_empty())
     }
 
@@ -331,14 +361,23 @@ impl<S: ProgressStore> Flusher<S> {
         fatal: CancellationToken,
     ) -> Self {
         let mut backoff = flush_backoff(interval);
+        // After a flush that left records in the WAL only (the buffer
+        // spilled), the next one starts at once.
+        let mut again = self.spilled();
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(backoff.delay()) => {}
-                _ = early.notified(), if backoff.failures() == 0 => {}
+            if !again {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff.delay()) => {}
+                    _ = early.notified(), if backoff.failures() == 0 => {}
+                }
+            } else if stop.is_cancelled() {
+                break;
             }
+            again = false;
             match self.flush_once().await {
                 Ok(_) => {
+                    again = self.spilled();
                     let failed = backoff.succeeded();
                     if failed > 0 {
                         tracing::info!(

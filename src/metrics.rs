@@ -57,6 +57,10 @@ pub struct Metrics {
     pub events_bad_timestamp: IntCounter,
     pub event_processing_duration: Histogram,
     pub buffer_size: IntGauge,
+    /// 1 while acknowledged records wait in the WAL only (MEMORY_MAX_KEYS reached).
+    pub buffer_spilled: IntGauge,
+    /// Entries of a failed flush's batch, kept for its retry (in `buffer_size` too).
+    pub flush_retry_keys: IntGauge,
     pub flush_duration: Histogram,
     pub flush_failures: IntCounter,
     pub db_batch_size: Histogram,
@@ -229,7 +233,18 @@ impl Metrics {
                 "time from receiving an OnMessage call to answering it",
                 seconds(),
             ),
-            buffer_size: gauge("buffer_size", "user-goal entries waiting in the coalescing buffer"),
+            buffer_size: gauge(
+                "buffer_size",
+                "user-goal entries waiting in memory: the coalescing buffer and a failed flush's batch",
+            ),
+            flush_retry_keys: gauge(
+                "flush_retry_keys",
+                "user-goal entries of a failed flush's batch, kept in memory for its retry",
+            ),
+            buffer_spilled: gauge(
+                "buffer_spilled",
+                "1 while the backlog is over MEMORY_MAX_KEYS: newer acknowledged records wait in the WAL on disk and are read back after each flush",
+            ),
             flush_duration: histogram(
                 "flush_duration_seconds",
                 "time of one flush transaction (watermark, deletions, read, write, commit)",
@@ -429,6 +444,8 @@ mod tests {
             "challenge_event_handler_events_failed_total",
             "challenge_event_handler_event_processing_duration_seconds",
             "challenge_event_handler_buffer_size",
+            "challenge_event_handler_buffer_spilled",
+            "challenge_event_handler_flush_retry_keys",
             "challenge_event_handler_flush_duration_seconds",
             "challenge_event_handler_db_batch_size",
             "challenge_event_handler_wal_append_duration_seconds",

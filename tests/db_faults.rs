@@ -196,3 +196,132 @@ async fn postgres_unreachable_for_a_long_outage_under_load_acks_until_the_wal_bo
         tally.refused
     );
 }
+
+/// The value of a gauge in the service's exposition, 0 when absent.
+async fn gauge(service: &Binary, name: &str) -> f64 {
+    let (_, text) = http_get(service.http_addr(), "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_once_even_after_a_kill(
+) {
+    let db = pg::TestDb::new().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
+    let url = proxy.url_for(&db.url);
+    let dir = tempfile::tempdir().unwrap();
+    // CLIENTS players, one key each: three fit in memory.
+    let env = [("FLUSH_INTERVAL", "100ms"), ("MEMORY_MAX_KEYS", "3")];
+    let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, &env);
+    service.wait_healthy().await;
+
+    // An outage: everything acknowledged waits; past three players, in the WAL only.
+    proxy.set_down(true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(load(service.channel().await, "sp", stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gauge(&service, "challenge_event_handler_buffer_spilled").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the buffer never spilled:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let before_kill = traffic.await.unwrap();
+    assert!(
+        before_kill.other_errors.is_empty() && before_kill.refused == 0,
+        "{before_kill:?}"
+    );
+    let buffered = gauge(&service, "challenge_event_handler_buffer_size").await;
+    assert!(
+        buffered <= 6.0,
+        "{buffered} keys in memory with MEMORY_MAX_KEYS=3 (the buffer and a batch in doubt: 3 each)"
+    );
+    assert!(service
+        .log_text()
+        .contains("the backlog reached MEMORY_MAX_KEYS"));
+
+    // Killed with the backlog spilled; the restart replays three players'
+    // worth, flushes, and reads the rest back.
+    service.kill9();
+    let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, &env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_down(false);
+    service.wait_healthy().await;
+    let log = service
+        .wait_for_log("wal replayed", Duration::from_secs(10))
+        .await;
+    let replayed = log.lines().find(|l| l.contains("wal replayed")).unwrap();
+    assert!(
+        replayed.contains("waiting_in_wal=true") || replayed.contains(r#""waiting_in_wal":true"#),
+        "the replay did not stop at the bound: {replayed}"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(load(service.channel().await, "sq", stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let after_restart = traffic.await.unwrap();
+    assert!(
+        after_restart.other_errors.is_empty(),
+        "{:?}",
+        after_restart.other_errors
+    );
+
+    let pool = db.pool().await;
+    wait_until_counted(&pool, "sp", &before_kill.acknowledged).await;
+    wait_until_counted(&pool, "sq", &after_restart.acknowledged).await;
+    assert_eq!(
+        gauge(&service, "challenge_event_handler_buffer_spilled").await,
+        0.0
+    );
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    let total: i64 = before_kill.acknowledged.values().sum::<i64>()
+        + after_restart.acknowledged.values().sum::<i64>();
+    println!("db_faults: {total} logins acknowledged with MEMORY_MAX_KEYS=3 across an outage and a kill -9, 0 lost, 0 doubled");
+}
+
+#[tokio::test]
+async fn a_long_outage_with_a_trickle_of_new_players_keeps_memory_within_twice_memory_max_keys() {
+    let db = pg::TestDb::new().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
+    let url = proxy.url_for(&db.url);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("FLUSH_INTERVAL", "100ms"), ("MEMORY_MAX_KEYS", "3")];
+    let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, &env);
+    service.wait_healthy().await;
+    proxy.set_down(true);
+    // One new player at a time, slower than the first retries: each retry
+    // finds a few new keys, never a full buffer.
+    let mut client = UserAuthenticationUserLoggedInServiceClient::new(service.channel().await);
+    let mut acknowledged = BTreeMap::new();
+    let mut most = 0.0f64;
+    for n in 0..40 {
+        let user = format!("tr-{n}");
+        client
+            .on_message(login(&user, &format!("{user}-1"), ""))
+            .await
+            .expect("acknowledged while the database is away");
+        acknowledged.insert(user, 1);
+        most = most.max(gauge(&service, "challenge_event_handler_buffer_size").await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        most <= 6.0,
+        "{most} keys in memory for 40 players with MEMORY_MAX_KEYS=3 (the bound each for the buffer and a batch in doubt)"
+    );
+    assert_eq!(
+        gauge(&service, "challenge_event_handler_buffer_spilled").await,
+        1.0
+    );
+    proxy.set_down(false);
+    wait_until_counted(&db.pool().await, "tr", &acknowledged).await;
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}

@@ -70,8 +70,9 @@ pub(super) async fn start_up(
     let wal_last = wal_store.last_seq();
     let pending = wal_store.records();
     let replay_started = std::time::Instant::now();
+    let memory_max_keys = settings.memory_max_keys;
     let (wal_store, buffer, replayed) = tokio::task::spawn_blocking(move || {
-        let mut buffer = Buffer::starting_after(watermark);
+        let mut buffer = Buffer::bounded(watermark, memory_max_keys);
         let replayed = wal_store.replay(watermark, &mut buffer);
         replayed.map(|n| (wal_store, buffer, n))
     })
@@ -88,8 +89,12 @@ pub(super) async fn start_up(
         replayed,
         replay_ms = replay_started.elapsed().as_millis() as u64,
         buffered_keys = buffer.len(),
+        waiting_in_wal = buffer.spilled_after().is_some(),
         "wal replayed"
     );
+    metrics
+        .buffer_spilled
+        .set(i64::from(buffer.spilled_after().is_some()));
 
     let buffer = Arc::new(Mutex::new(buffer));
     let flush_early = Arc::new(Notify::new());

@@ -1,6 +1,7 @@
 //! The WAL's sink in a running service: records the WAL has made durable
 //! go into the buffer in sequence order, so data runs WAL → buffer →
-//! flusher → store one way.
+//! flusher → store one way. A bounded buffer that spills leaves the newer
+//! records to the WAL and takes them back through [`Sink::refill`].
 
 use std::sync::{Arc, Mutex};
 
@@ -9,7 +10,7 @@ use tokio::sync::Notify;
 use super::Buffer;
 use crate::metrics::Metrics;
 use crate::rules::Record;
-use crate::wal::Sink;
+use crate::wal::{Refill, Sink};
 
 /// The WAL's sink in a running service: committed records go into the shared
 /// buffer in sequence order; a buffer of `max_keys` entries wakes the flusher early.
@@ -20,23 +21,70 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
 }
 
-impl Sink for Intake {
-    fn committed(&mut self, records: Vec<(u64, Record)>) {
-        let deletions = records
-            .iter()
-            .filter(|(_, r)| matches!(r, Record::Delete(_)))
-            .count();
-        let keys = {
-            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
-            buffer.committed(records);
-            buffer.len()
+/// The buffer after records went in.
+struct Held {
+    keys: usize,
+    deletions: usize,
+    spilled: bool,
+    /// Whether it spilled with these records.
+    spilled_now: bool,
+}
+
+impl Intake {
+    fn hold(&self, put: impl FnOnce(&mut Buffer)) -> Held {
+        let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
+        let (deletions, spilled) = (buffer.deletions.len(), buffer.spilled_after().is_some());
+        put(&mut buffer);
+        let held = Held {
+            keys: buffer.len(),
+            deletions: buffer.deletions.len() - deletions,
+            spilled: buffer.spilled_after().is_some(),
+            spilled_now: !spilled && buffer.spilled_after().is_some(),
         };
-        self.metrics.buffer_size.set(keys as i64);
-        if deletions > 0 {
-            self.metrics.gdpr_deletions_pending.add(deletions as i64);
+        drop(buffer);
+        self.metrics
+            .buffer_size
+            .set(held.keys as i64 + self.metrics.flush_retry_keys.get());
+        self.metrics.buffer_spilled.set(i64::from(held.spilled));
+        if held.deletions > 0 {
+            self.metrics
+                .gdpr_deletions_pending
+                .add(held.deletions as i64);
         }
-        if keys >= self.max_keys {
+        if held.spilled_now {
+            tracing::warn!(
+                buffered_keys = held.keys,
+                "the backlog reached MEMORY_MAX_KEYS: newer acknowledged updates wait in the WAL on \
+                 disk (durable) and are read back as flushes make room; is the database slow or away?"
+            );
+        }
+        if held.keys >= self.max_keys || held.spilled {
             self.flush_early.notify_one();
         }
+        held
+    }
+}
+
+impl Sink for Intake {
+    fn committed(&mut self, records: Vec<(u64, Record)>) {
+        self.hold(|buffer| buffer.committed(records));
+    }
+
+    fn spilled_after(&self) -> Option<u64> {
+        self.buffer
+            .lock()
+            .expect("buffer lock poisoned")
+            .spilled_after()
+    }
+
+    fn refill(&mut self, records: Vec<(u64, Record)>, to_the_end: bool) -> Refill {
+        let mut refill = Refill::More;
+        self.hold(|buffer| refill = buffer.refill(records, to_the_end));
+        if refill == Refill::CaughtUp {
+            tracing::info!(
+                "the backlog fits in memory again: every acknowledged update is buffered"
+            );
+        }
+        refill
     }
 }

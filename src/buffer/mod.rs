@@ -9,6 +9,14 @@
 //! by one give the same row — `src/model.rs` states both and the property tests
 //! check that they agree.
 //!
+//! A buffer may be *bounded* (`MEMORY_MAX_KEYS`): once it holds that many
+//! entries it stops taking records at the next event boundary and is
+//! *spilled*: the newer records stay in the WAL only (durable, acknowledged)
+//! and are read back in order after the flush has made room
+//! ([`Buffer::refill`]). It still holds exactly `(W, last_seq]`, so the
+//! flush's watermark and the WAL's truncation need no change; memory stays
+//! bounded whatever the length of a database outage or of the WAL replayed.
+//!
 //! A deletion removes every pending entry of its user (they were acknowledged
 //! before it) and is kept until the flush, which deletes the user's rows
 //! before it writes anything; entries applied after it are the user's fresh
@@ -28,6 +36,7 @@ use crate::rules::m5::Runs;
 use crate::rules::row::{Micros, Row};
 use crate::rules::{typed, Deletion, Op, Record, Update};
 use crate::wal::dedup::{mark_of, Mark};
+use crate::wal::Refill;
 
 /// A `user_goal_progress` primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -159,7 +168,16 @@ pub struct Buffer {
     last_seq: u64,
     /// How many updates were applied (before coalescing).
     updates: u64,
+    /// The most entries (and pending deletions) held; 0 means no bound.
+    bound: usize,
+    /// Records above `last_seq` are committed in the WAL but not held here
+    /// (the bound was reached): they are read back by [`Buffer::refill`].
+    spilled: bool,
 }
+
+/// How many event marks one entry of the bound stands for: a buffer also
+/// spills when one player's updates coalesce into few keys but many events.
+const MARKS_PER_KEY: usize = 16;
 
 impl Buffer {
     /// An empty buffer that continues after `last_seq`.
@@ -167,6 +185,61 @@ impl Buffer {
         Buffer {
             last_seq,
             ..Buffer::default()
+        }
+    }
+
+    /// An empty buffer after `last_seq` that holds at most `max_keys` entries
+    /// (see the module's doc); 0: no bound.
+    pub fn bounded(last_seq: u64, max_keys: usize) -> Self {
+        Buffer {
+            last_seq,
+            bound: max_keys,
+            ..Buffer::default()
+        }
+    }
+
+    /// Whether the bound is reached: a record that starts an event is not taken.
+    fn full(&self) -> bool {
+        self.bound != 0
+            && (self.len() + self.deletions.len() >= self.bound
+                || self.events.len() >= self.bound.saturating_mul(MARKS_PER_KEY))
+    }
+
+    /// Takes committed records in sequence order (they follow `last_seq`)
+    /// until the bound is reached at an event boundary — an event's records
+    /// are never split between two flushes, so its mark goes into one
+    /// flush's ledger — and then spills.
+    fn hold(&mut self, records: Vec<(u64, Record)>) {
+        for (seq, record) in records {
+            if self.full() {
+                let id = record.event_id();
+                if id.is_empty() || self.events.last() != Some(&mark_of(id)) {
+                    self.spilled = true;
+                    return;
+                }
+            }
+            self.apply(seq, record);
+        }
+    }
+
+    /// Records committed in the WAL after `last_seq` and not held here, if any.
+    pub fn spilled_after(&self) -> Option<u64> {
+        self.spilled.then_some(self.last_seq)
+    }
+
+    /// Takes records read back from the WAL (the ones after `last_seq`, in
+    /// order, ending at an event boundary); `to_the_end`: they reach the
+    /// last record committed.
+    pub fn refill(&mut self, records: Vec<(u64, Record)>, to_the_end: bool) -> Refill {
+        self.spilled = false;
+        self.hold(records);
+        if self.spilled {
+            Refill::Full
+        } else if to_the_end {
+            Refill::CaughtUp
+        } else {
+            self.spilled = true;
+            Refill::More
         }
     }
 
@@ -342,9 +415,35 @@ impl Buffer {
         buffer
     }
 
-    /// Takes everything out; `self` continues empty after the same sequence number.
+    /// Takes everything out; `self` continues empty after the same sequence
+    /// number, with the same bound (and still spilled if it was).
     pub fn take(&mut self) -> Buffer {
-        std::mem::replace(self, Buffer::starting_after(self.last_seq))
+        let next = Buffer {
+            last_seq: self.last_seq,
+            bound: self.bound,
+            spilled: self.spilled,
+            ..Buffer::default()
+        };
+        std::mem::replace(self, next)
+    }
+
+    /// The next batch to write: `in_doubt` (a failed flush's batch) with
+    /// everything taken from this buffer while both fit within the bound;
+    /// otherwise `in_doubt` alone, and this buffer goes on filling up to its
+    /// bound and spills. So a batch retried through a long outage never
+    /// grows past the bound, however slowly new players trickle in between
+    /// two retries.
+    pub fn next_batch(&mut self, in_doubt: Option<Buffer>) -> Buffer {
+        let held = |b: &Buffer| b.len() + b.deletions.len();
+        match in_doubt {
+            None => self.take(),
+            Some(older) if self.bound != 0 && held(self) + held(&older) > self.bound => older,
+            Some(older) => {
+                let mut batch = self.take();
+                batch.merge_back(older);
+                batch
+            }
+        }
     }
 
     /// Puts back a buffer taken earlier whose flush failed. Its entries are older
@@ -577,12 +676,21 @@ impl Entry<'_> {
     }
 }
 
-/// Replay (and anything else single-threaded) applies straight into a buffer.
+/// Replay (and anything else single-threaded) applies straight into a
+/// buffer: all of it, or, bounded, until the bound.
 impl crate::wal::Sink for Buffer {
     fn committed(&mut self, records: Vec<(u64, Record)>) {
-        for (seq, record) in records {
-            self.apply(seq, record);
+        if !self.spilled {
+            self.hold(records);
         }
+    }
+
+    fn spilled_after(&self) -> Option<u64> {
+        Buffer::spilled_after(self)
+    }
+
+    fn refill(&mut self, records: Vec<(u64, Record)>, to_the_end: bool) -> Refill {
+        Buffer::refill(self, records, to_the_end)
     }
 }
 

@@ -254,3 +254,171 @@ proptest::proptest! {
         proptest::prop_assert_eq!(joined, whole);
     }
 }
+
+/// One event of the spill property: its records (users and deltas, or a
+/// deletion) under one id, or under none.
+#[derive(Debug, Clone)]
+struct Event {
+    id: bool,
+    records: Vec<(u8, i32)>,
+    deletes: Option<u8>,
+}
+
+fn event_strategy() -> impl proptest::strategy::Strategy<Value = Event> {
+    use proptest::prelude::*;
+    (
+        any::<bool>(),
+        proptest::collection::vec((0u8..8, 1i32..5), 1..4),
+        proptest::option::weighted(0.1, 0u8..8),
+    )
+        .prop_map(|(id, records, deletes)| Event {
+            id,
+            records,
+            deletes,
+        })
+}
+
+/// The records of `event` number `n`, from sequence number `seq`.
+fn records_of(n: usize, event: &Event, seq: &mut u64) -> Vec<(u64, Record)> {
+    let id = if event.id {
+        format!("e{n}")
+    } else {
+        String::new()
+    };
+    let mut out = Vec::new();
+    for (user, delta) in &event.records {
+        let Record::Update(mut u) = update("g", Op::Add(*delta), n as i64) else {
+            unreachable!()
+        };
+        u.user_id = format!("u{user}");
+        u.event_id = id.clone();
+        *seq += 1;
+        out.push((*seq, Record::Update(u)));
+    }
+    if let Some(user) = event.deletes {
+        let Record::Delete(mut d) = deletion(&format!("u{user}")) else {
+            unreachable!()
+        };
+        d.event_id = id.clone();
+        *seq += 1;
+        out.push((*seq, Record::Delete(d)));
+    }
+    out
+}
+
+fn snapshot(b: &Buffer) -> (String, Vec<(String, u64)>) {
+    let increments = format!("{:?}", b.increment.sorted());
+    let deletions = b
+        .deletions
+        .iter()
+        .map(|d| (d.deletion.user_id.clone(), d.seq))
+        .collect();
+    (increments, deletions)
+}
+
+proptest::proptest! {
+    /// A bounded buffer that spills and is refilled from the log between
+    /// flushes hands the flushes every record exactly once, in order, never
+    /// splits an event between two flushes, never holds much more than its
+    /// bound, and its batches, applied in turn, leave what one unbounded
+    /// buffer would.
+    #[test]
+    fn a_bounded_buffer_spills_and_refills_without_losing_splitting_or_doubling_anything(
+        events in proptest::collection::vec(event_strategy(), 1..80),
+        flush_after in proptest::collection::vec(proptest::bool::weighted(0.2), 80),
+        bound in 1usize..6,
+        slice in 1u64..8,
+    ) {
+        use crate::wal::Sink;
+        let mut log: Vec<(u64, Record)> = Vec::new();
+        let mut whole = Buffer::default();
+        let mut b = Buffer::bounded(0, bound);
+        let mut batches: Vec<Buffer> = Vec::new();
+        let mut frames: Vec<u64> = Vec::new(); // the last seq of each event
+        let mut seq = 0;
+        let refill = |b: &mut Buffer, log: &[(u64, Record)], frames: &[u64]| {
+            while let Some(after) = b.spilled_after() {
+                // Whole frames of about `slice` records, as the writer reads.
+                let last = frames.last().copied().unwrap_or(0);
+                let end = frames.iter().copied().find(|f| *f >= after + slice && *f > after).unwrap_or(last);
+                let records = log.iter().filter(|(s, _)| *s > after && *s <= end).cloned().collect();
+                if b.refill(records, end == last) != Refill::More {
+                    break;
+                }
+            }
+        };
+        for (n, event) in events.iter().enumerate() {
+            let records = records_of(n, event, &mut seq);
+            frames.push(seq);
+            log.extend(records.iter().cloned());
+            whole.committed(records.clone());
+            b.committed(records);
+            // Never more than the bound, but for the rest of one event.
+            proptest::prop_assert!(b.len() + b.deletions.len() <= bound + 4);
+            if flush_after[n] {
+                refill(&mut b, &log, &frames);
+                batches.push(b.take());
+            }
+        }
+        loop {
+            refill(&mut b, &log, &frames);
+            let batch = b.take();
+            let done = batch.is_empty() && b.spilled_after().is_none();
+            batches.push(batch);
+            if done {
+                break;
+            }
+        }
+        let mut upto = 0;
+        let mut updates = 0;
+        let mut marks = std::collections::HashSet::new();
+        let mut merged = Buffer::default();
+        for batch in batches {
+            proptest::prop_assert!(batch.last_seq() >= upto);
+            upto = batch.last_seq();
+            updates += batch.updates();
+            for mark in &batch.events {
+                proptest::prop_assert!(marks.insert(*mark), "an event in two flushes");
+            }
+            let mut newer = batch;
+            newer.merge_back(merged);
+            merged = newer;
+        }
+        proptest::prop_assert_eq!(upto, seq);
+        proptest::prop_assert_eq!(updates, whole.updates());
+        proptest::prop_assert_eq!(snapshot(&merged), snapshot(&whole));
+    }
+}
+
+#[test]
+fn a_batch_retried_through_an_outage_stays_within_the_bound_however_slowly_players_arrive() {
+    use crate::wal::Sink;
+    let mut b = Buffer::bounded(0, 3);
+    let mut in_doubt: Option<Buffer> = None;
+    let mut seq = 0;
+    for n in 0..50 {
+        // One new player between two failed attempts.
+        seq += 1;
+        let Record::Update(mut u) = update("g", Op::Add(1), n) else {
+            unreachable!()
+        };
+        u.user_id = format!("p{n}");
+        b.committed(vec![(seq, Record::Update(u))]);
+        let batch = b.next_batch(in_doubt.take());
+        assert!(
+            batch.len() + b.len() <= 2 * 3,
+            "{} keys in the batch and {} in the buffer after {n} players",
+            batch.len(),
+            b.len()
+        );
+        in_doubt = Some(batch); // the attempt failed
+    }
+    // Back: the batch in doubt, then what waits, then what is in the WAL only.
+    let batch = b.next_batch(in_doubt.take());
+    assert_eq!(
+        batch.last_seq(),
+        3,
+        "the first three players, retried alone"
+    );
+    assert_eq!(b.spilled_after(), Some(6));
+}

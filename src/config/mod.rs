@@ -206,6 +206,13 @@ pub struct ServeArgs {
     /// (docs/BENCHMARKS.md).
     #[arg(long, env = "BUFFER_MAX_KEYS", default_value_t = 2_000)]
     pub buffer_max_keys: usize,
+    /// Most user-goal entries of the backlog held in memory (the buffer, and
+    /// a flush that is being retried, hold at most this many each). Past it,
+    /// newer acknowledged records wait in the WAL on disk and are read back
+    /// after each flush, so memory does not grow with the length of a
+    /// database outage or of the WAL replayed at start-up.
+    #[arg(long, env = "MEMORY_MAX_KEYS", default_value_t = 100_000)]
+    pub memory_max_keys: usize,
     /// How long an event id is remembered to drop redeliveries.
     #[arg(long, env = "DEDUP_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub dedup_window: Duration,
@@ -273,6 +280,7 @@ pub struct Settings {
     pub http_max_body_bytes: usize,
     pub flush_interval: Duration,
     pub buffer_max_keys: usize,
+    pub memory_max_keys: usize,
     pub dedup_window: Duration,
     pub dedup_max_marks: usize,
     pub shutdown_grace: Duration,
@@ -387,6 +395,9 @@ impl ServeArgs {
         if self.buffer_max_keys == 0 {
             return Err(invalid("BUFFER_MAX_KEYS", "must be greater than zero"));
         }
+        if self.memory_max_keys == 0 {
+            return Err(invalid("MEMORY_MAX_KEYS", "must be greater than zero"));
+        }
         if self.db_max_connections == 0 {
             return Err(invalid("DB_MAX_CONNECTIONS", "must be greater than zero"));
         }
@@ -470,6 +481,7 @@ impl ServeArgs {
             http_max_body_bytes: usize::try_from(self.http_max_body_bytes).unwrap_or(usize::MAX),
             flush_interval: self.flush_interval,
             buffer_max_keys: self.buffer_max_keys,
+            memory_max_keys: self.memory_max_keys,
             dedup_window: self.dedup_window,
             dedup_max_marks: self.dedup_max_marks,
             shutdown_grace: self.shutdown_grace,

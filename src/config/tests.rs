@@ -135,6 +135,7 @@ fn defaults_match_the_readme() {
     assert_eq!(s.flush_interval, Duration::from_secs(1));
     assert_eq!(s.dedup_window, Duration::from_secs(600));
     assert_eq!(s.buffer_max_keys, 2_000);
+    assert_eq!(s.memory_max_keys, 100_000);
     assert_eq!(s.db_batch_size, 1000);
     assert_eq!(s.wal_max_bytes, 1 << 30);
     assert!(s.migrate);
@@ -181,4 +182,19 @@ fn http_ingest_settings_that_cannot_work_together_are_named() {
     assert_eq!(err.name, "HTTP_INGEST_PORT");
     let s = pg(&["--http-ingest-token", "a, b,,c"]).unwrap();
     assert_eq!(s.http_ingest.tokens, ["a", "b", "c"]);
+}
+
+#[test]
+fn a_memory_bound_of_zero_is_named() {
+    let err = args(&[
+        "--namespace",
+        "ns",
+        "--database-url",
+        "postgres://u@h/db",
+        "--memory-max-keys",
+        "0",
+    ])
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.name, "MEMORY_MAX_KEYS");
 }

@@ -95,10 +95,37 @@ pub struct WalConfig {
     pub cache_bytes: u64,
 }
 
+/// What a sink's refill left: whether it now holds everything committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refill {
+    /// Everything committed is held; the buffer takes records as they commit.
+    CaughtUp,
+    /// The bound is reached again: the rest waits for the next flush.
+    Full,
+    /// There is room and more to read: ask again.
+    More,
+}
+
 /// Where committed records go, in sequence order, before any caller hears
 /// that they are durable (and, at start-up, where replayed records go).
+/// A sink may stop taking them (its memory is bounded): it then says after
+/// which record it stopped, and the writer hands it the rest, read back
+/// from the log, when asked ([`Wal::refill`]).
 pub trait Sink: Send + 'static {
     fn committed(&mut self, records: Vec<(u64, Record)>);
+
+    /// The last sequence number held, if records committed after it are not.
+    fn spilled_after(&self) -> Option<u64> {
+        None
+    }
+
+    /// Records read back from the log, following `spilled_after()`;
+    /// `to_the_end`: they reach the last one committed.
+    fn refill(&mut self, records: Vec<(u64, Record)>, to_the_end: bool) -> Refill {
+        let _ = to_the_end;
+        self.committed(records);
+        Refill::CaughtUp
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +149,14 @@ mod tests {
     impl Sink for Shared {
         fn committed(&mut self, records: Vec<(u64, Record)>) {
             self.0.lock().unwrap().committed(records);
+        }
+
+        fn spilled_after(&self) -> Option<u64> {
+            self.0.lock().unwrap().spilled_after()
+        }
+
+        fn refill(&mut self, records: Vec<(u64, Record)>, to_the_end: bool) -> Refill {
+            self.0.lock().unwrap().refill(records, to_the_end)
         }
     }
 
@@ -472,5 +507,52 @@ mod tests {
             assert!(store.seen(mark_of(&format!("e{i}"))), "e{i}");
         }
         assert_eq!(store.summary(None).unwrap().dedup_marks, 6);
+    }
+
+    #[test]
+    fn a_spilled_buffer_gets_every_record_back_from_the_writer_in_order_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WalStore::open(config(dir.path(), Recovery::Strict)).unwrap();
+        let shared = Shared(Arc::new(Mutex::new(Buffer::bounded(0, 5))));
+        let buffer = shared.clone();
+        let (taken, refills) = with_writer(store, 1, &shared, |wal| async move {
+            let shared = buffer;
+            for i in 1..=40 {
+                wal.append(format!("e{i}"), vec![update(i)]).await.unwrap();
+            }
+            assert_eq!(
+                shared.0.lock().unwrap().len(),
+                5,
+                "five users, then spilled"
+            );
+            assert_eq!(shared.0.lock().unwrap().spilled_after(), Some(5));
+            let (mut taken, mut refills) = (Vec::new(), 0);
+            loop {
+                let batch = shared.0.lock().unwrap().take();
+                let done = batch.is_empty() && shared.0.lock().unwrap().spilled_after().is_none();
+                taken.push(batch);
+                if done {
+                    break;
+                }
+                // Appends go on between refills: they are taken in order too.
+                if refills < 4 {
+                    wal.append(format!("late{refills}"), vec![update(100 + refills)])
+                        .await
+                        .unwrap();
+                    refills += 1;
+                }
+                while wal.refill().await.unwrap() == Refill::More {}
+            }
+            (taken, refills)
+        });
+        let mut upto = 0;
+        for batch in &taken {
+            assert!(batch.len() <= 5);
+            assert!(batch.last_seq() >= upto);
+            upto = batch.last_seq();
+        }
+        let updates: u64 = taken.iter().map(Buffer::updates).sum();
+        assert_eq!(updates, 40 + refills as u64, "every append taken once");
+        assert_eq!(upto, 40 + refills as u64);
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::dedup::{mark_of, Mark};
 use super::layout::frame_key;
 use super::store::{disk_bytes, WalStore};
-use super::{codec, Result, Sink, WalError};
+use super::{codec, Refill, Result, Sink, WalError};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
 use crate::rules::Record;
@@ -105,7 +105,15 @@ enum Command {
         upto: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Hand a spilled sink the next records it does not hold.
+    Refill {
+        reply: oneshot::Sender<Result<Refill>>,
+    },
 }
+
+/// About how many records one refill reads back (whole frames): a slice
+/// small enough not to hold up the group commits waiting behind it.
+const REFILL_RECORDS: u64 = 16_384;
 
 /// A handle on the WAL writer; cheap to clone.
 #[derive(Clone)]
@@ -136,6 +144,17 @@ impl Wal {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Read { after, upto, reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Hands the sink, if it spilled, the next slice of the records it does
+    /// not hold (read back from the log between two group commits).
+    pub async fn refill(&self) -> Result<Refill> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Refill { reply })
             .await
             .map_err(|_| self.closed_error())?;
         rx.await.map_err(|_| self.closed_error())?
@@ -318,6 +337,7 @@ impl Writer {
                     Command::Append { reply, .. } => drop(reply.send(Err(WalError::Failed))),
                     Command::Truncate { reply, .. } => drop(reply.send(Err(WalError::Failed))),
                     Command::Read { reply, .. } => drop(reply.send(Err(WalError::Failed))),
+                    Command::Refill { reply } => drop(reply.send(Err(WalError::Failed))),
                 }
             }
             return;
@@ -362,6 +382,7 @@ impl Writer {
                 Command::Read { after, upto, reply } => {
                     drop(reply.send(self.store.read(after, upto)));
                 }
+                Command::Refill { reply } => drop(reply.send(self.refill())),
                 Command::Truncate { upto, reply } => {
                     round.truncate_upto = round.truncate_upto.max(Some(upto));
                     round.truncates.push(reply);
@@ -458,6 +479,18 @@ impl Writer {
         for reply in truncates {
             let _ = reply.send(Ok(()));
         }
+    }
+
+    /// The next slice of what a spilled sink does not hold, up to the last
+    /// record committed (a round's own appends reach the sink after its
+    /// fsync, in order, as always).
+    fn refill(&mut self) -> Result<Refill> {
+        let Some(after) = self.sink.spilled_after() else {
+            return Ok(Refill::CaughtUp);
+        };
+        let (end, to_the_end) = self.store.read_end(after, REFILL_RECORDS);
+        let records = self.store.read(after, end)?;
+        Ok(self.sink.refill(records, to_the_end))
     }
 
     /// Adds one event's records to the round's frame, or says why not.

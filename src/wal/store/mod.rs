@@ -445,6 +445,22 @@ impl WalStore {
         Ok(out)
     }
 
+    /// Where a read-back of about `records` records after `after` ends: at
+    /// the end of an entry (a frame holds whole events), or at the last
+    /// record committed; and whether that is the last one.
+    pub(super) fn read_end(&self, after: u64, records: u64) -> (u64, bool) {
+        let mut read = 0;
+        let mut end = after;
+        for entry in self.live.iter().filter(|e| e.last > after) {
+            read += entry.last - entry.first.max(after + 1) + 1;
+            end = entry.last;
+            if read >= records {
+                break;
+            }
+        }
+        (end, self.live.back().is_none_or(|last| last.last <= end))
+    }
+
     /// A handle on the log (the trimmer removes truncated frames through it).
     pub(super) fn log(&self) -> sled::Db {
         self.db.clone()
