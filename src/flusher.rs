@@ -63,7 +63,12 @@ pub struct Flusher<S> {
     flushed_upto: u64,
     /// Updates for players without rows since the last log line, and when it was.
     unmatched: (NotApplied, Option<Instant>),
+    /// When the drain of a spilled backlog last said how far it is.
+    drain_logged: Option<Instant>,
 }
+
+/// How often the drain of a backlog larger than memory says how far it is.
+const DRAIN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl<S: ProgressStore> Flusher<S> {
     pub fn new(
@@ -85,6 +90,7 @@ impl<S: ProgressStore> Flusher<S> {
             flushed_upto: lease.applied_seq,
             in_doubt: None,
             unmatched: (NotApplied::default(), None),
+            drain_logged: None,
             lease,
         }
     }
@@ -155,6 +161,7 @@ impl<S: ProgressStore> Flusher<S> {
                 self.count_not_applied(&applied.not_applied);
                 self.flushed_upto = upto;
                 self.truncate(upto).await;
+                self.log_drain_progress();
                 Ok(applied.rows)
             }
             Err(e) => {
@@ -179,6 +186,28 @@ impl<S: ProgressStore> Flusher<S> {
             }
         }
         Ok(())
+    }
+
+    /// While a backlog larger than memory drains, a line every
+    /// DRAIN_LOG_EVERY with what is left.
+    fn log_drain_progress(&mut self) {
+        if !self.spilled() {
+            self.drain_logged = None;
+            return;
+        }
+        if self
+            .drain_logged
+            .is_some_and(|at| at.elapsed() < DRAIN_LOG_EVERY)
+        {
+            return;
+        }
+        self.drain_logged = Some(Instant::now());
+        tracing::info!(
+            wal_backlog_bytes = self.wal.backlog_bytes(),
+            wal_backlog_records = self.wal.stats().backlog_records(),
+            flushed_upto_seq = self.flushed_upto,
+            "draining a backlog larger than MEMORY_MAX_KEYS: flushing it a part at a time"
+        );
     }
 
     /// Whether acknowledged records wait in the WAL only.

@@ -16,7 +16,8 @@
 //! - [`rules`] — the goal index and the progress rules: `Event → [Record]`, pure.
 //! - [`wal`] — sled write-ahead log: dedup by event id, group commit with one
 //!   fsync per batch, replay at start-up; hands committed records to a sink.
-//! - [`buffer`] — coalesces acknowledged records per user-goal, in WAL order.
+//! - [`buffer`] — coalesces acknowledged records per user-goal, in WAL order;
+//!   past `MEMORY_MAX_KEYS` it spills and the WAL hands the rest back later.
 //! - [`flusher`] — every `FLUSH_INTERVAL`: deletions + read, plan, write +
 //!   watermark in one transaction, then WAL truncation.
 //! - [`store`] — the progress store seam: PostgreSQL ([`store::postgres`]) and

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient;
 use challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient;
 use common::*;
 use sqlx::PgPool;
@@ -217,6 +218,14 @@ async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_
     let env = [("FLUSH_INTERVAL", "100ms"), ("MEMORY_MAX_KEYS", "3")];
     let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, &env);
     service.wait_healthy().await;
+    // A player whose deletion will wait in the WAL only.
+    let pool = db.pool().await;
+    let mut logins = UserAuthenticationUserLoggedInServiceClient::new(service.channel().await);
+    logins
+        .on_message(login("gone-0", "gone-0-1", ""))
+        .await
+        .unwrap();
+    wait_until_counted(&pool, "gone", &BTreeMap::from([("gone-0".to_owned(), 1)])).await;
 
     // An outage: everything acknowledged waits; past three players, in the WAL only.
     proxy.set_down(true);
@@ -231,6 +240,18 @@ async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut deletions = DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(
+        service.channel().await,
+    );
+    deletions
+        .on_message(gdpr_deletion("gone-0", "gone-gdpr"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gauge(&service, "challenge_event_handler_gdpr_deletions_pending").await,
+        1.0,
+        "a deletion waiting in the WAL only is pending too"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let before_kill = traffic.await.unwrap();
@@ -273,9 +294,13 @@ async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_
         after_restart.other_errors
     );
 
-    let pool = db.pool().await;
     wait_until_counted(&pool, "sp", &before_kill.acknowledged).await;
     wait_until_counted(&pool, "sq", &after_restart.acknowledged).await;
+    wait_until_counted(&pool, "gone", &BTreeMap::new()).await;
+    assert_eq!(
+        gauge(&service, "challenge_event_handler_gdpr_deletions_pending").await,
+        0.0
+    );
     assert_eq!(
         gauge(&service, "challenge_event_handler_buffer_spilled").await,
         0.0

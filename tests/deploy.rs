@@ -543,22 +543,29 @@ fn quantity_bytes(text: &str) -> u64 {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
-/// Memory per byte of WAL backlog at the peak of the flush that writes it,
-/// when every update is a user-goal of its own (measured: docs/BENCHMARKS.md,
-/// "Memory per byte of backlog", 80 MiB of WAL → 427–450 MiB resident).
-const MEMORY_PER_WAL_BYTE: u64 = 6;
+/// Memory per user-goal held, at the peak of a flush with the buffer full
+/// again behind it (measured: docs/BENCHMARKS.md, "Memory through an
+/// outage"), rounded up.
+const MEMORY_PER_KEY: u64 = 2048;
 
-#[test]
-fn the_manifests_refuse_calls_before_the_backlog_outgrows_the_memory_limit() {
-    let objects = manifests();
-    let config = objects
+/// Disk per byte of WAL records while an outage lasts (sled's log-structured
+/// file holds what was appended until segments free up), rounded up.
+const DISK_PER_WAL_BYTE: u64 = 2;
+
+/// A setting of the ConfigMap, or the binary's default.
+fn setting(objects: &[Value], name: &str, default: &str) -> String {
+    objects
         .iter()
         .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "challenge-event-handler")
-        .expect("the settings ConfigMap");
-    let wal_max = config["data"]["WAL_MAX_BYTES"]
+        .expect("the settings ConfigMap")["data"][name]
         .as_str()
-        .expect("WAL_MAX_BYTES is set in the ConfigMap");
-    let wal_max = challenge_event_handler::config::parse_bytes(wal_max).unwrap();
+        .unwrap_or(default)
+        .to_owned()
+}
+
+#[test]
+fn the_manifests_keep_memory_within_its_limit_and_the_wal_within_its_volume() {
+    let objects = manifests();
     let set = objects
         .iter()
         .find(|o| o["kind"] == "StatefulSet")
@@ -569,12 +576,37 @@ fn the_manifests_refuse_calls_before_the_backlog_outgrows_the_memory_limit() {
             .as_str()
             .expect("a memory limit"),
     );
-    // What an idle service holds, with room for the dedup marks' index.
-    let base = 64 << 20;
+    // Memory: the buffer and a failed flush's batch hold MEMORY_MAX_KEYS
+    // user-goals each at most, whatever the backlog; past that it waits on disk.
+    let keys: u64 = setting(&objects, "MEMORY_MAX_KEYS", "100000")
+        .parse()
+        .expect("MEMORY_MAX_KEYS is a number");
+    // An idle service with its dedup marks' index and sled's cache.
+    let base = 128 << 20;
     assert!(
-        wal_max * MEMORY_PER_WAL_BYTE + base <= limit,
-        "WAL_MAX_BYTES={wal_max} needs about {} MiB of memory at the peak of its flush; the limit is {} MiB",
-        (wal_max * MEMORY_PER_WAL_BYTE + base) >> 20,
+        keys * MEMORY_PER_KEY + base <= limit,
+        "MEMORY_MAX_KEYS={keys} needs about {} MiB; the limit is {} MiB",
+        (keys * MEMORY_PER_KEY + base) >> 20,
         limit >> 20
+    );
+    // Disk: the WAL up to its bound, and the dedup marks (~35 bytes each).
+    let wal_max =
+        challenge_event_handler::config::parse_bytes(&setting(&objects, "WAL_MAX_BYTES", "1GiB"))
+            .unwrap();
+    let marks: u64 = setting(&objects, "DEDUP_MAX_MARKS", "2000000")
+        .parse()
+        .expect("DEDUP_MAX_MARKS is a number");
+    let claim = &set["spec"]["volumeClaimTemplates"][0];
+    let volume = quantity_bytes(
+        claim["spec"]["resources"]["requests"]["storage"]
+            .as_str()
+            .expect("a volume size"),
+    );
+    let disk = wal_max * DISK_PER_WAL_BYTE + marks * 35 + (64 << 20);
+    assert!(
+        disk <= volume,
+        "WAL_MAX_BYTES={wal_max} and {marks} dedup marks need about {} MiB of disk; the volume has {} MiB",
+        disk >> 20,
+        volume >> 20
     );
 }

@@ -71,17 +71,19 @@ pub(super) async fn start_up(
     let pending = wal_store.records();
     let replay_started = std::time::Instant::now();
     let memory_max_keys = settings.memory_max_keys;
-    let (wal_store, buffer, replayed) = tokio::task::spawn_blocking(move || {
-        let mut buffer = Buffer::bounded(watermark, memory_max_keys);
-        let replayed = wal_store.replay(watermark, &mut buffer);
-        replayed.map(|n| (wal_store, buffer, n))
+    let (wal_store, buffer, replayed, deletions) = tokio::task::spawn_blocking(move || {
+        let mut replay = Replay {
+            buffer: Buffer::bounded(watermark, memory_max_keys),
+            deletions: 0,
+        };
+        let replayed = wal_store.replay(watermark, &mut replay);
+        replayed.map(|n| (wal_store, replay.buffer, n, replay.deletions))
     })
     .await
     .context("WAL replay task failed")??;
     metrics.wal_replayed.inc_by(replayed);
-    metrics
-        .gdpr_deletions_pending
-        .set(buffer.deletions.len() as i64);
+    // Every deletion replayed is pending, held or still in the WAL only.
+    metrics.gdpr_deletions_pending.set(deletions as i64);
     tracing::info!(
         epoch = lease.epoch,
         watermark,
@@ -138,6 +140,23 @@ pub(super) async fn start_up(
         return Ok(None);
     }
     Ok(Some(running))
+}
+
+/// The replay's sink: the bounded buffer, and a count of every deletion
+/// replayed (those past the bound too: they are pending all the same).
+struct Replay {
+    buffer: Buffer,
+    deletions: usize,
+}
+
+impl crate::wal::Sink for Replay {
+    fn committed(&mut self, records: Vec<(u64, crate::rules::Record)>) {
+        self.deletions += records
+            .iter()
+            .filter(|(_, r)| matches!(r, crate::rules::Record::Delete(_)))
+            .count();
+        self.buffer.committed(records);
+    }
 }
 
 /// How long start-up waits between looks for a table it may not create.

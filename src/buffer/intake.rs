@@ -24,7 +24,6 @@ pub struct Intake {
 /// The buffer after records went in.
 struct Held {
     keys: usize,
-    deletions: usize,
     spilled: bool,
     /// Whether it spilled with these records.
     spilled_now: bool,
@@ -33,11 +32,10 @@ struct Held {
 impl Intake {
     fn hold(&self, put: impl FnOnce(&mut Buffer)) -> Held {
         let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
-        let (deletions, spilled) = (buffer.deletions.len(), buffer.spilled_after().is_some());
+        let spilled = buffer.spilled_after().is_some();
         put(&mut buffer);
         let held = Held {
             keys: buffer.len(),
-            deletions: buffer.deletions.len() - deletions,
             spilled: buffer.spilled_after().is_some(),
             spilled_now: !spilled && buffer.spilled_after().is_some(),
         };
@@ -46,11 +44,6 @@ impl Intake {
             .buffer_size
             .set(held.keys as i64 + self.metrics.flush_retry_keys.get());
         self.metrics.buffer_spilled.set(i64::from(held.spilled));
-        if held.deletions > 0 {
-            self.metrics
-                .gdpr_deletions_pending
-                .add(held.deletions as i64);
-        }
         if held.spilled_now {
             tracing::warn!(
                 buffered_keys = held.keys,
@@ -67,6 +60,15 @@ impl Intake {
 
 impl Sink for Intake {
     fn committed(&mut self, records: Vec<(u64, Record)>) {
+        // Acknowledged deletions are pending whether the buffer holds them
+        // or they wait in the WAL (a refill does not count them again).
+        let deletions = records
+            .iter()
+            .filter(|(_, r)| matches!(r, Record::Delete(_)))
+            .count();
+        if deletions > 0 {
+            self.metrics.gdpr_deletions_pending.add(deletions as i64);
+        }
         self.hold(|buffer| buffer.committed(records));
     }
 
