@@ -158,17 +158,8 @@ async fn postgres_unreachable_for_a_long_outage_under_load_acks_until_the_wal_bo
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let db = pg::TestDb::new().await;
-    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
-    let url = proxy.url_for(&db.url);
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn_with_config(
-        &url,
-        dir.path(),
-        COUNTING,
-        &[("FLUSH_INTERVAL", "100ms"), ("WAL_MAX_BYTES", "32KiB")],
-    );
-    service.wait_healthy().await;
+    let (db, proxy, _url, _dir, mut service) =
+        behind_a_proxy(&[("FLUSH_INTERVAL", "100ms"), ("WAL_MAX_BYTES", "32KiB")]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = tokio::spawn(load(service.channel().await, "lo", stop.clone()));
 
@@ -207,17 +198,27 @@ async fn gauge(service: &Binary, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_once_even_after_a_kill(
-) {
+/// The service with COUNTING and `env` on a new database behind a proxy the
+/// test can cut, healthy; the database, the proxy, the URL the service uses
+/// and its directory come along (the directory for a restart).
+async fn behind_a_proxy(
+    env: &[(&str, &str)],
+) -> (pg::TestDb, proxy::Proxy, String, tempfile::TempDir, Binary) {
     let db = pg::TestDb::new().await;
     let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
     let url = proxy.url_for(&db.url);
     let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, env);
+    service.wait_healthy().await;
+    (db, proxy, url, dir, service)
+}
+
+#[tokio::test]
+async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_once_even_after_a_kill(
+) {
     // CLIENTS players, one key each: three fit in memory.
     let env = [("FLUSH_INTERVAL", "100ms"), ("MEMORY_MAX_KEYS", "3")];
-    let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, &env);
-    service.wait_healthy().await;
+    let (db, proxy, url, dir, mut service) = behind_a_proxy(&env).await;
     // A player whose deletion will wait in the WAL only.
     let pool = db.pool().await;
     let mut logins = UserAuthenticationUserLoggedInServiceClient::new(service.channel().await);
@@ -314,13 +315,8 @@ async fn a_backlog_over_memory_max_keys_waits_in_the_wal_and_is_flushed_exactly_
 
 #[tokio::test]
 async fn a_long_outage_with_a_trickle_of_new_players_keeps_memory_within_twice_memory_max_keys() {
-    let db = pg::TestDb::new().await;
-    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
-    let url = proxy.url_for(&db.url);
-    let dir = tempfile::tempdir().unwrap();
     let env = [("FLUSH_INTERVAL", "100ms"), ("MEMORY_MAX_KEYS", "3")];
-    let mut service = Binary::spawn_with_config(&url, dir.path(), COUNTING, &env);
-    service.wait_healthy().await;
+    let (db, proxy, _url, _dir, mut service) = behind_a_proxy(&env).await;
     proxy.set_down(true);
     // One new player at a time, slower than the first retries: each retry
     // finds a few new keys, never a full buffer.
