@@ -8,8 +8,10 @@
 //! done, otherwise it is merged (as the older part) with what arrived since and
 //! written again. So a lost reply never applies an increment twice, and a
 //! failed flush never loses one. Retries back off exponentially up to
-//! [`MAX_BACKOFF`]; the log says when flushing starts failing and when it
-//! recovers, not at every attempt.
+//! [`MAX_BACKOFF`], and between them a cheap read of the watermark every
+//! second notices when the database answers again, so the first flush
+//! after an outage does not wait out the backoff; the log says when
+//! flushing starts failing and when it recovers, not at every attempt.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -43,6 +45,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 fn flush_backoff(interval: Duration) -> Backoff {
     Backoff::new(interval, MAX_BACKOFF.max(interval))
 }
+
+/// How often, while flushes fail and back off, the database is asked
+/// whether it answers again (a read of this instance's watermark), so that
+/// the flush after an outage does not wait out a backoff of up to
+/// MAX_BACKOFF: measured, the first flush came 16–30 s after the database
+/// was back (docs/BENCHMARKS.md, "Memory through an outage").
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the log may say that updates found no row.
 const NOT_APPLIED_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -208,6 +217,19 @@ impl<S: ProgressStore> Flusher<S> {
             flushed_upto_seq = self.flushed_upto,
             "draining a backlog larger than MEMORY_MAX_KEYS: flushing it a part at a time"
         );
+    }
+
+    /// Returns once the database answers a read of this instance's
+    /// watermark (or says the lease is fenced, which the flush then
+    /// reports), asking every PROBE_EVERY.
+    async fn database_answers(&self) {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            match self.store.applied_seq(&self.lease).await {
+                Ok(_) | Err(StoreError::Fenced { .. }) => return,
+                Err(_) => {}
+            }
+        }
     }
 
     /// Whether acknowledged records wait in the WAL only.
@@ -393,12 +415,22 @@ impl<S: ProgressStore> Flusher<S> {
         // After a flush that left records in the WAL only (the buffer
         // spilled), the next one starts at once.
         let mut again = self.spilled();
+        // While flushes fail, the database is probed between retries; a
+        // flush the probe started that fails too (the database answers but
+        // the flush does not go through) ends the probing until a flush
+        // succeeds: plain backoff then, not a retry every PROBE_EVERY.
+        let mut probe = true;
         loop {
+            let mut probed = false;
             if !again {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff.delay()) => {}
                     _ = early.notified(), if backoff.failures() == 0 => {}
+                    _ = self.database_answers(), if probe && backoff.failures() > 0 => {
+                        tracing::info!("the database answers again: flushing now");
+                        probed = true;
+                    }
                 }
             } else if stop.is_cancelled() {
                 break;
@@ -406,6 +438,7 @@ impl<S: ProgressStore> Flusher<S> {
             again = false;
             match self.flush_once().await {
                 Ok(_) => {
+                    probe = true;
                     again = self.spilled();
                     let failed = backoff.succeeded();
                     if failed > 0 {
@@ -422,6 +455,7 @@ impl<S: ProgressStore> Flusher<S> {
                 }
                 Err(e) => {
                     backoff.failed();
+                    probe = !probed;
                     if backoff.failures() == 1 {
                         tracing::warn!(
                             error = %e,

@@ -180,6 +180,11 @@ async fn postgres_unreachable_for_a_long_outage_under_load_acks_until_the_wal_bo
 
     let pool = db.pool().await;
     wait_until_counted(&pool, "lo", &tally.acknowledged).await;
+    // The flush after the outage did not wait out its backoff (by then
+    // 16-30 s): the probe saw the database answer.
+    service
+        .wait_for_log("the database answers again", Duration::from_secs(10))
+        .await;
     let total: i64 = tally.acknowledged.values().sum();
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
