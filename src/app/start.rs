@@ -151,10 +151,7 @@ struct Replay {
 
 impl crate::wal::Sink for Replay {
     fn committed(&mut self, records: Vec<(u64, crate::rules::Record)>) {
-        self.deletions += records
-            .iter()
-            .filter(|(_, r)| matches!(r, crate::rules::Record::Delete(_)))
-            .count();
+        self.deletions += crate::rules::Record::deletions(&records);
         self.buffer.committed(records);
     }
 }

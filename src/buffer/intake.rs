@@ -21,40 +21,30 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
 }
 
-/// The buffer after records went in.
-struct Held {
-    keys: usize,
-    spilled: bool,
-    /// Whether it spilled with these records.
-    spilled_now: bool,
-}
-
 impl Intake {
-    fn hold(&self, put: impl FnOnce(&mut Buffer)) -> Held {
-        let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
-        let spilled = buffer.spilled_after().is_some();
-        put(&mut buffer);
-        let held = Held {
-            keys: buffer.len(),
-            spilled: buffer.spilled_after().is_some(),
-            spilled_now: !spilled && buffer.spilled_after().is_some(),
+    /// Puts records into the buffer with `put`; then the gauges, the log
+    /// line when the buffer spills, and the early flush.
+    fn hold(&self, put: impl FnOnce(&mut Buffer)) {
+        let (was_spilled, keys, spilled) = {
+            let mut buffer = self.buffer.lock().expect("buffer lock poisoned");
+            let was_spilled = buffer.spilled_after().is_some();
+            put(&mut buffer);
+            (was_spilled, buffer.len(), buffer.spilled_after().is_some())
         };
-        drop(buffer);
         self.metrics
             .buffer_size
-            .set(held.keys as i64 + self.metrics.flush_retry_keys.get());
-        self.metrics.buffer_spilled.set(i64::from(held.spilled));
-        if held.spilled_now {
+            .set(keys as i64 + self.metrics.flush_retry_keys.get());
+        self.metrics.buffer_spilled.set(i64::from(spilled));
+        if spilled && !was_spilled {
             tracing::warn!(
-                buffered_keys = held.keys,
+                buffered_keys = keys,
                 "the backlog reached MEMORY_MAX_KEYS: newer acknowledged updates wait in the WAL on \
                  disk (durable) and are read back as flushes make room; is the database slow or away?"
             );
         }
-        if held.keys >= self.max_keys || held.spilled {
+        if keys >= self.max_keys || spilled {
             self.flush_early.notify_one();
         }
-        held
     }
 }
 
@@ -62,10 +52,7 @@ impl Sink for Intake {
     fn committed(&mut self, records: Vec<(u64, Record)>) {
         // Acknowledged deletions are pending whether the buffer holds them
         // or they wait in the WAL (a refill does not count them again).
-        let deletions = records
-            .iter()
-            .filter(|(_, r)| matches!(r, Record::Delete(_)))
-            .count();
+        let deletions = Record::deletions(&records);
         if deletions > 0 {
             self.metrics.gdpr_deletions_pending.add(deletions as i64);
         }

@@ -198,10 +198,15 @@ impl Buffer {
         }
     }
 
+    /// Entries and pending deletions: what the bound counts.
+    fn held(&self) -> usize {
+        self.len() + self.deletions.len()
+    }
+
     /// Whether the bound is reached: a record that starts an event is not taken.
     fn full(&self) -> bool {
         self.bound != 0
-            && (self.len() + self.deletions.len() >= self.bound
+            && (self.held() >= self.bound
                 || self.events.len() >= self.bound.saturating_mul(MARKS_PER_KEY))
     }
 
@@ -434,10 +439,9 @@ impl Buffer {
     /// grows past the bound, however slowly new players trickle in between
     /// two retries.
     pub fn next_batch(&mut self, in_doubt: Option<Buffer>) -> Buffer {
-        let held = |b: &Buffer| b.len() + b.deletions.len();
         match in_doubt {
             None => self.take(),
-            Some(older) if self.bound != 0 && held(self) + held(&older) > self.bound => older,
+            Some(older) if self.bound != 0 && self.held() + older.held() > self.bound => older,
             Some(older) => {
                 let mut batch = self.take();
                 batch.merge_back(older);

@@ -390,6 +390,15 @@ pub enum Record {
 }
 
 impl Record {
+    /// How many of `records` are GDPR deletions (pending until a flush
+    /// applies them, whether a buffer holds them or the WAL alone does).
+    pub fn deletions(records: &[(u64, Record)]) -> usize {
+        records
+            .iter()
+            .filter(|(_, r)| matches!(r, Record::Delete(_)))
+            .count()
+    }
+
     pub fn user_id(&self) -> &str {
         match self {
             Record::Update(u) => &u.user_id,
