@@ -74,6 +74,8 @@ pub struct Flusher<S> {
     unmatched: (NotApplied, Option<Instant>),
     /// When the drain of a spilled backlog last said how far it is.
     drain_logged: Option<Instant>,
+    /// FLUSH_TIMEOUT: the longest a flush waits on the database.
+    timeout: Option<Duration>,
 }
 
 /// How often the drain of a backlog larger than memory says how far it is.
@@ -100,7 +102,41 @@ impl<S: ProgressStore> Flusher<S> {
             in_doubt: None,
             unmatched: (NotApplied::default(), None),
             drain_logged: None,
+            timeout: None,
             lease,
+        }
+    }
+
+    /// A flush (and the read of the watermark before one) that has no
+    /// answer from the database within `limit` is abandoned as failed:
+    /// its batch stays in doubt and the next attempt reads the watermark
+    /// first, on another connection. Without it a connection gone silent
+    /// (a failover, a dropped NAT entry) keeps a flush waiting until the
+    /// kernel gives up on it, a quarter of an hour or never.
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// `work` on the database, given up after FLUSH_TIMEOUT. Only what
+    /// the database does is abandoned: the batch is not inside `work`.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(limit) = self.timeout else {
+            return work.await;
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.metrics.flush_timeouts.inc();
+                Err(StoreError::Unavailable(format!(
+                    "no answer from the database within FLUSH_TIMEOUT ({}): the flush was \
+                     abandoned and is retried on another connection",
+                    humantime::format_duration(limit)
+                )))
+            }
         }
     }
 
@@ -125,7 +161,7 @@ impl<S: ProgressStore> Flusher<S> {
 
     async fn try_flush(&mut self) -> Result<usize, StoreError> {
         if let Some(doubt) = &self.in_doubt {
-            let applied = self.store.applied_seq(&self.lease).await?;
+            let applied = self.bounded(self.store.applied_seq(&self.lease)).await?;
             if applied >= doubt.last_seq() {
                 tracing::info!(
                     upto_seq = doubt.last_seq(),
@@ -249,8 +285,7 @@ impl<S: ProgressStore> Flusher<S> {
         let mut skip: HashSet<Mark> = HashSet::new();
         for _ in 0..MAX_LEDGER_ROUNDS {
             match self
-                .store
-                .apply(&self.lease, upto, batch, &self.owner)
+                .bounded(self.store.apply(&self.lease, upto, batch, &self.owner))
                 .await
             {
                 Err(StoreError::AlreadyApplied { marks }) => {

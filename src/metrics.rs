@@ -63,6 +63,8 @@ pub struct Metrics {
     pub flush_retry_keys: IntGauge,
     pub flush_duration: Histogram,
     pub flush_failures: IntCounter,
+    /// Flush attempts abandoned at FLUSH_TIMEOUT (in `flush_failures` too).
+    pub flush_timeouts: IntCounter,
     pub db_batch_size: Histogram,
     pub wal_append_duration: Histogram,
     pub wal_batch_size: Histogram,
@@ -251,6 +253,10 @@ impl Metrics {
                 seconds(),
             ),
             flush_failures: counter("flush_failures_total", "flush attempts that failed and will be retried"),
+            flush_timeouts: counter(
+                "flush_timeouts_total",
+                "flush attempts abandoned with no answer from the database within FLUSH_TIMEOUT",
+            ),
             db_batch_size: histogram("db_batch_size", "rows written per flush", sizes()),
             wal_append_duration: histogram(
                 "wal_append_duration_seconds",
@@ -456,6 +462,7 @@ mod tests {
             "challenge_event_handler_events_duplicate_total",
             "challenge_event_handler_events_ignored_total",
             "challenge_event_handler_flush_failures_total",
+            "challenge_event_handler_flush_timeouts_total",
             "challenge_event_handler_gdpr_deletions_total",
             "challenge_event_handler_gdpr_rows_deleted_total",
             "challenge_event_handler_gdpr_deletions_pending",

@@ -351,3 +351,44 @@ async fn a_long_outage_with_a_trickle_of_new_players_keeps_memory_within_twice_m
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+#[tokio::test]
+async fn a_connection_gone_silent_at_commit_costs_a_flush_timeout_not_a_flush_that_never_returns() {
+    // The COMMIT of a flush is lost and every open connection goes silent
+    // for good, none closed (a failover, a dropped NAT entry): without
+    // FLUSH_TIMEOUT that flush waited for its reply forever, and without
+    // PostgreSQL ending the abandoned transaction (idle in it, the
+    // watermark row locked) every later flush waited on its locks.
+    let env = [("FLUSH_INTERVAL", "100ms"), ("FLUSH_TIMEOUT", "2s")];
+    let (db, proxy, _url, _dir, mut service) = behind_a_proxy(&env).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(load(service.channel().await, "si", stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.silence_at_next_commit();
+
+    service
+        .wait_for_log(
+            "no answer from the database within FLUSH_TIMEOUT (2s)",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(proxy.silenced(), "the connections went silent at a COMMIT");
+    service
+        .wait_for_log("flushing recovered", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = traffic.await.unwrap();
+    assert!(tally.other_errors.is_empty(), "{:?}", tally.other_errors);
+    assert_eq!(tally.refused, 0, "the WAL had room: nothing refused");
+
+    // The abandoned transaction had applied everything but its COMMIT:
+    // PostgreSQL rolled it back, and its batch was written once, by a retry.
+    let pool = db.pool().await;
+    wait_until_counted(&pool, "si", &tally.acknowledged).await;
+    assert!(gauge(&service, "challenge_event_handler_flush_timeouts_total").await >= 1.0);
+    let total: i64 = tally.acknowledged.values().sum();
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    println!("db_faults: a COMMIT lost on a silent connection, {total} logins acknowledged, 0 lost, 0 doubled");
+}

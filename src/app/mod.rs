@@ -91,7 +91,8 @@ impl Core {
                 settings.db_max_connections,
                 settings.db_batch_size,
             )
-            .with_cluster(settings.cluster.clone()),
+            .with_cluster(settings.cluster.clone())
+            .with_flush_timeout(settings.flush_timeout),
         );
         let metrics = Metrics::new();
         metrics.watch_wal_volume(settings.wal_dir.clone());
@@ -241,7 +242,12 @@ impl App {
         let mut left_in_wal = None;
         if let Some(running) = start_up(parts, &settings, &lifetime).await? {
             enter(&health, &metrics, Phase::Serving);
-            tasks.spawn(upkeep(upkeep_store, metrics.clone(), lifetime.stop.clone()));
+            tasks.spawn(upkeep(
+                upkeep_store,
+                settings.flush_timeout,
+                metrics.clone(),
+                lifetime.stop.clone(),
+            ));
             let ingress = Ingress::new(
                 settings.namespace.clone(),
                 goals,

@@ -118,7 +118,8 @@ pub(super) async fn start_up(
         wal.clone(),
         metrics.clone(),
         health,
-    );
+    )
+    .with_timeout(settings.flush_timeout);
     let flushed = retry::until_ok(
         "flush the replayed WAL",
         Backoff::new(settings.flush_interval, MAX_BACKOFF),

@@ -16,14 +16,29 @@ pub(super) const UPKEEP_EVERY: Duration = Duration::from_secs(15);
 pub(super) const UPKEEP_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// The cluster's upkeep until `stop`: a new ledger table every quarter of
-/// LEDGER_WINDOW, expired tables dropped, expired tombstones removed.
-pub(super) async fn upkeep(store: Arc<Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
+/// LEDGER_WINDOW, expired tables dropped, expired tombstones removed. A
+/// round with no answer within `limit` (FLUSH_TIMEOUT) is abandoned and
+/// counted as failed: a connection gone silent does not end the upkeep.
+pub(super) async fn upkeep(
+    store: Arc<Store>,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let Store::Postgres(pg) = &*store else {
         return;
     };
     let mut failing = false;
     loop {
-        match pg.upkeep(UPKEEP_LOCK_WAIT).await {
+        let round = tokio::time::timeout(limit, pg.upkeep(UPKEEP_LOCK_WAIT))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unavailable(format!(
+                    "no answer from the database within FLUSH_TIMEOUT ({})",
+                    humantime::format_duration(limit)
+                )))
+            });
+        match round {
             Ok(done) => {
                 if failing {
                     tracing::info!("cluster upkeep recovered");

@@ -213,6 +213,15 @@ pub struct ServeArgs {
     /// database outage or of the WAL replayed at start-up.
     #[arg(long, env = "MEMORY_MAX_KEYS", default_value_t = 100_000)]
     pub memory_max_keys: usize,
+    /// Longest a flush may wait on the database. Past it the flush is
+    /// abandoned as failed (its batch in doubt, retried on another
+    /// connection), and PostgreSQL itself ends the abandoned transaction's
+    /// statement or idle session after as long: a connection that went
+    /// silent (a failover, a dropped NAT entry) costs one timeout, not a
+    /// flush that never returns. Sized for a flush of MEMORY_MAX_KEYS on
+    /// a slow database, many times what one takes.
+    #[arg(long, env = "FLUSH_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub flush_timeout: Duration,
     /// How long an event id is remembered to drop redeliveries.
     #[arg(long, env = "DEDUP_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub dedup_window: Duration,
@@ -281,6 +290,7 @@ pub struct Settings {
     pub flush_interval: Duration,
     pub buffer_max_keys: usize,
     pub memory_max_keys: usize,
+    pub flush_timeout: Duration,
     pub dedup_window: Duration,
     pub dedup_max_marks: usize,
     pub shutdown_grace: Duration,
@@ -398,6 +408,9 @@ impl ServeArgs {
         if self.memory_max_keys == 0 {
             return Err(invalid("MEMORY_MAX_KEYS", "must be greater than zero"));
         }
+        if self.flush_timeout < Duration::from_secs(1) {
+            return Err(invalid("FLUSH_TIMEOUT", "must be at least 1s"));
+        }
         if self.db_max_connections == 0 {
             return Err(invalid("DB_MAX_CONNECTIONS", "must be greater than zero"));
         }
@@ -482,6 +495,7 @@ impl ServeArgs {
             flush_interval: self.flush_interval,
             buffer_max_keys: self.buffer_max_keys,
             memory_max_keys: self.memory_max_keys,
+            flush_timeout: self.flush_timeout,
             dedup_window: self.dedup_window,
             dedup_max_marks: self.dedup_max_marks,
             shutdown_grace: self.shutdown_grace,

@@ -136,6 +136,7 @@ fn defaults_match_the_readme() {
     assert_eq!(s.dedup_window, Duration::from_secs(600));
     assert_eq!(s.buffer_max_keys, 2_000);
     assert_eq!(s.memory_max_keys, 100_000);
+    assert_eq!(s.flush_timeout, Duration::from_secs(120));
     assert_eq!(s.db_batch_size, 1000);
     assert_eq!(s.wal_max_bytes, 1 << 30);
     assert!(s.migrate);
@@ -197,4 +198,19 @@ fn a_memory_bound_of_zero_is_named() {
     .validate()
     .unwrap_err();
     assert_eq!(err.name, "MEMORY_MAX_KEYS");
+}
+
+#[test]
+fn a_flush_timeout_under_a_second_is_named() {
+    let err = args(&[
+        "--namespace",
+        "ns",
+        "--database-url",
+        "postgres://u@h/db",
+        "--flush-timeout",
+        "500ms",
+    ])
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.name, "FLUSH_TIMEOUT");
 }

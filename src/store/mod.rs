@@ -382,6 +382,16 @@ impl Store {
             other => other,
         }
     }
+
+    /// PostgreSQL ends what a flush abandons after FLUSH_TIMEOUT
+    /// ([`postgres::PgStore::with_flush_timeout`]); the embedded store is
+    /// a file, whose waits SQLite bounds itself.
+    pub fn with_flush_timeout(self, limit: std::time::Duration) -> Store {
+        match self {
+            Store::Postgres(pg) => Store::Postgres(pg.with_flush_timeout(limit)),
+            other => other,
+        }
+    }
 }
 
 /// Calls the same method on whichever backend.

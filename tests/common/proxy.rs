@@ -1,9 +1,13 @@
 //! A TCP proxy in front of PostgreSQL that a test can cut: `set_down(true)`
 //! closes every open connection and refuses new ones, as a database outage
 //! would look from the service; `set_down(false)` lets connections through again.
+//! `silence_at_next_commit()`: the next COMMIT is lost and every connection
+//! open then goes silent for good (what either side sends is lost, none is
+//! closed) while new connections work: a failover or a dropped NAT entry in
+//! the middle of a flush, as the service sees it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +19,16 @@ pub struct Proxy {
     pub addr: SocketAddr,
     down: Arc<watch::Sender<bool>>,
     cut: Arc<CutAfterCommit>,
+    silence: Arc<Silence>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Connections are numbered as they open; those below `below` are silent.
+#[derive(Default)]
+struct Silence {
+    armed: AtomicBool,
+    opened: AtomicU64,
+    below: AtomicU64,
 }
 
 /// When armed: the next client→server chunk holding `COMMIT` is delivered,
@@ -36,6 +49,8 @@ impl Proxy {
         let state = down.clone();
         let cut = Arc::new(CutAfterCommit::default());
         let cutter = cut.clone();
+        let silence = Arc::new(Silence::default());
+        let silencer = silence.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -47,7 +62,10 @@ impl Proxy {
                 }
                 let mut outage = state.subscribe();
                 let cutter = cutter.clone();
+                let silencer = silencer.clone();
+                let number = silencer.opened.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let silent = || number < silencer.below.load(Ordering::SeqCst);
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
@@ -58,13 +76,22 @@ impl Proxy {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
                             let n = match from_client.read(&mut buf).await {
+                                Ok(0) | Err(_) if silent() => std::future::pending().await,
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
+                            if silent() {
+                                continue;
+                            }
+                            let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                            if commit && silencer.armed.swap(false, Ordering::SeqCst) {
+                                let opened = silencer.opened.load(Ordering::SeqCst);
+                                silencer.below.store(opened, Ordering::SeqCst);
+                                continue;
+                            }
                             if to_server.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
-                            let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
                             if commit && cutter.armed.swap(false, Ordering::SeqCst) {
                                 // Let the server commit; its reply is swallowed, then the connection is cut.
                                 muted.store(true, Ordering::SeqCst);
@@ -78,10 +105,11 @@ impl Proxy {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
                             let n = match from_server.read(&mut buf).await {
+                                Ok(0) | Err(_) if silent() => std::future::pending().await,
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            if muted.load(Ordering::SeqCst) {
+                            if muted.load(Ordering::SeqCst) || silent() {
                                 continue;
                             }
                             if to_client.write_all(&buf[..n]).await.is_err() {
@@ -101,8 +129,22 @@ impl Proxy {
             addr,
             down,
             cut,
+            silence,
             task,
         }
+    }
+
+    /// The next COMMIT any connection sends is lost, and from then on every
+    /// connection open at that moment is silent for good: what either side
+    /// sends is lost and neither is told (no reset, no close). New
+    /// connections go through.
+    pub fn silence_at_next_commit(&self) {
+        self.silence.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the armed COMMIT came and the connections went silent.
+    pub fn silenced(&self) -> bool {
+        self.silence.below.load(Ordering::SeqCst) > 0
     }
 
     pub fn set_down(&self, down: bool) {

@@ -14,10 +14,15 @@ pub(crate) fn pg(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
-        // 53: insufficient resources; 40: serialization failure / deadlock.
+        // 57014: a statement cancelled (FLUSH_TIMEOUT's statement_timeout);
+        // 25P03: a session ended idle in a transaction (its
+        // idle_in_transaction_session_timeout); 53: insufficient resources;
+        // 40: serialization failure / deadlock.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
                 || code.starts_with("57P")
+                || code == "57014"
+                || code == "25P03"
                 || code.starts_with("53")
                 || code.starts_with("40")
         }),
