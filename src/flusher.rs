@@ -118,8 +118,9 @@ impl<S: ProgressStore> Flusher<S> {
         self
     }
 
-    /// `work` on the database, given up after FLUSH_TIMEOUT. Only what
-    /// the database does is abandoned: the batch is not inside `work`.
+    /// `work` on the database, given up after FLUSH_TIMEOUT
+    /// ([`crate::store::within`]). Only what the database does is
+    /// abandoned: the batch is not inside `work`.
     async fn bounded<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -127,17 +128,11 @@ impl<S: ProgressStore> Flusher<S> {
         let Some(limit) = self.timeout else {
             return work.await;
         };
-        match tokio::time::timeout(limit, work).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.metrics.flush_timeouts.inc();
-                Err(StoreError::Unavailable(format!(
-                    "no answer from the database within FLUSH_TIMEOUT ({}): the flush was \
-                     abandoned and is retried on another connection",
-                    humantime::format_duration(limit)
-                )))
-            }
+        let result = crate::store::within(limit, work).await;
+        if let Err(StoreError::TimedOut { .. }) = result {
+            self.metrics.flush_timeouts.inc();
         }
+        result
     }
 
     /// Writes everything acknowledged so far. Returns the rows written.

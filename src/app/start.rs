@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::flusher::{Flusher, MAX_BACKOFF};
 use crate::health::{Health, Phase};
 use crate::retry::{self, Backoff, GiveUp};
-use crate::store::{Owner, Prepared, ProgressStore, Store, TableOwner};
+use crate::store::{within, Owner, Prepared, ProgressStore, Store, TableOwner};
 
 use super::*;
 
@@ -58,7 +58,7 @@ pub(super) async fn start_up(
         GiveUp::OnPermanent,
         (stop, fatal),
         &mut (&*store, instance_id.as_str()),
-        |(store, id)| Box::pin(store.lease(id)),
+        |(store, id)| Box::pin(within(settings.flush_timeout, store.lease(id))),
     )
     .await
     else {
@@ -177,7 +177,12 @@ pub(super) async fn prepare(
             GiveUp::OnPermanent,
             (stop, fatal),
             &mut (&**store, settings.table_owner, settings.migrate),
-            |(store, owner, migrate)| Box::pin(store.prepare(*owner, *migrate)),
+            |(store, owner, migrate)| {
+                Box::pin(within(
+                    settings.flush_timeout,
+                    store.prepare(*owner, *migrate),
+                ))
+            },
         )
         .await?;
         match prepared {

@@ -30,15 +30,7 @@ pub(super) async fn upkeep(
     };
     let mut failing = false;
     loop {
-        let round = tokio::time::timeout(limit, pg.upkeep(UPKEEP_LOCK_WAIT))
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::store::StoreError::Unavailable(format!(
-                    "no answer from the database within FLUSH_TIMEOUT ({})",
-                    humantime::format_duration(limit)
-                )))
-            });
-        match round {
+        match crate::store::within(limit, pg.upkeep(UPKEEP_LOCK_WAIT)).await {
             Ok(done) => {
                 if failing {
                     tracing::info!("cluster upkeep recovered");

@@ -213,7 +213,8 @@ pub struct ServeArgs {
     /// database outage or of the WAL replayed at start-up.
     #[arg(long, env = "MEMORY_MAX_KEYS", default_value_t = 100_000)]
     pub memory_max_keys: usize,
-    /// Longest a flush may wait on the database. Past it the flush is
+    /// Longest a flush (or a start-up step, or an upkeep round) may wait on
+    /// the database. Past it the flush is
     /// abandoned as failed (its batch in doubt, retried on another
     /// connection), and PostgreSQL itself ends the abandoned transaction's
     /// statement or idle session after as long: a connection that went

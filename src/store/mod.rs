@@ -49,14 +49,39 @@ pub enum StoreError {
     /// was written; the flusher leaves them out and flushes again.
     #[error("{} events of the batch were applied by another flush", marks.len())]
     AlreadyApplied { marks: Vec<crate::wal::dedup::Mark> },
+    /// No answer within FLUSH_TIMEOUT: the work was abandoned (its
+    /// connection dropped) and is retried on another connection.
+    #[error(
+        "no answer from the database within FLUSH_TIMEOUT ({}): abandoned, and retried on another connection",
+        humantime::format_duration(*limit)
+    )]
+    TimedOut { limit: std::time::Duration },
 }
 
 impl StoreError {
     /// Whether waiting and retrying can help (the database is unreachable or
-    /// restarting), as opposed to a problem an operator must fix.
+    /// restarting, or did not answer in time), as opposed to a problem an
+    /// operator must fix.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::TimedOut { .. }
+        )
     }
+}
+
+/// `work` on the database, abandoned after `limit` (FLUSH_TIMEOUT): a
+/// connection that went silent (a failover, a dropped NAT entry: no reset
+/// ever comes) costs one timeout, not a wait until the kernel gives up on
+/// it, a quarter of an hour or never. Whatever `work` holds is dropped with
+/// it: nothing that must survive a failure may live inside.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut { limit }))
 }
 
 /// Which database, as configured.
