@@ -358,8 +358,13 @@ async fn a_connection_gone_silent_at_commit_costs_a_flush_timeout_not_a_flush_th
     // for good, none closed (a failover, a dropped NAT entry): without
     // FLUSH_TIMEOUT that flush waited for its reply forever, and without
     // PostgreSQL ending the abandoned transaction (idle in it, the
-    // watermark row locked) every later flush waited on its locks.
-    let env = [("FLUSH_INTERVAL", "100ms"), ("FLUSH_TIMEOUT", "2s")];
+    // watermark row locked) every later flush waited on its locks. One
+    // connection: the pool must close the silent one, not wait on it.
+    let env = [
+        ("FLUSH_INTERVAL", "100ms"),
+        ("FLUSH_TIMEOUT", "2s"),
+        ("DB_MAX_CONNECTIONS", "1"),
+    ];
     let (db, proxy, _url, _dir, mut service) = behind_a_proxy(&env).await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = tokio::spawn(load(service.channel().await, "si", stop.clone()));

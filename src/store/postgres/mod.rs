@@ -15,7 +15,7 @@ pub use schema::golang_migrate_lock_id;
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Postgres;
 use sqlx::{FromRow, Row as _};
 
@@ -219,6 +219,25 @@ impl Statements {
     }
 }
 
+/// How long a connection given back to the pool has to answer a round trip
+/// before it is closed instead of pooled again.
+const RELEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `conn`, given back to the pool, answers a round trip within
+/// `limit`; if not it is closed, not pooled. sqlx sends one itself before
+/// pooling a connection again, without a limit: on a connection abandoned
+/// at FLUSH_TIMEOUT because it went silent that waits until the kernel gives
+/// up on it (a quarter of an hour, or never), and holds one of
+/// DB_MAX_CONNECTIONS all that time (tests/db_faults.rs, with one
+/// connection, never recovered). Closing sends a few bytes and drops the
+/// socket, which does not wait for the peer.
+async fn answers_within(conn: &mut PgConnection, limit: std::time::Duration) -> sqlx::Result<bool> {
+    Ok(matches!(
+        tokio::time::timeout(limit, sqlx::Connection::ping(conn)).await,
+        Ok(Ok(()))
+    ))
+}
+
 /// Event ids per ledger statement.
 const LEDGER_CHUNK: usize = 10_000;
 
@@ -244,6 +263,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
+            .after_release(|conn, _| Box::pin(answers_within(conn, RELEASE_CHECK)))
             .connect_lazy_with(options);
         PgStore {
             pool,
