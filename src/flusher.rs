@@ -74,8 +74,9 @@ pub struct Flusher<S> {
     unmatched: (NotApplied, Option<Instant>),
     /// When the drain of a spilled backlog last said how far it is.
     drain_logged: Option<Instant>,
-    /// FLUSH_TIMEOUT: the longest a flush waits on the database.
-    timeout: Option<Duration>,
+    /// FLUSH_TIMEOUT: the longest a flush waits on the database (none
+    /// unless [`Flusher::with_timeout`] says).
+    timeout: Duration,
 }
 
 /// How often the drain of a backlog larger than memory says how far it is.
@@ -102,7 +103,7 @@ impl<S: ProgressStore> Flusher<S> {
             in_doubt: None,
             unmatched: (NotApplied::default(), None),
             drain_logged: None,
-            timeout: None,
+            timeout: Duration::MAX,
             lease,
         }
     }
@@ -114,7 +115,7 @@ impl<S: ProgressStore> Flusher<S> {
     /// (a failover, a dropped NAT entry) keeps a flush waiting until the
     /// kernel gives up on it, a quarter of an hour or never.
     pub fn with_timeout(mut self, limit: Duration) -> Self {
-        self.timeout = Some(limit);
+        self.timeout = limit;
         self
     }
 
@@ -125,10 +126,7 @@ impl<S: ProgressStore> Flusher<S> {
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let Some(limit) = self.timeout else {
-            return work.await;
-        };
-        let result = crate::store::within(limit, work).await;
+        let result = crate::store::within(self.timeout, work).await;
         if let Err(StoreError::TimedOut { .. }) = result {
             self.metrics.flush_timeouts.inc();
         }

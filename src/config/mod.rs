@@ -214,13 +214,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMORY_MAX_KEYS", default_value_t = 100_000)]
     pub memory_max_keys: usize,
     /// Longest a flush (or a start-up step, or an upkeep round) may wait on
-    /// the database. Past it the flush is
-    /// abandoned as failed (its batch in doubt, retried on another
-    /// connection), and PostgreSQL itself ends the abandoned transaction's
-    /// statement or idle session after as long: a connection that went
-    /// silent (a failover, a dropped NAT entry) costs one timeout, not a
-    /// flush that never returns. Sized for a flush of MEMORY_MAX_KEYS on
-    /// a slow database, many times what one takes.
+    /// the database. Past it the flush is abandoned as failed (its batch in
+    /// doubt, retried on another connection), and PostgreSQL itself ends the
+    /// abandoned statement or idle transaction after as long: a connection
+    /// that went silent (a failover, a dropped NAT entry) costs one timeout,
+    /// not a flush that never returns. Sized for a flush of MEMORY_MAX_KEYS
+    /// on a slow database, many times what one takes.
     #[arg(long, env = "FLUSH_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub flush_timeout: Duration,
     /// How long an event id is remembered to drop redeliveries.

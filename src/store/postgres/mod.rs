@@ -247,8 +247,6 @@ pub struct PgStore {
     cluster: ClusterSettings,
     /// Boxed: the statements are many strings, read once per flush.
     statements: std::sync::OnceLock<Box<(Columns, Statements)>>,
-    /// FLUSH_TIMEOUT, as PostgreSQL's `statement_timeout` in a flush.
-    flush_timeout: Option<std::time::Duration>,
 }
 
 impl PgStore {
@@ -270,24 +268,23 @@ impl PgStore {
             batch_size: batch_size.max(1),
             cluster: ClusterSettings::default(),
             statements: std::sync::OnceLock::new(),
-            flush_timeout: None,
         }
     }
 
-    /// The same store, with PostgreSQL ending what a flush abandoned after
-    /// FLUSH_TIMEOUT (`limit`): every session of the pool ends a transaction
-    /// left idle that long (`idle_in_transaction_session_timeout`: the
-    /// abandoned transaction's locks go, the watermark row's among them),
-    /// and a flush's statements are cancelled after it (`statement_timeout`,
-    /// set in the flush's transaction only: the start-up's waits for the
-    /// table are not statements of a flush).
-    pub fn with_flush_timeout(mut self, limit: std::time::Duration) -> Self {
-        let options = (*self.pool.connect_options()).clone().options([(
-            "idle_in_transaction_session_timeout",
-            limit.as_millis().max(1),
-        )]);
+    /// The same store, with PostgreSQL ending what the service abandons
+    /// after FLUSH_TIMEOUT (`limit`; every use of the database in the
+    /// service is abandoned after as long): every session of the pool
+    /// cancels a statement that runs that long (`statement_timeout`) and
+    /// ends a transaction left idle that long
+    /// (`idle_in_transaction_session_timeout`), so an abandoned
+    /// transaction's locks go, the watermark row's among them.
+    pub fn with_flush_timeout(self, limit: std::time::Duration) -> Self {
+        let ms = limit.as_millis().max(1);
+        let options = (*self.pool.connect_options()).clone().options([
+            ("statement_timeout", ms),
+            ("idle_in_transaction_session_timeout", ms),
+        ]);
         self.pool.set_connect_options(options);
-        self.flush_timeout = Some(limit);
         self
     }
 
@@ -361,18 +358,6 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
 }
 
 impl Dialect for PgStore {
-    async fn begin(&self) -> Result<Tx<Self>> {
-        let mut tx = self.pool.begin().await.map_err(pg)?;
-        if let Some(limit) = self.flush_timeout {
-            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-                .bind(limit.as_millis().max(1).to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(pg)?;
-        }
-        Ok(tx)
-    }
-
     /// Four statements' worth of keys (`DB_BATCH_SIZE` each), at most 10,000.
     fn chunk_keys(&self) -> usize {
         self.batch_size
