@@ -389,6 +389,55 @@ async fn a_wal_written_in_the_previous_record_format_replays_after_an_upgrade() 
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
 
+/// What a build of WAL format 3 (frames of whole records) leaves after
+/// acknowledging updates and dying before its flush replays after an upgrade
+/// to format 4 (frames of packed records).
+#[tokio::test]
+async fn a_wal_of_format_3_frames_replays_after_an_upgrade() {
+    use challenge_event_handler::rules::{Op, Record, Update};
+    use challenge_event_handler::wal::codec;
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = sled::open(dir.path().join("wal").join("log")).unwrap();
+        let records: Vec<Record> = [2, 3, 4]
+            .into_iter()
+            .enumerate()
+            .map(|(i, delta)| {
+                Record::Update(Update {
+                    user_id: "up3".into(),
+                    goal_id: "kills".into(),
+                    challenge_id: "combat".into(),
+                    namespace: NAMESPACE.into(),
+                    target: 10,
+                    creates_row: true,
+                    event_time_ms: 1_767_225_600_000,
+                    event_id: format!("up3-{i}"),
+                    op: Op::Add(delta),
+                })
+            })
+            .collect();
+        let head = codec::FrameHead {
+            first_seq: 1,
+            count: records.len() as u32,
+            written_ms: 1_767_225_600_000,
+        };
+        let frame = codec::encode_whole_frame(&head, &records);
+        assert_eq!(frame[0], codec::WHOLE_FRAME_VERSION);
+        let mut key = vec![b'f'];
+        key.extend_from_slice(&1u64.to_be_bytes());
+        log.insert(key, frame).unwrap();
+        log.flush().unwrap();
+    }
+    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    service.wait_healthy().await;
+    let r = wait_for_progress(&pool, "up3", "kills", 9, Duration::from_secs(20)).await;
+    assert_eq!(r.status, "in_progress");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
 /// An event acknowledged at 23:59:40 and written only after midnight, by the
 /// replay after a kill -9, belongs to the day it was acknowledged: the
 /// rotation period is the acknowledgement's (kept in the WAL), never the

@@ -85,6 +85,17 @@ impl<T> Default for Pending<T> {
     }
 }
 
+impl<T> Pending<T> {
+    /// An empty map with room for as many entries as `self` holds: the
+    /// buffer that follows a flushed one fills to about the same size, and
+    /// growing to it rehashed every entry at each doubling.
+    fn sized_like(&self) -> Pending<T> {
+        Pending {
+            map: HashMap::with_capacity(self.map.len()),
+        }
+    }
+}
+
 impl<T: Coalesce> Pending<T> {
     fn add(&mut self, key: Key, mut meta: Meta, value: T) {
         match self.map.entry(key) {
@@ -421,9 +432,16 @@ impl Buffer {
     }
 
     /// Takes everything out; `self` continues empty after the same sequence
-    /// number, with the same bound (and still spilled if it was).
+    /// number, with the same bound (and still spilled if it was), sized for
+    /// as many entries as it held.
     pub fn take(&mut self) -> Buffer {
         let next = Buffer {
+            absolute: self.absolute.sized_like(),
+            increment: self.increment.sized_like(),
+            daily_increment: self.daily_increment.sized_like(),
+            daily: self.daily.sized_like(),
+            m5: self.m5.sized_like(),
+            events: Vec::with_capacity(self.events.len()),
             last_seq: self.last_seq,
             bound: self.bound,
             spilled: self.spilled,

@@ -1,28 +1,35 @@
 //! WAL codec: `[format version: u8][bincode 2 payload][crc32 of both: u32 LE]`.
 //!
-//! Format 3 (written by this build) is a *frame*: every record of one group
+//! Format 4 (written by this build) is a *frame*: every record of one group
 //! commit, `[FrameHead][records]`, stored under one sled key — one insert
-//! per group commit instead of one per record. Format 2 (one [`Record`] per
-//! key: an update or a GDPR deletion) and format 1 (a bare update, from
-//! before deletions and `defaultAssigned` existed; read as an update that
-//! may create its row, what every update did then) are still read, so a WAL
-//! left by an older build replays after an upgrade.
+//! per group commit instead of one per record — where an update names only
+//! what differs from the update before it ([`Packed`]: the updates one event
+//! makes of its goals share the player, namespace, event id and time, most
+//! of each record's bytes). Format 3 (the same frame, every record whole),
+//! format 2 (one [`Record`] per key: an update or a GDPR deletion) and
+//! format 1 (a bare update, from before deletions and `defaultAssigned`
+//! existed; read as an update that may create its row, what every update
+//! did then) are still read, so a WAL left by an older build replays after
+//! an upgrade.
 //!
 //! Decoding never panics and never allocates more than [`MAX_FRAME_BYTES`]
 //! (a record: [`MAX_RECORD_BYTES`]): any byte string either decodes to what
 //! was encoded or is rejected with a [`CodecError`].
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
+use bincode::error::{DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 
-use crate::rules::{Op, Record, Update};
+use crate::rules::{Deletion, Op, Record, Update};
 
 /// The format of a single record (what older builds wrote under `w` keys).
 pub const FORMAT_VERSION: u8 = 2;
 /// The oldest record format this build reads.
 pub const OLDEST_FORMAT_VERSION: u8 = 1;
 /// The frame format this build writes.
-pub const FRAME_VERSION: u8 = 3;
+pub const FRAME_VERSION: u8 = 4;
+/// The frame format of older builds (records whole), still read.
+pub const WHOLE_FRAME_VERSION: u8 = 3;
 /// An upper bound on one encoded frame.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// An upper bound on one encoded record (ids are bounded by validation).
@@ -44,7 +51,7 @@ pub enum CodecError {
     TooShort(usize),
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Crc { stored: u32, computed: u32 },
-    #[error("unknown record format version {0} (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})")]
+    #[error("unknown record format version {0} (this build reads records of versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION} and frames of versions {WHOLE_FRAME_VERSION} to {FRAME_VERSION}; a WAL a newer build wrote is emptied with that build: deploy/README.md, \"Upgrading and rolling back\")")]
     Version(u8),
     #[error("payload does not decode: {0}")]
     Payload(String),
@@ -52,6 +59,151 @@ pub enum CodecError {
     Trailing(usize),
     #[error("the frame says it holds {said} records but holds {held}")]
     Count { said: u32, held: usize },
+}
+
+/// [`Packed`]: the record is a GDPR deletion (stored whole).
+const DELETION: u8 = 0x80;
+/// [`Packed`]: the update's field is the update's before it.
+const SAME_USER: u8 = 0x01;
+const SAME_NAMESPACE: u8 = 0x02;
+const SAME_CHALLENGE: u8 = 0x04;
+/// The event id and the event time.
+const SAME_EVENT: u8 = 0x08;
+
+/// A frame's records as format 4 stores them: their number, then for each a
+/// head byte and its fields. A deletion: [`DELETION`] and the [`Deletion`]
+/// whole. An update: which of its fields are those of the update before it
+/// (`SAME_*`; never for the first record or the one after a deletion), then
+/// the others in [`Update`]'s order. One event's updates of several goals
+/// are written one after the other (`GoalIndex::records`), so all but the
+/// first cost their goal id, target and step.
+struct Packed<'r>(&'r [Record]);
+
+impl Encode for Packed<'_> {
+    fn encode<E: bincode::enc::Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        (self.0.len() as u64).encode(e)?;
+        let mut before: Option<&Update> = None;
+        for record in self.0 {
+            let u = match record {
+                Record::Delete(d) => {
+                    DELETION.encode(e)?;
+                    d.encode(e)?;
+                    before = None;
+                    continue;
+                }
+                Record::Update(u) => u,
+            };
+            let mut head = 0;
+            if let Some(b) = before {
+                for (same, flag) in [
+                    (b.user_id == u.user_id, SAME_USER),
+                    (b.namespace == u.namespace, SAME_NAMESPACE),
+                    (b.challenge_id == u.challenge_id, SAME_CHALLENGE),
+                    (
+                        b.event_id == u.event_id && b.event_time_ms == u.event_time_ms,
+                        SAME_EVENT,
+                    ),
+                ] {
+                    if same {
+                        head |= flag;
+                    }
+                }
+            }
+            head.encode(e)?;
+            if head & SAME_USER == 0 {
+                u.user_id.encode(e)?;
+            }
+            u.goal_id.encode(e)?;
+            if head & SAME_CHALLENGE == 0 {
+                u.challenge_id.encode(e)?;
+            }
+            if head & SAME_NAMESPACE == 0 {
+                u.namespace.encode(e)?;
+            }
+            u.target.encode(e)?;
+            u.creates_row.encode(e)?;
+            if head & SAME_EVENT == 0 {
+                u.event_time_ms.encode(e)?;
+                u.event_id.encode(e)?;
+            }
+            u.op.encode(e)?;
+            before = Some(u);
+        }
+        Ok(())
+    }
+}
+
+/// What [`Packed`] encoded.
+struct Unpacked(Vec<Record>);
+
+impl<Ctx> Decode<Ctx> for Unpacked {
+    fn decode<D: bincode::de::Decoder<Context = Ctx>>(d: &mut D) -> Result<Self, DecodeError> {
+        let len = usize::try_from(u64::decode(d)?)
+            .map_err(|_| DecodeError::Other("a frame's record count does not fit in memory"))?;
+        // As bincode's own Vec does: the length counts against the limit
+        // before anything is reserved.
+        d.claim_container_read::<Record>(len)?;
+        let mut records: Vec<Record> = Vec::with_capacity(len);
+        for _ in 0..len {
+            let head = u8::decode(d)?;
+            if head == DELETION {
+                records.push(Record::Delete(Deletion::decode(d)?));
+                continue;
+            }
+            let before = match records.last() {
+                Some(Record::Update(b)) => Some(b),
+                _ => None,
+            };
+            if head & !(SAME_USER | SAME_NAMESPACE | SAME_CHALLENGE | SAME_EVENT) != 0
+                || (head != 0 && before.is_none())
+            {
+                return Err(DecodeError::Other(
+                    "a record's head names no kind of record, or fields of a record before the first",
+                ));
+            }
+            let from_before = |flag: u8, field: fn(&Update) -> &String| {
+                (head & flag != 0).then(|| before.map(|b| field(b).clone()))
+            };
+            let user_id = from_before(SAME_USER, |b| &b.user_id).flatten();
+            let challenge_id = from_before(SAME_CHALLENGE, |b| &b.challenge_id).flatten();
+            let namespace = from_before(SAME_NAMESPACE, |b| &b.namespace).flatten();
+            let event = (head & SAME_EVENT != 0)
+                .then(|| before.map(|b| (b.event_time_ms, b.event_id.clone())))
+                .flatten();
+            let user_id = match user_id {
+                Some(same) => same,
+                None => String::decode(d)?,
+            };
+            let goal_id = String::decode(d)?;
+            let challenge_id = match challenge_id {
+                Some(same) => same,
+                None => String::decode(d)?,
+            };
+            let namespace = match namespace {
+                Some(same) => same,
+                None => String::decode(d)?,
+            };
+            let target = i32::decode(d)?;
+            let creates_row = bool::decode(d)?;
+            let (event_time_ms, event_id) = match event {
+                Some(same) => same,
+                None => (i64::decode(d)?, String::decode(d)?),
+            };
+            let op = Op::decode(d)?;
+            records.push(Record::Update(Update {
+                user_id,
+                goal_id,
+                challenge_id,
+                namespace,
+                target,
+                creates_row,
+                event_time_ms,
+                event_id,
+                op,
+            }));
+        }
+        Ok(Unpacked(records))
+    }
 }
 
 /// The head of a frame: what opening the log needs without decoding records.
@@ -76,9 +228,23 @@ pub fn encode_frame(head: &FrameHead, records: &[Record], out: &mut Vec<u8>) {
     out.clear();
     out.push(FRAME_VERSION);
     bincode::encode_into_std_write(head, out, frame_config()).expect("a Vec accepts any write");
-    bincode::encode_into_std_write(records, out, frame_config()).expect("a Vec accepts any write");
+    bincode::encode_into_std_write(Packed(records), out, frame_config())
+        .expect("a Vec accepts any write");
     let crc = crc32fast::hash(out);
     out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// A frame in format 3 (every record whole), as builds before format 4
+/// wrote it (for upgrade tests).
+pub fn encode_whole_frame(head: &FrameHead, records: &[Record]) -> Vec<u8> {
+    let mut out = vec![WHOLE_FRAME_VERSION];
+    bincode::encode_into_std_write(head, &mut out, frame_config())
+        .expect("a Vec accepts any write");
+    bincode::encode_into_std_write(records, &mut out, frame_config())
+        .expect("a Vec accepts any write");
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
 }
 
 /// The version byte and the payload, once the crc is checked.
@@ -95,17 +261,19 @@ fn checked(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
     Ok((body[0], &body[1..]))
 }
 
-/// The payload of a frame after its crc and version are checked.
-fn frame_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
+/// The payload of a frame after its crc and version are checked, and
+/// whether its records are packed (format 4) or whole (format 3).
+fn frame_body(bytes: &[u8]) -> Result<(&[u8], bool), CodecError> {
     match checked(bytes)? {
-        (FRAME_VERSION, body) => Ok(body),
+        (FRAME_VERSION, body) => Ok((body, true)),
+        (WHOLE_FRAME_VERSION, body) => Ok((body, false)),
         (other, _) => Err(CodecError::Version(other)),
     }
 }
 
 /// A frame's head, its crc checked (the records are not decoded).
 pub fn decode_frame_head(bytes: &[u8]) -> Result<FrameHead, CodecError> {
-    let body = frame_body(bytes)?;
+    let (body, _) = frame_body(bytes)?;
     let (head, _): (FrameHead, usize) = bincode::decode_from_slice(body, frame_config())
         .map_err(|e| CodecError::Payload(e.to_string()))?;
     Ok(head)
@@ -113,10 +281,14 @@ pub fn decode_frame_head(bytes: &[u8]) -> Result<FrameHead, CodecError> {
 
 /// A whole frame.
 pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHead, Vec<Record>), CodecError> {
-    let body = frame_body(bytes)?;
+    let (body, packed) = frame_body(bytes)?;
     let (head, used): (FrameHead, usize) = bincode::decode_from_slice(body, frame_config())
         .map_err(|e| CodecError::Payload(e.to_string()))?;
-    let records: Vec<Record> = payload_with(&body[used..], frame_config())?;
+    let records: Vec<Record> = if packed {
+        payload_with::<Unpacked, _>(&body[used..], frame_config())?.0
+    } else {
+        payload_with(&body[used..], frame_config())?
+    };
     if records.len() != head.count as usize || records.is_empty() {
         return Err(CodecError::Count {
             said: head.count,
@@ -275,6 +447,122 @@ mod tests {
         assert_eq!((head.first_seq, head.count, head.last_seq()), (41, 2, 42));
         assert_eq!(back, records);
         assert_eq!(decode_frame_head(&bytes).unwrap(), head);
+    }
+
+    /// One event's updates of three goals, a deletion, then another event.
+    fn event_records() -> Vec<Record> {
+        let goal = |goal_id: &str, challenge_id: &str| {
+            Record::Update(Update {
+                user_id: "player-7".into(),
+                goal_id: goal_id.into(),
+                challenge_id: challenge_id.into(),
+                namespace: "mygame".into(),
+                event_id: "5f0c2d1e9a8b4c7d8e6f5a4b3c2d1e0f".into(),
+                event_time_ms: 1_767_225_600_123,
+                ..sample()
+            })
+        };
+        vec![
+            goal("daily-kills", "daily"),
+            goal("weekly-kills", "weekly"),
+            goal("kills-100", "weekly"),
+            Record::Delete(Deletion {
+                user_id: "player-7".into(),
+                namespace: "mygame".into(),
+                event_time_ms: 7,
+                event_id: "gdpr".into(),
+            }),
+            goal("daily-kills", "daily"),
+            Record::Update(Update {
+                event_id: "another".into(),
+                ..sample()
+            }),
+            Record::Update(Update {
+                event_time_ms: 8,
+                ..sample()
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_frame_stores_what_updates_share_once_and_reads_back_whole() {
+        let records = event_records();
+        let packed = frame_of(&records);
+        assert_eq!(decode_frame(&packed).unwrap().1, records);
+        let head = decode_frame_head(&packed).unwrap();
+        let whole = encode_whole_frame(&head, &records);
+        assert!(
+            packed.len() * 10 < whole.len() * 7,
+            "format 4 took {} bytes, format 3 {}",
+            packed.len(),
+            whole.len()
+        );
+    }
+
+    #[test]
+    fn a_format_3_frame_still_reads() {
+        let records = event_records();
+        let head = FrameHead {
+            first_seq: 3,
+            count: records.len() as u32,
+            written_ms: 9,
+        };
+        let old = encode_whole_frame(&head, &records);
+        assert_eq!(old[0], WHOLE_FRAME_VERSION);
+        assert_eq!(decode_frame(&old).unwrap(), (head, records));
+        assert_eq!(decode_frame_head(&old).unwrap(), head);
+    }
+
+    /// A format-4 frame of `head`, `count` and the record bytes `body`.
+    fn raw_frame(count: u64, body: &[u8]) -> Vec<u8> {
+        let head = FrameHead {
+            first_seq: 1,
+            count: count as u32,
+            written_ms: 0,
+        };
+        let mut out = vec![FRAME_VERSION];
+        bincode::encode_into_std_write(head, &mut out, frame_config()).unwrap();
+        bincode::encode_into_std_write(count, &mut out, frame_config()).unwrap();
+        out.extend_from_slice(body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_packed_record_that_names_a_record_before_the_first_or_no_kind_is_rejected() {
+        let mut whole = Vec::new();
+        encode_frame(
+            &FrameHead {
+                first_seq: 1,
+                count: 1,
+                written_ms: 0,
+            },
+            &[Record::Update(sample())],
+            &mut whole,
+        );
+        // The record's head byte follows the version, the frame head (3
+        // bytes here) and the count.
+        assert_eq!(
+            decode_frame(&whole).unwrap().1,
+            vec![Record::Update(sample())]
+        );
+        let body = &whole[1 + 3 + 1..whole.len() - CRC_LEN];
+        assert_eq!(body[0], 0, "the first record is whole");
+        for head in [SAME_USER, SAME_EVENT, 0x10, 0x81, 0xff] {
+            let mut bad = body.to_vec();
+            bad[0] = head;
+            assert!(
+                matches!(
+                    decode_frame(&raw_frame(1, &bad)),
+                    Err(CodecError::Payload(_))
+                ),
+                "head {head:#04x} was accepted"
+            );
+        }
+        assert!(decode_frame(&raw_frame(1, body)).is_ok());
+        // A count far beyond the bytes is refused before anything is reserved.
+        assert!(decode_frame(&raw_frame(u64::MAX >> 8, body)).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! `<WAL_DIR>/log`, written at every group commit and emptied by truncation:
 //! - `f` + first seq (u64 BE) → a frame: every record of one group commit
-//!   ([`super::codec`], format 3);
+//!   ([`super::codec`], format 4; format 3 frames of older builds read too);
 //! - `m` + bucket (u64 BE) + first seq (u64 BE) → dedup marks (builds
 //!   before the marks database);
 //! - older builds' keys: [`super::legacy`].
