@@ -352,6 +352,22 @@ async fn a_gdpr_deletion_acknowledged_before_a_kill_9_is_applied_by_replay_and_n
     assert_eq!(third.wait_exit(Duration::from_secs(30)).await, 0);
 }
 
+/// Starts the service on the WAL an older build left in `dir` and waits for
+/// its three updates of `user`'s "kills" goal (2 + 3 + 4) in the database.
+async fn replays_into_kills(
+    db: &pg::TestDb,
+    pool: &sqlx::PgPool,
+    dir: &std::path::Path,
+    user: &str,
+) {
+    let mut service = Binary::spawn(&db.url, dir, &[("FLUSH_INTERVAL", "50ms")]);
+    service.wait_healthy().await;
+    let r = wait_for_progress(pool, user, "kills", 9, Duration::from_secs(20)).await;
+    assert_eq!(r.status, "in_progress");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
 #[tokio::test]
 async fn a_wal_written_in_the_previous_record_format_replays_after_an_upgrade() {
     use challenge_event_handler::rules::{Op, Update};
@@ -381,12 +397,7 @@ async fn a_wal_written_in_the_previous_record_format_replays_after_an_upgrade() 
         }
         log.flush().unwrap();
     }
-    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
-    service.wait_healthy().await;
-    let r = wait_for_progress(&pool, "up", "kills", 9, Duration::from_secs(20)).await;
-    assert_eq!(r.status, "in_progress");
-    service.sigterm();
-    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    replays_into_kills(&db, &pool, dir.path(), "up").await;
 }
 
 /// What a build of WAL format 3 (frames of whole records) leaves after
@@ -430,12 +441,7 @@ async fn a_wal_of_format_3_frames_replays_after_an_upgrade() {
         log.insert(key, frame).unwrap();
         log.flush().unwrap();
     }
-    let mut service = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
-    service.wait_healthy().await;
-    let r = wait_for_progress(&pool, "up3", "kills", 9, Duration::from_secs(20)).await;
-    assert_eq!(r.status, "in_progress");
-    service.sigterm();
-    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    replays_into_kills(&db, &pool, dir.path(), "up3").await;
 }
 
 /// An event acknowledged at 23:59:40 and written only after midnight, by the
