@@ -156,11 +156,14 @@ pub struct RowWrite<'a> {
     pub version: Option<&'a Version>,
 }
 
-/// A version of a row as PostgreSQL stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A version of a row as PostgreSQL stores it: where it is (`ctid`: its
+/// page and its slot on the page) and the transaction that wrote it
+/// (`xmin`). A row changed since has another `ctid` or `xmin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
-    pub ctid: String,
-    pub xmin: String,
+    pub block: u32,
+    pub offset: u16,
+    pub xmin: u32,
 }
 
 /// A GDPR deletion another replica applied: its pending updates of the

@@ -11,6 +11,7 @@
 pub mod cluster;
 mod error;
 mod schema;
+mod tid;
 pub use schema::golang_migrate_lock_id;
 
 use std::collections::{HashMap, HashSet};
@@ -108,7 +109,7 @@ ON CONFLICT (user_id, goal_id) DO NOTHING";
 const READ_BATCH_SQL: &str = "
 SELECT p.progress, p.status, p.completed_at, p.claimed_at, p.is_active,
        p.updated_at, {expires_at}, {baseline_value}, p.created_at,
-       {state}, k.ord::int4, p.ctid::text, p.xmin::text
+       {state}, k.ord::int4, p.ctid, p.xmin
 FROM UNNEST($1::varchar[], $2::varchar[]) WITH ORDINALITY AS k(user_id, goal_id, ord)
 JOIN user_goal_progress p ON p.user_id = k.user_id AND p.goal_id = k.goal_id
 {state_join}
@@ -125,18 +126,19 @@ const LOCK: &str = "ORDER BY p.user_id, p.goal_id FOR UPDATE OF p";
 /// is found by the `ctid` the read returned (a TID scan, not a second index
 /// lookup) and changed only if it is still that version (same key, same
 /// `xmin`); the positions (1-based) of the rows written come back, so the
-/// others can be read again.
+/// others can be read again. `ctid` and `xmin` travel in their binary
+/// forms ([`tid`]), as the read returned them.
 const WRITE_ROWS_SQL: &str = "
 UPDATE user_goal_progress AS p SET
     progress = u.progress, status = u.status, completed_at = u.completed_at,
     claimed_at = u.claimed_at, updated_at = u.updated_at{, expires_at = u.expires_at}
     {, baseline_value = u.baseline_value}
-FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::int4[], $6::varchar[],
+FROM UNNEST($1::tid[], $2::xid[], $3::varchar[], $4::varchar[], $5::int4[], $6::varchar[],
             $7::timestamp[], $8::timestamp[], $9::timestamp[], $10::timestamp[], $11::int4[])
      WITH ORDINALITY
      AS u(tid, xmin, user_id, goal_id, progress, status, completed_at, claimed_at, updated_at,
           expires_at, baseline_value, ord)
-WHERE p.ctid = u.tid::tid AND p.xmin::text = u.xmin
+WHERE p.ctid = u.tid AND p.xmin = u.xmin
   AND p.user_id = u.user_id AND p.goal_id = u.goal_id
 RETURNING u.ord::int4";
 
@@ -350,9 +352,12 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
     let at = index_of(ord)
         .filter(|&i| i < keys.len())
         .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {ord}")))?;
+    let ctid: tid::Tid = r.try_get(ORD + 1).map_err(pg)?;
+    let xmin: tid::Xid = r.try_get(ORD + 2).map_err(pg)?;
     let version = Version {
-        ctid: r.try_get(ORD + 1).map_err(pg)?,
-        xmin: r.try_get(ORD + 2).map_err(pg)?,
+        block: ctid.block,
+        offset: ctid.offset,
+        xmin: xmin.0,
     };
     Ok((at, Locked::of(keys[at], columns, Some(version))?))
 }
@@ -504,11 +509,24 @@ impl Dialect for PgStore {
     async fn write_rows(&self, tx: &mut Tx<Self>, rows: &[RowWrite<'_>]) -> Result<Vec<usize>> {
         let mut changed = Vec::new();
         for (n, chunk) in rows.chunks(self.batch_size).enumerate() {
-            let (mut tids, mut xmins, mut users, mut goals) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut progress, mut status, mut completed, mut claimed) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut updated, mut expires, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+            let len = chunk.len();
+            let (mut tids, mut xmins, mut users, mut goals) = (
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+            );
+            let (mut progress, mut status, mut completed, mut claimed) = (
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+            );
+            let (mut updated, mut expires, mut baseline) = (
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+            );
             for RowWrite { key, row, version } in chunk {
                 let version = version.ok_or_else(|| {
                     StoreError::Rejected(format!(
@@ -516,8 +534,11 @@ impl Dialect for PgStore {
                         key.user_id, key.goal_id
                     ))
                 })?;
-                tids.push(version.ctid.as_str());
-                xmins.push(version.xmin.as_str());
+                tids.push(tid::Tid {
+                    block: version.block,
+                    offset: version.offset,
+                });
+                xmins.push(tid::Xid(version.xmin));
                 users.push(key.user_id.as_str());
                 goals.push(key.goal_id.as_str());
                 progress.push(row.progress);
