@@ -580,3 +580,65 @@ async fn postgres_a_flush_in_chunks_of_players_writes_what_one_whole_flush_write
     assert_eq!(goals_of("p3"), ["d0", "d1", "d2", "g0", "g2"]);
     assert!(whole.0 > 0);
 }
+
+/// The next chunk's rows are read ahead, outside the flush's transaction,
+/// except in a flush that deletes users: from outside, a deleted player's
+/// rows would still be there, and the player's fresh start after the
+/// deletion (a row created again) would be lost. DB_BATCH_SIZE 1: every
+/// player is a chunk of its own; two connections: one to read ahead with.
+#[tokio::test]
+async fn postgres_a_player_deleted_and_updated_in_one_chunked_flush_starts_afresh() {
+    let db = common::pg::TestDb::new().await;
+    let store = Store::connect_lazy(&Database::Postgres(Box::new(db.url.parse().unwrap())), 2, 1);
+    store
+        .prepare(Some(TableOwner::Handler), true)
+        .await
+        .expect("prepare");
+    let lease = store.lease("ahead").await.unwrap();
+    let first = batch(
+        1,
+        vec![
+            update("a", "g", Op::Add(1), true),
+            update("b", "g", Op::Add(5), true),
+            update("c", "g", Op::Add(7), true),
+        ],
+    );
+    store.apply(&lease, 3, &first, &handler()).await.unwrap();
+    // Read ahead: a's chunk is read inside, b's and c's beside the writes.
+    let second = batch(
+        4,
+        vec![
+            update("a", "g", Op::Add(1), true),
+            update("b", "g", Op::Add(1), true),
+            update("c", "g", Op::Add(1), true),
+        ],
+    );
+    store.apply(&lease, 6, &second, &handler()).await.unwrap();
+    let third = batch(
+        7,
+        vec![
+            update("a", "g", Op::Add(1), true),
+            deletion("b", "ns"),
+            update("b", "g", Op::Add(2), true),
+            update("c", "g", Op::Add(1), true),
+        ],
+    );
+    let applied = store.apply(&lease, 10, &third, &handler()).await.unwrap();
+    assert_eq!(applied.deleted.len(), 1);
+    let progress = |user: &'static str| {
+        let store = &store;
+        async move {
+            let rows = store.user_progress(user, None).await.unwrap();
+            rows.iter()
+                .map(|r| (r.goal_id.clone(), r.progress))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(progress("a").await, [("g".to_string(), 3)]);
+    assert_eq!(
+        progress("b").await,
+        [("g".to_string(), 2)],
+        "b's fresh start after the deletion"
+    );
+    assert_eq!(progress("c").await, [("g".to_string(), 9)]);
+}

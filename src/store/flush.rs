@@ -9,9 +9,12 @@
 //! Rust ([`Buffer::plan`]), and write back what changed. A [`Dialect`]
 //! supplies only the statements. After the deletions, the entries go a
 //! chunk of whole players at a time ([`Dialect::chunk_keys`]), each read,
-//! planned and written before the next, so a flush holds one chunk's rows
-//! however large its batch. In the steady state (every row exists) a flush
-//! is two statements per statement-sized part of a chunk, a read and a write.
+//! planned and written before the next, so a flush holds two chunks' rows
+//! at most (this one's and the next one's, read ahead) however large its
+//! batch. In the steady state (every row exists) a flush
+//! is two statements per statement-sized part of a chunk, a read and a write,
+//! and the next chunk's read runs beside this chunk's write, on a connection
+//! of its own ([`Dialect::read_rows_ahead`]).
 //!
 //! The read takes no lock: the write changes a row only if it is still the
 //! version that was read, and returns those that were not (the challenge
@@ -287,6 +290,23 @@ pub(super) trait Dialect: Backend + Send + Sync {
         keys: &[&Key],
         read: Read,
     ) -> impl Future<Output = Result<Vec<(usize, Locked)>>> + Send;
+    /// Reads the rows of `keys` as [`Self::read_rows`] does without a lock,
+    /// but outside the flush's transaction, on a connection of its own, so
+    /// that it runs while the transaction writes the chunk before. A read
+    /// from outside is as good as an unlocked one from inside: the write
+    /// changes a row only if it is still the version read, and the chunks
+    /// of a flush hold different rows. Not in a flush that deletes users: a
+    /// read from outside would still see the rows the transaction deleted,
+    /// and a player created again after a deletion would not be. `None`: no
+    /// connection to spare (or a dialect with one writer): the flush reads
+    /// inside, after the write.
+    fn read_rows_ahead(
+        &self,
+        _keys: &[&Key],
+        _read: Read,
+    ) -> impl Future<Output = Option<Result<Vec<(usize, Locked)>>>> + Send {
+        async { None }
+    }
     /// Writes the columns the rules decide, of each row that is still the
     /// version read; returns the positions in `rows` of those that were not
     /// (changed or deleted since), which it left alone.
@@ -344,11 +364,42 @@ pub(super) async fn apply<D: Dialect>(
     };
     // A chunk of players at a time, in the one transaction: what a flush
     // holds besides the buffer (the rows read, the rows to write) stays the
-    // size of a chunk however large the backlog (docs/BENCHMARKS.md, "Memory
+    // size of two chunks however large the backlog (docs/BENCHMARKS.md, "Memory
     // per byte of backlog").
+    // The rows of the next chunk are read (from outside the transaction)
+    // while this one's are written: the two statements run at once, on two
+    // connections (docs/BENCHMARKS.md, "Tenth round").
+    let chunks = entries.into_user_chunks(dialect.chunk_keys());
+    let read_ahead = batch.deletions.is_empty();
+    let mut ahead: Option<Vec<(usize, Locked)>> = None;
+    let mut keys = chunks.first().map(keys_of).unwrap_or_default();
     let mut done = Chunk::default();
-    for chunk in entries.into_user_chunks(dialect.chunk_keys()) {
-        let part = apply_chunk(dialect, &mut tx, &chunk, read, owner, now).await?;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let rows = match ahead.take() {
+            Some(rows) => rows,
+            None => dialect.read_rows(&mut tx, &keys, read).await?,
+        };
+        let next_keys = chunks.get(i + 1).map(keys_of).unwrap_or_default();
+        let next = async {
+            if !read_ahead || next_keys.is_empty() {
+                return None;
+            }
+            match dialect.read_rows_ahead(&next_keys, read).await? {
+                Ok(rows) => Some(rows),
+                Err(e) => {
+                    // Read inside the transaction instead, which says what is wrong.
+                    tracing::debug!(error = %e, "reading a flush's next rows ahead failed");
+                    None
+                }
+            }
+        };
+        let (part, next) = tokio::join!(
+            apply_chunk(dialect, &mut tx, chunk, &keys, rows, read, owner, now),
+            next
+        );
+        let part = part?;
+        ahead = next;
+        keys = next_keys;
         done.rows += part.rows;
         done.missing.extend(part.missing);
         done.inactive += part.inactive;
@@ -379,19 +430,20 @@ struct Chunk<'b> {
 /// flush's transaction: read its rows, create the missing ones where the
 /// handler owns the table, apply the rules, write back what changed (and
 /// read again, locked, what changed since it was read).
+#[allow(clippy::too_many_arguments)]
 async fn apply_chunk<'b, D: Dialect>(
     dialect: &D,
     tx: &mut Tx<D>,
     entries: &Entries<'b>,
+    keys: &[&'b Key],
+    read_rows: Vec<(usize, Locked)>,
     read: Read,
     owner: &'b Owner,
     now: Micros,
 ) -> Result<Chunk<'b>> {
-    let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
-    keys.dedup();
     let all: Vec<usize> = (0..keys.len()).collect();
     let mut current = Rows::new(keys.len());
-    current.fill(&all, dialect.read_rows(tx, &keys, read).await?)?;
+    current.fill(&all, read_rows)?;
     if owner.table == TableOwner::Handler && !current.all_found() {
         let absent: Vec<usize> = (0..keys.len())
             .filter(|&at| current.get(at).is_none())
@@ -410,7 +462,7 @@ async fn apply_chunk<'b, D: Dialect>(
         StoreError::Unavailable("injected failure (failpoint flush-between-statements)".into())
     ));
     crate::crash_point!("flush-mid-transaction");
-    let mut plan = entries.plan(|at, key| row_at(&current, &keys, at, key), now);
+    let mut plan = entries.plan(|at, key| row_at(&current, keys, at, key), now);
     let changed = dialect
         .write_rows(tx, &row_writes(&plan.writes, &current))
         .await?;
@@ -424,7 +476,7 @@ async fn apply_chunk<'b, D: Dialect>(
         let reread = dialect.read_rows(tx, &changed_keys, locked).await?;
         current.forget(&changed);
         current.fill(&changed, reread)?;
-        plan = entries.plan(|at, key| row_at(&current, &keys, at, key), now);
+        plan = entries.plan(|at, key| row_at(&current, keys, at, key), now);
         let retry: Vec<(usize, &Key, Row)> = plan
             .writes
             .iter()
@@ -460,6 +512,13 @@ async fn apply_chunk<'b, D: Dialect>(
         inactive: plan.inactive,
         claimed: plan.claimed,
     })
+}
+
+/// The keys of a chunk's entries, in order, each once.
+fn keys_of<'b>(entries: &Entries<'b>) -> Vec<&'b Key> {
+    let mut keys: Vec<&Key> = entries.as_slice().iter().map(|(key, _, _)| *key).collect();
+    keys.dedup();
+    keys
 }
 
 /// The row read of the key at position `at` among the batch's `keys`

@@ -336,6 +336,38 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The rows of `keys` (sorted) as `READ_BATCH_SQL` reads them on `conn`
+    /// (the flush's transaction, or a connection of its own when unlocked),
+    /// a statement per DB_BATCH_SIZE keys; each with its key's position.
+    async fn read_batch(
+        &self,
+        conn: &mut PgConnection,
+        keys: &[&Key],
+        read: Read,
+    ) -> Result<Vec<(usize, Locked)>> {
+        let mut rows = Vec::with_capacity(keys.len());
+        let sql =
+            &self.statements().await?.1.read_batch[usize::from(read.lock)][usize::from(read.state)];
+        for (n, chunk) in keys.chunks(self.batch_size).enumerate() {
+            let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
+            let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
+            let found = sqlx::query(sql)
+                .bind(users)
+                .bind(goals)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(pg)?;
+            let start = n * self.batch_size;
+            for r in &found {
+                let (at, row) = locked(r, chunk)?;
+                rows.push((start + at, row));
+            }
+        }
+        Ok(rows)
+    }
+}
+
 /// The index in a chunk of the position `WITH ORDINALITY` numbered (from 1).
 fn index_of(ord: i32) -> Option<usize> {
     usize::try_from(ord).ok()?.checked_sub(1)
@@ -363,11 +395,10 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
 }
 
 impl Dialect for PgStore {
-    /// Four statements' worth of keys (`DB_BATCH_SIZE` each), at most 10,000.
+    /// One statement's worth of keys (`DB_BATCH_SIZE`): the next chunk's
+    /// read runs beside this chunk's write ([`Self::read_rows_ahead`]).
     fn chunk_keys(&self) -> usize {
-        self.batch_size
-            .saturating_mul(4)
-            .min(super::flush::CHUNK_KEYS)
+        self.batch_size.min(super::flush::CHUNK_KEYS)
     }
 
     async fn move_watermark(&self, tx: &mut Tx<Self>, lease: &Lease, upto: u64) -> Result<bool> {
@@ -485,25 +516,30 @@ impl Dialect for PgStore {
         keys: &[&Key],
         read: Read,
     ) -> Result<Vec<(usize, Locked)>> {
-        let mut rows = Vec::with_capacity(keys.len());
-        let sql =
-            &self.statements().await?.1.read_batch[usize::from(read.lock)][usize::from(read.state)];
-        for (n, chunk) in keys.chunks(self.batch_size).enumerate() {
-            let users: Vec<&str> = chunk.iter().map(|k| k.user_id.as_str()).collect();
-            let goals: Vec<&str> = chunk.iter().map(|k| k.goal_id.as_str()).collect();
-            let found = sqlx::query(sql)
-                .bind(users)
-                .bind(goals)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(pg)?;
-            let start = n * self.batch_size;
-            for r in &found {
-                let (at, row) = locked(r, chunk)?;
-                rows.push((start + at, row));
+        self.read_batch(tx, keys, read).await
+    }
+
+    /// On a connection of the pool besides the flush's: an idle one, or a
+    /// new one while the pool is below DB_MAX_CONNECTIONS; none when every
+    /// connection is in use (the flush then reads inside its transaction).
+    /// The pool's sessions cancel a statement after FLUSH_TIMEOUT.
+    async fn read_rows_ahead(
+        &self,
+        keys: &[&Key],
+        read: Read,
+    ) -> Option<Result<Vec<(usize, Locked)>>> {
+        let mut conn = match self.pool.try_acquire() {
+            Some(idle) => idle,
+            None if self.pool.size() < self.pool.options().get_max_connections() => {
+                self.pool.acquire().await.ok()?
             }
-        }
-        Ok(rows)
+            None => return None,
+        };
+        let read = Read {
+            lock: false,
+            ..read
+        };
+        Some(self.read_batch(&mut conn, keys, read).await)
     }
 
     async fn write_rows(&self, tx: &mut Tx<Self>, rows: &[RowWrite<'_>]) -> Result<Vec<usize>> {
