@@ -642,3 +642,46 @@ async fn postgres_a_player_deleted_and_updated_in_one_chunked_flush_starts_afres
     );
     assert_eq!(progress("c").await, [("g".to_string(), 9)]);
 }
+
+/// With one connection (DB_MAX_CONNECTIONS=1) the transaction holds it:
+/// a chunked flush reads every chunk inside, one after the other, and
+/// writes what it writes with a connection to spare.
+#[tokio::test]
+async fn postgres_a_chunked_flush_with_one_connection_reads_inside() {
+    let mut written = Vec::new();
+    for connections in [1, 2] {
+        let db = common::pg::TestDb::new().await;
+        let store = Store::connect_lazy(
+            &Database::Postgres(Box::new(db.url.parse().unwrap())),
+            connections,
+            1,
+        );
+        store
+            .prepare(Some(TableOwner::Handler), true)
+            .await
+            .expect("prepare");
+        let lease = store.lease("one").await.unwrap();
+        let users = ["a", "b", "c", "d"];
+        for (n, add) in [(1, 1), (5, 2)] {
+            let records = users
+                .iter()
+                .map(|u| update(u, "g", Op::Add(add), true))
+                .collect();
+            let b = batch(n, records);
+            store
+                .apply(&lease, b.last_seq(), &b, &handler())
+                .await
+                .unwrap();
+        }
+        let mut rows = Vec::new();
+        for user in users {
+            for r in store.user_progress(user, None).await.unwrap() {
+                rows.push((r.user_id, r.goal_id, r.progress));
+            }
+        }
+        written.push(rows);
+    }
+    assert_eq!(written[0], written[1], "one connection against two");
+    assert_eq!(written[0].len(), 4);
+    assert!(written[0].iter().all(|r| r.2 == 3), "{:?}", written[0]);
+}

@@ -159,15 +159,26 @@ pub struct RowWrite<'a> {
     pub version: Option<&'a Version>,
 }
 
-/// A version of a row as PostgreSQL stores it: where it is (`ctid`: its
-/// page and its slot on the page) and the transaction that wrote it
-/// (`xmin`). A row changed since has another `ctid` or `xmin`.
+/// A version of a row as PostgreSQL stores it: where it is (`ctid`) and
+/// the transaction that wrote it (`xmin`). A row changed since has another
+/// `ctid` or `xmin`. Both travel in PostgreSQL's binary forms
+/// (`store/postgres/tid.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
+    pub ctid: Tid,
+    pub xmin: Xid,
+}
+
+/// A row's place in its table (PostgreSQL's `tid`): page and slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tid {
     pub block: u32,
     pub offset: u16,
-    pub xmin: u32,
 }
+
+/// A transaction id (PostgreSQL's `xid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Xid(pub u32);
 
 /// A GDPR deletion another replica applied: its pending updates of the
 /// user acknowledged up to `cutoff_ms` must not be written.

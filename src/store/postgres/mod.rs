@@ -334,9 +334,7 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
 
-impl PgStore {
     /// The rows of `keys` (sorted) as `READ_BATCH_SQL` reads them on `conn`
     /// (the flush's transaction, or a connection of its own when unlocked),
     /// a statement per DB_BATCH_SIZE keys; each with its key's position.
@@ -384,12 +382,9 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
     let at = index_of(ord)
         .filter(|&i| i < keys.len())
         .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {ord}")))?;
-    let ctid: tid::Tid = r.try_get(ORD + 1).map_err(pg)?;
-    let xmin: tid::Xid = r.try_get(ORD + 2).map_err(pg)?;
     let version = Version {
-        block: ctid.block,
-        offset: ctid.offset,
-        xmin: xmin.0,
+        ctid: r.try_get(ORD + 1).map_err(pg)?,
+        xmin: r.try_get(ORD + 2).map_err(pg)?,
     };
     Ok((at, Locked::of(keys[at], columns, Some(version))?))
 }
@@ -570,11 +565,8 @@ impl Dialect for PgStore {
                         key.user_id, key.goal_id
                     ))
                 })?;
-                tids.push(tid::Tid {
-                    block: version.block,
-                    offset: version.offset,
-                });
-                xmins.push(tid::Xid(version.xmin));
+                tids.push(version.ctid);
+                xmins.push(version.xmin);
                 users.push(key.user_id.as_str());
                 goals.push(key.goal_id.as_str());
                 progress.push(row.progress);

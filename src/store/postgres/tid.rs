@@ -1,5 +1,6 @@
 //! PostgreSQL's `tid` (a row's `ctid`) and `xid` (its `xmin`) in their
-//! binary wire forms, which sqlx does not know: the flush reads a row's
+//! binary wire forms, which sqlx does not know, for the flush's [`Tid`] and
+//! [`Xid`]: the flush reads a row's
 //! version and hands it back to the write as it came, with no text on
 //! either side (formatting and parsing them as text, and an allocation per
 //! row for each, showed in the flush's profile; docs/BENCHMARKS.md, "Tenth
@@ -16,16 +17,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueFormat, PgValueRef};
 use sqlx::{Decode, Encode, Postgres, Type};
 
-/// A row's place in its table: page and slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tid {
-    pub block: u32,
-    pub offset: u16,
-}
-
-/// A transaction id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Xid(pub u32);
+use crate::store::flush::{Tid, Xid};
 
 const TID: u32 = 27;
 const TID_ARRAY: u32 = 1010;
