@@ -397,3 +397,99 @@ async fn a_connection_gone_silent_at_commit_costs_a_flush_timeout_not_a_flush_th
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
     println!("db_faults: a COMMIT lost on a silent connection, {total} logins acknowledged, 0 lost, 0 doubled");
 }
+
+#[tokio::test]
+async fn a_database_that_never_answers_at_start_up_keeps_the_service_not_ready_saying_why_until_it_does(
+) {
+    // The database accepts connections and never answers (a hung host, a
+    // black-holed route): start-up must not wait on it for good, must say
+    // so, must not serve, and must start once it answers.
+    let db = pg::TestDb::new().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&db.url).await).await;
+    proxy.silence_all(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn_with_config(
+        &proxy.url_for(&db.url),
+        dir.path(),
+        COUNTING,
+        &[("FLUSH_TIMEOUT", "2s"), ("FLUSH_INTERVAL", "100ms")],
+    );
+    let log = service
+        .wait_for_log(
+            "no answer from the database within FLUSH_TIMEOUT (2s)",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        log.contains("retrying until the database answers"),
+        "the log does not say start-up keeps trying:\n{log}"
+    );
+    let http = service.logged_http_addr().expect("the logged HTTP address");
+    let (status, body) = http_get(http, "/healthz").await;
+    assert_eq!(
+        status, 503,
+        "healthy on a database that never answered: {body}"
+    );
+
+    proxy.silence_all(false);
+    service.wait_healthy().await;
+    service
+        .wait_for_log("database reachable", Duration::from_secs(10))
+        .await;
+    let mut client = UserAuthenticationUserLoggedInServiceClient::new(service.channel().await);
+    for n in 0..3 {
+        client
+            .on_message(login("su-0", &format!("su-0-{n}"), ""))
+            .await
+            .expect("a login once the database answers");
+    }
+    let expected = BTreeMap::from([("su-0".to_owned(), 3i64)]);
+    wait_until_counted(&db.pool().await, "su", &expected).await;
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    println!("db_faults: start-up on a silent database: not ready until it answered, then 3 logins counted once");
+}
+
+#[tokio::test]
+async fn a_database_gone_silent_under_load_times_out_flushes_and_upkeep_then_both_recover() {
+    // Every connection goes silent at once and new ones are silent too, for
+    // longer than an upkeep round (UPKEEP_EVERY, 15 s) takes to come: the
+    // flushes and the cluster's upkeep each give up after FLUSH_TIMEOUT, say
+    // so, count it, and recover once the database answers; every
+    // acknowledged login is counted once.
+    let env = [("FLUSH_INTERVAL", "100ms"), ("FLUSH_TIMEOUT", "2s")];
+    let (db, proxy, _url, _dir, mut service) = behind_a_proxy(&env).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(load(service.channel().await, "sg", stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.silence_all(true);
+    service
+        .wait_for_log(
+            "no answer from the database within FLUSH_TIMEOUT (2s)",
+            Duration::from_secs(20),
+        )
+        .await;
+    service
+        .wait_for_log("cluster upkeep failed", Duration::from_secs(30))
+        .await;
+    assert!(gauge(&service, "challenge_event_handler_upkeep_failures_total").await >= 1.0);
+    assert!(gauge(&service, "challenge_event_handler_flush_timeouts_total").await >= 1.0);
+
+    proxy.silence_all(false);
+    service
+        .wait_for_log("flushing recovered", Duration::from_secs(60))
+        .await;
+    service
+        .wait_for_log("cluster upkeep recovered", Duration::from_secs(40))
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = traffic.await.unwrap();
+    assert!(tally.other_errors.is_empty(), "{:?}", tally.other_errors);
+    assert_eq!(tally.refused, 0, "the WAL had room: nothing refused");
+    let total: i64 = tally.acknowledged.values().sum();
+    assert!(total > 100, "too little traffic: {total}");
+    wait_until_counted(&db.pool().await, "sg", &tally.acknowledged).await;
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    println!("db_faults: every connection silent past an upkeep round, {total} logins acknowledged, 0 lost, 0 doubled");
+}

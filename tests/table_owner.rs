@@ -130,13 +130,8 @@ async fn with_no_table_it_waits_not_ready_naming_the_table_and_the_setting_until
         )
         .await;
     assert!(log.contains("Set TABLE_OWNER=handler"), "{log}");
-    let http_port = log
-        .lines()
-        .find(|l| l.contains(" starting "))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("http=")))
-        .and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok())
-        .expect("the logged HTTP port");
-    let (status, body) = http_get(([127, 0, 0, 1], http_port).into(), "/healthz").await;
+    let http = handler.logged_http_addr().expect("the logged HTTP address");
+    let (status, body) = http_get(http, "/healthz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains(r#""waiting_for":"user_goal_progress does not exist"#),

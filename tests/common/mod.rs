@@ -470,6 +470,12 @@ impl Binary {
         ([127, 0, 0, 1], port).into()
     }
 
+    /// The HTTP address from the "starting" log line, once it is there:
+    /// for a service that is not healthy (yet).
+    pub fn logged_http_addr(&self) -> Option<SocketAddr> {
+        Some(([127, 0, 0, 1], self.logged_port("http=")?).into())
+    }
+
     /// The port after `key=` in the service's "starting" log line.
     fn logged_port(&self, key: &str) -> Option<u16> {
         let log = self.log_text();

@@ -4,7 +4,9 @@
 //! `silence_at_next_commit()`: the next COMMIT is lost and every connection
 //! open then goes silent for good (what either side sends is lost, none is
 //! closed) while new connections work: a failover or a dropped NAT entry in
-//! the middle of a flush, as the service sees it.
+//! the middle of a flush, as the service sees it. `silence_all(true)`: every
+//! connection, open or opened until `silence_all(false)`, is silent for good
+//! (a database host that hangs, a route that black-holes).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,12 +25,14 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Connections are numbered as they open; those below `below` are silent.
+/// Connections are numbered as they open; those below `below` are silent,
+/// and so is every one opened while `all` is set.
 #[derive(Default)]
 struct Silence {
     armed: AtomicBool,
     opened: AtomicU64,
     below: AtomicU64,
+    all: AtomicBool,
 }
 
 /// When armed: the next client→server chunk holding `COMMIT` is delivered,
@@ -64,8 +68,9 @@ impl Proxy {
                 let cutter = cutter.clone();
                 let silencer = silencer.clone();
                 let number = silencer.opened.fetch_add(1, Ordering::SeqCst);
+                let born_silent = silencer.all.load(Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let silent = || number < silencer.below.load(Ordering::SeqCst);
+                    let silent = || born_silent || number < silencer.below.load(Ordering::SeqCst);
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
@@ -140,6 +145,20 @@ impl Proxy {
     /// connections go through.
     pub fn silence_at_next_commit(&self) {
         self.silence.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// With `true`: every connection open now, and every one opened until
+    /// `silence_all(false)`, is silent for good (what either side sends is
+    /// lost; none is closed). With `false`: new connections go through
+    /// again; the silent ones stay silent.
+    pub fn silence_all(&self, on: bool) {
+        if on {
+            self.silence.all.store(true, Ordering::SeqCst);
+            let opened = self.silence.opened.load(Ordering::SeqCst);
+            self.silence.below.fetch_max(opened, Ordering::SeqCst);
+        } else {
+            self.silence.all.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Whether the armed COMMIT came and the connections went silent.
