@@ -162,6 +162,33 @@ fn batch(first: u64, records: Vec<Record>) -> Buffer {
     buffer
 }
 
+/// A batch from `first` of one update per (user, amount): Add(amount) to
+/// goal "g", creating the row.
+fn adds(first: u64, adds: &[(&str, i32)]) -> Buffer {
+    let records = adds
+        .iter()
+        .map(|(user, add)| update(user, "g", Op::Add(*add), true))
+        .collect();
+    batch(first, records)
+}
+
+/// A new PostgreSQL database whose `user_goal_progress` the handler owns,
+/// and a store on it with `connections` and `batch_size` (DB_MAX_CONNECTIONS,
+/// DB_BATCH_SIZE).
+async fn handler_owned(connections: u32, batch_size: usize) -> (common::pg::TestDb, Store) {
+    let db = common::pg::TestDb::new().await;
+    let store = Store::connect_lazy(
+        &Database::Postgres(Box::new(db.url.parse().unwrap())),
+        connections,
+        batch_size,
+    );
+    store
+        .prepare(Some(TableOwner::Handler), true)
+        .await
+        .expect("prepare");
+    (db, store)
+}
+
 fn progress_of(rows: &[ProgressRow]) -> Vec<(&str, i32, &str)> {
     rows.iter()
         .map(|r| (r.goal_id.as_str(), r.progress, r.status.as_str()))
@@ -518,16 +545,7 @@ async fn postgres_a_flush_in_chunks_of_players_writes_what_one_whole_flush_write
     }
     let mut written = Vec::new();
     for batch_size in [1, 2_500] {
-        let db = common::pg::TestDb::new().await;
-        let store = Store::connect_lazy(
-            &Database::Postgres(Box::new(db.url.parse().unwrap())),
-            2,
-            batch_size,
-        );
-        store
-            .prepare(Some(TableOwner::Handler), true)
-            .await
-            .expect("prepare");
+        let (db, store) = handler_owned(2, batch_size).await;
         // Player p0 exists already (one row): it gets no default goals now.
         sqlx::query(
             "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status, is_active)
@@ -588,31 +606,12 @@ async fn postgres_a_flush_in_chunks_of_players_writes_what_one_whole_flush_write
 /// player is a chunk of its own; two connections: one to read ahead with.
 #[tokio::test]
 async fn postgres_a_player_deleted_and_updated_in_one_chunked_flush_starts_afresh() {
-    let db = common::pg::TestDb::new().await;
-    let store = Store::connect_lazy(&Database::Postgres(Box::new(db.url.parse().unwrap())), 2, 1);
-    store
-        .prepare(Some(TableOwner::Handler), true)
-        .await
-        .expect("prepare");
+    let (_db, store) = handler_owned(2, 1).await;
     let lease = store.lease("ahead").await.unwrap();
-    let first = batch(
-        1,
-        vec![
-            update("a", "g", Op::Add(1), true),
-            update("b", "g", Op::Add(5), true),
-            update("c", "g", Op::Add(7), true),
-        ],
-    );
+    let first = adds(1, &[("a", 1), ("b", 5), ("c", 7)]);
     store.apply(&lease, 3, &first, &handler()).await.unwrap();
     // Read ahead: a's chunk is read inside, b's and c's beside the writes.
-    let second = batch(
-        4,
-        vec![
-            update("a", "g", Op::Add(1), true),
-            update("b", "g", Op::Add(1), true),
-            update("c", "g", Op::Add(1), true),
-        ],
-    );
+    let second = adds(4, &[("a", 1), ("b", 1), ("c", 1)]);
     store.apply(&lease, 6, &second, &handler()).await.unwrap();
     let third = batch(
         7,
@@ -650,24 +649,12 @@ async fn postgres_a_player_deleted_and_updated_in_one_chunked_flush_starts_afres
 async fn postgres_a_chunked_flush_with_one_connection_reads_inside() {
     let mut written = Vec::new();
     for connections in [1, 2] {
-        let db = common::pg::TestDb::new().await;
-        let store = Store::connect_lazy(
-            &Database::Postgres(Box::new(db.url.parse().unwrap())),
-            connections,
-            1,
-        );
-        store
-            .prepare(Some(TableOwner::Handler), true)
-            .await
-            .expect("prepare");
+        let (_db, store) = handler_owned(connections, 1).await;
         let lease = store.lease("one").await.unwrap();
         let users = ["a", "b", "c", "d"];
         for (n, add) in [(1, 1), (5, 2)] {
-            let records = users
-                .iter()
-                .map(|u| update(u, "g", Op::Add(add), true))
-                .collect();
-            let b = batch(n, records);
+            let each: Vec<(&str, i32)> = users.iter().map(|u| (*u, add)).collect();
+            let b = adds(n, &each);
             store
                 .apply(&lease, b.last_seq(), &b, &handler())
                 .await
