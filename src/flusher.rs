@@ -187,6 +187,12 @@ impl<S: ProgressStore> Flusher<S> {
                     .flush_duration
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.db_batch_size.observe(applied.rows as f64);
+                for (phase, spent) in applied.phases.named() {
+                    self.metrics
+                        .flush_phase_seconds
+                        .with_label_values(&[phase])
+                        .inc_by(spent.as_secs_f64());
+                }
                 tracing::debug!(
                     rows = applied.rows,
                     deletions = applied.deleted.len(),

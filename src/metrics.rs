@@ -2,8 +2,8 @@
 //! several in one process). Names follow `challenge_event_handler_<name>_<unit>[_total]`.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    exponential_buckets, CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 const NS: &str = "challenge_event_handler";
@@ -62,6 +62,8 @@ pub struct Metrics {
     /// Entries of a failed flush's batch, kept for its retry (in `buffer_size` too).
     pub flush_retry_keys: IntGauge,
     pub flush_duration: Histogram,
+    /// Seconds of the flushes that committed, by phase ([`crate::store::Phases`]).
+    pub flush_phase_seconds: CounterVec,
     pub flush_failures: IntCounter,
     /// Flush attempts abandoned at FLUSH_TIMEOUT (in `flush_failures` too).
     pub flush_timeouts: IntCounter,
@@ -148,6 +150,9 @@ impl Metrics {
             for desc in prometheus::core::Collector::desc(vec) {
                 names.push(desc.fq_name.clone());
             }
+        }
+        for desc in prometheus::core::Collector::desc(&self.flush_phase_seconds) {
+            names.push(desc.fq_name.clone());
         }
         names.sort();
         names.dedup();
@@ -252,6 +257,23 @@ impl Metrics {
                 "time of one flush transaction (watermark, deletions, read, write, commit)",
                 seconds(),
             ),
+            flush_phase_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "flush_phase_seconds_total",
+                        "seconds of the flushes that committed, by phase along the transaction: \
+                         begin (transaction, cluster lock, watermark), ledger, deletions, read, \
+                         rules (in the service), write, commit",
+                    )
+                    .namespace(NS),
+                    &["phase"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             flush_failures: counter("flush_failures_total", "flush attempts that failed and will be retried"),
             flush_timeouts: counter(
                 "flush_timeouts_total",
@@ -361,6 +383,9 @@ impl Metrics {
         for reason in NOT_APPLIED_REASONS {
             metrics.updates_not_applied.with_label_values(&[reason]);
         }
+        for phase in crate::store::Phases::NAMES {
+            metrics.flush_phase_seconds.with_label_values(&[phase]);
+        }
         metrics
     }
 
@@ -424,6 +449,8 @@ mod tests {
             r#"challenge_event_handler_events_failed_total{reason="invalid"} 0"#,
             r#"challenge_event_handler_events_failed_total{reason="too_large"} 0"#,
             r#"challenge_event_handler_updates_not_applied_total{reason="player_not_initialized"} 0"#,
+            r#"challenge_event_handler_flush_phase_seconds_total{phase="begin"} 0"#,
+            r#"challenge_event_handler_flush_phase_seconds_total{phase="write"} 0"#,
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }
@@ -435,6 +462,7 @@ mod tests {
         assert!(names.contains(&"challenge_event_handler_events_failed_total".to_owned()));
         assert!(names.contains(&"challenge_event_handler_flush_duration_seconds".to_owned()));
         assert!(names.contains(&"challenge_event_handler_phase".to_owned()));
+        assert!(names.contains(&"challenge_event_handler_flush_phase_seconds_total".to_owned()));
     }
 
     #[test]

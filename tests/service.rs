@@ -1181,3 +1181,79 @@ async fn a_gdpr_deletion_during_a_database_outage_drops_what_the_buffer_and_the_
     );
     svc.stop().await.unwrap();
 }
+
+/// `flush_phase_seconds_total` says where the flushes' time went: every
+/// phase of a committed flush is counted, together no more than the flushes
+/// took, and a flush held at the cluster lock (another session holds it
+/// exclusively, as a replica applying a GDPR deletion does) counts that wait
+/// as `begin`.
+#[tokio::test]
+async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts_as_begin() {
+    use challenge_event_handler::store::{cluster::CLUSTER_LOCK, Phases};
+    const HELD: Duration = Duration::from_millis(1500);
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    barrier(&svc, &db).await;
+
+    let mut holder = db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(CLUSTER_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    svc.login(login("ana", "p1", "")).await.unwrap();
+    // Held for HELD more once the flush waits for it.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flush waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(HELD).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(CLUSTER_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    wait_for_progress(&db, "ana", "login-count", 1, WAIT).await;
+
+    let metrics = svc.metrics().await;
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
+    };
+    let phase = |p: &str| {
+        sample(&format!(
+            "challenge_event_handler_flush_phase_seconds_total{{phase=\"{p}\"}}"
+        ))
+    };
+    assert!(
+        phase("begin") >= HELD.as_secs_f64(),
+        "the wait for the cluster lock is not in begin:\n{metrics}"
+    );
+    for p in ["read", "rules", "write", "commit"] {
+        assert!(phase(p) > 0.0, "no time in {p}:\n{metrics}");
+    }
+    let phases: f64 = Phases::NAMES.iter().map(|p| phase(p)).sum();
+    let flushes = sample("challenge_event_handler_flush_duration_seconds_sum");
+    assert!(
+        phases <= flushes,
+        "the phases ({phases} s) add up to more than the flushes took ({flushes} s)"
+    );
+    svc.stop().await.unwrap();
+}

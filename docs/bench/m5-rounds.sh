@@ -16,7 +16,7 @@
 #
 # RATE=10000 sends in open loop at that many events/s instead of a closed loop.
 # One JSON line per run goes to OUT (default m5-rounds.jsonl): events/s, errors,
-# latency, from /metrics the flushes, their rows and seconds, the WAL left, and
+# latency, from /metrics the flushes, their rows and seconds (also by phase), the WAL left, and
 # the CPU seconds of the service, of PostgreSQL (all its processes) and of the
 # load generator over the load, also per event (us_per_event_*).
 # Needs psql, python3, curl, and a PostgreSQL the libpq variables reach.
@@ -54,6 +54,10 @@ run_one() { # tag, configuration
   cpu1=$(cpu_seconds "$pid")
   local metrics
   metrics=$(curl -fs "http://127.0.0.1:$METRICS_PORT/metrics")
+  local phases="" phase
+  for phase in begin ledger deletions read rules write commit; do
+    phases+="$phase=$(metric "flush_phase_seconds_total{phase=\"$phase\"}" "$metrics") "
+  done
   t0=$SECONDS
   kill -TERM "$pid"
   local rc=0
@@ -63,9 +67,9 @@ run_one() { # tag, configuration
     "$(metric flush_duration_seconds_sum "$metrics")" \
     "$(metric db_batch_size_sum "$metrics")" \
     "$(metric wal_bytes "$metrics")" "$data.report" \
-    "$wall" "$cpu0" "$cpu1" "$(cat "$data.time")" >>"$OUT" <<'EOF'
+    "$wall" "$cpu0" "$cpu1" "$(cat "$data.time")" "$phases" >>"$OUT" <<'EOF'
 import json, sys
-tag, cfg, rc, drain, flushes, flush_s, rows, wal, report, wall, cpu0, cpu1, client = sys.argv[1:]
+tag, cfg, rc, drain, flushes, flush_s, rows, wal, report, wall, cpu0, cpu1, client, phases = sys.argv[1:]
 text = open(report).read()
 run = next((r for r in json.loads(text)["runs"] if r["target"] == "service"), {}) if text.strip() else {}
 
@@ -88,6 +92,8 @@ print(json.dumps({
     "flushes": float(flushes), "flush_seconds": float(flush_s), "rows_flushed": float(rows),
     "rows_per_flush_second": float(rows) / float(flush_s) if float(flush_s) > 0 else None,
     "wal_left_bytes": float(wal), "drain_seconds": int(drain), "exit_code": int(rc),
+    # Seconds of the committed flushes by phase (0 for a build without the metric).
+    "flush_phase_s": {k: round(float(v), 3) for k, v in (p.split("=") for p in phases.split())},
     **cpu(float(wall), cpu0, cpu1, client, run.get("per_sec")),
 }))
 EOF

@@ -24,12 +24,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::Transaction;
 
 use super::sql::Backend;
-use super::{Applied, Deleted, Dropped, Lease, NotApplied, Owner, Result, StoreError, TableOwner};
+use super::{
+    Applied, Deleted, Dropped, Lease, NotApplied, Owner, Phases, Result, StoreError, TableOwner,
+};
 use crate::buffer::{Buffer, Entries, Key, Meta, PendingDeletion};
 use crate::clock::{day_of, micros_of};
 use crate::rules::row::{GoalState, Micros, Row, Status};
@@ -343,6 +346,8 @@ pub(super) async fn apply<D: Dialect>(
     owner: &Owner,
 ) -> Result<Applied> {
     let now: Micros = crate::rules::row::micros(crate::clock::unix_ms() as i64);
+    let mut phases = Phases::default();
+    let mut lap = Lap::start();
     let mut tx = dialect.begin().await?;
     // The cluster lock before any other: it cannot be part of a deadlock.
     dialect
@@ -356,9 +361,11 @@ pub(super) async fn apply<D: Dialect>(
             epoch: lease.epoch,
         });
     }
+    phases.begin += lap.lap();
     // Events another flush applied (another replica, or an earlier
     // delivery): this transaction is abandoned; the flusher leaves them out.
     let taken = dialect.claim_events(&mut tx, &batch.events).await?;
+    phases.ledger += lap.lap();
     if !taken.is_empty() {
         return Err(StoreError::AlreadyApplied { marks: taken });
     }
@@ -367,8 +374,11 @@ pub(super) async fn apply<D: Dialect>(
     let deleted = dialect
         .delete_users(&mut tx, &batch.deletions, &lease.instance_id)
         .await?;
+    phases.deletions += lap.lap();
     let mut entries = batch.entries();
+    phases.rules += lap.lap();
     let dropped = drop_tombstoned(dialect, &mut tx, &mut entries, &lease.instance_id).await?;
+    phases.deletions += lap.lap();
     let read = Read {
         lock: false,
         state: batch.reads_goal_state(),
@@ -385,11 +395,13 @@ pub(super) async fn apply<D: Dialect>(
     let mut ahead: Option<Vec<(usize, Locked)>> = None;
     let mut keys = chunks.first().map(keys_of).unwrap_or_default();
     let mut done = Chunk::default();
+    phases.rules += lap.lap();
     for (i, chunk) in chunks.iter().enumerate() {
         let rows = match ahead.take() {
             Some(rows) => rows,
             None => dialect.read_rows(&mut tx, &keys, read).await?,
         };
+        phases.read += lap.lap();
         let next_keys = chunks.get(i + 1).map(keys_of).unwrap_or_default();
         let next = async {
             if !read_ahead || next_keys.is_empty() {
@@ -409,6 +421,10 @@ pub(super) async fn apply<D: Dialect>(
             next
         );
         let part = part?;
+        // The chunk's own phases, and the wait for the next chunk's rows
+        // past them.
+        phases.read += lap.lap().saturating_sub(part.phases.total());
+        phases += part.phases;
         ahead = next;
         keys = next_keys;
         done.rows += part.rows;
@@ -417,24 +433,45 @@ pub(super) async fn apply<D: Dialect>(
         done.claimed += part.claimed;
     }
     let not_applied = not_applied(dialect, &mut tx, &done).await?;
+    phases.read += lap.lap();
     dialect.commit(tx).await?;
+    phases.commit += lap.lap();
     crate::crash_point!("flush-after-commit");
     Ok(Applied {
         rows: done.rows,
         deleted,
         not_applied,
         dropped,
+        phases,
     })
 }
 
-/// What the chunks of a flush did: rows written, and the updates not
-/// applied (their row missing, inactive or claimed).
+/// A stopwatch of a flush's phases: the time since its last lap.
+struct Lap(Instant);
+
+impl Lap {
+    fn start() -> Lap {
+        Lap(Instant::now())
+    }
+
+    fn lap(&mut self) -> Duration {
+        let now = Instant::now();
+        let spent = now.saturating_duration_since(self.0);
+        self.0 = now;
+        spent
+    }
+}
+
+/// What the chunks of a flush did: rows written, the updates not applied
+/// (their row missing, inactive or claimed), and where a chunk's time went
+/// (reading, the rules, writing).
 #[derive(Default)]
 struct Chunk<'b> {
     rows: usize,
     missing: Vec<(&'b Key, u32)>,
     inactive: u64,
     claimed: u64,
+    phases: Phases,
 }
 
 /// One chunk of a flush's entries (whole players, in key order), inside the
@@ -452,9 +489,12 @@ async fn apply_chunk<'b, D: Dialect>(
     owner: &'b Owner,
     now: Micros,
 ) -> Result<Chunk<'b>> {
+    let mut phases = Phases::default();
+    let mut lap = Lap::start();
     let all: Vec<usize> = (0..keys.len()).collect();
     let mut current = Rows::new(keys.len());
     current.fill(&all, read_rows)?;
+    phases.rules += lap.lap();
     if owner.table == TableOwner::Handler && !current.all_found() {
         let absent: Vec<usize> = (0..keys.len())
             .filter(|&at| current.get(at).is_none())
@@ -463,9 +503,11 @@ async fn apply_chunk<'b, D: Dialect>(
         let rows = new_rows(dialect, tx, entries, &absent_keys, owner).await?;
         if !rows.is_empty() {
             dialect.insert_rows(tx, &rows).await?;
+            phases.write += lap.lap();
             let created = dialect.read_rows(tx, &absent_keys, read).await?;
             current.fill(&absent, created)?;
         }
+        phases.read += lap.lap();
     }
     // A test holds the flush here to change a row between the read and the write.
     fail::fail_point!("flush-after-read");
@@ -474,9 +516,11 @@ async fn apply_chunk<'b, D: Dialect>(
     ));
     crate::crash_point!("flush-mid-transaction");
     let mut plan = entries.plan(|at, key| row_at(&current, keys, at, key), now);
+    phases.rules += lap.lap();
     let changed = dialect
         .write_rows(tx, &row_writes(&plan.writes, &current))
         .await?;
+    phases.write += lap.lap();
     if !changed.is_empty() {
         // Rows changed since they were read: read them again, locked, and
         // apply their entries again (the other rows are written already).
@@ -485,6 +529,7 @@ async fn apply_chunk<'b, D: Dialect>(
         let changed_keys: Vec<&Key> = changed.iter().map(|&at| keys[at]).collect();
         let locked = Read { lock: true, ..read };
         let reread = dialect.read_rows(tx, &changed_keys, locked).await?;
+        phases.read += lap.lap();
         current.forget(&changed);
         current.fill(&changed, reread)?;
         plan = entries.plan(|at, key| row_at(&current, keys, at, key), now);
@@ -494,9 +539,11 @@ async fn apply_chunk<'b, D: Dialect>(
             .filter(|(at, _, _)| changed.binary_search(at).is_ok())
             .cloned()
             .collect();
+        phases.rules += lap.lap();
         let still = dialect
             .write_rows(tx, &row_writes(&retry, &current))
             .await?;
+        phases.write += lap.lap();
         if !still.is_empty() {
             return Err(StoreError::Unavailable(format!(
                 "{} rows changed although locked; retrying the flush",
@@ -516,12 +563,15 @@ async fn apply_chunk<'b, D: Dialect>(
             })
         })
         .collect();
+    phases.rules += lap.lap();
     dialect.write_states(tx, &states).await?;
+    phases.write += lap.lap();
     Ok(Chunk {
         rows: plan.writes.len(),
         missing: plan.missing,
         inactive: plan.inactive,
         claimed: plan.claimed,
+        phases,
     })
 }
 

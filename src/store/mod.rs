@@ -21,6 +21,7 @@ pub mod sqlite;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use serde::Serialize;
@@ -254,6 +255,75 @@ pub struct Applied {
     pub not_applied: NotApplied,
     /// Updates left out for a GDPR deletion another replica applied.
     pub dropped: Vec<Dropped>,
+    /// Where the transaction's time went.
+    pub phases: Phases,
+}
+
+/// Where one flush transaction's time went, phase by phase along its path
+/// (they add up to the transaction's time; the rows read ahead, beside the
+/// write, count only where the flush waited for them). What an operator
+/// reads to tell a slow database statement from a slow service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Opening the transaction, the cluster lock (held exclusively by a
+    /// replica applying a GDPR deletion) and this instance's watermark.
+    pub begin: Duration,
+    /// Recording the batch's event ids in the cluster's ledger.
+    pub ledger: Duration,
+    /// GDPR deletions, and other replicas' tombstones of the batch's users.
+    pub deletions: Duration,
+    /// Reading rows (and waiting for those read ahead).
+    pub read: Duration,
+    /// Applying the rules, in the service.
+    pub rules: Duration,
+    /// Writing rows: updates, rows created where the handler owns the
+    /// table, the handler's own state of rows.
+    pub write: Duration,
+    pub commit: Duration,
+}
+
+impl Phases {
+    /// The phases' names, as the `phase` label of `flush_phase_seconds_total`.
+    pub const NAMES: [&'static str; 7] = [
+        "begin",
+        "ledger",
+        "deletions",
+        "read",
+        "rules",
+        "write",
+        "commit",
+    ];
+
+    /// Each phase with its name, in [`Self::NAMES`]' order.
+    pub fn named(&self) -> [(&'static str, Duration); 7] {
+        let times = [
+            self.begin,
+            self.ledger,
+            self.deletions,
+            self.read,
+            self.rules,
+            self.write,
+            self.commit,
+        ];
+        std::array::from_fn(|i| (Self::NAMES[i], times[i]))
+    }
+
+    /// The time of every phase together.
+    pub fn total(&self) -> Duration {
+        self.named().iter().map(|(_, spent)| *spent).sum()
+    }
+}
+
+impl std::ops::AddAssign for Phases {
+    fn add_assign(&mut self, other: Phases) {
+        self.begin += other.begin;
+        self.ledger += other.ledger;
+        self.deletions += other.deletions;
+        self.read += other.read;
+        self.rules += other.rules;
+        self.write += other.write;
+        self.commit += other.commit;
+    }
 }
 
 /// A user's pending updates left out because another replica deleted the
