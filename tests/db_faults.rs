@@ -70,15 +70,6 @@ async fn load(channel: Channel, tag: &str, stop: Arc<AtomicBool>) -> Tally {
     tally
 }
 
-/// The value of one sample line of a Prometheus text exposition.
-fn metric(exposition: &str, sample: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in:\n{exposition}"))
-}
-
 async fn wait_until_counted(db: &PgPool, tag: &str, expected: &BTreeMap<String, i64>) {
     let expected: BTreeMap<_, _> = expected
         .iter()

@@ -1230,17 +1230,11 @@ async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts
     wait_for_progress(&db, "ana", "login-count", 1, WAIT).await;
 
     let metrics = svc.metrics().await;
-    let sample = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
-    };
     let phase = |p: &str| {
-        sample(&format!(
-            "challenge_event_handler_flush_phase_seconds_total{{phase=\"{p}\"}}"
-        ))
+        metric(
+            &metrics,
+            &format!("challenge_event_handler_flush_phase_seconds_total{{phase=\"{p}\"}}"),
+        )
     };
     assert!(
         phase("begin") >= HELD.as_secs_f64(),
@@ -1250,7 +1244,10 @@ async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts
         assert!(phase(p) > 0.0, "no time in {p}:\n{metrics}");
     }
     let phases: f64 = Phases::NAMES.iter().map(|p| phase(p)).sum();
-    let flushes = sample("challenge_event_handler_flush_duration_seconds_sum");
+    let flushes = metric(
+        &metrics,
+        "challenge_event_handler_flush_duration_seconds_sum",
+    );
     assert!(
         phases <= flushes,
         "the phases ({phases} s) add up to more than the flushes took ({flushes} s)"

@@ -713,6 +713,15 @@ pub async fn http_request(
 }
 
 /// A response header's value (names are lower-cased by [`http_request`]).
+/// The value of one sample line of a Prometheus text exposition.
+pub fn metric(exposition: &str, sample: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{exposition}"))
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
