@@ -26,7 +26,8 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::store::{
-    Applied, Deleted, Dropped, Lease, NotApplied, Owner, ProgressStore, StoreError, TableOwner,
+    Applied, Deleted, Dropped, Lease, NotApplied, Owner, Phase, ProgressStore, StoreError,
+    TableOwner,
 };
 use crate::wal::dedup::Mark;
 use crate::wal::{Refill, Wal};
@@ -187,11 +188,11 @@ impl<S: ProgressStore> Flusher<S> {
                     .flush_duration
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.db_batch_size.observe(applied.rows as f64);
-                for (phase, spent) in applied.phases.named() {
+                for phase in Phase::ALL {
                     self.metrics
                         .flush_phase_seconds
-                        .with_label_values(&[phase])
-                        .inc_by(spent.as_secs_f64());
+                        .with_label_values(&[phase.name()])
+                        .inc_by(applied.phases.get(phase).as_secs_f64());
                 }
                 tracing::debug!(
                     rows = applied.rows,

@@ -141,18 +141,17 @@ impl Metrics {
             .map(|family| family.name().to_owned())
             .collect();
         // Vectors appear in `gather` only once a label was used.
-        for vec in [
+        let vectors: [&dyn prometheus::core::Collector; 5] = [
             &self.events,
             &self.events_processed,
             &self.events_failed,
             &self.updates_not_applied,
-        ] {
-            for desc in prometheus::core::Collector::desc(vec) {
+            &self.flush_phase_seconds,
+        ];
+        for vec in vectors {
+            for desc in vec.desc() {
                 names.push(desc.fq_name.clone());
             }
-        }
-        for desc in prometheus::core::Collector::desc(&self.flush_phase_seconds) {
-            names.push(desc.fq_name.clone());
         }
         names.sort();
         names.dedup();
@@ -383,8 +382,10 @@ impl Metrics {
         for reason in NOT_APPLIED_REASONS {
             metrics.updates_not_applied.with_label_values(&[reason]);
         }
-        for phase in crate::store::Phases::NAMES {
-            metrics.flush_phase_seconds.with_label_values(&[phase]);
+        for phase in crate::store::Phase::ALL {
+            metrics
+                .flush_phase_seconds
+                .with_label_values(&[phase.name()]);
         }
         metrics
     }

@@ -1189,7 +1189,7 @@ async fn a_gdpr_deletion_during_a_database_outage_drops_what_the_buffer_and_the_
 /// as `begin`.
 #[tokio::test]
 async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts_as_begin() {
-    use challenge_event_handler::store::{cluster::CLUSTER_LOCK, Phases};
+    use challenge_event_handler::store::{cluster::CLUSTER_LOCK, Phase};
     const HELD: Duration = Duration::from_millis(1500);
     let e = env().await;
     let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
@@ -1243,7 +1243,7 @@ async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts
     for p in ["read", "rules", "write", "commit"] {
         assert!(phase(p) > 0.0, "no time in {p}:\n{metrics}");
     }
-    let phases: f64 = Phases::NAMES.iter().map(|p| phase(p)).sum();
+    let phases: f64 = Phase::ALL.iter().map(|p| phase(p.name())).sum();
     let flushes = metric(
         &metrics,
         "challenge_event_handler_flush_duration_seconds_sum",

@@ -31,7 +31,8 @@ use sqlx::Transaction;
 
 use super::sql::Backend;
 use super::{
-    Applied, Deleted, Dropped, Lease, NotApplied, Owner, Phases, Result, StoreError, TableOwner,
+    Applied, Deleted, Dropped, Lease, NotApplied, Owner, Phase, Phases, Result, StoreError,
+    TableOwner,
 };
 use crate::buffer::{Buffer, Entries, Key, Meta, PendingDeletion};
 use crate::clock::{day_of, micros_of};
@@ -346,8 +347,7 @@ pub(super) async fn apply<D: Dialect>(
     owner: &Owner,
 ) -> Result<Applied> {
     let now: Micros = crate::rules::row::micros(crate::clock::unix_ms() as i64);
-    let mut phases = Phases::default();
-    let mut lap = Lap::start();
+    let mut watch = Stopwatch::start();
     let mut tx = dialect.begin().await?;
     // The cluster lock before any other: it cannot be part of a deadlock.
     dialect
@@ -361,11 +361,11 @@ pub(super) async fn apply<D: Dialect>(
             epoch: lease.epoch,
         });
     }
-    phases.begin += lap.lap();
+    watch.charge(Phase::Begin);
     // Events another flush applied (another replica, or an earlier
     // delivery): this transaction is abandoned; the flusher leaves them out.
     let taken = dialect.claim_events(&mut tx, &batch.events).await?;
-    phases.ledger += lap.lap();
+    watch.charge(Phase::Ledger);
     if !taken.is_empty() {
         return Err(StoreError::AlreadyApplied { marks: taken });
     }
@@ -374,11 +374,11 @@ pub(super) async fn apply<D: Dialect>(
     let deleted = dialect
         .delete_users(&mut tx, &batch.deletions, &lease.instance_id)
         .await?;
-    phases.deletions += lap.lap();
+    watch.charge(Phase::Deletions);
     let mut entries = batch.entries();
-    phases.rules += lap.lap();
+    watch.charge(Phase::Rules);
     let dropped = drop_tombstoned(dialect, &mut tx, &mut entries, &lease.instance_id).await?;
-    phases.deletions += lap.lap();
+    watch.charge(Phase::Deletions);
     let read = Read {
         lock: false,
         state: batch.reads_goal_state(),
@@ -395,13 +395,13 @@ pub(super) async fn apply<D: Dialect>(
     let mut ahead: Option<Vec<(usize, Locked)>> = None;
     let mut keys = chunks.first().map(keys_of).unwrap_or_default();
     let mut done = Chunk::default();
-    phases.rules += lap.lap();
+    watch.charge(Phase::Rules);
     for (i, chunk) in chunks.iter().enumerate() {
         let rows = match ahead.take() {
             Some(rows) => rows,
             None => dialect.read_rows(&mut tx, &keys, read).await?,
         };
-        phases.read += lap.lap();
+        watch.charge(Phase::Read);
         let next_keys = chunks.get(i + 1).map(keys_of).unwrap_or_default();
         let next = async {
             if !read_ahead || next_keys.is_empty() {
@@ -423,8 +423,7 @@ pub(super) async fn apply<D: Dialect>(
         let part = part?;
         // The chunk's own phases, and the wait for the next chunk's rows
         // past them.
-        phases.read += lap.lap().saturating_sub(part.phases.total());
-        phases += part.phases;
+        watch.charge_besides(Phase::Read, part.phases);
         ahead = next;
         keys = next_keys;
         done.rows += part.rows;
@@ -433,32 +432,53 @@ pub(super) async fn apply<D: Dialect>(
         done.claimed += part.claimed;
     }
     let not_applied = not_applied(dialect, &mut tx, &done).await?;
-    phases.read += lap.lap();
+    watch.charge(Phase::Read);
     dialect.commit(tx).await?;
-    phases.commit += lap.lap();
+    watch.charge(Phase::Commit);
     crate::crash_point!("flush-after-commit");
     Ok(Applied {
         rows: done.rows,
         deleted,
         not_applied,
         dropped,
-        phases,
+        phases: watch.phases,
     })
 }
 
-/// A stopwatch of a flush's phases: the time since its last lap.
-struct Lap(Instant);
+/// A flush's (or a chunk's) time by phase: each charge gives the time since
+/// the last one to a phase.
+struct Stopwatch {
+    last: Instant,
+    phases: Phases,
+}
 
-impl Lap {
-    fn start() -> Lap {
-        Lap(Instant::now())
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            last: Instant::now(),
+            phases: Phases::default(),
+        }
     }
 
-    fn lap(&mut self) -> Duration {
+    fn since_last(&mut self) -> Duration {
         let now = Instant::now();
-        let spent = now.saturating_duration_since(self.0);
-        self.0 = now;
+        let spent = now.saturating_duration_since(self.last);
+        self.last = now;
         spent
+    }
+
+    /// The time since the last charge goes to `phase`.
+    fn charge(&mut self, phase: Phase) {
+        let spent = self.since_last();
+        self.phases.add(phase, spent);
+    }
+
+    /// The time since the last charge was spent in `inner` (measured
+    /// inside, by phase) and, for what is left, in `phase`.
+    fn charge_besides(&mut self, phase: Phase, inner: Phases) {
+        let spent = self.since_last();
+        self.phases.add(phase, spent.saturating_sub(inner.total()));
+        self.phases += inner;
     }
 }
 
@@ -489,12 +509,11 @@ async fn apply_chunk<'b, D: Dialect>(
     owner: &'b Owner,
     now: Micros,
 ) -> Result<Chunk<'b>> {
-    let mut phases = Phases::default();
-    let mut lap = Lap::start();
+    let mut watch = Stopwatch::start();
     let all: Vec<usize> = (0..keys.len()).collect();
     let mut current = Rows::new(keys.len());
     current.fill(&all, read_rows)?;
-    phases.rules += lap.lap();
+    watch.charge(Phase::Rules);
     if owner.table == TableOwner::Handler && !current.all_found() {
         let absent: Vec<usize> = (0..keys.len())
             .filter(|&at| current.get(at).is_none())
@@ -503,11 +522,11 @@ async fn apply_chunk<'b, D: Dialect>(
         let rows = new_rows(dialect, tx, entries, &absent_keys, owner).await?;
         if !rows.is_empty() {
             dialect.insert_rows(tx, &rows).await?;
-            phases.write += lap.lap();
+            watch.charge(Phase::Write);
             let created = dialect.read_rows(tx, &absent_keys, read).await?;
             current.fill(&absent, created)?;
         }
-        phases.read += lap.lap();
+        watch.charge(Phase::Read);
     }
     // A test holds the flush here to change a row between the read and the write.
     fail::fail_point!("flush-after-read");
@@ -516,11 +535,11 @@ async fn apply_chunk<'b, D: Dialect>(
     ));
     crate::crash_point!("flush-mid-transaction");
     let mut plan = entries.plan(|at, key| row_at(&current, keys, at, key), now);
-    phases.rules += lap.lap();
+    watch.charge(Phase::Rules);
     let changed = dialect
         .write_rows(tx, &row_writes(&plan.writes, &current))
         .await?;
-    phases.write += lap.lap();
+    watch.charge(Phase::Write);
     if !changed.is_empty() {
         // Rows changed since they were read: read them again, locked, and
         // apply their entries again (the other rows are written already).
@@ -529,7 +548,7 @@ async fn apply_chunk<'b, D: Dialect>(
         let changed_keys: Vec<&Key> = changed.iter().map(|&at| keys[at]).collect();
         let locked = Read { lock: true, ..read };
         let reread = dialect.read_rows(tx, &changed_keys, locked).await?;
-        phases.read += lap.lap();
+        watch.charge(Phase::Read);
         current.forget(&changed);
         current.fill(&changed, reread)?;
         plan = entries.plan(|at, key| row_at(&current, keys, at, key), now);
@@ -539,11 +558,11 @@ async fn apply_chunk<'b, D: Dialect>(
             .filter(|(at, _, _)| changed.binary_search(at).is_ok())
             .cloned()
             .collect();
-        phases.rules += lap.lap();
+        watch.charge(Phase::Rules);
         let still = dialect
             .write_rows(tx, &row_writes(&retry, &current))
             .await?;
-        phases.write += lap.lap();
+        watch.charge(Phase::Write);
         if !still.is_empty() {
             return Err(StoreError::Unavailable(format!(
                 "{} rows changed although locked; retrying the flush",
@@ -563,15 +582,15 @@ async fn apply_chunk<'b, D: Dialect>(
             })
         })
         .collect();
-    phases.rules += lap.lap();
+    watch.charge(Phase::Rules);
     dialect.write_states(tx, &states).await?;
-    phases.write += lap.lap();
+    watch.charge(Phase::Write);
     Ok(Chunk {
         rows: plan.writes.len(),
         missing: plan.missing,
         inactive: plan.inactive,
         claimed: plan.claimed,
-        phases,
+        phases: watch.phases,
     })
 }
 

@@ -259,70 +259,78 @@ pub struct Applied {
     pub phases: Phases,
 }
 
-/// Where one flush transaction's time went, phase by phase along its path
-/// (they add up to the transaction's time; the rows read ahead, beside the
-/// write, count only where the flush waited for them). What an operator
-/// reads to tell a slow database statement from a slow service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Phases {
+/// A part of a flush transaction, along its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
     /// Opening the transaction, the cluster lock (held exclusively by a
     /// replica applying a GDPR deletion) and this instance's watermark.
-    pub begin: Duration,
+    Begin,
     /// Recording the batch's event ids in the cluster's ledger.
-    pub ledger: Duration,
+    Ledger,
     /// GDPR deletions, and other replicas' tombstones of the batch's users.
-    pub deletions: Duration,
+    Deletions,
     /// Reading rows (and waiting for those read ahead).
-    pub read: Duration,
+    Read,
     /// Applying the rules, in the service.
-    pub rules: Duration,
+    Rules,
     /// Writing rows: updates, rows created where the handler owns the
     /// table, the handler's own state of rows.
-    pub write: Duration,
-    pub commit: Duration,
+    Write,
+    Commit,
 }
 
-impl Phases {
-    /// The phases' names, as the `phase` label of `flush_phase_seconds_total`.
-    pub const NAMES: [&'static str; 7] = [
-        "begin",
-        "ledger",
-        "deletions",
-        "read",
-        "rules",
-        "write",
-        "commit",
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Begin,
+        Phase::Ledger,
+        Phase::Deletions,
+        Phase::Read,
+        Phase::Rules,
+        Phase::Write,
+        Phase::Commit,
     ];
 
-    /// Each phase with its name, in [`Self::NAMES`]' order.
-    pub fn named(&self) -> [(&'static str, Duration); 7] {
-        let times = [
-            self.begin,
-            self.ledger,
-            self.deletions,
-            self.read,
-            self.rules,
-            self.write,
-            self.commit,
-        ];
-        std::array::from_fn(|i| (Self::NAMES[i], times[i]))
+    /// The `phase` label of `flush_phase_seconds_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Begin => "begin",
+            Phase::Ledger => "ledger",
+            Phase::Deletions => "deletions",
+            Phase::Read => "read",
+            Phase::Rules => "rules",
+            Phase::Write => "write",
+            Phase::Commit => "commit",
+        }
+    }
+}
+
+/// Where one flush transaction's time went, by [`Phase`] (they add up to
+/// the transaction's time; the rows read ahead, beside the write, count
+/// only where the flush waited for them). What an operator reads to tell a
+/// slow database statement from a slow service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases([Duration; Phase::ALL.len()]);
+
+impl Phases {
+    pub fn add(&mut self, phase: Phase, spent: Duration) {
+        self.0[phase as usize] += spent;
+    }
+
+    pub fn get(&self, phase: Phase) -> Duration {
+        self.0[phase as usize]
     }
 
     /// The time of every phase together.
     pub fn total(&self) -> Duration {
-        self.named().iter().map(|(_, spent)| *spent).sum()
+        self.0.iter().sum()
     }
 }
 
 impl std::ops::AddAssign for Phases {
     fn add_assign(&mut self, other: Phases) {
-        self.begin += other.begin;
-        self.ledger += other.ledger;
-        self.deletions += other.deletions;
-        self.read += other.read;
-        self.rules += other.rules;
-        self.write += other.write;
-        self.commit += other.commit;
+        for phase in Phase::ALL {
+            self.add(phase, other.get(phase));
+        }
     }
 }
 

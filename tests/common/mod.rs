@@ -712,7 +712,6 @@ pub async fn http_request(
     (status, headers, body.to_owned())
 }
 
-/// A response header's value (names are lower-cased by [`http_request`]).
 /// The value of one sample line of a Prometheus text exposition.
 pub fn metric(exposition: &str, sample: &str) -> f64 {
     exposition
@@ -722,6 +721,7 @@ pub fn metric(exposition: &str, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {sample} in:\n{exposition}"))
 }
 
+/// A response header's value (names are lower-cased by [`http_request`]).
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
