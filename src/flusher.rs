@@ -121,14 +121,15 @@ impl<S: ProgressStore> Flusher<S> {
     }
 
     /// `work` on the database, given up after FLUSH_TIMEOUT
-    /// ([`crate::store::within`]). Only what the database does is
-    /// abandoned: the batch is not inside `work`.
+    /// ([`crate::store::within`]), or cancelled by PostgreSQL at the same
+    /// limit (its `statement_timeout`): both count as flush timeouts. Only
+    /// what the database does is abandoned: the batch is not inside `work`.
     async fn bounded<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let result = crate::store::within(self.timeout, work).await;
-        if let Err(StoreError::TimedOut { .. }) = result {
+        if let Err(StoreError::TimedOut { .. } | StoreError::Cancelled(_)) = result {
             self.metrics.flush_timeouts.inc();
         }
         result

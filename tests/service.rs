@@ -1189,44 +1189,14 @@ async fn a_gdpr_deletion_during_a_database_outage_drops_what_the_buffer_and_the_
 /// as `begin`.
 #[tokio::test]
 async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts_as_begin() {
-    use challenge_event_handler::store::{cluster::CLUSTER_LOCK, Phase};
+    use challenge_event_handler::store::Phase;
     const HELD: Duration = Duration::from_millis(1500);
     let e = env().await;
     let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
     let db = e.db.pool().await;
     barrier(&svc, &db).await;
 
-    let mut holder = db.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(CLUSTER_LOCK)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    svc.login(login("ana", "p1", "")).await.unwrap();
-    // Held for HELD more once the flush waits for it.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no flush waited for the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(HELD).await;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(CLUSTER_LOCK)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    hold_the_cluster_lock_while_a_flush_waits(&svc, &db, HELD).await;
     wait_for_progress(&db, "ana", "login-count", 1, WAIT).await;
 
     let metrics = svc.metrics().await;
@@ -1251,6 +1221,104 @@ async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts
     assert!(
         phases <= flushes,
         "the phases ({phases} s) add up to more than the flushes took ({flushes} s)"
+    );
+    svc.stop().await.unwrap();
+}
+
+/// Holds the cluster lock (as a replica applying a GDPR deletion does),
+/// logs "ana" in, and lets go `held` after a flush (not the cluster's
+/// upkeep) started waiting for it.
+async fn hold_the_cluster_lock_while_a_flush_waits(
+    svc: &Service,
+    db: &sqlx::PgPool,
+    held: Duration,
+) {
+    use challenge_event_handler::store::cluster::CLUSTER_LOCK;
+    let mut holder = db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(CLUSTER_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    svc.login(login("ana", "p1", "")).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // This test's database only (pg_locks shows the whole cluster's,
+        // and other tests hold the lock of theirs); a flush with no
+        // deletion takes the lock shared, the cluster's upkeep, which may
+        // wait for it too, exclusively.
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.locktype = 'advisory' AND NOT l.granted \
+             AND a.datname = current_database() \
+             AND a.query LIKE '%pg_advisory_xact_lock_shared%'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flush waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(held).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(CLUSTER_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+}
+
+/// A flush given up at FLUSH_TIMEOUT (here while it waits for the cluster
+/// lock) adds nothing to `flush_phase_seconds_total` or to
+/// `flush_duration_seconds`: they say what committed flushes cost, and
+/// `flush_timeouts_total` / `flush_failures_total` count the rest.
+#[tokio::test]
+async fn a_flush_given_up_at_flush_timeout_adds_nothing_to_the_flush_phases() {
+    use challenge_event_handler::store::Phase;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const HELD: Duration = Duration::from_secs(4);
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &["--flush-timeout", "1s"]).await;
+    let db = e.db.pool().await;
+    barrier(&svc, &db).await;
+
+    hold_the_cluster_lock_while_a_flush_waits(&svc, &db, HELD).await;
+    wait_for_progress(&db, "ana", "login-count", 1, WAIT).await;
+
+    let metrics = svc.metrics().await;
+    let timeouts = metric(&metrics, "challenge_event_handler_flush_timeouts_total");
+    let failures = metric(&metrics, "challenge_event_handler_flush_failures_total");
+    assert!(
+        timeouts >= 2.0 && failures >= timeouts,
+        "{timeouts} timeouts, {failures} failures while the lock was held {HELD:?}:\n{metrics}"
+    );
+    let phase = |p: &str| {
+        metric(
+            &metrics,
+            &format!("challenge_event_handler_flush_phase_seconds_total{{phase=\"{p}\"}}"),
+        )
+    };
+    // The attempts given up waited at least `timeouts` × TIMEOUT for the
+    // lock; the one that committed waited less than TIMEOUT (it would have
+    // been given up too), the flushes before it next to nothing.
+    let given_up = timeouts * TIMEOUT.as_secs_f64();
+    assert!(
+        phase("begin") < given_up - TIMEOUT.as_secs_f64(),
+        "begin holds the waits of flushes given up ({given_up} s of them):\n{metrics}"
+    );
+    let phases: f64 = Phase::ALL.iter().map(|p| phase(p.name())).sum();
+    let flushes = metric(
+        &metrics,
+        "challenge_event_handler_flush_duration_seconds_sum",
+    );
+    assert!(
+        phases <= flushes && flushes < given_up - TIMEOUT.as_secs_f64(),
+        "phases {phases} s, committed flushes {flushes} s, given up {given_up} s:\n{metrics}"
     );
     svc.stop().await.unwrap();
 }

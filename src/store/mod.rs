@@ -57,6 +57,13 @@ pub enum StoreError {
         humantime::format_duration(*limit)
     )]
     TimedOut { limit: std::time::Duration },
+    /// PostgreSQL cancelled a statement (SQLSTATE 57014): the
+    /// `statement_timeout` the service gives every session (FLUSH_TIMEOUT)
+    /// ran out, or an operator cancelled it. Retried.
+    #[error(
+        "PostgreSQL cancelled a statement: it ran for FLUSH_TIMEOUT (the sessions' statement_timeout) unless an operator cancelled it: {0}"
+    )]
+    Cancelled(String),
 }
 
 impl StoreError {
@@ -66,7 +73,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::TimedOut { .. }
+            StoreError::Unavailable(_) | StoreError::TimedOut { .. } | StoreError::Cancelled(_)
         )
     }
 }

@@ -2,10 +2,17 @@
 
 use crate::store::StoreError;
 
-/// PostgreSQL's errors as the store's: what waiting can fix is `Unavailable`
-/// (the connection, the server starting or shutting down, resources, a
-/// serialization failure or deadlock); everything else needs an operator.
+/// PostgreSQL's errors as the store's: a statement cancelled (57014, most
+/// often FLUSH_TIMEOUT's `statement_timeout`) is `Cancelled`; what waiting
+/// can fix is `Unavailable` (the connection, the server starting or shutting
+/// down, resources, a serialization failure or deadlock); everything else
+/// needs an operator.
 pub(crate) fn pg(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.code().as_deref() == Some("57014") {
+            return StoreError::Cancelled(e.to_string());
+        }
+    }
     let transient = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -14,14 +21,12 @@ pub(crate) fn pg(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         // Class 08: connection exception; 57P0x: shutdown, cannot connect now;
-        // 57014: a statement cancelled (FLUSH_TIMEOUT's statement_timeout);
         // 25P03: a session ended idle in a transaction (its
         // idle_in_transaction_session_timeout); 53: insufficient resources;
         // 40: serialization failure / deadlock.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
                 || code.starts_with("57P")
-                || code == "57014"
                 || code == "25P03"
                 || code.starts_with("53")
                 || code.starts_with("40")
