@@ -32,6 +32,11 @@ pub mod failure {
     ];
 }
 
+/// The `event` label of `events_total` for an HTTP ingest request refused
+/// before its event's type was read: authentication, rate, body size, a body
+/// that is not JSON, or an event that does not parse.
+pub const HTTP_REFUSED: &str = "http_refused";
+
 /// The `reason` label of `updates_not_applied_total`.
 pub const NOT_APPLIED_REASONS: [&str; 4] = [
     "player_not_initialized",
@@ -42,12 +47,15 @@ pub const NOT_APPLIED_REASONS: [&str; 4] = [
 
 pub struct Metrics {
     registry: Registry,
-    /// Every OnMessage call, by event type.
+    /// Every OnMessage call and HTTP ingest event, by event type; HTTP
+    /// requests refused before an event's type was read count as
+    /// [`HTTP_REFUSED`], so that `events_failed_total` never exceeds it.
     pub events: IntCounterVec,
     /// Calls answered OK that changed (or were durably queued to change) progress
     /// or matched no goal.
     pub events_processed: IntCounterVec,
-    /// Calls answered with an error, by reason (invalid, unavailable, internal).
+    /// Calls and HTTP requests answered with an error, by reason
+    /// ([`failure::ALL`]).
     pub events_failed: IntCounterVec,
     /// Updates a flush found no row (or no changeable row) for, by reason.
     pub updates_not_applied: IntCounterVec,
@@ -65,7 +73,8 @@ pub struct Metrics {
     /// Seconds of the flushes that committed, by phase ([`crate::store::Phases`]).
     pub flush_phase_seconds: CounterVec,
     pub flush_failures: IntCounter,
-    /// Flush attempts abandoned at FLUSH_TIMEOUT (in `flush_failures` too).
+    /// Flush attempts abandoned at FLUSH_TIMEOUT or cancelled by PostgreSQL
+    /// at it (in `flush_failures` too).
     pub flush_timeouts: IntCounter,
     pub db_batch_size: Histogram,
     pub wal_append_duration: Histogram,
@@ -198,7 +207,12 @@ impl Metrics {
         let seconds = || exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
         let sizes = || exponential_buckets(1.0, 2.0, 16).expect("valid buckets");
         let metrics = Metrics {
-            events: counter_vec("events_total", "OnMessage calls received, by event type", "event"),
+            events: counter_vec(
+                "events_total",
+                "OnMessage calls and HTTP ingest events received, by event type \
+                 (http_refused: HTTP requests refused before an event's type was read)",
+                "event",
+            ),
             events_processed: counter_vec(
                 "events_processed_total",
                 "OnMessage calls acknowledged after their updates were durable (or matched no goal)",
@@ -207,7 +221,8 @@ impl Metrics {
             events_failed: counter_vec(
                 "events_failed_total",
                 "events refused (gRPC OnMessage calls and HTTP ingest requests), by reason: \
-                 invalid, unavailable, internal, unauthorized (HTTP 401), too_large (HTTP 413)",
+                 invalid, unavailable, internal, unauthorized (HTTP 401), too_large (HTTP 413), \
+                 rate_limited (HTTP 429)",
                 "reason",
             ),
             updates_not_applied: counter_vec(
@@ -276,7 +291,7 @@ impl Metrics {
             flush_failures: counter("flush_failures_total", "flush attempts that failed and will be retried"),
             flush_timeouts: counter(
                 "flush_timeouts_total",
-                "flush attempts abandoned with no answer from the database within FLUSH_TIMEOUT",
+                "flush attempts that ran into FLUSH_TIMEOUT: abandoned with no answer from the database, or a statement PostgreSQL cancelled at it (statement_timeout)",
             ),
             db_batch_size: histogram("db_batch_size", "rows written per flush", sizes()),
             wal_append_duration: histogram(
@@ -376,6 +391,7 @@ impl Metrics {
             metrics.events.with_label_values(&[event.label()]);
             metrics.events_processed.with_label_values(&[event.label()]);
         }
+        metrics.events.with_label_values(&[HTTP_REFUSED]);
         for reason in failure::ALL {
             metrics.events_failed.with_label_values(&[reason]);
         }

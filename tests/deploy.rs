@@ -115,6 +115,47 @@ fn every_dashboard_panel_uses_exported_metrics() {
     }
 }
 
+/// An operator looks up a metric in the README: every metric the service
+/// exports is in its metrics list, and every alert is named in the
+/// deployment guide's "Monitoring".
+#[test]
+fn the_readme_lists_every_metric_and_the_deployment_guide_every_alert() {
+    let readme = read("README.md");
+    let start = readme
+        .find("- **Metrics** (`GET /metrics`")
+        .expect("README has a metrics list");
+    let list = &readme[start..];
+    let list = &list[..list.find("\n- **").expect("the metrics list ends")];
+    let missing: Vec<String> = Metrics::new()
+        .names()
+        .into_iter()
+        .map(|name| {
+            name.trim_start_matches("challenge_event_handler_")
+                .to_owned()
+        })
+        .filter(|name| {
+            !list.contains(&format!("`{name}`")) && !list.contains(&format!("`{name}{{"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in README's metrics list: {missing:?}"
+    );
+
+    let guide = read("deploy/README.md");
+    let monitoring = &guide[guide.find("## Monitoring").expect("a Monitoring section")..];
+    let rules: Value = serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert");
+            assert!(
+                monitoring.contains(name),
+                "deploy/README.md's Monitoring does not name {name}"
+            );
+        }
+    }
+}
+
 /// The environment variables the service reads.
 fn settings() -> BTreeSet<String> {
     #[derive(Parser)]

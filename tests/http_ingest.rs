@@ -240,6 +240,17 @@ async fn bad_requests_get_400_naming_each_field_and_write_nothing() {
     ] {
         assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
     }
+    // The error-rate alert divides refusals by what was received: the
+    // refusals before an event's type was read are received too.
+    let (received, failed) = (
+        sum_of(&metrics, "challenge_event_handler_events_total"),
+        sum_of(&metrics, "challenge_event_handler_events_failed_total"),
+    );
+    assert_eq!(failed, 9.0, "{metrics}");
+    assert!(
+        received >= failed,
+        "{failed} refused of {received} received:\n{metrics}"
+    );
     svc.stop().await.unwrap();
 }
 

@@ -52,7 +52,17 @@ async fn on_a_table_the_service_migrated_the_handler_leaves_its_schema_byte_iden
     let unset = [("TABLE_OWNER", "")];
     let mut handler = Binary::spawn_with_config(&db.url, dir.path(), &m5_config(), &unset);
     handler.wait_healthy().await;
-    let log = handler.log_text();
+    // The lines deploy/README.md's "Check" step looks for, in that order.
+    let log = handler
+        .wait_for_log(
+            "serving: events are acknowledged from now on",
+            Duration::from_secs(20),
+        )
+        .await;
+    let loaded = log
+        .find("challenges loaded")
+        .expect("a challenges loaded line");
+    assert!(loaded < log.find("serving: events").unwrap(), "{log}");
     assert!(
         log.contains(
             "the challenge service owns user_goal_progress: events update existing rows only"

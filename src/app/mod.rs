@@ -255,6 +255,7 @@ impl App {
                 metrics.clone(),
             );
             gate.open(ingress.clone());
+            tracing::info!("serving: events are acknowledged from now on");
             {
                 // HTTP ingest closes with gRPC: no new call once stopping.
                 let (gate, stop) = (gate.clone(), lifetime.stop.clone());

@@ -369,8 +369,14 @@ pub struct IngestState {
 }
 
 /// A request refused before it reached the ingestion path, counted as the
-/// path counts its refusals (`events_failed_total{reason}`).
+/// path counts its refusals (`events_failed_total{reason}`) and as received
+/// (`events_total{event="http_refused"}`: its type was not read), so that
+/// refusals never outnumber what was received.
 fn refused(metrics: &Metrics, reason: &str) {
+    metrics
+        .events
+        .with_label_values(&[crate::metrics::HTTP_REFUSED])
+        .inc();
     metrics.events_failed.with_label_values(&[reason]).inc();
 }
 

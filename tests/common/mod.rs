@@ -721,6 +721,22 @@ pub fn metric(exposition: &str, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {sample} in:\n{exposition}"))
 }
 
+/// The sum of every sample of the labelled metric `name` in `exposition`.
+pub fn sum_of(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix('{')?
+                .split_once("} ")?
+                .1
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A response header's value (names are lower-cased by [`http_request`]).
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
