@@ -28,10 +28,7 @@ async fn acknowledged_events_survive_kill_9_before_any_flush_and_apply_exactly_o
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
-    first.wait_healthy().await;
-    let oracle = send_acknowledged(&first, 20, "k9").await;
-    first.kill9();
+    let oracle = acknowledged_then_killed(&db.url, dir.path(), 20, "k9").await;
     assert!(
         progress_of(&pool, "k9").await.is_empty(),
         "something was flushed before the kill"
@@ -66,10 +63,7 @@ async fn a_crash_after_the_database_commit_and_before_wal_truncation_does_not_do
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
-    first.wait_healthy().await;
-    let oracle = send_acknowledged(&first, 10, "ct").await;
-    first.kill9();
+    let oracle = acknowledged_then_killed(&db.url, dir.path(), 10, "ct").await;
     // Keep the WAL as it was before any flush...
     let before_flush = dir.path().join("wal-before-flush");
     copy_dir(&dir.path().join("wal"), &before_flush);
@@ -133,10 +127,7 @@ async fn an_update_acknowledged_before_its_goal_was_removed_from_the_config_stil
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
-    first.wait_healthy().await;
-    let oracle = send_acknowledged(&first, 3, "rm").await;
-    first.kill9();
+    let oracle = acknowledged_then_killed(&db.url, dir.path(), 3, "rm").await;
 
     // The operator removes the combat challenge before the restart.
     let trimmed = dir.path().join("trimmed.json");

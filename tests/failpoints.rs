@@ -259,10 +259,7 @@ async fn a_crash_in_the_middle_of_start_up_replay_loses_nothing_and_doubles_noth
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut first = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "1h")]);
-    first.wait_healthy().await;
-    let oracle = send_acknowledged(&first, 10, "rp").await;
-    first.kill9();
+    let oracle = acknowledged_then_killed(&db.url, dir.path(), 10, "rp").await;
 
     let mut replaying = Binary::spawn(&db.url, dir.path(), &[("FAILPOINTS", "replay-mid=return")]);
     assert_eq!(

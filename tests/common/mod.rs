@@ -608,6 +608,17 @@ impl Drop for Binary {
 /// What was acknowledged: (user, goal) → expected progress.
 pub type Oracle = BTreeMap<(String, String), i32>;
 
+/// A service on `db_url` and `dir` that never flushes (FLUSH_INTERVAL 1h)
+/// acknowledges [`send_acknowledged`]'s events of `users` × `tag` and is
+/// killed with SIGKILL: what it acknowledged is in its WAL only.
+pub async fn acknowledged_then_killed(db_url: &str, dir: &Path, users: usize, tag: &str) -> Oracle {
+    let mut service = Binary::spawn(db_url, dir, &[("FLUSH_INTERVAL", "1h")]);
+    service.wait_healthy().await;
+    let oracle = send_acknowledged(&service, users, tag).await;
+    service.kill9();
+    oracle
+}
+
 /// Sends `users` × (3 increments of 2 + one level stat + one login) and returns the oracle.
 pub async fn send_acknowledged(binary: &Binary, users: usize, tag: &str) -> Oracle {
     let channel = binary.channel().await;
