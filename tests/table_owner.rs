@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use challenge_event_handler::store::{Database, Prepared, ProgressStore, Store, TableOwner};
 use common::challenge_service::ChallengeService;
-use common::{http_get, login, m5_config, pg, stat, Binary, NAMESPACE};
+use common::{cli, http_get, login, m5_config, pg, stat, Binary, NAMESPACE};
 
 async fn schema_migrations(pool: &sqlx::PgPool) -> Vec<(i64, bool)> {
     sqlx::query_as("SELECT version, dirty FROM schema_migrations")
@@ -338,4 +338,65 @@ async fn the_state_an_older_build_kept_in_columns_it_added_is_copied_to_the_hand
             .await
             .unwrap();
     assert_eq!(completed_at, last_event_at, "the day was counted again");
+}
+
+/// docker-compose.yml runs PostgreSQL and the handler, and no challenge
+/// service: with its settings (the database and the data directory aside)
+/// the handler serves on a fresh PostgreSQL, and the file's own commands
+/// (`send --user alice login`, `progress --user alice`) show a goal complete.
+#[tokio::test]
+async fn docker_compose_s_settings_serve_on_a_fresh_postgresql_and_its_commands_show_progress() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("docker-compose.yml")).unwrap())
+            .unwrap();
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut env: Vec<(String, String)> = compose["services"]["challenge-event-handler"]
+        ["environment"]
+        .as_mapping()
+        .expect("the handler's environment")
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+            };
+            (k.as_str().unwrap().to_owned(), value)
+        })
+        .filter(|(k, _)| k != "DATABASE_URL")
+        .collect();
+    env.push(("DATABASE_URL".into(), db.url.clone()));
+    env.push(("DATA_DIR".into(), data.display().to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let challenges = std::fs::read_to_string(root.join("config/challenges.json")).unwrap();
+    let mut service = Binary::spawn_bare(dir.path(), &challenges, &env);
+    service.wait_healthy().await;
+
+    let grpc = service.grpc_url();
+    let (code, out, err) = cli(
+        dir.path(),
+        &["send", "--addr", &grpc, "--user", "alice", "login"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cli(dir.path(), &["progress", "--user", "alice"], &env);
+        assert_eq!(code, 0, "progress: {err}");
+        if out
+            .lines()
+            .any(|line| line.contains("first-login") && line.contains("completed"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no completed first-login for alice:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
