@@ -527,6 +527,60 @@ fn the_drain_job_runs_wal_drain_on_a_replicas_claim_under_its_instance_id() {
     }
 }
 
+/// deploy/README.md's "Scaling down" makes the drain Job of replica N with
+/// one `sed` over drain-job.yaml: run as written for replica 3, it names
+/// that replica everywhere (Job, INSTANCE_ID, claim) and sets the image.
+#[test]
+fn the_guides_drain_command_makes_the_job_of_the_replica_it_names() {
+    let guide = read("deploy/README.md");
+    let lines: Vec<&str> = guide.lines().map(str::trim).collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("sed ") && l.contains("SET-YOUR-REGISTRY"))
+        .expect("the guide's sed over drain-job.yaml");
+    let mut command = String::new();
+    for line in &lines[start..] {
+        command.push_str(line.trim_end_matches('\\'));
+        command.push(' ');
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    let command = command.split("| kubectl apply").next().unwrap().to_owned();
+    assert!(command.contains("drain-job.yaml"), "{command}");
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("N=3; IMAGE=registry.test/ceh:9.9.9; {command}"))
+        .current_dir(repo(""))
+        .output()
+        .expect("bash");
+    assert!(output.status.success(), "{command}: {output:?}");
+    let job: Value = serde_yaml::from_slice(&output.stdout).unwrap();
+    assert_eq!(job["metadata"]["name"], "challenge-event-handler-drain-3");
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "registry.test/ceh:9.9.9");
+    let instance = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "INSTANCE_ID")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(instance, "challenge-event-handler-3");
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-challenge-event-handler-3"
+    );
+    // The commands after it wait for, read and delete the same replica's.
+    for needed in [
+        "job/challenge-event-handler-drain-$N",
+        "kubectl delete pvc data-challenge-event-handler-$N",
+    ] {
+        assert!(guide.contains(needed), "the guide lacks {needed}");
+    }
+}
+
 #[test]
 fn docker_compose_runs_postgres_and_the_service_with_a_volume_for_the_wal() {
     let compose: Value = serde_yaml::from_str(&read("docker-compose.yml")).unwrap();
