@@ -88,10 +88,19 @@ fn main() -> ExitCode {
     telemetry::init(&cli.log.log_level, cli.log.log_format);
     // No-op unless built with `--features failpoints` and FAILPOINTS is set.
     let _failpoints = challenge_event_handler::failpoints::setup();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = worker_threads(std::env::var_os("TOKIO_WORKER_THREADS").is_some(), cpus);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    tracing::debug!(
+        cpus,
+        worker_threads = ?workers,
+        "runtime (TOKIO_WORKER_THREADS overrides the worker threads)"
+    );
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -138,6 +147,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The fewest worker threads the runtime runs, also where the process may
+/// use one CPU only (a container's CPU limit of 1 or less, `taskset`). With
+/// one worker, every acknowledgement waited behind the flush's CPU work (its
+/// plan, its arrays, the rows it read): on one core at 13,000 events/s of
+/// the M5 example the acknowledgements' p99 was 4–15 s and the flush fell
+/// behind, where two workers on the same core kept p99 at 0.02–3 s and
+/// flushed 5–27% more rows a second (docs/BENCHMARKS.md, "Thirteenth round").
+const MIN_WORKER_THREADS: usize = 2;
+
+/// The runtime's worker threads: one a CPU, at least MIN_WORKER_THREADS;
+/// none to set when TOKIO_WORKER_THREADS is set (tokio reads it).
+fn worker_threads(from_env: bool, cpus: usize) -> Option<usize> {
+    (!from_env).then_some(cpus.max(MIN_WORKER_THREADS))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.validate()?;
     let app = App::build(settings).await?;
@@ -170,4 +194,17 @@ async fn signal_shutdown(token: CancellationToken) {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cpu_still_gets_two_workers_and_tokio_worker_threads_wins() {
+        assert_eq!(worker_threads(false, 1), Some(2));
+        assert_eq!(worker_threads(false, 2), Some(2));
+        assert_eq!(worker_threads(false, 8), Some(8));
+        assert_eq!(worker_threads(true, 1), None);
+    }
 }

@@ -1,7 +1,8 @@
 //! Failing loudly, on the real binary: a production start with no database
 //! is refused naming the settings; `health` finds the service where `serve`
 //! binds it; boolean settings take the usual spellings, and a bad setting
-//! breaks only the commands that read it.
+//! breaks only the commands that read it; a process allowed one CPU still
+//! runs two runtime workers.
 
 mod common;
 
@@ -139,6 +140,42 @@ async fn a_bad_serve_setting_breaks_serve_and_not_the_other_commands() {
         &[("NO_MIGRATE", "1")],
     );
     assert_eq!(code, 0, "{out}{err}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+/// A process allowed one CPU (a container's CPU limit, here `taskset -c 0`)
+/// still runs two runtime workers: with one, every acknowledgement waited
+/// behind the flush's CPU work (src/main.rs, MIN_WORKER_THREADS).
+#[tokio::test]
+async fn on_one_cpu_the_service_still_runs_two_worker_threads() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let env = [
+        ("AB_NAMESPACE", NAMESPACE),
+        ("DATABASE_URL", db.url.as_str()),
+        ("WAL_DIR", wal.to_str().unwrap()),
+        ("TABLE_OWNER", "handler"),
+    ];
+    let mut service =
+        Binary::spawn_bare_under(&["taskset", "-c", "0"], dir.path(), CHALLENGES, &env);
+    service.wait_healthy().await;
+    let pid = service.pid();
+    let allowed = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap();
+    assert_eq!(allowed, "0", "the service runs on one CPU");
+    let log = service.log_text();
+    assert!(
+        log.contains("runtime_workers=2"),
+        "not two runtime workers on one CPU:\n{log}"
+    );
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }

@@ -184,6 +184,7 @@ impl App {
             instance_id = %parts.instance_id,
             namespace = %settings.namespace,
             store = %settings.database.describe(),
+            runtime_workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "starting"
         );
         if let Database::Sqlite(path) = &settings.database {

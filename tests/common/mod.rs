@@ -425,11 +425,30 @@ impl Binary {
     /// The binary with only its challenges file, ports and log settings
     /// given: everything else is `env` or the binary's defaults.
     pub fn spawn_bare(dir: &Path, challenges: &str, env: &[(&str, &str)]) -> Binary {
+        Binary::spawn_bare_under(&[], dir, challenges, env)
+    }
+
+    /// Like [`Binary::spawn_bare`], the binary run by `launcher` (a
+    /// command that executes its last argument, e.g. `taskset -c 0`).
+    pub fn spawn_bare_under(
+        launcher: &[&str],
+        dir: &Path,
+        challenges: &str,
+        env: &[(&str, &str)],
+    ) -> Binary {
         let config = dir.join("challenges.json");
         std::fs::write(&config, challenges).expect("write challenges.json");
         let log = dir.join(format!("service-{}.log", uuid_like()));
         let log_file = std::fs::File::create(&log).expect("create service log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"));
+        let binary = env!("CARGO_BIN_EXE_challenge-event-handler");
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -534,6 +553,12 @@ impl Binary {
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL the service");
         self.child.wait().expect("reap the service");
+    }
+
+    /// The process id (the binary's own: a launcher such as `taskset`
+    /// executes it in its place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn sigterm(&self) {
