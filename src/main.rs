@@ -89,17 +89,13 @@ fn main() -> ExitCode {
     // No-op unless built with `--features failpoints` and FAILPOINTS is set.
     let _failpoints = challenge_event_handler::failpoints::setup();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The `starting` line of `serve` says how many workers run.
     let workers = worker_threads(std::env::var_os("TOKIO_WORKER_THREADS").is_some(), cpus);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(workers) = workers {
         builder.worker_threads(workers);
     }
-    tracing::debug!(
-        cpus,
-        worker_threads = ?workers,
-        "runtime (TOKIO_WORKER_THREADS overrides the worker threads)"
-    );
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -5,44 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-/// The repository's own challenges file, as `cargo run` would use it.
-fn shipped_challenges() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/challenges.json"
-    ))
-    .expect("config/challenges.json")
-}
-
-/// Runs `progress --user <user> --json` until `check` accepts the rows.
-fn wait_for_rows(
-    dir: &std::path::Path,
-    user: &str,
-    check: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, out, err) = cli(dir, &["progress", "--user", user, "--json"], &[]);
-        assert_eq!(code, 0, "progress failed: {err}");
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("progress --json");
-        if check(&rows) {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rows of {user} never matched: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn row<'a>(rows: &'a [serde_json::Value], goal: &str) -> Option<&'a serde_json::Value> {
-    rows.iter().find(|r| r["goal_id"] == goal)
-}
 
 #[tokio::test]
 async fn with_nothing_configured_the_service_runs_on_the_embedded_store_and_the_commands_work() {
@@ -94,14 +59,17 @@ async fn with_nothing_configured_the_service_runs_on_the_embedded_store_and_the_
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    let rows = wait_for_rows(path, "alice", |rows| {
-        row(rows, "kill-10").is_some_and(|r| r["progress"] == 12)
-            && row(rows, "first-login").is_some_and(|r| r["status"] == "completed")
+    let rows = wait_for_rows(path, &[], "alice", |rows| {
+        json_row(rows, "kill-10").is_some_and(|r| r["progress"] == 12)
+            && json_row(rows, "first-login").is_some_and(|r| r["status"] == "completed")
     });
-    let kills = row(&rows, "kill-10").unwrap();
+    let kills = json_row(&rows, "kill-10").unwrap();
     assert_eq!(kills["status"], "completed", "{kills}");
     assert_eq!(kills["namespace"], "mygame");
-    assert_eq!(row(&rows, "first-login").unwrap()["status"], "completed");
+    assert_eq!(
+        json_row(&rows, "first-login").unwrap()["status"],
+        "completed"
+    );
 
     let (code, table, _) = cli(path, &["progress", "--user", "alice"], &[]);
     assert_eq!(code, 0);
@@ -137,7 +105,7 @@ async fn with_nothing_configured_the_service_runs_on_the_embedded_store_and_the_
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("acknowledged: GDPR data deletion"), "{out}");
-    wait_for_rows(path, "alice", |rows| rows.is_empty());
+    wait_for_rows(path, &[], "alice", |rows| rows.is_empty());
     let (_, out, _) = cli(path, &["progress", "--user", "alice"], &[]);
     assert!(out.starts_with("no rows for user \"alice\""), "{out}");
     service.sigterm();
@@ -203,8 +171,8 @@ async fn after_a_kill_9_wal_inspect_shows_what_is_pending_and_a_restart_applies_
 
     let mut again = Binary::spawn_bare(path, &shipped_challenges(), &[("FLUSH_INTERVAL", "50ms")]);
     again.wait_healthy().await;
-    let rows = wait_for_rows(path, "bob", |rows| !rows.is_empty());
-    assert_eq!(row(&rows, "reach-level-10").unwrap()["progress"], 7);
+    let rows = wait_for_rows(path, &[], "bob", |rows| !rows.is_empty());
+    assert_eq!(json_row(&rows, "reach-level-10").unwrap()["progress"], 7);
     again.sigterm();
     assert_eq!(again.wait_exit(Duration::from_secs(30)).await, 0);
     let (_, out, _) = cli(path, &["wal", "inspect", "--json"], &[]);

@@ -151,15 +151,13 @@ async fn a_bad_serve_setting_breaks_serve_and_not_the_other_commands() {
 async fn on_one_cpu_the_service_still_runs_two_worker_threads() {
     let db = pg::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let wal = dir.path().join("wal");
-    let env = [
-        ("AB_NAMESPACE", NAMESPACE),
-        ("DATABASE_URL", db.url.as_str()),
-        ("WAL_DIR", wal.to_str().unwrap()),
-        ("TABLE_OWNER", "handler"),
-    ];
-    let mut service =
-        Binary::spawn_bare_under(&["taskset", "-c", "0"], dir.path(), CHALLENGES, &env);
+    let mut service = Binary::spawn_under(
+        &["taskset", "-c", "0"],
+        &db.url,
+        dir.path(),
+        CHALLENGES,
+        &[],
+    );
     service.wait_healthy().await;
     let pid = service.pid();
     let allowed = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -1189,7 +1189,6 @@ async fn a_gdpr_deletion_during_a_database_outage_drops_what_the_buffer_and_the_
 /// as `begin`.
 #[tokio::test]
 async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts_as_begin() {
-    use challenge_event_handler::store::Phase;
     const HELD: Duration = Duration::from_millis(1500);
     let e = env().await;
     let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
@@ -1200,12 +1199,7 @@ async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts
     wait_for_progress(&db, "ana", "login-count", 1, WAIT).await;
 
     let metrics = svc.metrics().await;
-    let phase = |p: &str| {
-        metric(
-            &metrics,
-            &format!("challenge_event_handler_flush_phase_seconds_total{{phase=\"{p}\"}}"),
-        )
-    };
+    let phase = |p: &str| flush_phase(&metrics, p);
     assert!(
         phase("begin") >= HELD.as_secs_f64(),
         "the wait for the cluster lock is not in begin:\n{metrics}"
@@ -1213,16 +1207,32 @@ async fn a_flush_says_where_its_time_went_and_a_wait_for_the_cluster_lock_counts
     for p in ["read", "rules", "write", "commit"] {
         assert!(phase(p) > 0.0, "no time in {p}:\n{metrics}");
     }
-    let phases: f64 = Phase::ALL.iter().map(|p| phase(p.name())).sum();
-    let flushes = metric(
-        &metrics,
-        "challenge_event_handler_flush_duration_seconds_sum",
-    );
+    let (phases, flushes) = flush_seconds(&metrics);
     assert!(
         phases <= flushes,
         "the phases ({phases} s) add up to more than the flushes took ({flushes} s)"
     );
     svc.stop().await.unwrap();
+}
+
+/// The seconds committed flushes spent in `phase`.
+fn flush_phase(metrics: &str, phase: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("challenge_event_handler_flush_phase_seconds_total{{phase=\"{phase}\"}}"),
+    )
+}
+
+/// The committed flushes' seconds: all phases together, and as
+/// `flush_duration_seconds` has them.
+fn flush_seconds(metrics: &str) -> (f64, f64) {
+    (
+        sum_of(metrics, "challenge_event_handler_flush_phase_seconds_total"),
+        metric(
+            metrics,
+            "challenge_event_handler_flush_duration_seconds_sum",
+        ),
+    )
 }
 
 /// Holds the cluster lock (as a replica applying a GDPR deletion does),
@@ -1279,7 +1289,6 @@ async fn hold_the_cluster_lock_while_a_flush_waits(
 /// `flush_timeouts_total` / `flush_failures_total` count the rest.
 #[tokio::test]
 async fn a_flush_given_up_at_flush_timeout_adds_nothing_to_the_flush_phases() {
-    use challenge_event_handler::store::Phase;
     const TIMEOUT: Duration = Duration::from_secs(1);
     const HELD: Duration = Duration::from_secs(4);
     let e = env().await;
@@ -1297,12 +1306,7 @@ async fn a_flush_given_up_at_flush_timeout_adds_nothing_to_the_flush_phases() {
         timeouts >= 2.0 && failures >= timeouts,
         "{timeouts} timeouts, {failures} failures while the lock was held {HELD:?}:\n{metrics}"
     );
-    let phase = |p: &str| {
-        metric(
-            &metrics,
-            &format!("challenge_event_handler_flush_phase_seconds_total{{phase=\"{p}\"}}"),
-        )
-    };
+    let phase = |p: &str| flush_phase(&metrics, p);
     // The attempts given up waited at least `timeouts` × TIMEOUT for the
     // lock; the one that committed waited less than TIMEOUT (it would have
     // been given up too), the flushes before it next to nothing.
@@ -1311,11 +1315,7 @@ async fn a_flush_given_up_at_flush_timeout_adds_nothing_to_the_flush_phases() {
         phase("begin") < given_up - TIMEOUT.as_secs_f64(),
         "begin holds the waits of flushes given up ({given_up} s of them):\n{metrics}"
     );
-    let phases: f64 = Phase::ALL.iter().map(|p| phase(p.name())).sum();
-    let flushes = metric(
-        &metrics,
-        "challenge_event_handler_flush_duration_seconds_sum",
-    );
+    let (phases, flushes) = flush_seconds(&metrics);
     assert!(
         phases <= flushes && flushes < given_up - TIMEOUT.as_secs_f64(),
         "phases {phases} s, committed flushes {flushes} s, given up {given_up} s:\n{metrics}"

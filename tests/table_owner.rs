@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use challenge_event_handler::store::{Database, Prepared, ProgressStore, Store, TableOwner};
 use common::challenge_service::ChallengeService;
-use common::{cli, http_get, login, m5_config, pg, stat, Binary, NAMESPACE};
+use common::{
+    cli, http_get, json_row, login, m5_config, pg, shipped_challenges, stat, wait_for_rows, Binary,
+    NAMESPACE,
+};
 
 async fn schema_migrations(pool: &sqlx::PgPool) -> Vec<(i64, bool)> {
     sqlx::query_as("SELECT version, dirty FROM schema_migrations")
@@ -370,8 +373,7 @@ async fn docker_compose_s_settings_serve_on_a_fresh_postgresql_and_its_commands_
     env.push(("DATABASE_URL".into(), db.url.clone()));
     env.push(("DATA_DIR".into(), data.display().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let challenges = std::fs::read_to_string(root.join("config/challenges.json")).unwrap();
-    let mut service = Binary::spawn_bare(dir.path(), &challenges, &env);
+    let mut service = Binary::spawn_bare(dir.path(), &shipped_challenges(), &env);
     service.wait_healthy().await;
 
     let grpc = service.grpc_url();
@@ -381,22 +383,9 @@ async fn docker_compose_s_settings_serve_on_a_fresh_postgresql_and_its_commands_
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, out, err) = cli(dir.path(), &["progress", "--user", "alice"], &env);
-        assert_eq!(code, 0, "progress: {err}");
-        if out
-            .lines()
-            .any(|line| line.contains("first-login") && line.contains("completed"))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no completed first-login for alice:\n{out}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_rows(dir.path(), &env, "alice", |rows| {
+        json_row(rows, "first-login").is_some_and(|r| r["status"] == "completed")
+    });
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }

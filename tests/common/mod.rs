@@ -407,6 +407,18 @@ impl Binary {
         challenges: &str,
         extra_env: &[(&str, &str)],
     ) -> Binary {
+        Binary::spawn_under(&[], db_url, dir, challenges, extra_env)
+    }
+
+    /// Like [`Binary::spawn_with_config`], the binary run by `launcher` (a
+    /// command that executes its last argument, e.g. `taskset -c 0`).
+    pub fn spawn_under(
+        launcher: &[&str],
+        db_url: &str,
+        dir: &Path,
+        challenges: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Binary {
         let wal = dir.join("wal");
         let mut env = vec![
             ("AB_NAMESPACE", NAMESPACE),
@@ -419,7 +431,7 @@ impl Binary {
             env.push(("TABLE_OWNER", "handler"));
         }
         env.extend_from_slice(extra_env);
-        Binary::spawn_bare(dir, challenges, &env)
+        Binary::spawn_bare_under(launcher, dir, challenges, &env)
     }
 
     /// The binary with only its challenges file, ports and log settings
@@ -771,6 +783,44 @@ pub fn sum_of(exposition: &str, name: &str) -> f64 {
                 .ok()
         })
         .sum()
+}
+
+/// The shipped `config/challenges.json`.
+pub fn shipped_challenges() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/challenges.json"
+    ))
+    .expect("config/challenges.json")
+}
+
+/// Runs `progress --user <user> --json` in `dir` with `env` until `check`
+/// accepts the rows (20 s at most); returns them.
+pub fn wait_for_rows(
+    dir: &Path,
+    env: &[(&str, &str)],
+    user: &str,
+    check: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cli(dir, &["progress", "--user", user, "--json"], env);
+        assert_eq!(code, 0, "progress failed: {err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("progress --json");
+        if check(&rows) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rows of {user} never matched: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The row of `goal` among `progress --json`'s rows.
+pub fn json_row<'a>(rows: &'a [serde_json::Value], goal: &str) -> Option<&'a serde_json::Value> {
+    rows.iter().find(|r| r["goal_id"] == goal)
 }
 
 /// A response header's value (names are lower-cased by [`http_request`]).
