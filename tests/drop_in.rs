@@ -12,7 +12,9 @@
 //!   initialize, never-progressed) on the shipped M5 example config;
 //! - the four decided differences where upstream's quirks would show;
 //! - UPDATE-only rows: a player the service has not initialized gets no row
-//!   from an event, and Initialize then still gives them every default goal.
+//!   from an event, and Initialize then still gives them every default goal;
+//! - a hand-edited row the rules cannot update within the table's checks:
+//!   the flush's error names it, and the update lands once it is mended.
 //!
 //! tests/table_owner.rs covers who creates the table.
 
@@ -914,5 +916,52 @@ async fn a_player_the_service_has_not_initialized_gets_no_row_from_events_and_th
         .stat_then_row("newbie", "kills", 120.0, 5.0, "daily-kills")
         .await;
     assert_eq!((r.progress, r.baseline_value), (120, Some(115)));
+    e.svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_the_rules_cannot_update_within_the_tables_check_stops_the_flush_by_name_and_loses_nothing(
+) {
+    let e = Env::with_config(Some(CASES)).await;
+    // A row no path of the service or of the handler leaves, edited by hand:
+    // claimed_at set on a row that is not claimed. A new period of a goal
+    // that resets clears completed_at and keeps claimed_at (as upstream's
+    // flush does), which the table's check_claimed_implies_completed refuses.
+    let stale = midnight("- interval '2 hours'");
+    e.seed(
+        "hand-edited",
+        "r-reset",
+        &format!("12, 'in_progress', 0, {stale}, {stale}, {stale}"),
+    )
+    .await;
+    e.stat("hand-edited", "s-reset", 3.0, 3.0).await;
+
+    // The flush fails loudly, and the failure names the row.
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        let (_, body) = common::http_get(e.svc.http_addr, "/healthz").await;
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(error) = report["last_flush"]["error"].as_str() {
+            break error.to_string();
+        }
+        assert!(Instant::now() < deadline, "no flush failed: {report}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        error.contains("check_claimed_implies_completed")
+            && error.contains("Failing row contains (hand-edited, r-reset"),
+        "{error}"
+    );
+
+    // Once the row is mended, the acknowledged update lands.
+    sqlx::query("UPDATE user_goal_progress SET claimed_at = NULL WHERE user_id = 'hand-edited'")
+        .execute(&e.service.pool)
+        .await
+        .unwrap();
+    let r = e.wait("hand-edited", "r-reset", |r| r.progress == 3).await;
+    assert_eq!(
+        (r.status.as_str(), r.baseline_value, r.completed_at),
+        ("in_progress", Some(0), None)
+    );
     e.svc.stop().await.unwrap();
 }

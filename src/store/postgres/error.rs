@@ -33,9 +33,26 @@ pub(crate) fn pg(e: sqlx::Error) -> StoreError {
         }),
         _ => false,
     };
+    let text = with_detail(&e);
     if transient {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Rejected(e.to_string())
+        StoreError::Rejected(text)
+    }
+}
+
+/// The error's message and, where PostgreSQL gave one, its DETAIL: for a
+/// constraint the flush broke, the row ("Failing row contains (…)") that
+/// an operator has to look at.
+fn with_detail(e: &sqlx::Error) -> String {
+    let detail = match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|pg| pg.detail()),
+        _ => None,
+    };
+    match detail {
+        Some(detail) => format!("{e} ({detail})"),
+        None => e.to_string(),
     }
 }
