@@ -88,6 +88,10 @@ pub enum EventError {
     },
     #[error("{field} must be a finite number, got {value}")]
     NotFinite { field: &'static str, value: f64 },
+    /// PostgreSQL stores no NUL character in text: such an id, once
+    /// acknowledged, could never be flushed.
+    #[error("{field} contains a NUL character (\\u0000), which is not allowed")]
+    Nul { field: &'static str },
 }
 
 /// Where an event's time came from, for logging.
@@ -146,7 +150,13 @@ pub fn from_gdpr_deletion(
         (payload_user, "payload.deletion_gdpr.user_id"),
         (&msg.user_id, "user_id"),
     );
-    build(envelope!(msg), user, EventKind::GdprDeletion, now_ms)
+    // The deletion is for the namespace the filter accepted it for
+    // ([`gdpr_namespace`]), the payload's when the envelope has none.
+    let env = Envelope {
+        namespace: gdpr_namespace(msg),
+        ..envelope!(msg)
+    };
+    build(env, user, EventKind::GdprDeletion, now_ms)
 }
 
 /// The namespace a deletion is for: the top-level one, else the payload's.
@@ -248,7 +258,11 @@ pub fn event_time(timestamp: &str, now_ms: i64) -> (i64, TimeSource) {
     }
 }
 
+/// A stored id: at most `max` characters and no NUL.
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
+    if value.contains('\0') {
+        return Err(EventError::Nul { field });
+    }
     // Bytes bound the cost cheaply; characters are what VARCHAR(n) counts.
     if value.len() > max && value.chars().count() > max {
         return Err(EventError::TooLong {
@@ -354,6 +368,30 @@ mod tests {
             "user_id is 101 characters; at most 100 are allowed"
         );
 
+        // PostgreSQL stores no NUL in text: such an id could never be flushed.
+        for (field, set) in [
+            (
+                "user_id",
+                (|m: &mut StatItemUpdated| m.user_id = "a\0b".into()) as fn(&mut _),
+            ),
+            ("namespace", |m| m.namespace = "ns\0".into()),
+            ("id", |m| m.id = "\0".into()),
+        ] {
+            let mut m = stat_msg();
+            set(&mut m);
+            assert_eq!(
+                from_stat(&m, NOW).unwrap_err(),
+                EventError::Nul { field },
+                "{field}"
+            );
+        }
+        let mut m = stat_msg();
+        m.user_id = "a\0b".into();
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err().to_string(),
+            "user_id contains a NUL character (\\u0000), which is not allowed"
+        );
+
         let mut m = stat_msg();
         m.payload.as_mut().unwrap().latest_value = f64::NAN;
         assert!(from_stat(&m, NOW)
@@ -421,8 +459,12 @@ mod tests {
         assert_eq!(event.user_id, "from-payload");
         assert_eq!(event.kind, EventKind::GdprDeletion);
         assert_eq!(gdpr_namespace(&msg), "payload-ns");
+        // The deletion is for the namespace it was accepted for: without a
+        // top-level one, the payload's (not "", which matches no row).
+        assert_eq!(event.namespace, "payload-ns");
         msg.namespace = "top-ns".into();
         assert_eq!(gdpr_namespace(&msg), "top-ns");
+        assert_eq!(from_gdpr_deletion(&msg, NOW).unwrap().0.namespace, "top-ns");
 
         msg.payload
             .as_mut()

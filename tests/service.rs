@@ -317,6 +317,8 @@ async fn each_invalid_event_gets_invalid_argument_naming_the_field_and_writes_no
     let long_user = stat(&"u".repeat(101), "kills", 1.0, 1.0, "", "");
     let nan = stat("iv", "kills", f64::NAN, 1.0, "", "");
     let inf = stat("iv", "kills", 1.0, f64::INFINITY, "", "");
+    // PostgreSQL stores no NUL in text: acknowledged, it would fail every flush.
+    let nul_user = stat("iv\0", "kills", 1.0, 1.0, "", "");
     let cases = [
         (no_payload, "payload is required"),
         (no_user, "user_id is required"),
@@ -327,6 +329,7 @@ async fn each_invalid_event_gets_invalid_argument_naming_the_field_and_writes_no
         ),
         (nan, "payload.latest_value must be a finite number"),
         (inf, "payload.inc must be a finite number"),
+        (nul_user, "user_id contains a NUL character"),
     ];
     for (msg, expected) in cases {
         let status = svc.stat(msg).await.expect_err(expected);
@@ -379,7 +382,7 @@ async fn each_invalid_event_gets_invalid_argument_naming_the_field_and_writes_no
     assert!(svc
         .metrics()
         .await
-        .contains(r#"challenge_event_handler_events_failed_total{reason="invalid"} 10"#));
+        .contains(r#"challenge_event_handler_events_failed_total{reason="invalid"} 11"#));
     svc.stop().await.unwrap();
 }
 
@@ -1048,6 +1051,31 @@ async fn progress_rows(db: &sqlx::PgPool, user: &str) -> Vec<(String, i32)> {
     .fetch_all(db)
     .await
     .unwrap()
+}
+
+#[tokio::test]
+async fn a_gdpr_deletion_that_names_its_namespace_only_in_the_payload_is_applied() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    svc.stat(stat("gp", "kills", 5.0, 5.0, "gp-k1", ""))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(progress_rows(&db, "gp").await.len(), 2);
+
+    // Accepted for this namespace by the payload's: deleted in that namespace.
+    let mut deletion = gdpr_deletion("gp", "gp-gdpr");
+    deletion.namespace.clear();
+    svc.gdpr_deletion(deletion).await.unwrap();
+    barrier(&svc, &db).await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_goal_progress WHERE user_id = 'gp'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0, "the deletion was acknowledged and not applied");
+    svc.stop().await.unwrap();
 }
 
 #[tokio::test]

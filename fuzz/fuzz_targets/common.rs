@@ -30,6 +30,10 @@ pub fn check(result: Result<(Event, TimeSource), EventError>) {
         Ok((event, _)) => {
             assert!(!event.user_id.is_empty());
             assert!(event.user_id.chars().count() <= MAX_ID_LEN);
+            // What reaches PostgreSQL as text holds no NUL (it would fail every flush).
+            for text in [&event.user_id, &event.namespace, &event.id] {
+                assert!(!text.contains('\0'), "{text:?}");
+            }
             if let EventKind::Stat {
                 stat_code,
                 latest_value,

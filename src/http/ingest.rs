@@ -281,6 +281,10 @@ fn event_error(e: &EventError) -> FieldError {
         EventError::NotFinite { field, value } => {
             (*field, format!("must be a finite number, got {value}"))
         }
+        EventError::Nul { field } => (
+            *field,
+            "contains a NUL character (\\u0000), which is not allowed".to_owned(),
+        ),
     };
     field_error(json_field(wire), message)
 }

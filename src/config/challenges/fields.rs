@@ -167,11 +167,19 @@ impl Validator {
         }
     }
 
-    /// A required identifier: non-empty, at most [`MAX_ID_LEN`] characters.
+    /// A required identifier: non-empty, at most [`MAX_ID_LEN`] characters,
+    /// no NUL (the database stores none in text).
     pub(super) fn id(&mut self, obj: &Map<String, Value>, key: &str, at: &At) -> Option<String> {
         match obj.get(key) {
             Some(Value::String(s)) if s.is_empty() => {
                 self.problem(format!("{}: must not be empty", at.field(key)));
+                None
+            }
+            Some(Value::String(s)) if s.contains('\0') => {
+                self.problem(format!(
+                    "{}: contains a NUL character (\\u0000), which the table cannot store",
+                    at.field(key)
+                ));
                 None
             }
             Some(Value::String(s)) if s.chars().count() > MAX_ID_LEN => {

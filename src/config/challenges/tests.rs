@@ -141,6 +141,15 @@ fn ids_longer_than_the_table_allows_are_rejected() {
 }
 
 #[test]
+fn ids_with_a_nul_character_are_rejected() {
+    let problems = parse(&file(&[goal("").replace("\"g1\"", r#""g\u00001""#)])).unwrap_err();
+    assert!(
+        problems[0].contains(r#"field "goalId": contains a NUL character"#),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn an_absolute_login_goal_is_rejected_with_a_hint() {
     let g = goal("").replace("statistic", "login");
     let problems = parse(&file(&[g])).unwrap_err();

@@ -75,4 +75,12 @@ fn validation_errors_name_the_json_field() {
         (long.field.as_str(), long.message.as_str()),
         ("userId", "is 101 characters; at most 100 are allowed")
     );
+    let nul = event_error(&EventError::Nul { field: "namespace" });
+    assert_eq!(
+        (nul.field.as_str(), nul.message.as_str()),
+        (
+            "namespace",
+            "contains a NUL character (\\u0000), which is not allowed"
+        )
+    );
 }
