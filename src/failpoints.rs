@@ -9,7 +9,7 @@
 //! | `wal-flush-only` | same place | the fsync is skipped: sled's `flush()` alone (the unsafe WAL the power-loss test must catch) |
 //! | `wal-after-fsync` | after the fsync, before the buffer and the replies | the process aborts |
 //! | `wal-marks-saved` | a group commit that truncates and appends: marks saved, its own frame not yet written | the process aborts |
-//! | `flush-after-read` | a flush's transaction, between reading the rows and writing them | whatever is configured (a test sleeps there to change a row meanwhile) |
+//! | `flush-after-read` | a flush's transaction, between reading the rows and writing them | whatever is configured (a test sleeps there to change a row meanwhile; another panics there) |
 //! | `flush-between-statements` | same place | the statement fails |
 //! | `flush-mid-transaction` | same place | the process aborts |
 //! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |

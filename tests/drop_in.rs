@@ -150,6 +150,20 @@ impl Env {
         .unwrap_or_else(|e| panic!("seed {user}/{goal} ({values}): {e}"));
     }
 
+    /// Waits for a flush to fail; returns its error as `/healthz` gives it.
+    async fn flush_error(&self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, body) = common::http_get(self.svc.http_addr, "/healthz").await;
+            let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if let Some(error) = report["last_flush"]["error"].as_str() {
+                return error.to_string();
+            }
+            assert!(Instant::now() < deadline, "no flush failed: {report}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn row(&self, user: &str, goal: &str) -> FullRow {
         self.service
             .row(user, goal)
@@ -937,16 +951,7 @@ async fn a_row_the_rules_cannot_update_within_the_tables_check_stops_the_flush_b
     e.stat("hand-edited", "s-reset", 3.0, 3.0).await;
 
     // The flush fails loudly, and the failure names the row.
-    let deadline = Instant::now() + WAIT;
-    let error = loop {
-        let (_, body) = common::http_get(e.svc.http_addr, "/healthz").await;
-        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if let Some(error) = report["last_flush"]["error"].as_str() {
-            break error.to_string();
-        }
-        assert!(Instant::now() < deadline, "no flush failed: {report}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let error = e.flush_error().await;
     assert!(
         error.contains("check_claimed_implies_completed")
             && error.contains("Failing row contains (hand-edited, r-reset"),
@@ -962,6 +967,44 @@ async fn a_row_the_rules_cannot_update_within_the_tables_check_stops_the_flush_b
     assert_eq!(
         (r.status.as_str(), r.baseline_value, r.completed_at),
         ("in_progress", Some(0), None)
+    );
+    e.svc.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_with_a_time_the_handler_cannot_read_stops_the_flush_by_name_and_loses_nothing() {
+    let e = Env::with_config(Some(CASES)).await;
+    // PostgreSQL holds 'infinity' (an operator's "never expires"); chrono
+    // has no such time, and sqlx panicked decoding it: the flush task died
+    // and nothing said so.
+    e.seed(
+        "forever",
+        "r-plain",
+        "0, 'not_started', NULL, NOW(), NULL, NULL",
+    )
+    .await;
+    sqlx::query("UPDATE user_goal_progress SET expires_at = 'infinity' WHERE user_id = 'forever'")
+        .execute(&e.service.pool)
+        .await
+        .unwrap();
+    e.stat("forever", "s-plain", 4.0, 4.0).await;
+
+    let error = e.flush_error().await;
+    assert!(
+        error.contains("row forever/r-plain holds a time the handler cannot read"),
+        "{error}"
+    );
+    // The service still serves and acknowledges.
+    e.stat("forever", "s-plain", 6.0, 2.0).await;
+
+    sqlx::query("UPDATE user_goal_progress SET expires_at = NULL WHERE user_id = 'forever'")
+        .execute(&e.service.pool)
+        .await
+        .unwrap();
+    let r = e.wait("forever", "r-plain", |r| r.progress == 6).await;
+    assert_eq!(
+        (r.status.as_str(), r.baseline_value),
+        ("in_progress", Some(0))
     );
     e.svc.stop().await.unwrap();
 }

@@ -205,6 +205,39 @@ async fn a_statement_failing_mid_flush_rolls_back_and_the_retry_applies_everythi
     assert_eq!(progress_of(&pool, "fb").await, oracle);
 }
 
+#[tokio::test]
+async fn a_panic_in_the_flush_loop_stops_the_service_and_the_restart_applies_everything() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[
+            ("FLUSH_INTERVAL", "100ms"),
+            ("FAILPOINTS", "flush-after-read=panic(a bug in the flush)"),
+        ],
+    );
+    service.wait_healthy().await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    client
+        .on_message(stat("fp", "kills", 0.0, 3.0, "fp-1", ""))
+        .await
+        .expect("acknowledged");
+    // Without a flush loop nothing acknowledged would reach the database:
+    // the service stops, loudly, instead of serving on.
+    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
+    let log = service.log_text();
+    assert!(
+        log.contains("the flush loop stopped while serving") && log.contains("a bug in the flush"),
+        "{log}"
+    );
+
+    let mut again = Binary::spawn(&db.url, dir.path(), &[("FLUSH_INTERVAL", "50ms")]);
+    again.wait_healthy().await;
+    wait_for_progress(&pool, "fp", "kills", 3, Duration::from_secs(20)).await;
+}
+
 /// Sends the standard load with flushing held back, then makes the process
 /// flush (SIGTERM's final flush) with `failpoint` set to abort it there.
 async fn crash_at_flush(failpoint: &str, tag: &str) {

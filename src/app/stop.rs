@@ -31,20 +31,46 @@ pub(super) async fn serve(
     lifetime: &Lifetime,
 ) -> anyhow::Result<Flusher<Store>> {
     let flusher_stop = CancellationToken::new();
-    let flush_loop = tokio::spawn(flusher.run(
+    let mut flush_loop = tokio::spawn(flusher.run(
         settings.flush_interval,
         flush_early.clone(),
         flusher_stop.clone(),
         lifetime.fatal.clone(),
     ));
-    let served = crate::grpc::server::serve(
+    let server = crate::grpc::server::serve(
         grpc,
         ingress,
         settings.grpc_max_message_bytes,
         settings.shutdown_grace,
         lifetime.stop.clone(),
-    )
-    .await;
+    );
+    tokio::pin!(server);
+    // The flush loop ends by itself only when this instance was fenced
+    // (it has cancelled `fatal`, which stops the server). If it panicked,
+    // what is acknowledged from then on would never reach the database:
+    // the service stops instead (non-zero, for the platform to restart
+    // it); the WAL keeps every acknowledged update.
+    let served = tokio::select! {
+        served = &mut server => served,
+        ended = &mut flush_loop => {
+            let flusher = match ended {
+                Ok(flusher) => flusher,
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "the flush loop stopped while serving; stopping the service (acknowledged updates stay in the WAL for the next start)"
+                    );
+                    lifetime.fatal.cancel();
+                    let _ = server.await;
+                    anyhow::bail!("the flush loop stopped while serving: {e}");
+                }
+            };
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+            return Ok(flusher);
+        }
+    };
     if let Err(e) = &served {
         tracing::error!(error = %e, "gRPC server failed");
         lifetime.fatal.cancel();

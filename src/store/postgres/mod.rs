@@ -377,16 +377,33 @@ fn index_of(ord: i32) -> Option<usize> {
 fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
     /// The first column after the [`RowColumns`] (there are 11 of them).
     const ORD: usize = 11;
-    let columns = RowColumns::from_row(r).map_err(pg)?;
     let ord: i32 = r.try_get(ORD).map_err(pg)?;
     let at = index_of(ord)
         .filter(|&i| i < keys.len())
         .ok_or_else(|| StoreError::Rejected(format!("internal: a row read for key {ord}")))?;
+    let columns = columns_of(r, keys[at])?;
     let version = Version {
         ctid: r.try_get(ORD + 1).map_err(pg)?,
         xmin: r.try_get(ORD + 2).map_err(pg)?,
     };
     Ok((at, Locked::of(keys[at], columns, Some(version))?))
+}
+
+/// The [`RowColumns`] of the row of `key`. PostgreSQL holds times that
+/// chrono cannot (`infinity`, `-infinity`, years past 262142), and sqlx
+/// panics on them instead of returning an error; such a row, which no
+/// path of the challenge service or of the handler writes, becomes an
+/// error naming it, so the flush fails, is retried, and says what to mend.
+fn columns_of(r: &PgRow, key: &Key) -> Result<RowColumns> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| RowColumns::from_row(r))) {
+        Ok(columns) => columns.map_err(pg),
+        Err(_) => Err(StoreError::Rejected(format!(
+            "user_goal_progress row {}/{} holds a time the handler cannot read (infinity, \
+             or a year past 262142, in completed_at, claimed_at, updated_at, expires_at or \
+             created_at): set it to a real time, or NULL where the column allows it",
+            key.user_id, key.goal_id
+        ))),
+    }
 }
 
 impl Dialect for PgStore {
