@@ -32,6 +32,17 @@ pub const FRAME_VERSION: u8 = 4;
 pub const WHOLE_FRAME_VERSION: u8 = 3;
 /// An upper bound on one encoded frame.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The most records the writer puts in one frame (a group commit holding
+/// more is written as several frames, in the same sled batch and fsync).
+/// Decoding a frame claims `size_of::<Record>()` (152 bytes) a record up
+/// front and each string's bytes as it reads them, all within
+/// [`MAX_FRAME_BYTES`]: at the longest ids (100 characters, 256 for an
+/// event id, 4 bytes each) with no field shared with the record before, a
+/// record claims under 2.8 KB, so a frame of this many stays under 46 MB.
+/// (Without the bound, a group commit of 4,096 events that each move over
+/// ~110 goals wrote a frame that could never be read back.)
+pub const MAX_FRAME_RECORDS: usize = 16_384;
 /// An upper bound on one encoded record (ids are bounded by validation).
 pub const MAX_RECORD_BYTES: usize = 4096;
 
@@ -447,6 +458,34 @@ mod tests {
         assert_eq!((head.first_seq, head.count, head.last_seq()), (41, 2, 42));
         assert_eq!(back, records);
         assert_eq!(decode_frame_head(&bytes).unwrap(), head);
+    }
+
+    #[test]
+    fn the_largest_frame_the_writer_writes_decodes_at_the_longest_ids() {
+        // Every string at its longest, in 4-byte characters, and none the
+        // same as the record before's (nothing is packed away).
+        let long = |c: char, n: usize| c.to_string().repeat(n);
+        let records: Vec<Record> = (0..MAX_FRAME_RECORDS)
+            .map(|i| {
+                let c = if i % 2 == 0 { '\u{1D11E}' } else { '\u{1D122}' };
+                Record::Update(Update {
+                    user_id: long(c, crate::event::MAX_ID_LEN),
+                    goal_id: long(c, crate::event::MAX_ID_LEN),
+                    challenge_id: long(c, crate::event::MAX_ID_LEN),
+                    namespace: long(c, crate::event::MAX_ID_LEN),
+                    event_id: long(c, crate::event::MAX_EVENT_ID_LEN),
+                    event_time_ms: i as i64,
+                    ..sample()
+                })
+            })
+            .collect();
+        let bytes = frame_of(&records);
+        let (head, back) = decode_frame(&bytes).expect("the largest frame decodes");
+        assert_eq!(
+            (head.count as usize, back.len()),
+            (records.len(), records.len())
+        );
+        assert!(back == records);
     }
 
     /// One event's updates of three goals, a deletion, then another event.

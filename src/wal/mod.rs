@@ -398,6 +398,30 @@ mod tests {
     }
 
     #[test]
+    fn a_round_of_more_records_than_a_frame_holds_is_several_frames_and_replays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Recovery::Strict);
+        cfg.max_bytes = 64 << 20;
+        let store = WalStore::open(cfg.clone()).unwrap();
+        let shared = Shared::default();
+        let n = codec::MAX_FRAME_RECORDS as i32 + 10;
+        with_writer(store, 1, &shared, |wal| async move {
+            // One event moving more goals than a frame holds records.
+            let records = (1..=n).map(update).collect();
+            let outcome = wal.append("big".into(), records).await.unwrap();
+            assert!(matches!(outcome, Appended::Written { .. }));
+        });
+        let mut store = WalStore::open(cfg).unwrap();
+        let summary = store.summary(None).unwrap();
+        assert_eq!((summary.frames, summary.records), (2, n as u64));
+        assert_eq!(store.last_seq(), n as u64);
+        let mut buffer = Buffer::starting_after(0);
+        assert_eq!(store.replay(0, &mut buffer).unwrap(), n as u64);
+        assert_eq!(buffer.last_seq(), n as u64);
+        assert_eq!(buffer.updates(), n as u64);
+    }
+
+    #[test]
     fn appends_past_the_byte_bound_are_refused_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path(), Recovery::Strict);

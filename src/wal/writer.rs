@@ -411,15 +411,19 @@ impl Writer {
         mut batch: sled::Batch,
     ) -> Result<Vec<[u8; 9]>> {
         let group = &round.group;
-        if !group.records.is_empty() {
+        let mut first_seq = group.first;
+        // One frame, or several when the round holds more records than a
+        // frame may (every one in this batch, under this fsync).
+        for records in group.records.chunks(codec::MAX_FRAME_RECORDS) {
             let head = codec::FrameHead {
-                first_seq: group.first,
-                count: group.records.len() as u32,
+                first_seq,
+                count: records.len() as u32,
                 written_ms: now_ms as i64,
             };
-            codec::encode_frame(&head, &group.records, &mut self.frame);
-            batch.insert(&frame_key(group.first), self.frame.as_slice());
+            codec::encode_frame(&head, records, &mut self.frame);
+            batch.insert(&frame_key(first_seq), self.frame.as_slice());
             self.store.frame_staged(&head, self.frame.len());
+            first_seq += records.len() as u64;
         }
         let mut truncated = Vec::new();
         if let Some(upto) = round.truncate_upto {
