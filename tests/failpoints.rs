@@ -18,13 +18,21 @@ const EXIT: Duration = Duration::from_secs(30);
 /// Exit code of a process that aborted (SIGABRT), as `Binary::wait_exit` reports it.
 const ABORTED: i32 = -1;
 
-#[tokio::test]
-async fn an_fsync_error_is_never_followed_by_an_ok_and_stops_the_service() {
+/// A fresh database and WAL directory, and the binary serving on them with `env`.
+async fn serving_with(
+    env: &[(&str, &str)],
+) -> (pg::TestDb, sqlx::PgPool, tempfile::TempDir, Binary) {
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(&db.url, dir.path(), &[("FAILPOINTS", "wal-fsync=return")]);
+    let mut service = Binary::spawn(&db.url, dir.path(), env);
     service.wait_healthy().await;
+    (db, pool, dir, service)
+}
+
+#[tokio::test]
+async fn an_fsync_error_is_never_followed_by_an_ok_and_stops_the_service() {
+    let (db, pool, dir, mut service) = serving_with(&[("FAILPOINTS", "wal-fsync=return")]).await;
     let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
     let first = client
         .on_message(stat("fs", "kills", 0.0, 3.0, "fs-1", ""))
@@ -75,15 +83,8 @@ async fn restart_and_redeliver(
 
 #[tokio::test]
 async fn a_crash_after_the_fsync_and_before_the_reply_counts_the_redelivered_event_once() {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[("FAILPOINTS", "wal-after-fsync=return")],
-    );
-    service.wait_healthy().await;
+    let (db, pool, dir, mut service) =
+        serving_with(&[("FAILPOINTS", "wal-after-fsync=return")]).await;
     let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
     client
         .on_message(stat("af", "kills", 0.0, 4.0, "af-1", ""))
@@ -98,18 +99,11 @@ async fn a_crash_after_the_fsync_and_before_the_reply_counts_the_redelivered_eve
 #[tokio::test]
 async fn a_crash_after_saving_marks_never_turns_the_retry_of_an_unacknowledged_event_into_a_duplicate(
 ) {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[
-            ("FLUSH_INTERVAL", "30ms"),
-            ("FAILPOINTS", "wal-marks-saved=return"),
-        ],
-    );
-    service.wait_healthy().await;
+    let (db, pool, dir, mut service) = serving_with(&[
+        ("FLUSH_INTERVAL", "30ms"),
+        ("FAILPOINTS", "wal-marks-saved=return"),
+    ])
+    .await;
     // Callers keep sending until a group commit that truncates and holds
     // appends of its own aborts the process after saving marks: the appends'
     // frame is not durable, so their marks must not be either.
@@ -179,18 +173,11 @@ async fn a_crash_after_saving_marks_never_turns_the_retry_of_an_unacknowledged_e
 
 #[tokio::test]
 async fn a_statement_failing_mid_flush_rolls_back_and_the_retry_applies_everything_once() {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[
-            ("FLUSH_INTERVAL", "100ms"),
-            ("FAILPOINTS", "flush-between-statements=2*return"),
-        ],
-    );
-    service.wait_healthy().await;
+    let (_db, pool, _dir, mut service) = serving_with(&[
+        ("FLUSH_INTERVAL", "100ms"),
+        ("FAILPOINTS", "flush-between-statements=2*return"),
+    ])
+    .await;
     let oracle = send_acknowledged(&service, 10, "fb").await;
     wait_for_oracle(&pool, "fb", &oracle).await;
     let log = service
@@ -207,18 +194,11 @@ async fn a_statement_failing_mid_flush_rolls_back_and_the_retry_applies_everythi
 
 #[tokio::test]
 async fn a_panic_in_the_flush_loop_stops_the_service_and_the_restart_applies_everything() {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[
-            ("FLUSH_INTERVAL", "100ms"),
-            ("FAILPOINTS", "flush-after-read=panic(a bug in the flush)"),
-        ],
-    );
-    service.wait_healthy().await;
+    let (db, pool, dir, mut service) = serving_with(&[
+        ("FLUSH_INTERVAL", "100ms"),
+        ("FAILPOINTS", "flush-after-read=panic(a bug in the flush)"),
+    ])
+    .await;
     let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
     client
         .on_message(stat("fp", "kills", 0.0, 3.0, "fp-1", ""))
@@ -241,18 +221,11 @@ async fn a_panic_in_the_flush_loop_stops_the_service_and_the_restart_applies_eve
 /// Sends the standard load with flushing held back, then makes the process
 /// flush (SIGTERM's final flush) with `failpoint` set to abort it there.
 async fn crash_at_flush(failpoint: &str, tag: &str) {
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[
-            ("FLUSH_INTERVAL", "1h"),
-            ("FAILPOINTS", &format!("{failpoint}=return")),
-        ],
-    );
-    service.wait_healthy().await;
+    let (db, pool, dir, mut service) = serving_with(&[
+        ("FLUSH_INTERVAL", "1h"),
+        ("FAILPOINTS", &format!("{failpoint}=return")),
+    ])
+    .await;
     let oracle = send_acknowledged(&service, 10, tag).await;
     service.sigterm();
     assert_eq!(
