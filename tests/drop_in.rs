@@ -994,6 +994,16 @@ async fn a_row_with_a_time_the_handler_cannot_read_stops_the_flush_by_name_and_l
         error.contains("row forever/r-plain holds a time the handler cannot read"),
         "{error}"
     );
+    // The operators' read of the player says the same, without a panic.
+    let (code, _, stderr) = common::cli(
+        e._dir.path(),
+        &["progress", "--user", "forever"],
+        &[("DATABASE_URL", &e._db.url)],
+    );
+    assert!(
+        code == 1 && stderr.contains("user forever holds a time the handler cannot read"),
+        "{code}: {stderr}"
+    );
     // The service still serves and acknowledges.
     e.stat("forever", "s-plain", 6.0, 2.0).await;
 

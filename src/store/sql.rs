@@ -94,6 +94,26 @@ where
     Ok(row.map(Watermark::from))
 }
 
+/// A row's columns as `decode` reads them. sqlx panics, instead of
+/// returning an error, on a PostgreSQL time that chrono cannot hold
+/// (`infinity`, `-infinity`, years past 262142): such a row, which no path
+/// of the challenge service or of the handler writes, becomes an error
+/// naming it (`row`), so a flush fails, is retried and says what to mend.
+pub(super) fn decode_guarded<T>(
+    row: &dyn std::fmt::Display,
+    decode: impl FnOnce() -> std::result::Result<T, sqlx::Error>,
+    error: fn(sqlx::Error) -> StoreError,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(decoded) => decoded.map_err(error),
+        Err(_) => Err(StoreError::Rejected(format!(
+            "{row} holds a time the handler cannot read (infinity, or a year past 262142, in \
+             completed_at, claimed_at, updated_at, expires_at, assigned_at or created_at): set \
+             it to a real time, or NULL where the column allows it"
+        ))),
+    }
+}
+
 /// A player's rows (one goal's with `goal_id`) by `read_rows`, whose
 /// placeholders are the user id and the goal id or NULL.
 pub(super) async fn user_progress<B: Backend>(
@@ -109,10 +129,14 @@ where
     for<'q> Option<&'q str>: Encode<'q, B::Db> + Type<B::Db>,
     ProgressRow: for<'r> FromRow<'r, <B::Db as Database>::Row>,
 {
-    sqlx::query_as(read_rows)
+    let rows = sqlx::query(read_rows)
         .bind(user_id)
         .bind(goal_id)
         .fetch_all(backend.pool())
         .await
-        .map_err(B::error)
+        .map_err(B::error)?;
+    let which = format!("a user_goal_progress row of user {user_id}");
+    rows.iter()
+        .map(|r| decode_guarded(&which, || ProgressRow::from_row(r), B::error))
+        .collect()
 }

@@ -389,21 +389,11 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
     Ok((at, Locked::of(keys[at], columns, Some(version))?))
 }
 
-/// The [`RowColumns`] of the row of `key`. PostgreSQL holds times that
-/// chrono cannot (`infinity`, `-infinity`, years past 262142), and sqlx
-/// panics on them instead of returning an error; such a row, which no
-/// path of the challenge service or of the handler writes, becomes an
-/// error naming it, so the flush fails, is retried, and says what to mend.
+/// The [`RowColumns`] of the row of `key` (a row holding a time chrono
+/// cannot is an error naming it: [`sql::decode_guarded`]).
 fn columns_of(r: &PgRow, key: &Key) -> Result<RowColumns> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| RowColumns::from_row(r))) {
-        Ok(columns) => columns.map_err(pg),
-        Err(_) => Err(StoreError::Rejected(format!(
-            "user_goal_progress row {}/{} holds a time the handler cannot read (infinity, \
-             or a year past 262142, in completed_at, claimed_at, updated_at, expires_at or \
-             created_at): set it to a real time, or NULL where the column allows it",
-            key.user_id, key.goal_id
-        ))),
-    }
+    let row = format!("user_goal_progress row {}/{}", key.user_id, key.goal_id);
+    sql::decode_guarded(&row, || RowColumns::from_row(r), pg)
 }
 
 impl Dialect for PgStore {
