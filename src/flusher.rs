@@ -429,8 +429,19 @@ impl<S: ProgressStore> Flusher<S> {
         self.metrics.buffer_size.set((buffered + in_doubt) as i64);
     }
 
-    /// Whether anything acknowledged is still not in the database.
+    /// Whether anything acknowledged is still not known to be in the
+    /// database: held in memory, or (the truth) left in the WAL, which a
+    /// flush truncates only once its transaction committed. A flush
+    /// abandoned mid-way (its future dropped at a deadline) takes its batch
+    /// out of memory, not out of the WAL.
     pub fn has_pending(&self) -> bool {
+        self.holds_pending() || self.wal.stats().backlog_records() > 0
+    }
+
+    /// Whether this process holds, in memory, acknowledged records that a
+    /// flush can still write (the buffer, a spilled backlog it reads back,
+    /// a batch in doubt).
+    pub fn holds_pending(&self) -> bool {
         let buffer = self.buffer.lock().expect("buffer lock poisoned");
         !buffer.is_empty()
             || buffer.spilled_after().is_some()

@@ -791,6 +791,50 @@ async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
 }
 
 #[tokio::test]
+async fn a_final_flush_cut_off_by_the_grace_period_on_a_silent_database_says_what_is_left() {
+    // The database goes silent (it neither answers nor closes): the final
+    // flush is still waiting when the grace period ends, and is abandoned
+    // with its batch. The batch left memory, not the WAL: the stop must say
+    // so (it exited 0 saying nothing, and `wal drain` said "empty").
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(
+        &url,
+        e.dir.path(),
+        &[
+            "--flush-interval",
+            "1h",
+            "--shutdown-grace",
+            "2s",
+            "--flush-timeout",
+            "60s",
+        ],
+    )
+    .await;
+    for i in 0..5 {
+        svc.login(login(&format!("fs-{i}"), &format!("fs-{i}"), ""))
+            .await
+            .unwrap();
+    }
+    proxy.silence_all(true);
+    let err = svc
+        .stop()
+        .await
+        .expect_err("updates left in the WAL make the stop an error exit");
+    assert!(err.to_string().contains("left in the WAL"), "{err}");
+    assert_eq!(count_rows(&db).await, 0);
+
+    proxy.silence_all(false);
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    for i in 0..5 {
+        wait_for_progress(&db, &format!("fs-{i}"), "login-count", 1, WAIT).await;
+    }
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_process_whose_instance_was_taken_over_stops_instead_of_writing() {
     let e = env().await;
     let db = e.db.pool().await;

@@ -124,7 +124,15 @@ pub(super) async fn final_flush<S: ProgressStore>(
             break;
         }
         match tokio::time::timeout(left, flusher.flush_once()).await {
-            Ok(Ok(rows)) => tracing::info!(rows, "final flush done"),
+            Ok(Ok(rows)) => {
+                tracing::info!(rows, "final flush done");
+                if !flusher.holds_pending() {
+                    // What the WAL still holds, no flush of this process
+                    // can reach (a batch abandoned at a deadline): the next
+                    // start replays it.
+                    break;
+                }
+            }
             Ok(Err(e @ StoreError::Fenced { .. })) => {
                 tracing::error!(error = %e, "final flush refused: this instance was fenced");
                 fatal.cancel();
