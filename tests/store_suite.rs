@@ -390,11 +390,12 @@ mod cases {
     }
 
     pub async fn a_deletion_removes_the_users_rows_in_its_namespace_only(f: Fixture) {
-        f.exec(
-            "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status)
-             VALUES ('gd', 'elsewhere', 'c', 'other', 7, 'in_progress')",
-        )
-        .await;
+        // The same player in another namespace, with the handler's state of
+        // that row (an absolute goal keeps its newest event's time).
+        let mut elsewhere = update("gd", "elsewhere", Op::Set(7), true);
+        if let Record::Update(u) = &mut elsewhere {
+            u.namespace = "other".into();
+        }
         let lease = f.store.lease("d").await.unwrap();
         let first = batch(
             1,
@@ -402,18 +403,25 @@ mod cases {
                 update("gd", "a", Op::Add(1), true),
                 update("gd", "b", Op::Set(4), true),
                 update("keep", "a", Op::Add(1), true),
+                elsewhere,
             ],
         );
-        f.store.apply(&lease, 3, &first, &handler()).await.unwrap();
+        f.store.apply(&lease, 4, &first, &handler()).await.unwrap();
+        let state_elsewhere = |rows: &[ProgressRow]| {
+            rows.iter()
+                .find(|r| r.goal_id == "elsewhere")
+                .and_then(|r| r.last_event_at)
+        };
+        assert!(state_elsewhere(&f.rows("gd").await).is_some());
         let second = batch(
-            4,
+            5,
             vec![
                 deletion("gd", "ns"),
                 update("gd", "a", Op::Add(5), true),
                 deletion("nobody", "ns"),
             ],
         );
-        let applied = f.store.apply(&lease, 6, &second, &handler()).await.unwrap();
+        let applied = f.store.apply(&lease, 7, &second, &handler()).await.unwrap();
         let counts: Vec<(&str, u64)> = applied
             .deleted
             .iter()
@@ -422,10 +430,14 @@ mod cases {
         assert_eq!(counts, [("gd", 2), ("nobody", 0)]);
         assert_eq!(applied.deleted[0].event_id, "gdpr-gd");
         // After the deletion: the fresh start, and the other namespace's row.
+        let gd = f.rows("gd").await;
         assert_eq!(
-            progress_of(&f.rows("gd").await),
+            progress_of(&gd),
             [("a", 5, "in_progress"), ("elsewhere", 7, "in_progress")]
         );
+        // The other namespace's row keeps its state: a deletion in one
+        // namespace must not make another's daily goal count a day again.
+        assert!(state_elsewhere(&gd).is_some(), "{gd:?}");
         assert_eq!(
             progress_of(&f.rows("keep").await),
             [("a", 1, "in_progress")]

@@ -121,7 +121,14 @@ impl sql::Backend for SqliteStore {
 }
 
 const DELETE_SQL: &str = "DELETE FROM user_goal_progress WHERE user_id = ?1 AND namespace = ?2";
-const DELETE_STATE_SQL: &str = "DELETE FROM challenge_event_handler_goal_state WHERE user_id = ?1";
+/// After the rows: the user's state, except what belongs to a row that
+/// stays (the same player in another namespace).
+const DELETE_STATE_SQL: &str = "
+DELETE FROM challenge_event_handler_goal_state AS s
+WHERE s.user_id = ?1
+  AND NOT EXISTS (SELECT 1 FROM user_goal_progress p
+                  WHERE p.user_id = s.user_id AND p.goal_id = s.goal_id
+                    AND julianday(p.created_at) = julianday(s.row_created_at))";
 const USER_HAS_ROWS_SQL: &str = "SELECT 1 FROM user_goal_progress WHERE user_id = ?1 LIMIT 1";
 
 const INSERT_ROW_SQL: &str = "

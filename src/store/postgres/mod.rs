@@ -81,8 +81,14 @@ USING (SELECT DISTINCT user_id, namespace
 WHERE t.user_id = d.user_id AND t.namespace = d.namespace
 RETURNING t.user_id, t.namespace";
 
+/// After the rows: the deleted users' state, except what belongs to a row
+/// that stays (the same player in another namespace).
 const DELETE_STATE_SQL: &str = "
-DELETE FROM challenge_event_handler_goal_state WHERE user_id = ANY($1::varchar[])";
+DELETE FROM challenge_event_handler_goal_state AS s
+WHERE s.user_id = ANY($1::varchar[])
+  AND NOT EXISTS (SELECT 1 FROM user_goal_progress p
+                  WHERE p.user_id = s.user_id AND p.goal_id = s.goal_id
+                    AND p.created_at = s.row_created_at)";
 
 const USERS_WITH_ROWS_SQL: &str = "
 SELECT DISTINCT user_id FROM user_goal_progress WHERE user_id = ANY($1::varchar[])";
