@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, PendingDeletion};
 use crate::clock::rfc3339;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -164,10 +164,37 @@ impl<S: ProgressStore> Flusher<S> {
                 );
                 let upto = doubt.last_seq();
                 if let Some(doubt) = self.in_doubt.take() {
-                    self.audit_unknown(&doubt);
+                    self.audit_unknown(&doubt.deletions);
                 }
                 self.flushed_upto = upto;
                 self.truncate(upto).await;
+            } else if applied > doubt.after() {
+                // A flush abandoned before this batch was merged (its COMMIT
+                // in flight) committed after all: its records are in the
+                // database, the rest of the batch is not. Only what is above
+                // the watermark is written again.
+                let (after, upto) = (doubt.after(), doubt.last_seq());
+                tracing::warn!(
+                    applied_seq = applied,
+                    after_seq = after,
+                    upto_seq = upto,
+                    "a flush abandoned earlier committed after all, part of the batch in doubt; \
+                     writing only what is above it"
+                );
+                let records = self.wal.read(applied, upto).await.map_err(|e| {
+                    StoreError::Unavailable(format!("cannot read the batch back from the WAL: {e}"))
+                })?;
+                if let Some(doubt) = self.in_doubt.take() {
+                    let committed: Vec<PendingDeletion> = doubt
+                        .deletions
+                        .into_iter()
+                        .filter(|d| d.seq <= applied)
+                        .collect();
+                    self.audit_unknown(&committed);
+                }
+                self.in_doubt = Some(Buffer::rebuilt(applied, upto, records, &HashSet::new()));
+                self.flushed_upto = applied;
+                self.truncate(applied).await;
             }
         }
         if self.in_doubt.is_none() {
@@ -393,10 +420,10 @@ impl<S: ProgressStore> Flusher<S> {
         *last = Some(Instant::now());
     }
 
-    /// A batch found committed after its reply was lost: its deletions were
-    /// applied, the row counts are not known.
-    fn audit_unknown(&self, batch: &Buffer) {
-        for pending in &batch.deletions {
+    /// Deletions of a batch found committed after its reply was lost: they
+    /// were applied, the row counts are not known.
+    fn audit_unknown(&self, deletions: &[PendingDeletion]) {
+        for pending in deletions {
             let d = &pending.deletion;
             self.metrics.gdpr_deletions.inc();
             tracing::info!(
@@ -410,7 +437,7 @@ impl<S: ProgressStore> Flusher<S> {
         }
         self.metrics
             .gdpr_deletions_pending
-            .sub(batch.deletions.len() as i64);
+            .sub(deletions.len() as i64);
     }
 
     /// WAL truncation after a commit. A failure here costs disk, not

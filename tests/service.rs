@@ -859,6 +859,77 @@ async fn a_process_whose_instance_was_taken_over_stops_instead_of_writing() {
 }
 
 #[tokio::test]
+async fn a_flush_that_commits_after_its_batch_was_merged_is_not_written_again() {
+    // One goal, one record an event: sequence numbers count logins.
+    let e = env().await;
+    let db = e.db.pool().await;
+    let config = e.dir.path().join("one-goal.json");
+    std::fs::write(
+        &config,
+        r#"{"challenges":[{"challengeId":"c","name":"C","goals":[
+ {"goalId":"logins","name":"l","type":"increment","eventSource":"login",
+  "requirement":{"operator":">=","targetValue":1000000},"reward":{"type":"ITEM","rewardId":"r","quantity":1}}]}]}"#,
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(
+        &url,
+        e.dir.path(),
+        &["--flush-interval", "50ms", "--config-path", &config],
+    )
+    .await;
+    svc.login(login("pc", "pc-1", "")).await.unwrap();
+    wait_for_progress(&db, "pc", "logins", 1, WAIT).await;
+    let watermark = || async {
+        sqlx::query_scalar::<_, i64>("SELECT applied_seq FROM challenge_event_handler_watermark")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let w = watermark().await;
+
+    // Four logins while the database is away: their flushes fail, and the
+    // batch in doubt holds all four (sequence numbers w+1 ..= w+4).
+    proxy.set_down(true);
+    for i in 2..=5 {
+        svc.login(login("pc", &format!("pc-{i}"), ""))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while !svc.metrics().await.lines().any(|l| {
+        l.starts_with("challenge_event_handler_flush_failures_total") && !l.ends_with(" 0")
+    }) {
+        assert!(std::time::Instant::now() < deadline, "no flush failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What an earlier attempt, abandoned with its COMMIT in flight, leaves
+    // when that COMMIT lands late: the first two logins and the watermark
+    // past them.
+    sqlx::query("UPDATE user_goal_progress SET progress = progress + 2 WHERE user_id = 'pc'")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE challenge_event_handler_watermark SET applied_seq = $1")
+        .bind(w + 2)
+        .execute(&db)
+        .await
+        .unwrap();
+    proxy.set_down(false);
+
+    // Only the two logins above the watermark are written again.
+    wait_for_progress(&db, "pc", "logins", 5, WAIT).await;
+    // Give a second write of the first two time to show, then look again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(row(&db, "pc", "logins").await.unwrap().progress, 5);
+    assert!(watermark().await >= w + 4);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_connection_cut_right_after_commit_neither_loses_nor_doubles_the_flush() {
     let e = env().await;
     let db = e.db.pool().await;

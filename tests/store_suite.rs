@@ -354,9 +354,24 @@ mod cases {
             Err(StoreError::Fenced { .. })
         ));
 
-        // The watermark never goes backwards.
+        // A batch that follows a sequence number the watermark has passed
+        // (a flush abandoned with its COMMIT in flight committed after all)
+        // is refused and writes nothing: the watermark never goes backwards,
+        // and what is below it is never written again.
         let late = batch(2, vec![update("wb", "g", Op::Add(1), true)]);
-        f.store.apply(&new, 2, &late, &handler()).await.unwrap();
+        let err = f.store.apply(&new, 2, &late, &handler()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Ahead {
+                    applied: 3,
+                    after: 1
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.is_transient());
+        assert!(f.rows("wb").await.is_empty(), "a refused flush wrote a row");
         let w = f.store.watermark("w").await.unwrap().unwrap();
         assert_eq!((w.epoch, w.applied_seq), (2, 3));
         assert_eq!(progress_of(&f.rows("wa").await), [("g", 3, "in_progress")]);

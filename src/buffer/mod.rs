@@ -175,6 +175,10 @@ pub struct Buffer {
     /// each). On PostgreSQL
     /// the flush records them in the cluster's ledger of applied events.
     pub events: Vec<Mark>,
+    /// The WAL sequence number this buffer's records follow (W): where the
+    /// database's watermark stood when its first record was taken. A flush
+    /// of it moves the watermark only from there.
+    after: u64,
     /// The highest WAL sequence number applied.
     last_seq: u64,
     /// How many updates were applied (before coalescing).
@@ -194,6 +198,7 @@ impl Buffer {
     /// An empty buffer that continues after `last_seq`.
     pub fn starting_after(last_seq: u64) -> Self {
         Buffer {
+            after: last_seq,
             last_seq,
             ..Buffer::default()
         }
@@ -203,6 +208,7 @@ impl Buffer {
     /// (see the module's doc); 0: no bound.
     pub fn bounded(last_seq: u64, max_keys: usize) -> Self {
         Buffer {
+            after: last_seq,
             last_seq,
             bound: max_keys,
             ..Buffer::default()
@@ -406,6 +412,11 @@ impl Buffer {
         self.last_seq
     }
 
+    /// The sequence number this buffer's records follow (see the field).
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
     /// Updates applied before coalescing.
     pub fn updates(&self) -> u64 {
         self.updates
@@ -442,6 +453,7 @@ impl Buffer {
             daily: self.daily.sized_like(),
             m5: self.m5.sized_like(),
             events: Vec::with_capacity(self.events.len()),
+            after: self.last_seq,
             last_seq: self.last_seq,
             bound: self.bound,
             spilled: self.spilled,
@@ -486,6 +498,7 @@ impl Buffer {
         self.daily_increment.absorb_older(older.daily_increment);
         self.daily.absorb_older(older.daily);
         self.m5.absorb_older(older.m5);
+        self.after = self.after.min(older.after);
         self.last_seq = self.last_seq.max(older.last_seq);
         self.updates += older.updates;
     }

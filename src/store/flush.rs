@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::Transaction;
 
-use super::sql::Backend;
+use super::sql::{Backend, Moved};
 use super::{
     Applied, Deleted, Dropped, Lease, NotApplied, Owner, Phase, Phases, Result, StoreError,
     TableOwner,
@@ -240,13 +240,14 @@ pub(super) trait Dialect: Backend + Send + Sync {
     fn commit(&self, tx: Tx<Self>) -> impl Future<Output = Result<()>> + Send {
         async { tx.commit().await.map_err(Self::error) }
     }
-    /// Moves the watermark to `upto` if `lease` is current; false when fenced.
+    /// Moves the watermark from at most `after` to `upto` if `lease` is current.
     fn move_watermark(
         &self,
         tx: &mut Tx<Self>,
         lease: &Lease,
+        after: u64,
         upto: u64,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Moved>> + Send;
     /// Deletes every row (and the handler's state) of each deleted user;
     /// on PostgreSQL leaves a tombstone of `instance_id` for each.
     fn delete_users(
@@ -355,11 +356,23 @@ pub(super) async fn apply<D: Dialect>(
         .await?;
     // The watermark next: it locks this instance's row, so a zombie with an
     // old epoch fails here before touching any progress row.
-    if !dialect.move_watermark(&mut tx, lease, upto).await? {
-        return Err(StoreError::Fenced {
-            instance_id: lease.instance_id.clone(),
-            epoch: lease.epoch,
-        });
+    match dialect
+        .move_watermark(&mut tx, lease, batch.after(), upto)
+        .await?
+    {
+        Moved::Yes => {}
+        Moved::Fenced => {
+            return Err(StoreError::Fenced {
+                instance_id: lease.instance_id.clone(),
+                epoch: lease.epoch,
+            })
+        }
+        Moved::Ahead(applied) => {
+            return Err(StoreError::Ahead {
+                applied,
+                after: batch.after(),
+            })
+        }
     }
     watch.charge(Phase::Begin);
     // Events another flush applied (another replica, or an earlier

@@ -50,6 +50,15 @@ pub enum StoreError {
     /// was written; the flusher leaves them out and flushes again.
     #[error("{} events of the batch were applied by another flush", marks.len())]
     AlreadyApplied { marks: Vec<crate::wal::dedup::Mark> },
+    /// The watermark is past the sequence number the batch follows: a flush
+    /// abandoned earlier (its COMMIT in flight) committed part of this batch
+    /// after all. Nothing was written; the flusher rebuilds the batch from
+    /// the WAL above the watermark.
+    #[error(
+        "the watermark is at {applied}, past the {after} this batch follows: an abandoned flush \
+         committed after all; only what is above it is written again"
+    )]
+    Ahead { applied: u64, after: u64 },
     /// No answer within FLUSH_TIMEOUT: the work was abandoned (its
     /// connection dropped) and is retried on another connection.
     #[error(
@@ -73,7 +82,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::TimedOut { .. } | StoreError::Cancelled(_)
+            StoreError::Unavailable(_)
+                | StoreError::TimedOut { .. }
+                | StoreError::Cancelled(_)
+                | StoreError::Ahead { .. }
         )
     }
 }

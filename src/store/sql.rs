@@ -50,29 +50,59 @@ where
     })
 }
 
-/// Raises the watermark to `upto` in the flush's transaction; false when
-/// the lease's epoch is no longer the instance's (fenced).
+/// What moving the watermark came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    Yes,
+    /// The lease's epoch is no longer the instance's.
+    Fenced,
+    /// The watermark is past the sequence number the batch follows: a
+    /// flush of this instance abandoned earlier (its COMMIT in flight)
+    /// committed part of this batch after all.
+    Ahead(u64),
+}
+
+/// Raises the watermark from at most `after` (the sequence number the
+/// batch's records follow) to `upto`, in the flush's transaction; never
+/// from above `after`, which would write the records in between twice.
 pub(super) async fn move_watermark<B: Backend>(
     backend: &B,
     tx: &mut Transaction<'static, B::Db>,
     lease: &Lease,
+    after: u64,
     upto: u64,
-) -> Result<bool>
+) -> Result<Moved>
 where
     for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
     for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
     for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
     i64: for<'q> Encode<'q, B::Db> + Type<B::Db>,
     (i64,): for<'r> FromRow<'r, <B::Db as Database>::Row>,
+    (i64, i64): for<'r> FromRow<'r, <B::Db as Database>::Row>,
 {
-    let moved: Option<(i64,)> = sqlx::query_as(backend.statements().move_watermark)
+    let statements = backend.statements();
+    let moved: Option<(i64,)> = sqlx::query_as(statements.move_watermark)
         .bind(lease.instance_id.as_str())
         .bind(lease.epoch)
         .bind(upto as i64)
+        .bind(after as i64)
         .fetch_optional(&mut **tx)
         .await
         .map_err(B::error)?;
-    Ok(moved.is_some())
+    if moved.is_some() {
+        return Ok(Moved::Yes);
+    }
+    // Not moved: fenced, or the watermark is past `after` (its row is
+    // locked by this transaction's UPDATE attempt either way).
+    let now: Option<(i64, i64)> = sqlx::query_as(statements.read_watermark)
+        .bind(lease.instance_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(B::error)?;
+    Ok(match now {
+        Some((epoch, applied)) if epoch == lease.epoch => Moved::Ahead(applied.max(0) as u64),
+        _ => Moved::Fenced,
+    })
 }
 
 /// The watermark of `instance_id`, if it ever took a lease.

@@ -101,7 +101,7 @@ RETURNING epoch, applied_seq",
     move_watermark: "
 UPDATE challenge_event_handler_watermark
 SET applied_seq = max(applied_seq, ?3), updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE instance_id = ?1 AND epoch = ?2
+WHERE instance_id = ?1 AND epoch = ?2 AND applied_seq <= ?4
 RETURNING epoch",
     read_watermark: "
 SELECT epoch, applied_seq FROM challenge_event_handler_watermark WHERE instance_id = ?1",
@@ -212,8 +212,14 @@ impl Dialect for SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(lite)
     }
 
-    async fn move_watermark(&self, tx: &mut Tx<Self>, lease: &Lease, upto: u64) -> Result<bool> {
-        sql::move_watermark(self, tx, lease, upto).await
+    async fn move_watermark(
+        &self,
+        tx: &mut Tx<Self>,
+        lease: &Lease,
+        after: u64,
+        upto: u64,
+    ) -> Result<sql::Moved> {
+        sql::move_watermark(self, tx, lease, after, upto).await
     }
 
     /// One process: its WAL orders its deletions exactly; no tombstones.
