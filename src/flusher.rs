@@ -208,6 +208,30 @@ impl<S: ProgressStore> Flusher<S> {
         if batch.is_empty() {
             return Ok(0);
         }
+        if batch.repeated_events() {
+            // An event delivered again after its dedup mark expired, while
+            // the first delivery still waited for the database: the WAL took
+            // both. Only the first is written.
+            let (after, upto) = (batch.after(), batch.last_seq());
+            match self.wal.read(after, upto).await {
+                Ok(records) => {
+                    let (first, dropped) = Buffer::first_deliveries(after, upto, records);
+                    tracing::warn!(
+                        deliveries = dropped,
+                        upto_seq = upto,
+                        "events delivered again after DEDUP_WINDOW while the first delivery waited \
+                         for the database: leaving the later deliveries out"
+                    );
+                    batch = first;
+                }
+                Err(e) => {
+                    self.in_doubt = Some(batch);
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot read the batch back from the WAL: {e}"
+                    )));
+                }
+            }
+        }
         let upto = batch.last_seq();
         let started = Instant::now();
         match self.apply(&mut batch, upto).await {

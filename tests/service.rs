@@ -859,6 +859,31 @@ async fn a_process_whose_instance_was_taken_over_stops_instead_of_writing() {
 }
 
 #[tokio::test]
+async fn an_event_delivered_again_after_dedup_window_while_the_database_was_away_counts_once() {
+    let e = env().await;
+    let db = e.db.pool().await;
+    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
+    let url = proxy.url_for(&e.db.url);
+    let svc = Service::start(
+        &url,
+        e.dir.path(),
+        &["--flush-interval", "50ms", "--dedup-window", "1s"],
+    )
+    .await;
+    proxy.set_down(true);
+    svc.login(login("rd", "rd-1", "")).await.unwrap();
+    // Past DEDUP_WINDOW the WAL forgets the mark and takes the redelivery
+    // again, while the first delivery still waits for the database.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    svc.login(login("rd", "rd-1", "")).await.unwrap();
+    proxy.set_down(false);
+    wait_for_progress(&db, "rd", "login-count", 1, WAIT).await;
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "rd", "login-count").await.unwrap().progress, 1);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_flush_that_commits_after_its_batch_was_merged_is_not_written_again() {
     // One goal, one record an event: sequence numbers count logins.
     let e = env().await;

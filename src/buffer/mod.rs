@@ -175,6 +175,10 @@ pub struct Buffer {
     /// each). On PostgreSQL
     /// the flush records them in the cluster's ledger of applied events.
     pub events: Vec<Mark>,
+    /// The goals (hashed) of the latest event's records so far: a record of
+    /// the same event id for a goal already among them starts another
+    /// delivery of that event (an event moves each goal once).
+    run: Vec<u64>,
     /// The WAL sequence number this buffer's records follow (W): where the
     /// database's watermark stood when its first record was taken. A flush
     /// of it moves the watermark only from there.
@@ -188,6 +192,22 @@ pub struct Buffer {
     /// Records above `last_seq` are committed in the WAL but not held here
     /// (the bound was reached): they are read back by [`Buffer::refill`].
     spilled: bool,
+}
+
+/// What one delivery of an event holds once: a user-goal's record (an
+/// event moves each goal of its player once; goal ids are unique in a
+/// config), or the deletion; hashed.
+fn delivery_key(record: &Record) -> u64 {
+    match record {
+        Record::Update(u) => {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(u.user_id.as_bytes());
+            h.update(&[0]);
+            h.update(u.goal_id.as_bytes());
+            h.digest()
+        }
+        Record::Delete(_) => 0,
+    }
 }
 
 /// How many event marks one entry of the bound stands for: a buffer also
@@ -271,13 +291,18 @@ impl Buffer {
         debug_assert!(seq > self.last_seq || self.updates == 0);
         self.last_seq = self.last_seq.max(seq);
         self.updates += 1;
-        // An event without an id is not deduplicated (as in the WAL).
+        // An event without an id is not deduplicated (as in the WAL). One
+        // mark per delivery: a redelivery the WAL took again (its mark had
+        // expired) shows as a mark twice ([`Buffer::repeated_events`]).
         let id = record.event_id();
         if !id.is_empty() {
             let mark = mark_of(id);
-            if self.events.last() != Some(&mark) {
+            let goal = delivery_key(&record);
+            if self.events.last() != Some(&mark) || self.run.contains(&goal) {
                 self.events.push(mark);
+                self.run.clear();
             }
+            self.run.push(goal);
         }
         match record {
             Record::Update(update) => self.apply_update(update),
@@ -431,15 +456,63 @@ impl Buffer {
         records: Vec<(u64, Record)>,
         skip: &std::collections::HashSet<Mark>,
     ) -> Buffer {
+        let records = records
+            .into_iter()
+            .filter(|(_, record)| {
+                let id = record.event_id();
+                id.is_empty() || !skip.contains(&mark_of(id))
+            })
+            .collect();
+        Buffer::first_deliveries(after, upto, records).0
+    }
+
+    /// Whether an event's mark is here twice: delivered again after its
+    /// dedup mark expired (`DEDUP_WINDOW`, `DEDUP_MAX_MARKS`) while the first
+    /// delivery still waited for the database, so the WAL took both. The
+    /// cluster's ledger claims a mark once per flush and cannot tell; the
+    /// flusher rebuilds such a batch with [`Buffer::first_deliveries`].
+    pub fn repeated_events(&self) -> bool {
+        let mut seen = foldhash::HashSet::default();
+        self.events.iter().any(|m| !seen.insert(*m))
+    }
+
+    /// The records of `(after, upto]`, read back from the WAL, with every
+    /// event's first delivery only; returns the buffer and how many later
+    /// deliveries were left out.
+    pub fn first_deliveries(after: u64, upto: u64, records: Vec<(u64, Record)>) -> (Buffer, u64) {
         let mut buffer = Buffer::starting_after(after);
+        let mut ended = std::collections::HashSet::new();
+        let mut current: Option<Mark> = None;
+        let mut run: Vec<u64> = Vec::new();
+        let (mut dropping, mut dropped) = (false, 0);
         for (seq, record) in records {
             let id = record.event_id();
-            if id.is_empty() || !skip.contains(&mark_of(id)) {
+            if id.is_empty() {
+                if let Some(prev) = current.take() {
+                    ended.insert(prev);
+                }
+                dropping = false;
+                buffer.apply(seq, record);
+                continue;
+            }
+            let mark = mark_of(id);
+            let goal = delivery_key(&record);
+            if current != Some(mark) || run.contains(&goal) {
+                if let Some(prev) = current {
+                    ended.insert(prev);
+                }
+                current = Some(mark);
+                run.clear();
+                dropping = ended.contains(&mark);
+                dropped += u64::from(dropping);
+            }
+            run.push(goal);
+            if !dropping {
                 buffer.apply(seq, record);
             }
         }
         buffer.last_seq = upto;
-        buffer
+        (buffer, dropped)
     }
 
     /// Takes everything out; `self` continues empty after the same sequence

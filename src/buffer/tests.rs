@@ -268,7 +268,10 @@ fn event_strategy() -> impl proptest::strategy::Strategy<Value = Event> {
     use proptest::prelude::*;
     (
         any::<bool>(),
-        proptest::collection::vec((0u8..8, 1i32..5), 1..4),
+        // One record per user-goal an event (as a real event moves each
+        // goal of its player once).
+        proptest::collection::btree_map(0u8..8, 1i32..5, 1..4)
+            .prop_map(|m| m.into_iter().collect::<Vec<_>>()),
         proptest::option::weighted(0.1, 0u8..8),
     )
         .prop_map(|(id, records, deletes)| Event {
@@ -421,4 +424,54 @@ fn a_batch_retried_through_an_outage_stays_within_the_bound_however_slowly_playe
         "the first three players, retried alone"
     );
     assert_eq!(b.spilled_after(), Some(6));
+}
+
+/// `goal`'s record of event `id`: an increment of 1.
+fn delivered(id: &str, goal: &str) -> Record {
+    match update(goal, Op::Add(1), 0) {
+        Record::Update(u) => Record::Update(Update {
+            event_id: id.into(),
+            ..u
+        }),
+        other => other,
+    }
+}
+
+#[test]
+fn an_event_delivered_again_after_its_mark_expired_counts_once_when_rebuilt() {
+    // E (two goals), F, E again later, then E again right after itself.
+    let records: Vec<(u64, Record)> = [
+        delivered("E", "g1"),
+        delivered("E", "g2"),
+        delivered("F", "g1"),
+        delivered("E", "g1"),
+        delivered("E", "g2"),
+        delivered("E", "g1"),
+        delivered("E", "g2"),
+        delivered("", "g2"), // no id: never deduplicated
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, r)| (i as u64 + 11, r))
+    .collect();
+    let mut b = Buffer::starting_after(10);
+    for (seq, r) in records.clone() {
+        b.apply(seq, r);
+    }
+    assert!(b.repeated_events(), "{:?}", b.events);
+    assert_eq!(b.increment.get(&key("g1")).unwrap().1.delta, 4);
+
+    let (first, dropped) = Buffer::first_deliveries(10, 18, records);
+    assert_eq!(dropped, 2);
+    assert!(!first.repeated_events());
+    assert_eq!(first.increment.get(&key("g1")).unwrap().1.delta, 2); // E, F
+    assert_eq!(first.increment.get(&key("g2")).unwrap().1.delta, 2); // E, the one without id
+    assert_eq!((first.after(), first.last_seq()), (10, 18));
+
+    // One delivery of an event with several goals is not a repeat.
+    let mut once = Buffer::starting_after(0);
+    once.apply(1, delivered("G", "g1"));
+    once.apply(2, delivered("G", "g2"));
+    once.apply(3, delivered("H", "g1"));
+    assert!(!once.repeated_events());
 }
