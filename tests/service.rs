@@ -751,26 +751,29 @@ async fn a_message_over_the_size_limit_is_refused_and_writes_nothing() {
     svc.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
-    let e = env().await;
+/// Five logins acknowledged behind a proxy and never flushed while serving;
+/// `fault` (on) breaks the database before the stop, whose final flushes
+/// cannot finish within the grace period: the stop is an error naming what
+/// is left in the WAL, and once `fault` is off, the next start writes every
+/// login. Returns the restarted service.
+async fn a_stop_that_leaves_the_wal(
+    e: &Env,
+    tag: &str,
+    extra: &[&str],
+    fault: impl Fn(&proxy::Proxy, bool),
+) -> Service {
     let db = e.db.pool().await;
     let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
     let url = proxy.url_for(&e.db.url);
-    let svc = Service::start(
-        &url,
-        e.dir.path(),
-        &["--flush-interval", "1h", "--shutdown-grace", "3s"],
-    )
-    .await;
+    let mut args = vec!["--flush-interval", "1h"];
+    args.extend_from_slice(extra);
+    let svc = Service::start(&url, e.dir.path(), &args).await;
     for i in 0..5 {
-        svc.login(login(&format!("ff-{i}"), &format!("ff-{i}"), ""))
+        svc.login(login(&format!("{tag}-{i}"), &format!("{tag}-{i}"), ""))
             .await
             .unwrap();
     }
-    proxy.set_down(true);
-    // The final flushes fail for the whole grace period: the process stops
-    // with an error that says what is left in the WAL (which keeps it).
+    fault(&proxy, true);
     let err = svc
         .stop()
         .await
@@ -778,11 +781,23 @@ async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
     assert!(err.to_string().contains("left in the WAL"), "{err}");
     assert_eq!(count_rows(&db).await, 0);
 
-    proxy.set_down(false);
+    fault(&proxy, false);
     let svc = Service::start(&url, e.dir.path(), &[]).await;
     for i in 0..5 {
-        wait_for_progress(&db, &format!("ff-{i}"), "login-count", 1, WAIT).await;
+        wait_for_progress(&db, &format!("{tag}-{i}"), "login-count", 1, WAIT).await;
     }
+    svc
+}
+
+#[tokio::test]
+async fn a_failed_final_flush_leaves_the_wal_for_the_next_start() {
+    // The final flushes fail for the whole grace period: the process stops
+    // with an error that says what is left in the WAL (which keeps it).
+    let e = env().await;
+    let svc = a_stop_that_leaves_the_wal(&e, "ff", &["--shutdown-grace", "3s"], |p, on| {
+        p.set_down(on)
+    })
+    .await;
     assert!(svc
         .metrics()
         .await
@@ -797,40 +812,13 @@ async fn a_final_flush_cut_off_by_the_grace_period_on_a_silent_database_says_wha
     // with its batch. The batch left memory, not the WAL: the stop must say
     // so (it exited 0 saying nothing, and `wal drain` said "empty").
     let e = env().await;
-    let db = e.db.pool().await;
-    let proxy = proxy::Proxy::start(proxy::upstream_of(&e.db.url).await).await;
-    let url = proxy.url_for(&e.db.url);
-    let svc = Service::start(
-        &url,
-        e.dir.path(),
-        &[
-            "--flush-interval",
-            "1h",
-            "--shutdown-grace",
-            "2s",
-            "--flush-timeout",
-            "60s",
-        ],
+    let svc = a_stop_that_leaves_the_wal(
+        &e,
+        "fs",
+        &["--shutdown-grace", "2s", "--flush-timeout", "60s"],
+        |p, on| p.silence_all(on),
     )
     .await;
-    for i in 0..5 {
-        svc.login(login(&format!("fs-{i}"), &format!("fs-{i}"), ""))
-            .await
-            .unwrap();
-    }
-    proxy.silence_all(true);
-    let err = svc
-        .stop()
-        .await
-        .expect_err("updates left in the WAL make the stop an error exit");
-    assert!(err.to_string().contains("left in the WAL"), "{err}");
-    assert_eq!(count_rows(&db).await, 0);
-
-    proxy.silence_all(false);
-    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
-    for i in 0..5 {
-        wait_for_progress(&db, &format!("fs-{i}"), "login-count", 1, WAIT).await;
-    }
     svc.stop().await.unwrap();
 }
 
