@@ -216,6 +216,7 @@ impl<S: ProgressStore> Flusher<S> {
             match self.wal.read(after, upto).await {
                 Ok(records) => {
                     let (first, dropped) = Buffer::first_deliveries(after, upto, records);
+                    self.deletions_left_out(batch.deletions.len(), first.deletions.len());
                     tracing::warn!(
                         deliveries = dropped,
                         upto_seq = upto,
@@ -355,7 +356,9 @@ impl<S: ProgressStore> Flusher<S> {
                         ))
                     })?;
                     // If nothing is left, the next round moves only the watermark.
-                    *batch = Buffer::rebuilt(self.flushed_upto, upto, records, &skip);
+                    let rebuilt = Buffer::rebuilt(self.flushed_upto, upto, records, &skip);
+                    self.deletions_left_out(batch.deletions.len(), rebuilt.deletions.len());
+                    *batch = rebuilt;
                 }
                 other => return other,
             }
@@ -442,6 +445,14 @@ impl<S: ProgressStore> Flusher<S> {
         );
         *pending = NotApplied::default();
         *last = Some(Instant::now());
+    }
+
+    /// A batch rebuilt without some of its deletions (applied by another
+    /// flush, or later deliveries of one): they are no longer pending here.
+    fn deletions_left_out(&self, before: usize, after: usize) {
+        self.metrics
+            .gdpr_deletions_pending
+            .sub(before.saturating_sub(after) as i64);
     }
 
     /// Deletions of a batch found committed after its reply was lost: they

@@ -860,14 +860,26 @@ async fn an_event_delivered_again_after_dedup_window_while_the_database_was_away
     .await;
     proxy.set_down(true);
     svc.login(login("rd", "rd-1", "")).await.unwrap();
-    // Past DEDUP_WINDOW the WAL forgets the mark and takes the redelivery
-    // again, while the first delivery still waits for the database.
+    svc.gdpr_deletion(gdpr_deletion("rg", "rg-gdpr"))
+        .await
+        .unwrap();
+    // Past DEDUP_WINDOW the WAL forgets the marks and takes the redeliveries
+    // again, while the first deliveries still wait for the database.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     svc.login(login("rd", "rd-1", "")).await.unwrap();
+    svc.gdpr_deletion(gdpr_deletion("rg", "rg-gdpr"))
+        .await
+        .unwrap();
     proxy.set_down(false);
     wait_for_progress(&db, "rd", "login-count", 1, WAIT).await;
     barrier(&svc, &db).await;
     assert_eq!(row(&db, "rd", "login-count").await.unwrap().progress, 1);
+    // The deletion's later delivery is not left pending (the alert reads it).
+    let metrics = svc.metrics().await;
+    assert!(
+        metrics.contains("challenge_event_handler_gdpr_deletions_pending 0"),
+        "{metrics}"
+    );
     svc.stop().await.unwrap();
 }
 
