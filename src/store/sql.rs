@@ -130,16 +130,17 @@ where
 /// of the challenge service or of the handler writes, becomes an error
 /// naming it (`row`), so a flush fails, is retried and says what to mend.
 pub(super) fn decode_guarded<T>(
-    row: &dyn std::fmt::Display,
+    row: impl FnOnce() -> String,
     decode: impl FnOnce() -> std::result::Result<T, sqlx::Error>,
     error: fn(sqlx::Error) -> StoreError,
 ) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
         Ok(decoded) => decoded.map_err(error),
         Err(_) => Err(StoreError::Rejected(format!(
-            "{row} holds a time the handler cannot read (infinity, or a year past 262142, in \
+            "{} holds a time the handler cannot read (infinity, or a year past 262142, in \
              completed_at, claimed_at, updated_at, expires_at, assigned_at or created_at): set \
-             it to a real time, or NULL where the column allows it"
+             it to a real time, or NULL where the column allows it",
+            row()
         ))),
     }
 }
@@ -165,8 +166,8 @@ where
         .fetch_all(backend.pool())
         .await
         .map_err(B::error)?;
-    let which = format!("a user_goal_progress row of user {user_id}");
+    let which = || format!("a user_goal_progress row of user {user_id}");
     rows.iter()
-        .map(|r| decode_guarded(&which, || ProgressRow::from_row(r), B::error))
+        .map(|r| decode_guarded(which, || ProgressRow::from_row(r), B::error))
         .collect()
 }

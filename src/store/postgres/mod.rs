@@ -398,8 +398,8 @@ fn locked(r: &PgRow, keys: &[&Key]) -> Result<(usize, Locked)> {
 /// The [`RowColumns`] of the row of `key` (a row holding a time chrono
 /// cannot is an error naming it: [`sql::decode_guarded`]).
 fn columns_of(r: &PgRow, key: &Key) -> Result<RowColumns> {
-    let row = format!("user_goal_progress row {}/{}", key.user_id, key.goal_id);
-    sql::decode_guarded(&row, || RowColumns::from_row(r), pg)
+    let row = || format!("user_goal_progress row {}/{}", key.user_id, key.goal_id);
+    sql::decode_guarded(row, || RowColumns::from_row(r), pg)
 }
 
 impl Dialect for PgStore {
