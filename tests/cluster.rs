@@ -408,3 +408,189 @@ async fn wal_drain_refuses_a_wal_a_running_replica_holds_and_a_foreign_instance_
     assert_ne!(code, 0);
     assert!(err.contains("belongs to instance"), "{err}");
 }
+
+/// A replica whose node is lost comes back, under its INSTANCE_ID, on a new
+/// empty volume before anyone drains the old one (deleting the claim lets the
+/// StatefulSet make a new one). The new volume's records have a watermark of
+/// their own: the old volume, drained afterwards, writes every update it
+/// acknowledged, and the drain does not take the instance from the running
+/// replica.
+#[tokio::test]
+async fn a_replica_back_on_a_new_volume_before_the_old_one_is_drained_loses_nothing() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let same_name = [("INSTANCE_ID", "challenge-event-handler-1")];
+    let flushing_never = [
+        same_name[0],
+        ("FLUSH_INTERVAL", "1h"),
+        ("BUFFER_MAX_KEYS", "100000000"),
+    ];
+    let mut old = Binary::spawn_with_config(&db.url, old_dir.path(), COUNTING, &flushing_never);
+    old.wait_healthy().await;
+    let channel = old.channel().await;
+    for i in 0..5 {
+        assert!(send_login(&channel, "lv", &format!("lv-old-{i}")).await);
+    }
+    // A player whose deletion then reaches the new volume.
+    for i in 0..3 {
+        assert!(send_login(&channel, "lg", &format!("lg-old-{i}")).await);
+    }
+    old.kill9();
+
+    let flushing = [same_name[0], ("FLUSH_INTERVAL", "50ms")];
+    let mut new = Binary::spawn_with_config(&db.url, new_dir.path(), COUNTING, &flushing);
+    new.wait_healthy().await;
+    let channel = new.channel().await;
+    for i in 0..7 {
+        assert!(send_login(&channel, "lv", &format!("lv-new-{i}")).await);
+    }
+    send_deletion(&channel, "lg", "lg-del").await;
+    wait_for_progress(&pool, "lv", "logins", 7, Duration::from_secs(30)).await;
+
+    let (code, out, err) = drain(old_dir.path(), &db.url);
+    assert_eq!(code, 0, "wal drain failed:\n{out}\n{err}");
+    assert!(out.contains("the WAL is empty"), "{out}\n{err}");
+    assert_eq!(
+        row(&pool, "lv", "logins").await.map(|r| r.progress),
+        Some(12),
+        "the old volume's 5 acknowledged logins were skipped:\n{out}\n{err}"
+    );
+    assert_eq!(
+        rows_of(&pool, "lg").await,
+        0,
+        "the old volume wrote updates of a player the new one deleted:\n{err}"
+    );
+    // The replica on the new volume was not fenced by the drain.
+    assert!(send_login(&channel, "lv", "lv-new-7").await);
+    wait_for_progress(&pool, "lv", "logins", 13, Duration::from_secs(30)).await;
+    new.sigterm();
+    assert_eq!(new.wait_exit(EXIT).await, 0, "{}", new.log_text());
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT instance_id FROM challenge_event_handler_watermark")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2, "one watermark per volume: {rows:?}");
+    for id in &rows {
+        assert!(id.starts_with("challenge-event-handler-1@"), "{id}");
+    }
+}
+
+/// Tables an older build made hold instance ids of 100 characters; the
+/// volume's id makes them longer, and the start widens the column.
+#[tokio::test]
+async fn an_instance_id_of_100_characters_fits_tables_an_older_build_made() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE challenge_event_handler_watermark (
+             instance_id VARCHAR(100) PRIMARY KEY, epoch BIGINT NOT NULL,
+             applied_seq BIGINT NOT NULL DEFAULT 0, updated_at TIMESTAMP NOT NULL DEFAULT NOW());
+         CREATE TABLE challenge_event_handler_tombstones (
+             namespace VARCHAR(100) NOT NULL, user_id VARCHAR(100) NOT NULL,
+             instance_id VARCHAR(100) NOT NULL, deleted_at TIMESTAMPTZ NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+             PRIMARY KEY (namespace, user_id, instance_id));
+         INSERT INTO challenge_event_handler_watermark VALUES ('an-older-volume', 3, 41, NOW());",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = "n".repeat(100);
+    let env = [("INSTANCE_ID", name.as_str()), ("FLUSH_INTERVAL", "50ms")];
+    let mut replica = Binary::spawn_with_config(&db.url, dir.path(), COUNTING, &env);
+    replica.wait_healthy().await;
+    let channel = replica.channel().await;
+    assert!(send_login(&channel, "wide", "wide-1").await);
+    send_deletion(&channel, "gone", "gone-del").await;
+    wait_for_progress(&pool, "wide", "logins", 1, Duration::from_secs(30)).await;
+    replica.sigterm();
+    assert_eq!(replica.wait_exit(EXIT).await, 0, "{}", replica.log_text());
+    let widths: Vec<i32> = sqlx::query_scalar(
+        "SELECT character_maximum_length FROM information_schema.columns
+         WHERE table_name IN ('challenge_event_handler_watermark',
+                              'challenge_event_handler_tombstones')
+           AND column_name = 'instance_id'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(widths, vec![128, 128]);
+    let ids: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT instance_id, applied_seq FROM challenge_event_handler_watermark ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ids[0], ("an-older-volume".to_owned(), 41));
+    assert_eq!(ids[1].0.len(), 113, "{:?}", ids[1]);
+    assert!(ids[1].0.starts_with(&format!("{name}@")));
+    assert!(ids[1].1 >= 1);
+}
+
+/// A GDPR deletion delivered late (timestamped ten minutes before it reached
+/// the handler) to one replica, while another holds M5 updates of that
+/// player acknowledged before the deletion arrived. An M5 update's time is
+/// its acknowledgement, so the tombstone must hold from the deletion's
+/// arrival, not from its older timestamp: the holder's stop writes none of
+/// them (the table is the handler's here, so an update would bring the
+/// player's rows back).
+#[tokio::test]
+async fn a_late_deletion_drops_m5_updates_another_replica_acknowledged_before_it_arrived() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let m5 = m5_config();
+    let mut a = Binary::spawn_with_config(&db.url, da.path(), &m5, &[("FLUSH_INTERVAL", "50ms")]);
+    let mut c = Binary::spawn_with_config(
+        &db.url,
+        dc.path(),
+        &m5,
+        &[("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")],
+    );
+    a.wait_healthy().await;
+    c.wait_healthy().await;
+    let (ca, cc) = (a.channel().await, c.channel().await);
+    assert!(send_login(&cc, "late", "late-c").await);
+    assert!(send_login(&cc, "kept", "kept-c").await);
+    let ten_minutes_ago = (chrono::Utc::now() - chrono::Duration::minutes(10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(ca.clone())
+        .on_message(challenge_event_handler::cli::send::gdpr_deletion_message(
+            NAMESPACE,
+            "late",
+            "late-del",
+            &ten_minutes_ago,
+        ))
+        .await
+        .expect("deletion acknowledged");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM challenge_event_handler_tombstones WHERE user_id = 'late'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never applied the deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.sigterm();
+    assert_eq!(c.wait_exit(EXIT).await, 0, "{}", c.log_text());
+    assert_eq!(
+        rows_of(&pool, "late").await,
+        0,
+        "updates acknowledged before the deletion arrived were written after it"
+    );
+    assert!(rows_of(&pool, "kept").await > 0);
+    let log = c.log_text();
+    assert!(log.contains("gdpr_pending_updates_dropped"), "{log}");
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+}

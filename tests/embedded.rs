@@ -353,3 +353,32 @@ async fn health_bench_and_a_running_wal_answer_as_an_operator_expects() {
         "left behind"
     );
 }
+
+/// The embedded store has no ledger and no tombstones: one process serves on
+/// its file. A second one (its own WAL, so its own instance id) is refused
+/// at start, naming the file and what to do; once the first has stopped, it
+/// starts.
+#[tokio::test]
+async fn a_second_process_on_the_same_embedded_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let mut first = Binary::spawn_bare(path, &shipped_challenges(), &[("FLUSH_INTERVAL", "50ms")]);
+    first.wait_healthy().await;
+    let other_wal = [("FLUSH_INTERVAL", "50ms"), ("WAL_DIR", "other-wal")];
+    let mut second = Binary::spawn_bare(path, &shipped_challenges(), &other_wal);
+    let code = second.wait_exit(Duration::from_secs(30)).await;
+    let log = second.log_text();
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("another process serves on data/progress.sqlite3"),
+        "{log}"
+    );
+    assert!(log.contains("DATABASE_URL"), "{log}");
+
+    first.sigterm();
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).await, 0);
+    let mut second = Binary::spawn_bare(path, &shipped_challenges(), &other_wal);
+    second.wait_healthy().await;
+    second.sigterm();
+    assert_eq!(second.wait_exit(Duration::from_secs(30)).await, 0);
+}

@@ -828,6 +828,16 @@ async fn a_process_whose_instance_was_taken_over_stops_instead_of_writing() {
     let db = e.db.pool().await;
     let dir_b = tempfile::tempdir().unwrap();
     let old = Service::start(&e.db.url, e.dir.path(), &["--instance-id", "shared-id"]).await;
+    // A copy of the old volume (its instance name and volume id): the same
+    // watermark row. A new volume under the same name would have its own.
+    std::fs::create_dir_all(dir_b.path().join("wal")).unwrap();
+    for file in ["instance_id", "volume_id"] {
+        std::fs::copy(
+            e.dir.path().join("wal").join(file),
+            dir_b.path().join("wal").join(file),
+        )
+        .unwrap();
+    }
     let new = Service::start(&e.db.url, dir_b.path(), &["--instance-id", "shared-id"]).await;
 
     // The old process still acknowledges (its WAL is durable) but may not write:

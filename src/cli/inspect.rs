@@ -1,7 +1,6 @@
 //! The operator's looking glass: `progress` (a user's rows from the
 //! configured store) and `wal inspect` (a stopped service's WAL directory).
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -160,7 +159,8 @@ pub struct WalDrainArgs {
 pub struct WalInspectArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The instance id, when it is set by INSTANCE_ID rather than kept in the WAL directory.
+    /// The instance id, for a WAL directory that records none (one a build
+    /// before December 2026 made; the id the directory records wins).
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Print JSON instead of text.
@@ -202,10 +202,7 @@ async fn wal_inspect(args: WalInspectArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let instance_id = match &args.instance_id {
-        Some(id) => Some(id.clone()),
-        None => read_instance_id(&dir),
-    };
+    let instance_id = crate::wal::recorded_instance_id(&dir)?.or(args.instance_id.clone());
     let store_args = args.store.clone();
     let watermark = match (&instance_id, open_store(&store_args)) {
         (None, _) => Err("no instance id in the WAL directory (pass --instance-id)".to_owned()),
@@ -263,13 +260,6 @@ async fn wal_inspect(args: WalInspectArgs) -> anyhow::Result<()> {
         print!("{}", wal_text(&report));
     }
     Ok(())
-}
-
-fn read_instance_id(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join("instance_id"))
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
 }
 
 fn wal_text(r: &WalReport) -> String {

@@ -203,7 +203,7 @@ impl GoalIndex {
             return vec![Record::Delete(Deletion {
                 user_id: event.user_id.clone(),
                 namespace: event.namespace.clone(),
-                event_time_ms: event.time_ms,
+                event_time_ms: event.time_ms.max(event.received_ms),
                 event_id: event.id.clone(),
             })];
         }
@@ -377,7 +377,13 @@ pub struct Update {
 pub struct Deletion {
     pub user_id: String,
     pub namespace: String,
-    /// The event's time (its `timestamp`, else arrival), Unix milliseconds.
+    /// The time the deletion holds from, Unix milliseconds: the event's
+    /// `timestamp`, or its arrival when that is later (always, unless the
+    /// producer's clock is ahead). Its tombstone compares it with the times
+    /// of other replicas' updates: the type rules' are their events' own, and
+    /// an M5 update's is its acknowledgement, so a deletion delivered late
+    /// must not hold from its older timestamp (an update acknowledged
+    /// elsewhere before the deletion arrived would be written after it).
     pub event_time_ms: i64,
     pub event_id: String,
 }

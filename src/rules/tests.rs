@@ -115,15 +115,23 @@ fn a_gdpr_deletion_is_one_record_whatever_the_goals() {
     );
     let mut event = stat("x", 0.0, 0.0);
     event.kind = EventKind::GdprDeletion;
+    // It holds from its arrival, later than its timestamp here.
+    assert!(event.received_ms > event.time_ms);
     assert_eq!(
         index.records(&event),
         [Record::Delete(Deletion {
             user_id: "u1".into(),
             namespace: "ns".into(),
-            event_time_ms: event.time_ms,
+            event_time_ms: event.received_ms,
             event_id: "e1".into(),
         })]
     );
+    // A producer clock ahead of ours: its timestamp, the later.
+    event.time_ms = event.received_ms + 1_000;
+    let [Record::Delete(deletion)] = &index.records(&event)[..] else {
+        panic!("one deletion");
+    };
+    assert_eq!(deletion.event_time_ms, event.time_ms);
 }
 
 #[test]

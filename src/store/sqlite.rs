@@ -11,6 +11,10 @@
 //! disk before the flusher truncates its WAL. SQLite allows one writer at a
 //! time (`BEGIN IMMEDIATE` takes it, so no row lock is needed); a busy
 //! database waits up to five seconds and then counts as unavailable (retried).
+//!
+//! One process serves on a file: the first lease locks `<file>.lock`, and a
+//! second process's start is refused naming the file (reads, as the
+//! `progress` command's, take no lock).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -166,6 +170,9 @@ fn day_text(day: i32) -> String {
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// `<file>.lock`, locked (flock) by the first lease and held for the
+    /// store's life: one process serves on the file.
+    serving: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -188,7 +195,51 @@ impl SqliteStore {
         SqliteStore {
             pool,
             path: path.to_owned(),
+            serving: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Takes the file's lock for this process: the embedded store has no
+    /// ledger and no tombstones, so a second process serving on the file
+    /// (another `WAL_DIR`, another instance id) would apply a redelivered
+    /// event again, and updates of a player it deleted after the deletion.
+    /// The lock is released when the process ends, however it ends.
+    fn lock_for_this_process(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if serving.is_some() {
+            return Ok(());
+        }
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        let lock_path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::Rejected(format!("cannot open {}: {e}", lock_path.display()))
+            })?;
+        // SAFETY: flock(2) on a descriptor this function owns, no pointers.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(StoreError::Rejected(
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    format!(
+                        "another process serves on {} (it holds {}): the embedded store is \
+                         one file for one process. Stop the other process, or give every \
+                         replica the same PostgreSQL (DATABASE_URL)",
+                        self.path.display(),
+                        lock_path.display()
+                    )
+                } else {
+                    format!("cannot lock {}: {e}", lock_path.display())
+                },
+            ));
+        }
+        *serving = Some(file);
+        Ok(())
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -368,9 +419,11 @@ impl SqliteStore {
         })
     }
 
-    /// A new epoch for `instance_id` (the file's directory made first).
+    /// A new epoch for `instance_id` (the file's directory made first, and
+    /// the file locked for this process).
     pub(super) async fn lease(&self, instance_id: &str) -> Result<Lease> {
         self.ensure_dir()?;
+        self.lock_for_this_process()?;
         sql::lease(self, instance_id).await
     }
 

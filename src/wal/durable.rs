@@ -55,9 +55,13 @@ pub(super) fn begin_first_start(dir: &Path, creating: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// The instance id recorded in the WAL directory, if any.
-pub fn recorded_instance_id(dir: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(dir.join("instance_id")) {
+/// The name of the instance recorded in the WAL directory, if any.
+fn recorded_name(dir: &Path) -> Result<Option<String>> {
+    read_trimmed(&dir.join("instance_id"))
+}
+
+fn read_trimmed(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
         Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
         Ok(_) => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -65,14 +69,34 @@ pub fn recorded_instance_id(dir: &Path) -> Result<Option<String>> {
     }
 }
 
-/// The instance id the WAL directory's records belong to: `configured`
-/// (INSTANCE_ID) or, without it, the one recorded there (generated on the
-/// first start). The id is recorded in the directory, and a configured id
-/// that differs from the recorded one is refused: the WAL's records would
-/// be replayed against another instance's watermark and applied again.
+/// The id of the watermark row the WAL directory's records belong to, if
+/// one is recorded: the instance's name, and after it `@` and the volume's
+/// id where the directory has one (see [`instance_id`]).
+pub fn recorded_instance_id(dir: &Path) -> Result<Option<String>> {
+    let Some(name) = recorded_name(dir)? else {
+        return Ok(None);
+    };
+    Ok(Some(match read_trimmed(&dir.join("volume_id"))? {
+        Some(volume) => format!("{name}@{volume}"),
+        None => name,
+    }))
+}
+
+/// The instance id the WAL directory's records belong to, which names their
+/// watermark row: `configured` (INSTANCE_ID) or, without it, a generated
+/// name, recorded in the directory on its first start; a configured name
+/// that differs from the recorded one is refused (the WAL's records would be
+/// replayed against another instance's watermark and applied again).
+///
+/// A directory made by this build also records a random volume id, and the
+/// instance id is `name@volume`. A replica whose volume was lost comes back
+/// with its INSTANCE_ID on a new volume: the new volume's records get a
+/// watermark of their own, and the old volume, drained later, is still
+/// replayed against its own, not against one the new volume moved past it.
+/// A directory an older build made keeps its plain name (its records are
+/// counted in the row of that name).
 pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
-    let recorded = recorded_instance_id(dir)?;
-    match (recorded, configured) {
+    match (recorded_name(dir)?, configured) {
         (Some(recorded), Some(configured)) if recorded != configured => {
             Err(WalError::OtherInstance {
                 dir: dir.to_owned(),
@@ -80,28 +104,89 @@ pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
                 configured: configured.to_owned(),
             })
         }
-        (Some(recorded), _) => Ok(recorded),
+        (Some(_), _) => Ok(recorded_instance_id(dir)?.expect("a name is recorded")),
         (None, configured) => {
-            let id = configured.map_or_else(
+            let name = configured.map_or_else(
                 || format!("ceh-{}", uuid::Uuid::new_v4().simple()),
                 str::to_owned,
             );
-            record_instance_id(dir, &id)?;
-            Ok(id)
+            // A directory without a log holds no records yet: it is a new
+            // volume. One with a log was made before names were recorded,
+            // and its records belong to the row of the plain name.
+            let new_volume = !dir.join("log").exists();
+            if new_volume {
+                let volume = uuid::Uuid::new_v4().simple().to_string();
+                record(dir, "volume_id", &volume[..VOLUME_ID_LEN])?;
+            }
+            // The name last: a directory that records one is complete.
+            record(dir, "instance_id", &name)?;
+            Ok(recorded_instance_id(dir)?.expect("the name was just recorded"))
         }
     }
 }
 
-fn record_instance_id(dir: &Path, id: &str) -> Result<()> {
+/// Hex digits of a volume id: 48 random bits, unique among the volumes one
+/// instance name ever has. With a name of at most 100 characters and the
+/// `@`, an instance id has at most 113 (the handler's tables hold 128).
+const VOLUME_ID_LEN: usize = 12;
+
+/// Writes `name` in `dir` with `value`, durably (a temporary file synced,
+/// renamed, the directory synced).
+fn record(dir: &Path, name: &str, value: &str) -> Result<()> {
     create_dir_durable(dir)?;
-    let path = dir.join("instance_id");
-    let tmp = dir.join("instance_id.tmp");
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, id.as_bytes())?;
+        std::io::Write::write_all(&mut f, value.as_bytes())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path)?;
     fsync_dir(dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_names_its_volume_and_keeps_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        let id = instance_id(&wal, Some("replica-1")).unwrap();
+        let (name, volume) = id.split_once('@').expect("name@volume");
+        assert_eq!(name, "replica-1");
+        assert_eq!(volume.len(), VOLUME_ID_LEN);
+        assert!(volume.chars().all(|c| c.is_ascii_hexdigit()), "{volume}");
+        // Kept: the same with the name configured, or without it.
+        assert_eq!(instance_id(&wal, Some("replica-1")).unwrap(), id);
+        assert_eq!(instance_id(&wal, None).unwrap(), id);
+        assert_eq!(recorded_instance_id(&wal).unwrap(), Some(id.clone()));
+        // Another volume under the same name is another watermark.
+        let other = instance_id(&dir.path().join("other"), Some("replica-1")).unwrap();
+        assert_ne!(other, id);
+        assert!(other.starts_with("replica-1@"));
+        // Another name for this directory is refused.
+        let err = instance_id(&wal, Some("replica-2")).unwrap_err();
+        assert!(matches!(err, WalError::OtherInstance { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_an_older_build_made_keeps_its_plain_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(wal.join("log")).unwrap();
+        std::fs::write(wal.join("instance_id"), "replica-1\n").unwrap();
+        assert_eq!(instance_id(&wal, Some("replica-1")).unwrap(), "replica-1");
+        // One that predates recorded names: its records are the name's.
+        let older = dir.path().join("older");
+        std::fs::create_dir_all(older.join("log")).unwrap();
+        assert_eq!(instance_id(&older, Some("replica-0")).unwrap(), "replica-0");
+        assert!(!older.join("volume_id").exists());
+        assert_eq!(
+            recorded_instance_id(&older).unwrap().as_deref(),
+            Some("replica-0")
+        );
+    }
 }
