@@ -91,11 +91,28 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// `events_total` and `events_processed_total` per event type, looked up once.
     counters: [(prometheus::IntCounter, prometheus::IntCounter); EventType::ALL.len()],
+    /// Calls in flight, and [`CLOSED`] once the path is closed: one atomic,
+    /// so that a call is either counted before the close or refused after
+    /// it (see [`Ingress::close`]).
     in_flight: AtomicUsize,
 }
 
+/// The bit of `in_flight` that says the path is closed.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
 /// Counts a call as in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    /// The call counted, or None when the path is closed.
+    fn enter(count: &'a AtomicUsize) -> Option<Self> {
+        if count.fetch_add(1, Ordering::AcqRel) & CLOSED != 0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(count))
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -125,7 +142,17 @@ impl Ingress {
 
     /// Calls being handled right now (gRPC and HTTP).
     pub fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::Acquire)
+        self.inner.in_flight.load(Ordering::Acquire) & !CLOSED
+    }
+
+    /// Takes no new call from now on (they are answered `UNAVAILABLE`, as
+    /// a closed WAL answers): once this returns, every call that will be
+    /// acknowledged is counted in [`Ingress::in_flight`]. Without it, an
+    /// HTTP request that took the path just before the stop could be counted
+    /// only after the shutdown had seen no call in flight, and acknowledged
+    /// after the final flush.
+    pub fn close(&self) {
+        self.inner.in_flight.fetch_or(CLOSED, Ordering::AcqRel);
     }
 
     /// Takes one event: `namespace` is the one it claims, `parse` validates it
@@ -137,12 +164,15 @@ impl Ingress {
         parse: impl FnOnce(i64) -> Result<(Event, TimeSource), EventError>,
     ) -> Result<Outcome, IngestError> {
         let started = Instant::now();
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _in_flight = InFlight(&self.inner.in_flight);
         let m = &self.inner.metrics;
         let (received, processed) = &self.inner.counters[kind as usize];
         received.inc();
-        let result = self.process(namespace, parse).await;
+        let in_flight = InFlight::enter(&self.inner.in_flight);
+        let result = match &in_flight {
+            Some(_) => self.process(namespace, parse).await,
+            None => Err(IngestError::Unavailable(WalError::Closed)),
+        };
+        drop(in_flight);
         m.event_processing_duration
             .observe(started.elapsed().as_secs_f64());
         match &result {
@@ -234,12 +264,34 @@ impl Gate {
         *self.0.write().expect("gate lock poisoned") = Some(ingress);
     }
 
+    /// Closed for good: no new call through the path it held.
     pub fn close(&self) {
-        *self.0.write().expect("gate lock poisoned") = None;
+        if let Some(ingress) = self.0.write().expect("gate lock poisoned").take() {
+            ingress.close();
+        }
     }
 
     /// The ingestion path, when serving.
     pub fn get(&self) -> Option<Ingress> {
         self.0.read().expect("gate lock poisoned").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_counted_before_the_close_or_refused_after_it() {
+        let count = AtomicUsize::new(0);
+        let first = InFlight::enter(&count).expect("open");
+        let second = InFlight::enter(&count).expect("open");
+        count.fetch_or(CLOSED, Ordering::AcqRel);
+        // Counted before the close: still waited for.
+        assert_eq!(count.load(Ordering::Acquire) & !CLOSED, 2);
+        assert!(InFlight::enter(&count).is_none(), "a call after the close");
+        assert_eq!(count.load(Ordering::Acquire) & !CLOSED, 2);
+        drop((first, second));
+        assert_eq!(count.load(Ordering::Acquire), CLOSED);
     }
 }

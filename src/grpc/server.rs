@@ -47,9 +47,11 @@ pub async fn serve(
         result = &mut server => return result.map_err(Into::into),
         _ = stop.cancelled() => {}
     }
-    // Stopping: no new connections. Calls in flight get the grace period to be
-    // answered; idle connections are not waited for (a client may keep its
-    // connection open forever), they are closed when `server` is dropped.
+    // Stopping: no new connections, and no new call on the path (gRPC or
+    // HTTP). Calls in flight get the grace period to be answered; idle
+    // connections are not waited for (a client may keep its connection open
+    // forever), they are closed when `server` is dropped.
+    ingress.close();
     tracing::info!(
         in_flight = ingress.in_flight(),
         "shutting down: no new calls; finishing calls in flight"
