@@ -67,6 +67,26 @@ async fn rows_of(db: &PgPool, user: &str) -> i64 {
         .unwrap()
 }
 
+/// Waits until a replica applied a deletion of `user` (its tombstone).
+async fn wait_for_tombstone(db: &PgPool, user: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM challenge_event_handler_tombstones WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(db)
+    .await
+    .unwrap()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica applied the deletion of {user}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `wal drain` of `dir` against `db`; (exit code, stdout, stderr).
 fn drain(dir: &std::path::Path, db: &str) -> (i32, String, String) {
     let config = dir.join("challenges.json");
@@ -344,23 +364,7 @@ async fn a_graceful_stop_drops_updates_of_a_user_another_replica_deleted() {
     }
     assert!(send_login(&ca, "gone", "gone-a").await);
     send_deletion(&ca, "gone", "gone-del").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let stones: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM challenge_event_handler_tombstones WHERE user_id = 'gone'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if stones == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A never applied the deletion"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_tombstone(&pool, "gone").await;
     // C's final flush writes the kept user's logins, not the deleted one's.
     c.sigterm();
     assert_eq!(c.wait_exit(EXIT).await, 0, "{}", c.log_text());
@@ -566,21 +570,7 @@ async fn a_late_deletion_drops_m5_updates_another_replica_acknowledged_before_it
         ))
         .await
         .expect("deletion acknowledged");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM challenge_event_handler_tombstones WHERE user_id = 'late'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap()
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A never applied the deletion"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_tombstone(&pool, "late").await;
     c.sigterm();
     assert_eq!(c.wait_exit(EXIT).await, 0, "{}", c.log_text());
     assert_eq!(
