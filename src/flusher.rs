@@ -401,7 +401,7 @@ impl<S: ProgressStore> Flusher<S> {
                 namespace = %d.namespace,
                 event_id = %d.event_id,
                 rows_deleted = d.rows,
-                requested_at = %rfc3339(d.requested_ms),
+                holds_from = %rfc3339(d.holds_from_ms),
                 deleted_at = %at,
                 "gdpr deletion applied: the user's challenge progress is deleted"
             );
@@ -466,7 +466,7 @@ impl<S: ProgressStore> Flusher<S> {
                 user_id = %d.user_id,
                 namespace = %d.namespace,
                 event_id = %d.event_id,
-                requested_at = %rfc3339(d.event_time_ms),
+                holds_from = %rfc3339(d.event_time_ms),
                 "gdpr deletion applied (the commit reply was lost; rows deleted unknown)"
             );
         }

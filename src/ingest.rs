@@ -216,6 +216,7 @@ impl Ingress {
             return Ok(Outcome::NoGoal);
         }
         let is_deletion = event.kind == EventKind::GdprDeletion;
+        let requested_ms = event.time_ms;
         let Event {
             id,
             user_id,
@@ -241,6 +242,7 @@ impl Ingress {
                         user_id = %user_id,
                         namespace = %namespace,
                         event_id = %audit_id,
+                        requested_at = %crate::clock::rfc3339(requested_ms),
                         "gdpr deletion acknowledged: durable in the WAL, applied at the next flush"
                     );
                 }

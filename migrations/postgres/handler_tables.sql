@@ -5,10 +5,8 @@
 
 -- Per-instance flush watermark. A flush moves applied_seq in the same
 -- transaction as the rows it covers, and only while its epoch is current.
--- instance_id is INSTANCE_ID, then '@' and the id of the replica's volume
--- (src/wal/durable.rs): at most 113 characters.
 CREATE TABLE IF NOT EXISTS challenge_event_handler_watermark (
-    instance_id VARCHAR(128) PRIMARY KEY,
+    instance_id VARCHAR(100) PRIMARY KEY,
     epoch       BIGINT    NOT NULL,
     applied_seq BIGINT    NOT NULL DEFAULT 0,
     updated_at  TIMESTAMP NOT NULL DEFAULT NOW()
@@ -49,23 +47,8 @@ CREATE TABLE IF NOT EXISTS challenge_event_handler_ledger (
 CREATE TABLE IF NOT EXISTS challenge_event_handler_tombstones (
     namespace   VARCHAR(100) NOT NULL,
     user_id     VARCHAR(100) NOT NULL,
-    instance_id VARCHAR(128) NOT NULL,
+    instance_id VARCHAR(100) NOT NULL,
     deleted_at  TIMESTAMPTZ  NOT NULL,
     applied_at  TIMESTAMPTZ  NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace, user_id, instance_id)
 );
-
--- Tables an older build made with instance_id VARCHAR(100): widened once
--- (checked first, so that a start takes no lock on tables already wide).
-DO $$
-DECLARE t TEXT;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['challenge_event_handler_watermark',
-                             'challenge_event_handler_tombstones'] LOOP
-        IF EXISTS (SELECT 1 FROM information_schema.columns
-                   WHERE table_schema = current_schema() AND table_name = t
-                     AND column_name = 'instance_id' AND character_maximum_length < 128) THEN
-            EXECUTE format('ALTER TABLE %I ALTER COLUMN instance_id TYPE VARCHAR(128)', t);
-        END IF;
-    END LOOP;
-END $$;

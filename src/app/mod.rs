@@ -85,6 +85,18 @@ impl Core {
         let wal = tokio::task::spawn_blocking(move || WalStore::open(wal_config))
             .await
             .context("WAL open task failed")??;
+        // The WAL's lock is held now: two processes that made a new directory
+        // at the same moment both recorded an identity, and only the last
+        // one stands; the other process stops here.
+        let recorded = wal::recorded_instance_id(&settings.wal_dir)?;
+        if recorded.as_deref() != Some(instance_id.as_str()) {
+            anyhow::bail!(
+                "{} records the instance id {} where this process took {instance_id}: another \
+                 process made the directory at the same moment. Start again (one process per WAL_DIR)",
+                settings.wal_dir.display(),
+                recorded.as_deref().unwrap_or("none")
+            );
+        }
         let store = Arc::new(
             Store::connect_lazy(
                 &settings.database,

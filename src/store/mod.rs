@@ -389,7 +389,7 @@ pub struct Deleted {
     pub namespace: String,
     pub event_id: String,
     /// The deletion event's time (its `timestamp`, else arrival), Unix ms.
-    pub requested_ms: i64,
+    pub holds_from_ms: i64,
     pub rows: u64,
 }
 
@@ -409,7 +409,7 @@ impl Deleted {
                     user_id: d.user_id.clone(),
                     namespace: d.namespace.clone(),
                     event_id: d.event_id.clone(),
-                    requested_ms: d.event_time_ms,
+                    holds_from_ms: d.event_time_ms,
                     rows: counts
                         .remove(&(d.user_id.as_str(), d.namespace.as_str()))
                         .unwrap_or(0),

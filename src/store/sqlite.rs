@@ -298,7 +298,7 @@ impl Dialect for SqliteStore {
                 user_id: d.user_id.clone(),
                 namespace: d.namespace.clone(),
                 event_id: d.event_id.clone(),
-                requested_ms: d.event_time_ms,
+                holds_from_ms: d.event_time_ms,
                 rows: gone.rows_affected(),
             });
         }

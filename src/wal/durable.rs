@@ -77,7 +77,7 @@ pub fn recorded_instance_id(dir: &Path) -> Result<Option<String>> {
         return Ok(None);
     };
     Ok(Some(match read_trimmed(&dir.join("volume_id"))? {
-        Some(volume) => format!("{name}@{volume}"),
+        Some(volume) => volume_key(&name, &volume),
         None => name,
     }))
 }
@@ -126,9 +126,19 @@ pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
 }
 
 /// Hex digits of a volume id: 48 random bits, unique among the volumes one
-/// instance name ever has. With a name of at most 100 characters and the
-/// `@`, an instance id has at most 113 (the handler's tables hold 128).
+/// instance name ever has.
 const VOLUME_ID_LEN: usize = 12;
+
+/// `name@volume`, within the 100 characters the handler's tables hold for
+/// an instance id: a name longer than 87 characters is cut (the volume id
+/// keeps the key unique). The tables are not widened: a replica of the
+/// previous build, mid-rollout, has statements prepared on their columns,
+/// and PostgreSQL refuses a prepared statement whose result type changed.
+fn volume_key(name: &str, volume: &str) -> String {
+    let room = (crate::event::MAX_ID_LEN - 1).saturating_sub(volume.chars().count());
+    let name: String = name.chars().take(room).collect();
+    format!("{name}@{volume}")
+}
 
 /// Writes `name` in `dir` with `value`, durably (a temporary file synced,
 /// renamed, the directory synced).
@@ -170,6 +180,19 @@ mod tests {
         // Another name for this directory is refused.
         let err = instance_id(&wal, Some("replica-2")).unwrap_err();
         assert!(matches!(err, WalError::OtherInstance { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_long_name_is_cut_to_fit_the_watermark_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "n".repeat(100);
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let id = instance_id(&a, Some(&name)).unwrap();
+        assert_eq!(id.chars().count(), crate::event::MAX_ID_LEN);
+        assert!(id.starts_with(&format!("{}@", "n".repeat(87))), "{id}");
+        // The name recorded whole: the same INSTANCE_ID is accepted.
+        assert_eq!(instance_id(&a, Some(&name)).unwrap(), id);
+        assert_ne!(instance_id(&b, Some(&name)).unwrap(), id);
     }
 
     #[test]
