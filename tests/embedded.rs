@@ -18,7 +18,7 @@ async fn with_nothing_configured_the_service_runs_on_the_embedded_store_and_the_
     service.wait_healthy().await;
     let log = service.log_text();
     assert!(
-        log.contains("no database configured: using the embedded SQLite store"),
+        log.contains("using the embedded SQLite store (for PostgreSQL set DATABASE_URL"),
         "{log}"
     );
     assert!(

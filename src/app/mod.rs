@@ -202,7 +202,7 @@ impl App {
         if let Database::Sqlite(path) = &settings.database {
             tracing::info!(
                 path = %path.display(),
-                "no database configured: using the embedded SQLite store (set DATABASE_URL or DB_HOST for PostgreSQL)"
+                "using the embedded SQLite store (for PostgreSQL set DATABASE_URL or DB_HOST)"
             );
         }
         for warning in &settings.warnings {

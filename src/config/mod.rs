@@ -19,6 +19,9 @@ use crate::wal::Recovery;
 /// The namespace the embedded store falls back to when AB_NAMESPACE is unset.
 pub const DEVELOPMENT_NAMESPACE: &str = "mygame";
 
+/// Shorter HTTP ingest tokens are warned about: they can be guessed.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
 /// Where the service keeps its state: which database, and the WAL directory.
 /// Shared by `serve`, `progress` and `wal inspect`.
 #[derive(Debug, Clone, clap::Args)]
@@ -313,11 +316,14 @@ pub struct HttpIngestSettings {
     pub addr: Option<std::net::SocketAddr>,
     pub rate: u32,
     pub burst: u32,
+    /// AB_NAMESPACE is unset: the embedded store's development start.
+    pub development: bool,
 }
 
 impl HttpIngestSettings {
-    /// Tokens when any are configured; else open when asked or on the
-    /// embedded store; else closed. Reads the token file.
+    /// Tokens when any are configured; else open when asked, or in the
+    /// embedded store's development start (no AB_NAMESPACE); else closed.
+    /// Reads the token file.
     pub fn access(
         &self,
         database: &Database,
@@ -332,7 +338,7 @@ impl HttpIngestSettings {
             Access::Open {
                 why: OpenBecause::TrustedNetwork,
             }
-        } else if matches!(database, Database::Sqlite(_)) {
+        } else if self.development && matches!(database, Database::Sqlite(_)) {
             Access::Open {
                 why: OpenBecause::EmbeddedStore,
             }
@@ -359,6 +365,7 @@ fn invalid(name: &'static str, problem: impl Into<String>) -> SettingsError {
 impl ServeArgs {
     pub fn validate(self) -> Result<Settings, SettingsError> {
         let database = self.store.database()?;
+        let production = self.namespace.as_deref().is_some_and(|n| !n.is_empty());
         if !self.store.database_configured()
             && self.namespace.as_deref().is_some_and(|n| !n.is_empty())
         {
@@ -431,6 +438,22 @@ impl ServeArgs {
             .as_deref()
             .map(crate::http::access::parse_tokens)
             .unwrap_or_default();
+        if self.http_ingest_token.is_some() && tokens.is_empty() {
+            // A templated secret that came out blank must not read as "no
+            // token set" (open on the embedded store, allowed beside
+            // HTTP_INGEST_OPEN).
+            return Err(invalid(
+                "HTTP_INGEST_TOKEN",
+                "is set but holds no token (only separators or white space)",
+            ));
+        }
+        if let Some(short) = tokens.iter().find(|t| t.len() < MIN_TOKEN_BYTES) {
+            warnings.push(format!(
+                "HTTP_INGEST_TOKEN has a token of {} bytes: use at least {MIN_TOKEN_BYTES} random bytes \
+                 (e.g. `openssl rand -hex 32`); a short token can be guessed",
+                short.len()
+            ));
+        }
         if self.http_ingest_open && (!tokens.is_empty() || self.http_ingest_token_file.is_some()) {
             return Err(invalid(
                 "HTTP_INGEST_OPEN",
@@ -467,6 +490,7 @@ impl ServeArgs {
                 .map(|port| (self.bind_address, port).into()),
             rate: self.http_ingest_rate,
             burst: self.http_ingest_burst,
+            development: !production,
         };
         if self.table_owner == Some(TableOwner::Service) && matches!(database, Database::Sqlite(_))
         {

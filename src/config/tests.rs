@@ -183,6 +183,38 @@ fn http_ingest_settings_that_cannot_work_together_are_named() {
     assert_eq!(err.name, "HTTP_INGEST_PORT");
     let s = pg(&["--http-ingest-token", "a, b,,c"]).unwrap();
     assert_eq!(s.http_ingest.tokens, ["a", "b", "c"]);
+    assert!(s.warnings.iter().any(|w| w.contains("a token of 1 bytes")));
+    // A token setting that came out blank is not "no token".
+    let err = pg(&["--http-ingest-token", " , \n"]).unwrap_err();
+    assert_eq!(err.name, "HTTP_INGEST_TOKEN");
+    let err = pg(&["--http-ingest-open", "--http-ingest-token", ","]).unwrap_err();
+    assert_eq!(err.name, "HTTP_INGEST_TOKEN");
+    let s = pg(&["--http-ingest-token", &"k".repeat(32)]).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+}
+
+#[test]
+fn http_ingest_is_open_without_a_token_only_in_the_development_start() {
+    use crate::http::access::Access;
+    let access = |argv: &[&str]| {
+        let s = args(argv).validate().unwrap();
+        s.http_ingest.access(&s.database).unwrap()
+    };
+    // The quick start: no namespace, no database.
+    assert!(matches!(access(&[]), Access::Open { .. }));
+    assert!(matches!(
+        access(&["--database-url", "sqlite://x.db"]),
+        Access::Open { .. }
+    ));
+    // A production start (AB_NAMESPACE) that chose the embedded store.
+    assert!(matches!(
+        access(&["--namespace", "ns", "--database-url", "sqlite://x.db"]),
+        Access::Closed
+    ));
+    assert!(matches!(
+        access(&["--namespace", "ns", "--database-url", "postgres://u@h/db"]),
+        Access::Closed
+    ));
 }
 
 #[test]

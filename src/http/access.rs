@@ -132,6 +132,18 @@ impl Tokens {
             }
             None => Vec::new(),
         };
+        if let Some(short) = from_file
+            .iter()
+            .find(|t| t.len() < crate::config::MIN_TOKEN_BYTES)
+        {
+            tracing::warn!(
+                file = ?file,
+                "HTTP_INGEST_TOKEN_FILE has a token of {} bytes: use at least {} random bytes \
+                 (e.g. `openssl rand -hex 32`); a short token can be guessed",
+                short.len(),
+                crate::config::MIN_TOKEN_BYTES
+            );
+        }
         Ok(Tokens {
             env,
             file,
@@ -216,9 +228,15 @@ impl Tokens {
     }
 }
 
-/// Compares two secrets in time that does not depend on where they differ.
+/// Compares two secrets in time that depends neither on where they differ
+/// nor on their lengths: their SHA-256 digests, byte by byte to the end.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Who a request counts against.
