@@ -221,7 +221,7 @@ impl Metrics {
             events_failed: counter_vec(
                 "events_failed_total",
                 "events refused (gRPC OnMessage calls and HTTP ingest requests), by reason: \
-                 invalid, unavailable, internal, unauthorized (HTTP 401), too_large (HTTP 413), \
+                 invalid, unavailable, internal, unauthorized (HTTP 401, or 404 while HTTP ingest is closed), too_large (HTTP 413), \
                  rate_limited (HTTP 429)",
                 "reason",
             ),
