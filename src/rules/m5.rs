@@ -149,8 +149,11 @@ pub fn apply(row: &Row, step: &Step, target: i32, at_ms: i64) -> Option<Row> {
     let new = i64::from(progress_column(
         step.value.map_or(i64::from(row.progress) + inc, i64::from),
     ));
-    // A row the service reset keeps its old baseline; count from this event.
-    let base = if relative && row.status == Status::NotStarted {
+    // A row the service reset (progress 0, not_started) keeps its old
+    // baseline; count from this event. A not_started row with progress is
+    // one a claimed row's new period left (an event with no increment):
+    // its baseline is real, as upstream keeps it.
+    let base = if relative && row.status == Status::NotStarted && row.progress == 0 {
         None
     } else {
         row.baseline.map(i64::from)
@@ -223,7 +226,15 @@ pub fn apply(row: &Row, step: &Step, target: i32, at_ms: i64) -> Option<Row> {
     } else {
         row.claimed_at
     };
-    next.expires_at = match period {
+    // A late event (a goal without reset: it counts in the row's period)
+    // must not date the row's expiry to a period the row has left.
+    let row_period = match period {
+        Some((_, end)) if row.updated_at >= micros(end) => {
+            self::period(goal, row.updated_at.div_euclid(1000))
+        }
+        _ => period,
+    };
+    next.expires_at = match row_period {
         Some((_, end)) if stale || row.expires_at.is_none() => Some(micros(end)),
         _ => row.expires_at,
     };

@@ -282,6 +282,60 @@ fn quirk_c_a_row_the_service_reset_is_rebaselined_by_the_next_event() {
 }
 
 #[test]
+fn a_late_event_without_reset_dates_the_expiry_to_the_rows_period() {
+    let weekly = Goal {
+        relative: true,
+        rotation: Some(Rotation {
+            schedule: Schedule::Weekly,
+            reset_progress: false,
+            allow_reselection: false,
+        }),
+    };
+    let monday = Schedule::Weekly.period_start(NOW);
+    let next_monday = Schedule::Weekly.next_boundary(monday);
+    // The service made the row this Monday at 10:00, no expiry yet; the
+    // event was acknowledged Sunday 23:59:59, last week.
+    let row = seeded(0, Status::NotStarted, None, monday + 10 * HOUR_MS);
+    assert_eq!(row.expires_at, None);
+    let r = apply(&row, &stat(weekly, 20, 2), 10, monday - 1_000).unwrap();
+    assert_eq!(r.expires_at, Some(us(next_monday)), "not this Monday, past");
+    assert_eq!(r.updated_at, us(monday + 10 * HOUR_MS));
+}
+
+#[test]
+fn a_not_started_row_a_new_period_left_keeps_its_baseline_as_upstream_keeps_it() {
+    // Claimed yesterday; today's first event has no increment: not_started
+    // with a real baseline (not the service's reset, which zeroes progress).
+    let row = seeded(12, Status::Claimed, Some(9), midnight() - 2 * HOUR_MS);
+    let goal = daily(true, true);
+    let r = apply(&row, &stat(goal, 10, -2), 3, NOW).unwrap();
+    assert_eq!(
+        (r.progress, r.baseline, r.status),
+        (10, Some(12), Status::NotStarted)
+    );
+    let r = apply(&r, &stat(goal, 13, 3), 3, NOW + 1).unwrap();
+    assert_eq!(
+        (r.progress, r.baseline, r.status),
+        (13, Some(12), Status::InProgress),
+        "upstream counts 13 - 12 = 1"
+    );
+    // Without reset: the next period's event compares with the kept baseline.
+    let goal = daily(false, true);
+    let row = seeded(160, Status::Claimed, Some(100), midnight() - 30 * HOUR_MS);
+    let r = apply(&row, &stat(goal, 148, -2), 10, midnight() - 2 * HOUR_MS).unwrap();
+    assert_eq!(
+        (r.progress, r.baseline, r.status),
+        (148, Some(150), Status::NotStarted)
+    );
+    let r = apply(&r, &stat(goal, 170, 2), 10, NOW).unwrap();
+    assert_eq!(
+        (r.progress, r.baseline, r.status),
+        (170, Some(150), Status::Completed),
+        "upstream counts 170 - 150 = 20"
+    );
+}
+
+#[test]
 fn an_absolute_goal_completes_at_its_target_and_stays_completed_when_the_value_falls() {
     let row = seeded(0, Status::NotStarted, None, NOW - HOUR_MS);
     let r = apply(&row, &stat(ABSOLUTE, 0, 0), 5, NOW).unwrap();
