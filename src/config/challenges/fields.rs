@@ -154,6 +154,17 @@ impl Validator {
     ) {
         for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
             let field = at.field(&format!("{prefix}{key}"));
+            // Go's encoding/json matches keys without regard to case: upstream
+            // reads this key as the known one, so ignoring it would change
+            // what the goal means here.
+            if let Some(meant) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+                self.problem(format!(
+                    "{field}: write it as \"{meant}\" (AccelByte's loader reads keys without \
+                     regard to case and would take it as \"{meant}\"; this handler reads them \
+                     exactly)"
+                ));
+                continue;
+            }
             match self.generation {
                 Generation::Typed => self.problem(format!(
                     "{field}: unknown key (expected one of: {})",

@@ -61,8 +61,9 @@ pub fn load(path: &Path) -> Result<Challenges, ChallengesError> {
 /// Parses and validates challenges JSON text. Never panics; returns every
 /// problem found.
 pub fn parse(text: &str) -> Result<Challenges, Vec<String>> {
-    let root: Value =
+    let mut root: Value =
         serde_json::from_str(text).map_err(|e| vec![format!("not valid JSON: {e}")])?;
+    without_nulls(&mut root);
     let generation = generation_of(&root);
     let mut v = Validator {
         generation,
@@ -78,6 +79,21 @@ pub fn parse(text: &str) -> Result<Challenges, Vec<String>> {
         })
     } else {
         Err(v.problems)
+    }
+}
+
+/// Drops every key whose value is `null`: Go's encoding/json, which reads
+/// the file upstream, gives such a field its zero value, which for every
+/// optional field is what leaving it out means (and a required one is then
+/// reported missing).
+fn without_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(without_nulls);
+        }
+        Value::Array(list) => list.iter_mut().for_each(without_nulls),
+        _ => {}
     }
 }
 

@@ -400,3 +400,59 @@ fn the_shipped_configs_load_one_of_each_generation() {
         })
     )));
 }
+
+#[test]
+fn null_reads_as_left_out_as_upstreams_json_reads_it() {
+    let loaded = parse(&file(&[m5_goal(
+        "rel",
+        r#","progressMode":"relative""#,
+        r#","description":null,"defaultAssigned":null,"prerequisites":null,"rotation":{"enabled":true,"type":"global","schedule":"daily","onExpiry":null}"#,
+    )]))
+    .unwrap();
+    assert_eq!(loaded.generation, Generation::M5);
+    assert_eq!(
+        loaded.goals[0].rule,
+        GoalRule::M5(m5::Goal {
+            relative: true,
+            rotation: Some(Rotation {
+                schedule: Schedule::Daily,
+                reset_progress: false,
+                allow_reselection: false
+            })
+        })
+    );
+    // A null rotation is no rotation; alone it does not make the file M5.
+    let loaded = parse(&file(&[goal(r#","rotation":null"#)])).unwrap();
+    assert_eq!(loaded.generation, Generation::Typed);
+    // A required field set to null is missing.
+    let problems = parse(&file(&[goal(r#","reward":null"#)])).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(r#"field "reward": is required"#)),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_key_in_another_case_is_refused_naming_the_key_upstream_would_read() {
+    for (file, key, meant) in [
+        (
+            file(&[m5_goal("m", r#","progressmode":"relative""#, DAILY)]),
+            "requirement.progressmode",
+            "progressMode",
+        ),
+        (
+            file(&[goal(r#","DefaultAssigned":false"#)]),
+            "DefaultAssigned",
+            "defaultAssigned",
+        ),
+    ] {
+        let problems = parse(&file).unwrap_err();
+        let text = problems.join("\n");
+        assert!(
+            text.contains(&format!(r#"field "{key}": write it as "{meant}""#)),
+            "{text}"
+        );
+    }
+}
