@@ -196,9 +196,36 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
     assert_eq!(status, 200, "the environment's tokens stay");
     assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 3").await);
 
-    wait_for_progress(&pool, "tk", "kills", 5, WAIT).await;
+    // The key removed from the Secret: its tokens are revoked, the
+    // environment's stay.
+    std::fs::remove_file(&file).unwrap();
+    let deadline = Instant::now() + WAIT;
+    // One event id, sent until refused: it counts once if it was accepted
+    // before the revocation (a redelivery of an acknowledged event).
+    let mut accepted_before = 0;
+    loop {
+        match event_status(addr, Some("file-new-0b9e"), &kills("tk", "gone-1", 1.0)).await {
+            401 => break,
+            status => assert_eq!(status, 200),
+        }
+        accepted_before = 1;
+        assert!(
+            Instant::now() < deadline,
+            "a deleted file's token stayed accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 2").await);
+    let status = event_status(addr, Some("env-b-44d0"), &kills("tk", "env-3", 1.0)).await;
+    assert_eq!(status, 200, "the environment's tokens stay");
+    service
+        .wait_for_log("HTTP_INGEST_TOKEN_FILE is gone", WAIT)
+        .await;
+
+    let expected = 6 + accepted_before;
+    wait_for_progress(&pool, "tk", "kills", expected, WAIT).await;
     flushed_past(&service, &pool, "tk-probe").await;
-    assert_eq!(row(&pool, "tk", "kills").await.unwrap().progress, 5);
+    assert_eq!(row(&pool, "tk", "kills").await.unwrap().progress, expected);
     let log = service
         .wait_for_log("HTTP ingest tokens reloaded", WAIT)
         .await;

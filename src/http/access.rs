@@ -23,6 +23,11 @@ use crate::metrics::Metrics;
 /// How often `HTTP_INGEST_TOKEN_FILE` is checked for a change.
 pub const TOKEN_FILE_POLL: Duration = Duration::from_secs(2);
 
+/// Reads of a missing token file after which its tokens are forgotten
+/// (about 6 s: Kubernetes swaps a Secret's files atomically, so a file is
+/// missing for good only when its key was removed).
+pub const GONE_POLLS: u32 = 3;
+
 /// Whether HTTP ingest accepts writes, and from whom.
 #[derive(Debug, Clone)]
 pub enum Access {
@@ -186,14 +191,23 @@ impl Tokens {
         Ok(Some(self.count()))
     }
 
+    /// Forgets the file's tokens; returns how many are accepted now.
+    fn forget_file(&self) -> usize {
+        self.from_file.write().expect("tokens lock").clear();
+        self.count()
+    }
+
     /// Re-reads the file every [`TOKEN_FILE_POLL`] until `stop`. A file that
     /// cannot be read keeps the tokens read before (a Secret being
-    /// replaced), with a warning; a file with no token refuses every write.
+    /// replaced), with a warning, unless it is gone for [`GONE_POLLS`] reads
+    /// in a row: a key removed from the Secret revokes its tokens. A file
+    /// with no token refuses every write.
     pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
         let Some(path) = self.file.clone() else {
             return;
         };
         let mut failing = false;
+        let mut gone = 0u32;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -203,6 +217,7 @@ impl Tokens {
             let read = tokio::task::spawn_blocking(move || tokens.reload()).await;
             match read {
                 Ok(Ok(changed)) => {
+                    gone = 0;
                     if failing {
                         tracing::info!(file = %path.display(), "HTTP_INGEST_TOKEN_FILE readable again");
                         failing = false;
@@ -214,6 +229,17 @@ impl Tokens {
                         } else {
                             tracing::info!(file = %path.display(), accepted, "HTTP ingest tokens reloaded");
                         }
+                    }
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    gone += 1;
+                    if gone == GONE_POLLS {
+                        let accepted = self.forget_file();
+                        metrics.http_ingest_tokens.set(accepted as i64);
+                        tracing::error!(file = %path.display(), accepted, "HTTP_INGEST_TOKEN_FILE is gone: its tokens are no longer accepted (a key removed from the Secret revokes them)");
+                        failing = true;
+                    } else if gone == 1 && !failing {
+                        tracing::warn!(file = %path.display(), accepted = self.count(), "HTTP_INGEST_TOKEN_FILE is missing; its tokens stay accepted unless it stays missing");
                     }
                 }
                 Ok(Err(e)) => {
