@@ -43,10 +43,17 @@ pub async fn serve(
             },
         );
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(Into::into),
-        _ = stop.cancelled() => {}
-    }
+    let ended = tokio::select! {
+        result = &mut server => Some(result),
+        _ = stop.cancelled() => None,
+    };
+    let ended = match ended {
+        // The server failed by itself, not stopped.
+        Some(result) if !stop.is_cancelled() => return result.map_err(Into::into),
+        other => other,
+    };
+    // With no connection open, the server may end in the same poll as the
+    // stop: the calls of the HTTP path are still waited for below.
     // Stopping: no new connections, and no new call on the path (gRPC or
     // HTTP). Calls in flight get the grace period to be answered; idle
     // connections are not waited for (a client may keep its connection open
@@ -57,21 +64,28 @@ pub async fn serve(
         "shutting down: no new calls; finishing calls in flight"
     );
     let deadline = tokio::time::Instant::now() + grace;
+    let mut result = ended;
     loop {
         if ingress.in_flight() == 0 {
-            return Ok(());
+            break;
         }
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 in_flight = ingress.in_flight(),
                 grace = ?grace,
-                "calls still in flight after the grace period; closing anyway (they were not acknowledged)"
+                "calls still in flight after the grace period; closing anyway (a gRPC call cut \
+                 here was not acknowledged)"
             );
-            return Ok(());
+            break;
         }
-        tokio::select! {
-            result = &mut server => return result.map_err(Into::into),
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        let tick = tokio::time::sleep(Duration::from_millis(10));
+        match &result {
+            Some(_) => tick.await,
+            None => tokio::select! {
+                ended = &mut server => result = Some(ended),
+                _ = tick => {}
+            },
         }
     }
+    result.unwrap_or(Ok(())).map_err(Into::into)
 }
