@@ -351,6 +351,9 @@ async fn replays_into_kills(
     dir: &std::path::Path,
     user: &str,
 ) {
+    // The id an older build without INSTANCE_ID generated and recorded on
+    // its first start (a directory with a log and no id is refused).
+    std::fs::write(dir.join("wal").join("instance_id"), "ceh-an-older-build").unwrap();
     let mut service = Binary::spawn(&db.url, dir, &[("FLUSH_INTERVAL", "50ms")]);
     service.wait_healthy().await;
     let r = wait_for_progress(pool, user, "kills", 9, Duration::from_secs(20)).await;

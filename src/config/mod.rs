@@ -398,7 +398,14 @@ impl ServeArgs {
         if namespace.chars().count() > crate::event::MAX_ID_LEN {
             return Err(invalid("AB_NAMESPACE", "is longer than 100 characters"));
         }
-        if let Some(id) = &self.instance_id {
+        // Trimmed as the WAL directory records it (a trailing space or line
+        // break from a template would otherwise differ from the record).
+        let instance_id = self
+            .instance_id
+            .as_deref()
+            .map(str::trim)
+            .map(str::to_owned);
+        if let Some(id) = &instance_id {
             if id.is_empty() || id.chars().count() > crate::event::MAX_ID_LEN {
                 return Err(invalid("INSTANCE_ID", "must be 1 to 100 characters"));
             }
@@ -438,10 +445,16 @@ impl ServeArgs {
             .as_deref()
             .map(crate::http::access::parse_tokens)
             .unwrap_or_default();
-        if self.http_ingest_token.is_some() && tokens.is_empty() {
-            // A templated secret that came out blank must not read as "no
-            // token set" (open on the embedded store, allowed beside
-            // HTTP_INGEST_OPEN).
+        if self
+            .http_ingest_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty())
+            && tokens.is_empty()
+        {
+            // A templated secret that came out as separators or white space
+            // must not read as "no token set" (open on the embedded store,
+            // allowed beside HTTP_INGEST_OPEN). An empty value is unset, as
+            // templates render it.
             return Err(invalid(
                 "HTTP_INGEST_TOKEN",
                 "is set but holds no token (only separators or white space)",
@@ -509,7 +522,7 @@ impl ServeArgs {
             wal_max_bytes: self.wal_max_bytes,
             wal_recovery: self.wal_recovery,
             wal_cache_bytes: self.wal_cache_bytes,
-            instance_id: self.instance_id,
+            instance_id,
             grpc_addr: (self.bind_address, self.grpc_port).into(),
             metrics_addr: (self.bind_address, self.metrics_port).into(),
             grpc_max_message_bytes: usize::try_from(self.grpc_max_message_bytes)

@@ -189,6 +189,9 @@ fn http_ingest_settings_that_cannot_work_together_are_named() {
     assert_eq!(err.name, "HTTP_INGEST_TOKEN");
     let err = pg(&["--http-ingest-open", "--http-ingest-token", ","]).unwrap_err();
     assert_eq!(err.name, "HTTP_INGEST_TOKEN");
+    // An empty value is unset (a template's way of leaving it out).
+    let s = pg(&["--http-ingest-token", ""]).unwrap();
+    assert!(s.http_ingest.tokens.is_empty());
     let s = pg(&["--http-ingest-token", &"k".repeat(32)]).unwrap();
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
 }
@@ -245,4 +248,19 @@ fn a_flush_timeout_under_a_second_is_named() {
     .validate()
     .unwrap_err();
     assert_eq!(err.name, "FLUSH_TIMEOUT");
+}
+
+#[test]
+fn instance_id_is_trimmed_as_the_wal_directory_records_it() {
+    let s = args(&[
+        "--namespace",
+        "ns",
+        "--database-url",
+        "postgres://u@h/db",
+        "--instance-id",
+        " replica-1\n",
+    ])
+    .validate()
+    .unwrap();
+    assert_eq!(s.instance_id.as_deref(), Some("replica-1"));
 }

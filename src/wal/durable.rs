@@ -105,6 +105,9 @@ pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
             })
         }
         (Some(_), _) => Ok(recorded_instance_id(dir)?.expect("a name is recorded")),
+        (None, None) if dir.join("log").exists() => Err(WalError::UnknownInstance {
+            dir: dir.to_owned(),
+        }),
         (None, configured) => {
             let name = configured.map_or_else(
                 || format!("ceh-{}", uuid::Uuid::new_v4().simple()),
@@ -211,5 +214,11 @@ mod tests {
             recorded_instance_id(&older).unwrap().as_deref(),
             Some("replica-0")
         );
+        // Without the name it ran with, its records' watermark is unknown.
+        let unnamed = dir.path().join("unnamed");
+        std::fs::create_dir_all(unnamed.join("log")).unwrap();
+        let err = instance_id(&unnamed, None).unwrap_err();
+        assert!(matches!(err, WalError::UnknownInstance { .. }), "{err}");
+        assert!(!unnamed.join("instance_id").exists());
     }
 }

@@ -62,6 +62,12 @@ pub enum WalError {
         recorded: String,
         configured: String,
     },
+    #[error(
+        "the WAL in {dir} records no instance id (an old build made it) and INSTANCE_ID is not \
+         set: a generated id would replay its records against a new watermark and apply them \
+         again. Set INSTANCE_ID to the id it ran with (on Kubernetes, its pod name)"
+    )]
+    UnknownInstance { dir: PathBuf },
     #[error("WAL record {seq} is listed but not in the log")]
     Missing { seq: u64 },
     #[error(
