@@ -150,9 +150,14 @@ pub fn apply(row: &Row, step: &Step, target: i32, at_ms: i64) -> Option<Row> {
         step.value.map_or(i64::from(row.progress) + inc, i64::from),
     ));
     // A row the service reset (progress 0, not_started) keeps its old
-    // baseline; count from this event. A not_started row with progress is
-    // one a claimed row's new period left (an event with no increment):
-    // its baseline is real, as upstream keeps it.
+    // baseline; count from this event. The handler writes not_started too,
+    // when a claimed row's new period begins with an event of no increment:
+    // that baseline is real, and kept as upstream keeps it, unless the
+    // stat's value was 0 (then the row reads as a reset). The expiry would
+    // tell the two apart, but rows whose `updated_at` was moved by hand
+    // (upstream's own E2E scripts do) keep a later one, and mistaking a
+    // reset for the handler's row completes the goal at once on the old
+    // baseline, the more common and the worse of the two.
     let base = if relative && row.status == Status::NotStarted && row.progress == 0 {
         None
     } else {

@@ -63,8 +63,10 @@ pub fn load(path: &Path) -> Result<Challenges, ChallengesError> {
 pub fn parse(text: &str) -> Result<Challenges, Vec<String>> {
     let mut root: Value =
         serde_json::from_str(text).map_err(|e| vec![format!("not valid JSON: {e}")])?;
-    without_nulls(&mut root);
+    // Decided on the file as written: a key of M5 set to null, or written
+    // in another case, still says the file is AccelByte's current kind.
     let generation = generation_of(&root);
+    without_nulls(&mut root);
     let mut v = Validator {
         generation,
         problems: Vec::new(),
@@ -106,14 +108,20 @@ fn generation_of(root: &Value) -> Generation {
         .flatten()
         .filter_map(|c| c.get("goals").and_then(Value::as_array))
         .flatten();
+    let has = |obj: &Value, key: &str| {
+        obj.as_object()
+            .is_some_and(|o| o.keys().any(|k| k.eq_ignore_ascii_case(key)))
+    };
     let mut m5 = false;
     for goal in goals {
-        let has = |key: &str| goal.get(key).is_some();
-        let mode = goal
-            .get("requirement")
-            .and_then(|r| r.get("progressMode"))
-            .is_some();
-        m5 |= mode || has("rotation");
+        let requirement = goal
+            .as_object()
+            .and_then(|o| {
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("requirement"))
+            })
+            .map(|(_, v)| v);
+        m5 |= requirement.is_some_and(|r| has(r, "progressMode")) || has(goal, "rotation");
     }
     if m5 {
         Generation::M5

@@ -421,9 +421,16 @@ fn null_reads_as_left_out_as_upstreams_json_reads_it() {
             })
         })
     );
-    // A null rotation is no rotation; alone it does not make the file M5.
-    let loaded = parse(&file(&[goal(r#","rotation":null"#)])).unwrap();
-    assert_eq!(loaded.generation, Generation::Typed);
+    // A null rotation is no rotation, in a file of M5 (its key says so).
+    let loaded = parse(&file(&[m5_goal("plain", "", r#","rotation":null"#)])).unwrap();
+    assert_eq!(loaded.generation, Generation::M5);
+    assert_eq!(
+        loaded.goals[0].rule,
+        GoalRule::M5(m5::Goal {
+            relative: false,
+            rotation: None
+        })
+    );
     // A required field set to null is missing.
     let problems = parse(&file(&[goal(r#","reward":null"#)])).unwrap_err();
     assert!(
@@ -439,6 +446,12 @@ fn a_key_in_another_case_is_refused_naming_the_key_upstream_would_read() {
     for (file, key, meant) in [
         (
             file(&[m5_goal("m", r#","progressmode":"relative""#, DAILY)]),
+            "requirement.progressmode",
+            "progressMode",
+        ),
+        // The only mark of M5 in another case: still an M5 file, still refused.
+        (
+            file(&[m5_goal("m", r#","progressmode":"relative""#, "")]),
             "requirement.progressmode",
             "progressMode",
         ),

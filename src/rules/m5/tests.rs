@@ -269,7 +269,8 @@ fn quirk_b_a_stale_row_without_reset_keeps_a_null_baseline_until_the_next_event(
 
 #[test]
 fn quirk_c_a_row_the_service_reset_is_rebaselined_by_the_next_event() {
-    // The service's reset: progress 0, not_started, completed_at NULL, the old baseline kept.
+    // The service's reset: progress 0, not_started, completed_at NULL, the
+    // old baseline and the old period's expiry kept.
     let mut row = seeded(0, Status::NotStarted, Some(100), NOW - HOUR_MS);
     row.expires_at = Some(us(midnight() + 24 * HOUR_MS));
     // Upstream would compare 130 with the old baseline 100 and complete at once.
@@ -318,6 +319,20 @@ fn a_not_started_row_a_new_period_left_keeps_its_baseline_as_upstream_keeps_it()
         (r.progress, r.baseline, r.status),
         (13, Some(12), Status::InProgress),
         "upstream counts 13 - 12 = 1"
+    );
+    // The same when the stat's value went back to 0 reads as the service's
+    // reset (docs/DESIGN.md): counted from the next event, where upstream
+    // counts 3 - 50.
+    let row = seeded(50, Status::Claimed, Some(40), midnight() - 2 * HOUR_MS);
+    let r = apply(&row, &stat(goal, 0, -50), 3, NOW).unwrap();
+    assert_eq!(
+        (r.progress, r.baseline, r.status),
+        (0, Some(50), Status::NotStarted)
+    );
+    let r = apply(&r, &stat(goal, 3, 3), 3, NOW + 1).unwrap();
+    assert_eq!(
+        (r.progress, r.baseline, r.status),
+        (3, Some(0), Status::Completed)
     );
     // Without reset: the next period's event compares with the kept baseline.
     let goal = daily(false, true);
