@@ -9,6 +9,10 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::ingest::Ingress;
 
+/// How long the server keeps going once no call is in flight, so that the
+/// answers just made are written before the connections close.
+const ANSWER_LINGER: Duration = Duration::from_millis(100);
+
 /// Serves the AGS event services, `grpc.health.v1` and reflection on
 /// `listener` until `stop`; then no new call is taken and calls in flight
 /// get `grace` to be answered.
@@ -67,6 +71,15 @@ pub async fn serve(
     let mut result = ended;
     loop {
         if ingress.in_flight() == 0 {
+            // A call leaves the count when its answer is made, before the
+            // server has written it: a moment more for those answers.
+            if result.is_none() {
+                let linger = tokio::time::sleep(ANSWER_LINGER.min(grace));
+                tokio::select! {
+                    ended = &mut server => result = Some(ended),
+                    _ = linger => {}
+                }
+            }
             break;
         }
         if tokio::time::Instant::now() >= deadline {
