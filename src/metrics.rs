@@ -20,7 +20,8 @@ pub mod failure {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// HTTP ingest body over HTTP_MAX_BODY_BYTES (413).
     pub const TOO_LARGE: &str = "too_large";
-    /// HTTP ingest over the client's HTTP_INGEST_RATE (429).
+    /// HTTP ingest over the client's HTTP_INGEST_RATE, or from an address
+    /// whose token checks keep failing (429).
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const ALL: [&str; 6] = [
         INVALID,
@@ -222,7 +223,7 @@ impl Metrics {
                 "events_failed_total",
                 "events refused (gRPC OnMessage calls and HTTP ingest requests), by reason: \
                  invalid, unavailable, internal, unauthorized (HTTP 401, or 404 while HTTP ingest is closed), too_large (HTTP 413), \
-                 rate_limited (HTTP 429)",
+                 rate_limited (HTTP 429: over HTTP_INGEST_RATE, or an address guessing tokens)",
                 "reason",
             ),
             updates_not_applied: counter_vec(

@@ -414,3 +414,53 @@ async fn on_the_embedded_store_the_quick_start_posts_without_a_token_and_the_log
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+/// An address whose token checks keep failing gets 429 for a while, whatever
+/// it sends: the first 50 wrong guesses are answered 401, then the address
+/// is slowed to 5 a second, so guessing a token never ends. A caller with a
+/// token is not affected from another address.
+#[tokio::test]
+async fn an_address_guessing_tokens_is_slowed_down_and_it_is_counted() {
+    let token = "g".repeat(32);
+    let Started {
+        db: _db,
+        pool: _pool,
+        dir: _dir,
+        mut service,
+    } = started(&[("HTTP_INGEST_TOKEN", &token)]).await;
+    let addr = service.http_addr();
+    let mut unauthorized = 0;
+    let (headers, text) = loop {
+        let guess = format!("guess-{unauthorized}");
+        let (status, headers, text) =
+            post(addr, "/v1/events", Some(&guess), &kills("gs", "gs-1", 1.0)).await;
+        match status {
+            401 => unauthorized += 1,
+            429 => break (headers, text),
+            other => panic!("{other}: {text}"),
+        }
+        assert!(unauthorized < 5_000, "guesses were never slowed down");
+    };
+    assert!(unauthorized >= 50, "slowed after {unauthorized} guesses");
+    assert!(header(&headers, "retry-after").is_some());
+    assert!(text.contains("wrong or missing bearer token"), "{text}");
+    assert!(
+        metric(
+            &service,
+            "challenge_event_handler_events_failed_total{reason=\"rate_limited\"} 1"
+        )
+        .await
+    );
+    // The right token from the same address waits too (a check is not
+    // made), and is accepted once the address may be heard again.
+    let deadline = Instant::now() + WAIT;
+    while event_status(addr, Some(&token), &kills("gs", "gs-ok", 1.0)).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the address was never heard again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}

@@ -221,6 +221,10 @@ impl App {
             IngestState {
                 gate: gate.clone(),
                 access,
+                failed_guesses: Arc::new(RateLimit::new(
+                    http::ingest::FAILED_GUESSES_RATE,
+                    http::ingest::FAILED_GUESSES_BURST,
+                )),
                 limit: (settings.http_ingest.rate > 0).then(|| {
                     Arc::new(RateLimit::new(
                         settings.http_ingest.rate,

@@ -302,7 +302,15 @@ impl RateLimit {
     /// Takes `events` from `client`'s bucket, or says how long until they
     /// would be there.
     pub fn take(&self, client: &Client, events: usize, now: Instant) -> Result<(), Duration> {
-        let need = events as f64;
+        self.settle(client, events as f64, true, now)
+    }
+
+    /// Whether `client`'s bucket holds one, without taking it.
+    pub fn holds_one(&self, client: &Client, now: Instant) -> Result<(), Duration> {
+        self.settle(client, 1.0, false, now)
+    }
+
+    fn settle(&self, client: &Client, need: f64, take: bool, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("rate limit lock");
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(client) {
             let (rate, burst) = (self.rate, self.burst);
@@ -316,7 +324,7 @@ impl RateLimit {
             .min(self.burst);
         bucket.at = now;
         if level >= need {
-            bucket.level = level - need;
+            bucket.level = if take { level - need } else { level };
             Ok(())
         } else {
             bucket.level = level;

@@ -362,6 +362,12 @@ async fn ingest(ingress: &Ingress, metrics: &Metrics, value: &Value) -> Answer {
     }
 }
 
+/// Failed token checks an address may make a second, and at once, before
+/// it gets 429 whatever it sends (a caller whose token was rotated out
+/// stays well under it; guessing a 16-byte token does not end).
+pub const FAILED_GUESSES_RATE: u32 = 5;
+pub const FAILED_GUESSES_BURST: u32 = 50;
+
 /// What the ingest handlers share.
 #[derive(Clone)]
 pub struct IngestState {
@@ -369,6 +375,9 @@ pub struct IngestState {
     pub access: Access,
     /// `HTTP_INGEST_RATE` / `HTTP_INGEST_BURST`; none when the rate is 0.
     pub limit: Option<std::sync::Arc<RateLimit>>,
+    /// Wrong or missing tokens per address ([`FAILED_GUESSES_RATE`] a
+    /// second, [`FAILED_GUESSES_BURST`] at once).
+    pub failed_guesses: std::sync::Arc<RateLimit>,
     pub metrics: std::sync::Arc<Metrics>,
 }
 
@@ -423,6 +432,22 @@ pub async fn guard(State(state): State<IngestState>, mut request: Request, next:
             Client::Address(peer)
         }
         Access::Tokens(tokens) => {
+            // An address whose guesses keep failing is not heard for a
+            // while, right or wrong: guessing a token takes forever.
+            let peer = Client::Address(
+                request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+            );
+            let now = std::time::Instant::now();
+            if let Err(wait) = state.failed_guesses.holds_one(&peer, now) {
+                return too_many(
+                    &state.metrics,
+                    wait,
+                    "too many requests with a wrong or missing bearer token from this address",
+                );
+            }
             let given = request
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -431,6 +456,7 @@ pub async fn guard(State(state): State<IngestState>, mut request: Request, next:
             match given.and_then(|g| tokens.find(g)) {
                 Some(token) => Client::Token(token),
                 None => {
+                    let _ = state.failed_guesses.take(&peer, 1, now);
                     refused(&state.metrics, failure::UNAUTHORIZED);
                     let mut response = respond(
                         StatusCode::UNAUTHORIZED,
@@ -508,20 +534,26 @@ fn within_rate(state: &IngestState, client: &Client, events: usize) -> Result<()
     let Err(wait) = limit.take(client, events, std::time::Instant::now()) else {
         return Ok(());
     };
-    refused(&state.metrics, failure::RATE_LIMITED);
+    Err(Box::new(too_many(
+        &state.metrics,
+        wait,
+        "over this client's HTTP ingest rate (HTTP_INGEST_RATE events/s, HTTP_INGEST_BURST at once)",
+    )))
+}
+
+/// 429 with `Retry-After`, counted as `rate_limited`.
+fn too_many(metrics: &Metrics, wait: std::time::Duration, why: &str) -> Response {
+    refused(metrics, failure::RATE_LIMITED);
     let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
     let mut response = respond(
         StatusCode::TOO_MANY_REQUESTS,
-        &error_body(&format!(
-            "over this client's HTTP ingest rate (HTTP_INGEST_RATE events/s, \
-             HTTP_INGEST_BURST at once); retry after {seconds} s"
-        )),
+        &error_body(&format!("{why}; retry after {seconds} s")),
         false,
     );
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    Err(Box::new(response))
+    response
 }
 
 /// The ingest routes behind [`guard`]; bodies over `max_body_bytes` get 413.
