@@ -166,9 +166,10 @@ impl Tokens {
     /// change the time taken).
     pub fn find(&self, given: &str) -> Option<String> {
         let from_file = self.from_file.read().expect("tokens lock");
+        let given = digest(given.as_bytes());
         let mut found = None;
         for token in self.env.iter().chain(from_file.iter()) {
-            if same_secret(given.as_bytes(), token.as_bytes()) {
+            if same_digest(&given, &digest(token.as_bytes())) {
                 found = Some(token.clone());
             }
         }
@@ -257,12 +258,16 @@ impl Tokens {
 /// Compares two secrets in time that depends neither on where they differ
 /// nor on their lengths: their SHA-256 digests, byte by byte to the end.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    same_digest(&digest(a), &digest(b))
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    Sha256::digest(secret).into()
+}
+
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who a request counts against.
@@ -305,13 +310,17 @@ impl RateLimit {
         self.settle(client, events as f64, true, now)
     }
 
-    /// Whether `client`'s bucket holds one, without taking it.
+    /// Whether `client`'s bucket holds one, without taking it (a client
+    /// without a bucket is not given one: its bucket would be full).
     pub fn holds_one(&self, client: &Client, now: Instant) -> Result<(), Duration> {
         self.settle(client, 1.0, false, now)
     }
 
     fn settle(&self, client: &Client, need: f64, take: bool, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("rate limit lock");
+        if !take && !buckets.contains_key(client) {
+            return Ok(());
+        }
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(client) {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.level + now.duration_since(b.at).as_secs_f64() * rate < burst);
