@@ -56,10 +56,9 @@ pub async fn serve(
         Some(result) if !stop.is_cancelled() => return result.map_err(Into::into),
         other => other,
     };
-    // With no connection open, the server may end in the same poll as the
-    // stop: the calls of the HTTP path are still waited for below.
     // Stopping: no new connections, and no new call on the path (gRPC or
-    // HTTP). Calls in flight get the grace period to be answered; idle
+    // HTTP). Calls in flight get the grace period to be answered, HTTP ones
+    // too when the server ended with the stop (no connection open); idle
     // connections are not waited for (a client may keep its connection open
     // forever), they are closed when `server` is dropped.
     ingress.close();
