@@ -580,3 +580,72 @@ async fn a_late_deletion_drops_m5_updates_another_replica_acknowledged_before_it
     a.sigterm();
     assert_eq!(a.wait_exit(EXIT).await, 0);
 }
+
+/// The ledger's state row deleted by hand while replicas run: flushes fail
+/// (loudly) until a replica's upkeep writes the row again from the ledger
+/// tables still in the schema. Nothing acknowledged is lost, and the ids
+/// applied before are still known: a redelivery of them to another replica
+/// counts nothing.
+#[tokio::test]
+async fn a_deleted_ledger_state_row_is_rebuilt_and_forgets_no_event_id() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = fast(&db.url, da.path());
+    let mut b = fast(&db.url, db_dir.path());
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let (ca, cb) = (a.channel().await, b.channel().await);
+    let before: Vec<String> = (0..5).map(|i| format!("lr-{i}")).collect();
+    for id in &before {
+        assert!(send_login(&ca, "lr-user", id).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counted(&pool, "lr").await.get("lr-user") != Some(&5) {
+        assert!(std::time::Instant::now() < deadline, "A never flushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("DELETE FROM challenge_event_handler_ledger")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 5..10 {
+        assert!(send_login(&ca, "lr-user", &format!("lr-{i}")).await);
+    }
+    // The upkeep runs every 15 s on each replica.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counted(&pool, "lr").await.get("lr-user") != Some(&10) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flushes never resumed\nA: {}\nB: {}",
+            a.log_text(),
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = format!("{}{}", a.log_text(), b.log_text());
+    assert!(
+        logs.contains("rebuilt it from the ledger tables in the schema"),
+        "{logs}"
+    );
+    assert!(logs.contains("lists no table"), "{logs}");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tables FROM challenge_event_handler_ledger WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!tables.is_empty());
+    for id in &before {
+        assert!(send_login(&cb, "lr-user", id).await);
+    }
+    b.sigterm();
+    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
+    assert_eq!(counted(&pool, "lr").await.get("lr-user"), Some(&10));
+    assert!(
+        b.log_text().contains("applied by another flush"),
+        "{}",
+        b.log_text()
+    );
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+}

@@ -36,6 +36,19 @@ pub(super) async fn upkeep(
                     tracing::info!("cluster upkeep recovered");
                     failing = false;
                 }
+                match done.restored.as_deref() {
+                    Some([]) => tracing::error!(
+                        "the ledger's state row (challenge_event_handler_ledger) was missing \
+                         and no ledger table was left: started a new one; event ids applied \
+                         before are forgotten, so a redelivery of one of them may count twice"
+                    ),
+                    Some(adopted) => tracing::warn!(
+                        tables_adopted = adopted.len(),
+                        "the ledger's state row (challenge_event_handler_ledger) was missing, \
+                         so flushes failed; rebuilt it from the ledger tables in the schema"
+                    ),
+                    None => {}
+                }
                 metrics.ledger_tables.set(done.tables as i64);
                 metrics.ledger_event_ids.set(done.ids);
                 let locked_ms = done.rotation.map_or(0, |d| d.as_millis() as u64);

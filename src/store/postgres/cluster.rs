@@ -77,8 +77,9 @@ pub async fn lock(tx: &mut Transaction<'static, Postgres>, exclusive: bool) -> R
     Ok(())
 }
 
-/// The ledger's tables, newest (the one new ids go to) first.
-async fn ledger_tables<'c, E>(db: E) -> Result<Vec<String>>
+/// The ledger's tables, newest (the one new ids go to) first; None when its
+/// state row is gone or lists none.
+async fn recorded_tables<'c, E>(db: E) -> Result<Option<Vec<String>>>
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
@@ -87,11 +88,19 @@ where
             .fetch_optional(db)
             .await
             .map_err(pg)?;
-    match tables {
-        Some(tables) if !tables.is_empty() => Ok(tables),
-        _ => Err(StoreError::Rejected(
-            "the ledger of applied events (challenge_event_handler_ledger) has no table; \
-             it is made at start-up unless NO_MIGRATE is set"
+    Ok(tables.filter(|t| !t.is_empty()))
+}
+
+/// The ledger's tables, newest (the one new ids go to) first.
+async fn ledger_tables<'c, E>(db: E) -> Result<Vec<String>>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    match recorded_tables(db).await? {
+        Some(tables) => Ok(tables),
+        None => Err(StoreError::Rejected(
+            "the ledger of applied events (challenge_event_handler_ledger) lists no table; \
+             every replica's upkeep restores it within 15 s (or a restart, unless NO_MIGRATE is set)"
                 .into(),
         )),
     }
@@ -182,9 +191,14 @@ pub async fn claim(
     Ok(taken)
 }
 
-/// Creates the ledger (its state row and a first table) if it has none.
-/// Runs at start-up, under the cluster lock.
-pub async fn create_ledger(pool: &PgPool) -> Result<()> {
+/// Creates the ledger's state row if it has none (or lists no table), under
+/// the cluster lock, adopting the ledger tables already in the schema
+/// (newest first) and starting a first table only when there are none: a
+/// state row deleted by hand does not make the cluster forget the ids it
+/// applied. Runs at start-up, and from the upkeep when the row is gone.
+/// Returns the tables adopted when it wrote the row, None when the row was
+/// there.
+pub async fn create_ledger(pool: &PgPool) -> Result<Option<Vec<String>>> {
     let mut tx = pool.begin().await.map_err(pg)?;
     lock(&mut tx, true).await?;
     let exists: Option<Vec<String>> =
@@ -192,19 +206,37 @@ pub async fn create_ledger(pool: &PgPool) -> Result<()> {
             .fetch_optional(&mut *tx)
             .await
             .map_err(pg)?;
-    if exists.is_none_or(|t| t.is_empty()) {
-        let table = new_table(&mut tx).await?;
-        sqlx::query(
-            "INSERT INTO challenge_event_handler_ledger (id, tables) VALUES (1, ARRAY[$1])
-             ON CONFLICT (id) DO UPDATE SET tables = EXCLUDED.tables, updated_at = now()",
-        )
-        .bind(&table)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg)?;
+    if exists.is_some_and(|t| !t.is_empty()) {
+        return Ok(None);
     }
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables
+         WHERE schemaname = current_schema()
+           AND tablename LIKE 'challenge\\_event\\_handler\\_events\\_%'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(pg)?;
+    let mut adopted: Vec<String> = found
+        .into_iter()
+        .filter(|t| checked_table(t).is_ok())
+        .collect();
+    adopted.sort_by_key(|t| std::cmp::Reverse(table_start(t)));
+    let tables = if adopted.is_empty() {
+        vec![new_table(&mut tx).await?]
+    } else {
+        adopted.clone()
+    };
+    sqlx::query(
+        "INSERT INTO challenge_event_handler_ledger (id, tables) VALUES (1, $1)
+         ON CONFLICT (id) DO UPDATE SET tables = EXCLUDED.tables, updated_at = now()",
+    )
+    .bind(&tables)
+    .execute(&mut *tx)
+    .await
+    .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
-    Ok(())
+    Ok(Some(adopted))
 }
 
 /// A new ledger table named for the database's clock now.
@@ -237,6 +269,10 @@ pub struct Upkeep {
     pub tombstones_expired: u64,
     /// How long the rotation held the cluster lock (new table, drops, commit).
     pub rotation: Option<Duration>,
+    /// The ledger's state row was missing and this round wrote it again,
+    /// with the ledger tables it found in the schema (empty: none, a new
+    /// one was started).
+    pub restored: Option<Vec<String>>,
 }
 
 /// Upkeep, run every few seconds by every replica (idempotent): starts a
@@ -263,7 +299,15 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
         .fetch_one(pool)
         .await
         .map_err(pg)?;
-    let tables = ledger_tables(pool).await?;
+    let tables = match recorded_tables(pool).await? {
+        Some(tables) => tables,
+        None => {
+            // The state row was deleted (by hand: nothing here deletes it);
+            // flushes fail until it is back.
+            done.restored = create_ledger(pool).await?;
+            ledger_tables(pool).await?
+        }
+    };
     let newest_start = table_start(&tables[0]).unwrap_or(now);
     // Table i took ids until table i-1 began: it may go once that is older
     // than the window. The newest always stays.

@@ -47,7 +47,15 @@ impl PgStore {
         if migrate {
             self.create_handler_tables().await?;
             if self.cluster.ledger_window.is_some() {
-                cluster::create_ledger(&self.pool).await?;
+                if let Some(adopted) = cluster::create_ledger(&self.pool).await? {
+                    if !adopted.is_empty() {
+                        tracing::warn!(
+                            tables = adopted.len(),
+                            "the ledger's state row (challenge_event_handler_ledger) was missing; \
+                             rebuilt it from the ledger tables in the schema"
+                        );
+                    }
+                }
             }
         }
         let recorded = self
