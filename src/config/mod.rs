@@ -380,6 +380,9 @@ impl ServeArgs {
             ));
         }
         let mut warnings = Vec::new();
+        if let Database::Postgres(options) = &database {
+            warnings.extend(plaintext_risk(options));
+        }
         let namespace = match self.namespace.filter(|n| !n.is_empty()) {
             Some(namespace) => namespace,
             None if matches!(database, Database::Sqlite(_)) => {
@@ -546,6 +549,35 @@ impl ServeArgs {
             warnings,
         })
     }
+}
+
+/// A warning when the handler would talk to a database on another host
+/// without insisting on TLS: sslmode `prefer` (the default) falls back to
+/// plain text, so the database's password and every player's progress could
+/// cross the network readable. Unix sockets and loopback addresses are local.
+pub fn plaintext_risk(options: &PgConnectOptions) -> Option<String> {
+    use sqlx::postgres::PgSslMode;
+    let host = options.get_host();
+    let local = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mode = options.get_ssl_mode();
+    let insists = matches!(
+        mode,
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    (!local && !insists).then(|| {
+        format!(
+            "the database at {host} is reached with sslmode={}: the connection may be plain \
+             text; add ?sslmode=require (or verify-full) to DATABASE_URL, or set PGSSLMODE=require",
+            format!("{mode:?}").to_lowercase()
+        )
+    })
 }
 
 /// Parses `1048576`, `512KiB`, `64MiB`, `1GiB`, `1GB` (units are powers of 1024).

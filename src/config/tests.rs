@@ -96,6 +96,29 @@ fn database_urls_choose_the_store() {
 }
 
 #[test]
+fn a_remote_database_without_tls_is_warned_about() {
+    let warned = |url: &str| {
+        let mut a = clean(args(&[]));
+        a.namespace = Some("ns".into());
+        a.store.database_url = Some(url.into());
+        let settings = a.validate().unwrap();
+        settings.warnings.iter().any(|w| w.contains("sslmode"))
+    };
+    assert!(warned("postgres://u@db.example.com/db"));
+    assert!(warned("postgres://u@10.0.0.7/db?sslmode=prefer"));
+    assert!(warned("postgres://u@db.example.com/db?sslmode=disable"));
+    assert!(!warned("postgres://u@db.example.com/db?sslmode=require"));
+    assert!(!warned(
+        "postgres://u@db.example.com/db?sslmode=verify-full"
+    ));
+    assert!(!warned("postgres://u@localhost/db"));
+    assert!(!warned("postgres://u@127.0.0.1:5433/db"));
+    assert!(!warned("postgres://u@[::1]/db"));
+    assert!(!warned("postgres://u@%2Fvar%2Frun%2Fpostgresql/db"));
+    assert!(!warned("sqlite://x/p.db"));
+}
+
+#[test]
 fn bad_numbers_are_named() {
     let err = args(&[
         "--namespace",
@@ -168,7 +191,12 @@ fn a_namespace_without_a_database_is_a_production_start_and_refused() {
 #[test]
 fn http_ingest_settings_that_cannot_work_together_are_named() {
     let pg = |extra: &[&str]| {
-        let mut argv = vec!["--namespace", "ns", "--database-url", "postgres://u@h/db"];
+        let mut argv = vec![
+            "--namespace",
+            "ns",
+            "--database-url",
+            "postgres://u@localhost/db",
+        ];
         argv.extend_from_slice(extra);
         args(&argv).validate()
     };
