@@ -96,6 +96,33 @@ fn every_alert_uses_exported_metrics_and_says_what_to_do() {
     }
 }
 
+/// Every alert has a case in promtool's unit test of the rules that
+/// expects it to fire (`.ci/run` runs `promtool test rules` on it), so a new
+/// alert cannot land untested.
+#[test]
+fn every_alert_has_a_promtool_case_that_fires_it() {
+    let rules: Value = serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    let cases: Value = serde_yaml::from_str(&read("deploy/prometheus/alerts.test.yml")).unwrap();
+    assert_eq!(cases["rule_files"][0].as_str(), Some("alerts.yml"));
+    let fired: BTreeSet<&str> = cases["tests"]
+        .as_sequence()
+        .expect("tests")
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_sequence().expect("alert_rule_test"))
+        .filter(|c| c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()))
+        .map(|c| c["alertname"].as_str().expect("alertname"))
+        .collect();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert");
+            assert!(
+                fired.contains(name),
+                "deploy/prometheus/alerts.test.yml has no case where {name} fires"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_dashboard_panel_uses_exported_metrics() {
     let exported = Metrics::new().names();
