@@ -14,6 +14,7 @@
 //! | `flush-mid-transaction` | same place | the process aborts |
 //! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |
 //! | `replay-mid` | start-up replay, after the first record | the process aborts |
+//! | `wal-before-open` | start-up: the WAL directory's identity recorded, the WAL not yet open (its lock not held) | whatever is configured (a test sleeps there to play a second process recording another identity) |
 //!
 //! The same builds read `TEST_CLOCK_OFFSET_MS` (src/clock.rs): milliseconds
 //! added to the process's clock, so a crash test can acknowledge an event

@@ -389,3 +389,39 @@ async fn a_stop_waits_for_an_http_call_in_flight_and_its_final_flush_writes_it()
         service.log_text()
     );
 }
+
+/// Two processes that make a new WAL directory at the same moment both record
+/// an identity in it, and only the last one written stands: the process whose
+/// identity was overwritten must not run under it (its records would count
+/// against another watermark row). Played with one process paused between
+/// recording its identity and opening the WAL, and the test recording
+/// another identity meanwhile, as the second process would.
+#[tokio::test]
+async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_stops() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("FAILPOINTS", "wal-before-open=sleep(3000)")],
+    );
+    let recorded = wal.join("instance_id");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&recorded).map_or(true, |id| id.trim().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no identity recorded: {}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&recorded, "the-other-process\n").unwrap();
+    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
+    let log = service.log_text();
+    assert!(
+        log.contains("another process made the directory at the same moment"),
+        "{log}"
+    );
+    assert!(log.contains("the-other-process"), "{log}");
+}

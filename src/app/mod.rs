@@ -82,6 +82,7 @@ impl Core {
             recovery: settings.wal_recovery,
             cache_bytes: settings.wal_cache_bytes,
         };
+        fail::fail_point!("wal-before-open");
         let wal = tokio::task::spawn_blocking(move || WalStore::open(wal_config))
             .await
             .context("WAL open task failed")??;
