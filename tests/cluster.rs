@@ -87,6 +87,51 @@ async fn wait_for_tombstone(db: &PgPool, user: &str) {
     }
 }
 
+/// Waits (up to `secs`) until `user`'s login count is `n`; `what` says what
+/// did not happen otherwise.
+async fn wait_counted(db: &PgPool, tag: &str, user: &str, n: i64, secs: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while counted(db, tag).await.get(user) != Some(&n) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two replicas flushing every 50 ms on `db`, healthy, with their channels.
+async fn two_fast(db: &str, dirs: [&std::path::Path; 2]) -> [(Binary, Channel); 2] {
+    let (mut a, mut b) = (fast(db, dirs[0]), fast(db, dirs[1]));
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let (ca, cb) = (a.channel().await, b.channel().await);
+    [(a, ca), (b, cb)]
+}
+
+/// Redelivers `ids` (applied through A) to B, stops B and then A: `tag`'s
+/// user still counts `n`, and B says the ledger left them out.
+async fn redeliver_to_b_counts_nothing(
+    db: &PgPool,
+    tag: &str,
+    ids: &[String],
+    (a, b): (&mut Binary, &mut Binary),
+    cb: &Channel,
+    n: i64,
+) {
+    let user = format!("{tag}-user");
+    for id in ids {
+        assert!(send_login(cb, &user, id).await);
+    }
+    b.sigterm();
+    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
+    assert_eq!(counted(db, tag).await.get(&user), Some(&n));
+    assert!(
+        b.log_text().contains("applied by another flush"),
+        "{}",
+        b.log_text()
+    );
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+}
+
 /// `wal drain` of `dir` against `db`; (exit code, stdout, stderr).
 fn drain(dir: &std::path::Path, db: &str) -> (i32, String, String) {
     let config = dir.join("challenges.json");
@@ -317,34 +362,14 @@ async fn an_event_flushed_by_one_replica_and_redelivered_to_another_counts_once(
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = fast(&db.url, da.path());
-    let mut b = fast(&db.url, db_dir.path());
-    a.wait_healthy().await;
-    b.wait_healthy().await;
-    let (ca, cb) = (a.channel().await, b.channel().await);
+    let [(mut a, ca), (mut b, cb)] = two_fast(&db.url, [da.path(), db_dir.path()]).await;
     let ids: Vec<String> = (0..10).map(|i| format!("rd-{i}")).collect();
     for id in &ids {
         assert!(send_login(&ca, "rd-user", id).await);
     }
     // In the table through A before the redelivery reaches B.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while counted(&pool, "rd").await.get("rd-user") != Some(&10) {
-        assert!(std::time::Instant::now() < deadline, "A never flushed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for id in &ids {
-        assert!(send_login(&cb, "rd-user", id).await);
-    }
-    b.sigterm();
-    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
-    assert_eq!(counted(&pool, "rd").await.get("rd-user"), Some(&10));
-    assert!(
-        b.log_text().contains("applied by another flush"),
-        "{}",
-        b.log_text()
-    );
-    a.sigterm();
-    assert_eq!(a.wait_exit(EXIT).await, 0);
+    wait_counted(&pool, "rd", "rd-user", 10, 30, "A never flushed").await;
+    redeliver_to_b_counts_nothing(&pool, "rd", &ids, (&mut a, &mut b), &cb, 10).await;
 }
 
 #[tokio::test]
@@ -591,20 +616,12 @@ async fn a_deleted_ledger_state_row_is_rebuilt_and_forgets_no_event_id() {
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = fast(&db.url, da.path());
-    let mut b = fast(&db.url, db_dir.path());
-    a.wait_healthy().await;
-    b.wait_healthy().await;
-    let (ca, cb) = (a.channel().await, b.channel().await);
+    let [(mut a, ca), (mut b, cb)] = two_fast(&db.url, [da.path(), db_dir.path()]).await;
     let before: Vec<String> = (0..5).map(|i| format!("lr-{i}")).collect();
     for id in &before {
         assert!(send_login(&ca, "lr-user", id).await);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while counted(&pool, "lr").await.get("lr-user") != Some(&5) {
-        assert!(std::time::Instant::now() < deadline, "A never flushed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_counted(&pool, "lr", "lr-user", 5, 30, "A never flushed").await;
     sqlx::query("DELETE FROM challenge_event_handler_ledger")
         .execute(&pool)
         .await
@@ -612,17 +629,9 @@ async fn a_deleted_ledger_state_row_is_rebuilt_and_forgets_no_event_id() {
     for i in 5..10 {
         assert!(send_login(&ca, "lr-user", &format!("lr-{i}")).await);
     }
-    // The upkeep runs every 15 s on each replica.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while counted(&pool, "lr").await.get("lr-user") != Some(&10) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "flushes never resumed\nA: {}\nB: {}",
-            a.log_text(),
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The upkeep runs every 15 s on each replica; the flushes' backoff
+    // reaches 30 s at the most.
+    wait_counted(&pool, "lr", "lr-user", 10, 60, "flushes never resumed").await;
     let logs = format!("{}{}", a.log_text(), b.log_text());
     assert!(
         logs.contains("rebuilt it from the ledger tables in the schema"),
@@ -635,17 +644,5 @@ async fn a_deleted_ledger_state_row_is_rebuilt_and_forgets_no_event_id() {
             .await
             .unwrap();
     assert!(!tables.is_empty());
-    for id in &before {
-        assert!(send_login(&cb, "lr-user", id).await);
-    }
-    b.sigterm();
-    assert_eq!(b.wait_exit(EXIT).await, 0, "{}", b.log_text());
-    assert_eq!(counted(&pool, "lr").await.get("lr-user"), Some(&10));
-    assert!(
-        b.log_text().contains("applied by another flush"),
-        "{}",
-        b.log_text()
-    );
-    a.sigterm();
-    assert_eq!(a.wait_exit(EXIT).await, 0);
+    redeliver_to_b_counts_nothing(&pool, "lr", &before, (&mut a, &mut b), &cb, 10).await;
 }
