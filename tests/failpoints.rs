@@ -404,7 +404,7 @@ async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_st
     let mut service = Binary::spawn(
         &db.url,
         dir.path(),
-        &[("FAILPOINTS", "wal-before-open=sleep(3000)")],
+        &[("FAILPOINTS", "wal-before-open=sleep(10000)")],
     );
     let recorded = wal.join("instance_id");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

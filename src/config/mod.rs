@@ -574,7 +574,8 @@ pub fn plaintext_risk(options: &PgConnectOptions) -> Option<String> {
     (!local && !insists).then(|| {
         format!(
             "the database at {host} is reached with sslmode={}: the connection may be plain \
-             text; add ?sslmode=require (or verify-full) to DATABASE_URL, or set PGSSLMODE=require",
+             text; set sslmode=require (or verify-full) in DATABASE_URL (with DB_HOST and the \
+             other DB_* settings, or a URL without sslmode: PGSSLMODE=require)",
             format!("{mode:?}").to_lowercase()
         )
     })

@@ -104,7 +104,12 @@ fn a_remote_database_without_tls_is_warned_about() {
         let settings = a.validate().unwrap();
         settings.warnings.iter().any(|w| w.contains("sslmode"))
     };
-    assert!(warned("postgres://u@db.example.com/db"));
+    // Without sslmode in the URL, PGSSLMODE decides (prefer when unset).
+    let from_env = std::env::var("PGSSLMODE").unwrap_or_default();
+    assert_eq!(
+        warned("postgres://u@db.example.com/db"),
+        !["require", "verify-ca", "verify-full"].contains(&from_env.as_str())
+    );
     assert!(warned("postgres://u@10.0.0.7/db?sslmode=prefer"));
     assert!(warned("postgres://u@db.example.com/db?sslmode=disable"));
     assert!(!warned("postgres://u@db.example.com/db?sslmode=require"));

@@ -118,6 +118,35 @@ fn checked_table(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// Takes the cluster lock exclusively for the rest of `tx`, waiting at most
+/// `wait` (None: as long as it takes). False when it was not free within
+/// `wait`: flushes hold it (a long one, or a deletion); the upkeep tries
+/// again next round.
+async fn lock_within(
+    tx: &mut Transaction<'static, Postgres>,
+    wait: Option<Duration>,
+) -> Result<bool> {
+    if let Some(wait) = wait {
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = {}",
+            wait.as_millis().max(1)
+        ))
+        .execute(&mut **tx)
+        .await
+        .map_err(pg)?;
+    }
+    let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CLUSTER_LOCK)
+        .execute(&mut **tx)
+        .await;
+    match locked {
+        Ok(_) => Ok(true),
+        // 55P03 lock_not_available
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(false),
+        Err(e) => Err(pg(e)),
+    }
+}
+
 /// When a ledger table began (Unix seconds), from its name.
 fn table_start(name: &str) -> Option<i64> {
     name.strip_prefix(LEDGER_TABLE_PREFIX)?.parse().ok()
@@ -196,11 +225,14 @@ pub async fn claim(
 /// (newest first) and starting a first table only when there are none: a
 /// state row deleted by hand does not make the cluster forget the ids it
 /// applied. Runs at start-up, and from the upkeep when the row is gone.
-/// Returns the tables adopted when it wrote the row, None when the row was
-/// there.
-pub async fn create_ledger(pool: &PgPool) -> Result<Option<Vec<String>>> {
+/// Waits for the lock at most `wait` (None: as long as it takes). Returns
+/// the tables adopted when it wrote the row; None when the row was there,
+/// or the lock was not free within `wait`.
+pub async fn create_ledger(pool: &PgPool, wait: Option<Duration>) -> Result<Option<Vec<String>>> {
     let mut tx = pool.begin().await.map_err(pg)?;
-    lock(&mut tx, true).await?;
+    if !lock_within(&mut tx, wait).await? {
+        return Ok(None);
+    }
     let exists: Option<Vec<String>> =
         sqlx::query_scalar("SELECT tables FROM challenge_event_handler_ledger WHERE id = 1")
             .fetch_optional(&mut *tx)
@@ -304,8 +336,12 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
         None => {
             // The state row was deleted (by hand: nothing here deletes it);
             // flushes fail until it is back.
-            done.restored = create_ledger(pool).await?;
-            ledger_tables(pool).await?
+            done.restored = create_ledger(pool, Some(wait)).await?;
+            match recorded_tables(pool).await? {
+                Some(tables) => tables,
+                // The lock was busy: the next round.
+                None => return Ok(done),
+            }
         }
     };
     let newest_start = table_start(&tables[0]).unwrap_or(now);
@@ -319,25 +355,8 @@ pub async fn upkeep(pool: &PgPool, settings: &ClusterSettings, wait: Duration) -
     let rotate = now - newest_start >= window_s / 4;
     if rotate || !stale.is_empty() {
         let mut tx = pool.begin().await.map_err(pg)?;
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = {}",
-            wait.as_millis().max(1)
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(pg)?;
-        let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CLUSTER_LOCK)
-            .execute(&mut *tx)
-            .await;
-        match locked {
-            Ok(_) => {}
-            // 55P03 lock_not_available: flushes hold the lock (a long one,
-            // or a deletion); the next round tries again.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-                return Ok(done);
-            }
-            Err(e) => return Err(pg(e)),
+        if !lock_within(&mut tx, Some(wait)).await? {
+            return Ok(done);
         }
         let locked_at = std::time::Instant::now();
         // Read again under the lock: another replica may have rotated.

@@ -47,14 +47,17 @@ impl PgStore {
         if migrate {
             self.create_handler_tables().await?;
             if self.cluster.ledger_window.is_some() {
-                if let Some(adopted) = cluster::create_ledger(&self.pool).await? {
-                    if !adopted.is_empty() {
-                        tracing::warn!(
-                            tables = adopted.len(),
-                            "the ledger's state row (challenge_event_handler_ledger) was missing; \
-                             rebuilt it from the ledger tables in the schema"
-                        );
-                    }
+                match cluster::create_ledger(&self.pool, None).await?.as_deref() {
+                    Some([]) => tracing::info!(
+                        "the cluster's ledger of applied events started \
+                         (challenge_event_handler_ledger)"
+                    ),
+                    Some(adopted) => tracing::warn!(
+                        tables = adopted.len(),
+                        "the ledger's state row (challenge_event_handler_ledger) was missing; \
+                         rebuilt it from the ledger tables in the schema"
+                    ),
+                    None => {}
                 }
             }
         }
