@@ -650,3 +650,107 @@ async fn a_deleted_ledger_state_row_is_rebuilt_and_forgets_no_event_id() {
     assert_eq!(ledger().await, Some(tables));
     redeliver_to_b_counts_nothing(&pool, "lr", &before, (&mut a, &mut b), &cb, 10).await;
 }
+
+/// The upkeep on a 4 s LEDGER_WINDOW, round after round: a new ledger table
+/// every quarter of the window, a table dropped once every id in it is older
+/// than the window, the state row listing exactly the tables in the schema,
+/// newest first. Then its repair of a deleted state row: it waits for the
+/// cluster lock at most its `wait` (a flush holding it), adopts the tables
+/// left once it gets it, and starts a new one when none is left.
+#[tokio::test]
+async fn the_upkeep_rotates_the_ledger_drops_what_expired_and_repairs_its_state_row() {
+    use challenge_event_handler::store::cluster::{self, ClusterSettings};
+    use challenge_event_handler::store::{Database, ProgressStore, Store, TableOwner};
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let store = Store::connect_lazy(
+        &Database::Postgres(Box::new(db.url.parse().unwrap())),
+        2,
+        100,
+    )
+    .with_cluster(ClusterSettings {
+        ledger_window: Some(Duration::from_secs(4)),
+        ..Default::default()
+    });
+    store
+        .prepare(Some(TableOwner::Handler), true)
+        .await
+        .expect("prepare");
+    let Store::Postgres(pg) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let wait = Duration::from_millis(200);
+    let listed = || async {
+        sqlx::query_scalar::<_, Vec<String>>(
+            "SELECT tables FROM challenge_event_handler_ledger WHERE id = 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    let in_schema = || async {
+        let mut tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables
+             WHERE tablename LIKE 'challenge\\_event\\_handler\\_events\\_%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        tables.sort_unstable_by(|a, b| b.cmp(a));
+        tables
+    };
+    assert_eq!(listed().await.map(|t| t.len()), Some(1));
+
+    let (mut rotated, mut dropped) = (0, 0);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        let done = pg.upkeep(wait).await.expect("upkeep");
+        rotated += usize::from(done.rotated);
+        dropped += done.dropped.len();
+        let tables = listed().await.expect("a state row");
+        // Names end in the same number of digits: newest first is descending.
+        assert_eq!(tables, in_schema().await);
+        assert!(tables.len() <= 6, "{tables:?}");
+        assert_eq!(done.tables, tables.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(rotated >= 4, "{rotated} rotations in 7 s");
+    assert!(dropped >= 1, "nothing dropped in 7 s");
+
+    let before = listed().await.unwrap();
+    sqlx::query("DELETE FROM challenge_event_handler_ledger")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A flush (here: this transaction) holds the cluster lock: the round
+    // gives up after `wait`, without an error, and the row stays missing.
+    let mut flush = pool.begin().await.unwrap();
+    cluster::lock(&mut flush, true).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), pg.upkeep(wait))
+        .await
+        .expect("the repair waits for the lock at most `wait`")
+        .expect("a busy lock is no error");
+    assert_eq!(done.restored, None);
+    assert_eq!(listed().await, None);
+    flush.rollback().await.unwrap();
+    let done = pg.upkeep(wait).await.expect("upkeep");
+    assert_eq!(done.restored.as_ref(), Some(&before));
+    assert_eq!(listed().await.expect("rebuilt")[..], in_schema().await[..]);
+
+    // Nothing left to adopt: a new table.
+    sqlx::query("DELETE FROM challenge_event_handler_ledger")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for table in in_schema().await {
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let done = pg.upkeep(wait).await.expect("upkeep");
+    assert_eq!(done.restored, Some(Vec::new()));
+    let tables = listed().await.expect("a new ledger");
+    assert_eq!(tables.len(), 1);
+    assert_eq!(tables, in_schema().await);
+}
