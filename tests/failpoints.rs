@@ -425,3 +425,63 @@ async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_st
     );
     assert!(log.contains("the-other-process"), "{log}");
 }
+
+/// A replica stopped (SIGTERM) during start-up, before the WAL it replays
+/// reached the database, says what it leaves in the WAL and exits 1, as a
+/// stop that serves does: an operator scaling down keeps (or drains) only
+/// the volumes of replicas that did not exit 0. Both places start-up waits:
+/// for the database itself, and for the flush of the replayed records.
+#[tokio::test]
+async fn a_stop_during_start_up_with_records_in_the_wal_exits_1_saying_so() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let holding = [("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")];
+    let mut service = Binary::spawn(&db.url, dir.path(), &holding);
+    service.wait_healthy().await;
+    let oracle = send_acknowledged(&service, 5, "su").await;
+    service.kill9();
+    service.wait_exit(EXIT).await;
+
+    // No database to reach: waiting before the replay.
+    let unreachable = "postgres://postgres@127.0.0.1:1/none";
+    let mut waiting = Binary::spawn(unreachable, dir.path(), &[]);
+    waiting
+        .wait_for_log("cannot", Duration::from_secs(30))
+        .await;
+    waiting.sigterm();
+    assert_eq!(waiting.wait_exit(EXIT).await, 1, "{}", waiting.log_text());
+    let log = waiting.log_text();
+    assert!(
+        log.contains("stopping with acknowledged updates not in the database"),
+        "{log}"
+    );
+    assert!(log.contains("before the WAL was replayed"), "{log}");
+
+    // The database answers but every flush fails: waiting to flush the replay.
+    let mut flushing = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("FAILPOINTS", "flush-between-statements=return")],
+    );
+    flushing
+        .wait_for_log("cannot flush the replayed WAL yet", Duration::from_secs(30))
+        .await;
+    flushing.sigterm();
+    assert_eq!(flushing.wait_exit(EXIT).await, 1, "{}", flushing.log_text());
+    let log = flushing.log_text();
+    assert!(
+        log.contains("stopping with acknowledged updates not in the database"),
+        "{log}"
+    );
+    assert!(log.contains("flushing the replayed WAL"), "{log}");
+    assert!(progress_of(&pool, "su").await.is_empty());
+
+    // The volume kept them: the next start applies each once.
+    let mut service = Binary::spawn(&db.url, dir.path(), &[]);
+    service.wait_healthy().await;
+    wait_for_oracle(&pool, "su", &oracle).await;
+    service.sigterm();
+    assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
+    assert_eq!(progress_of(&pool, "su").await, oracle);
+}

@@ -58,7 +58,7 @@ pub async fn drain(settings: Settings, timeout: Duration) -> anyhow::Result<()> 
         });
     }
     let lifetime = Lifetime::new(shutdown);
-    let Some(running) = start_up(parts, &settings, &lifetime).await? else {
+    let Started::Running(running) = start_up(parts, &settings, &lifetime).await? else {
         if lifetime.fatal.is_cancelled() {
             anyhow::bail!("stopped after a fatal error (see the log above)");
         }

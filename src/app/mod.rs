@@ -257,53 +257,56 @@ impl App {
         let lifetime = Lifetime::new(shutdown);
         metrics.wal_max_bytes.set(settings.wal_max_bytes as i64);
         let upkeep_store = parts.store.clone();
-        let mut left_in_wal = None;
-        if let Some(running) = start_up(parts, &settings, &lifetime).await? {
-            enter(&health, &metrics, Phase::Serving);
-            tasks.spawn(upkeep(
-                upkeep_store,
-                settings.flush_timeout,
-                metrics.clone(),
-                lifetime.stop.clone(),
-            ));
-            let ingress = Ingress::new(
-                settings.namespace.clone(),
-                goals,
-                running.wal.clone(),
-                metrics.clone(),
-            );
-            gate.open(ingress.clone());
-            tracing::info!("serving: events are acknowledged from now on");
-            {
-                // HTTP ingest closes with gRPC: no new call once stopping.
-                let (gate, stop) = (gate.clone(), lifetime.stop.clone());
-                tokio::spawn(async move {
-                    stop.cancelled().await;
-                    gate.close();
-                });
+        let left_in_wal = match start_up(parts, &settings, &lifetime).await? {
+            Started::Stopped(left) => {
+                enter(&health, &metrics, Phase::ShuttingDown);
+                left
             }
-            let flusher = serve(
-                &running.flush_early,
-                running.flusher,
-                ingress,
-                grpc,
-                &settings,
-                &lifetime,
-            )
-            .await?;
-            enter(&health, &metrics, Phase::ShuttingDown);
-            gate.close();
-            left_in_wal = shut_down(
-                flusher,
-                running.wal,
-                running.wal_thread,
-                &settings,
-                &lifetime,
-            )
-            .await;
-        } else {
-            enter(&health, &metrics, Phase::ShuttingDown);
-        }
+            Started::Running(running) => {
+                enter(&health, &metrics, Phase::Serving);
+                tasks.spawn(upkeep(
+                    upkeep_store,
+                    settings.flush_timeout,
+                    metrics.clone(),
+                    lifetime.stop.clone(),
+                ));
+                let ingress = Ingress::new(
+                    settings.namespace.clone(),
+                    goals,
+                    running.wal.clone(),
+                    metrics.clone(),
+                );
+                gate.open(ingress.clone());
+                tracing::info!("serving: events are acknowledged from now on");
+                {
+                    // HTTP ingest closes with gRPC: no new call once stopping.
+                    let (gate, stop) = (gate.clone(), lifetime.stop.clone());
+                    tokio::spawn(async move {
+                        stop.cancelled().await;
+                        gate.close();
+                    });
+                }
+                let flusher = serve(
+                    &running.flush_early,
+                    running.flusher,
+                    ingress,
+                    grpc,
+                    &settings,
+                    &lifetime,
+                )
+                .await?;
+                enter(&health, &metrics, Phase::ShuttingDown);
+                gate.close();
+                shut_down(
+                    flusher,
+                    running.wal,
+                    running.wal_thread,
+                    &settings,
+                    &lifetime,
+                )
+                .await
+            }
+        };
         finish(tasks, http_stop, &lifetime.fatal, left_in_wal).await
     }
 }

@@ -18,14 +18,27 @@ use crate::store::{within, Owner, Prepared, ProgressStore, Store, TableOwner};
 
 use super::*;
 
+/// How start-up ended.
+pub(super) enum Started {
+    Running(Box<Running>),
+    /// Stopped before serving; Some(bytes): records left in the WAL, which
+    /// may not all be in the database (logged; the process exits 1).
+    Stopped(Option<u64>),
+}
+
+/// Stopped before the replayed WAL was flushed: what it still holds.
+fn left_before_serving(bytes: u64, records: u64, why: &str) -> Started {
+    Started::Stopped((records > 0).then(|| stop::report_left_in_wal(bytes, records, why)))
+}
+
 /// Start-up: migrations, this instance's lease, replay of everything above
 /// the watermark, the WAL writer, and a flush of the replayed updates — each
-/// waiting for the database as long as it takes. None: stopped meanwhile.
+/// waiting for the database as long as it takes, until stopped.
 pub(super) async fn start_up(
     parts: Parts,
     settings: &Settings,
     lifetime: &Lifetime,
-) -> anyhow::Result<Option<Running>> {
+) -> anyhow::Result<Started> {
     let Parts {
         goals,
         store,
@@ -36,9 +49,15 @@ pub(super) async fn start_up(
     } = parts;
     let (stop, fatal) = (&lifetime.stop, &lifetime.fatal);
     let patient = || Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let not_reached = "stopped while waiting for the database at start-up, before the WAL \
+                       was replayed (its records may be in the database already)";
     let Some((owner, rotation_columns)) = prepare(&store, settings, &health, (stop, fatal)).await
     else {
-        return Ok(None);
+        return Ok(left_before_serving(
+            wal_store.bytes(),
+            wal_store.records(),
+            not_reached,
+        ));
     };
     if goals.generation() == crate::rules::Generation::M5 && !rotation_columns {
         anyhow::bail!(
@@ -62,7 +81,11 @@ pub(super) async fn start_up(
     )
     .await
     else {
-        return Ok(None);
+        return Ok(left_before_serving(
+            wal_store.bytes(),
+            wal_store.records(),
+            not_reached,
+        ));
     };
 
     enter(&health, &metrics, Phase::Replaying);
@@ -136,11 +159,20 @@ pub(super) async fn start_up(
         flush_early,
     };
     if flushed.is_none() {
-        // Close the WAL before giving up; nothing was acknowledged yet.
+        // Nothing was acknowledged by this process; what an earlier one
+        // acknowledged may still be only in the WAL.
+        let (bytes, records) = (
+            running.wal.backlog_bytes(),
+            running.wal.stats().backlog_records(),
+        );
         close_wal(running.flusher, running.wal, running.wal_thread).await;
-        return Ok(None);
+        return Ok(left_before_serving(
+            bytes,
+            records,
+            "stopped while flushing the replayed WAL at start-up",
+        ));
     }
-    Ok(Some(running))
+    Ok(Started::Running(Box::new(running)))
 }
 
 /// The replay's sink: the bounded buffer, and a count of every deletion

@@ -154,17 +154,29 @@ pub(super) async fn final_flush<S: ProgressStore>(
     if !flusher.has_pending() {
         return None;
     }
-    let bytes = wal.backlog_bytes();
+    let why = format!(
+        "the grace period ({grace:?}) ended; last error: {}",
+        last_error.as_deref().unwrap_or("none")
+    );
+    Some(report_left_in_wal(
+        wal.backlog_bytes(),
+        wal.stats().backlog_records(),
+        &why,
+    ))
+}
+
+/// Logs what a stop leaves in the WAL, the operator's cue to keep the
+/// volume or drain it (the process then exits 1); returns `bytes`.
+pub(super) fn report_left_in_wal(bytes: u64, records: u64, why: &str) -> u64 {
     tracing::error!(
         wal_backlog_bytes = bytes,
-        wal_backlog_records = wal.stats().backlog_records(),
-        grace = ?grace,
-        last_error = last_error.as_deref().unwrap_or("none (the grace period ended)"),
+        wal_backlog_records = records,
+        why,
         "stopping with acknowledged updates not in the database: they stay in the WAL and are \
          applied when this replica starts again on the same volume, or by `challenge-event-handler \
          wal drain` on that volume if it does not (deploy/README.md, \"Scaling down\")"
     );
-    Some(bytes)
+    bytes
 }
 
 pub(super) async fn finish(
