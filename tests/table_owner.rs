@@ -389,3 +389,68 @@ async fn docker_compose_s_settings_serve_on_a_fresh_postgresql_and_its_commands_
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+/// NO_MIGRATE: a job with more privileges made the handler's tables
+/// (migrations/postgres/handler_tables.sql) beside the challenge service's;
+/// the handler creates none of them, starts its ledger's state in the table
+/// the job made, and its first flush succeeds.
+#[tokio::test]
+async fn with_no_migrate_it_uses_the_tables_a_job_made_and_its_first_flush_succeeds() {
+    let db = pg::TestDb::new().await;
+    db.migrate_as_the_challenge_service().await;
+    let pool = db.pool().await;
+    let handler_tables = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/postgres/handler_tables.sql"
+    ))
+    .unwrap();
+    sqlx::raw_sql(&handler_tables).execute(&pool).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut handler = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("NO_MIGRATE", "1"), ("TABLE_OWNER", "service")],
+    );
+    handler.wait_healthy().await;
+    let service = ChallengeService::new(pool.clone(), &dir.path().join("challenges.json"));
+    service.initialize("nm", NAMESPACE).await;
+    let channel = handler.channel().await;
+    challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient::new(channel)
+        .on_message(login("nm", "nm-1", ""))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM user_goal_progress WHERE user_id = 'nm' AND progress > 0",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the login never reached the table: {}",
+            handler.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handler.sigterm();
+    assert_eq!(handler.wait_exit(Duration::from_secs(30)).await, 0);
+    let log = handler.log_text();
+    // Started at start-up, not repaired by the upkeep as if deleted.
+    assert!(
+        log.contains("the cluster's ledger of applied events started"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("flush failed") && !log.contains("was missing"),
+        "{log}"
+    );
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tables FROM challenge_event_handler_ledger WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables.len(), 1);
+}

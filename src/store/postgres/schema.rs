@@ -46,19 +46,22 @@ impl PgStore {
     ) -> Result<Prepared> {
         if migrate {
             self.create_handler_tables().await?;
-            if self.cluster.ledger_window.is_some() {
-                match cluster::create_ledger(&self.pool, None).await?.as_deref() {
-                    Some([]) => tracing::info!(
-                        "the cluster's ledger of applied events started \
-                         (challenge_event_handler_ledger)"
-                    ),
-                    Some(adopted) => tracing::warn!(
-                        tables = adopted.len(),
-                        "the ledger's state row (challenge_event_handler_ledger) was missing; \
-                         rebuilt it from the ledger tables in the schema"
-                    ),
-                    None => {}
-                }
+        }
+        // The ledger's state, with NO_MIGRATE too: a job that ran
+        // handler_tables.sql made its table, not its first id table (the
+        // ledger makes and drops those as it runs, with CREATE).
+        if self.cluster.ledger_window.is_some() {
+            match cluster::create_ledger(&self.pool, None).await?.as_deref() {
+                Some([]) => tracing::info!(
+                    "the cluster's ledger of applied events started \
+                     (challenge_event_handler_ledger)"
+                ),
+                Some(adopted) => tracing::warn!(
+                    tables = adopted.len(),
+                    "the ledger's state row (challenge_event_handler_ledger) was missing; \
+                     rebuilt it from the ledger tables in the schema"
+                ),
+                None => {}
             }
         }
         let recorded = self
