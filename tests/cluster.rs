@@ -134,11 +134,16 @@ async fn redeliver_to_b_counts_nothing(
 
 /// `wal drain` of `dir` against `db`; (exit code, stdout, stderr).
 fn drain(dir: &std::path::Path, db: &str) -> (i32, String, String) {
+    drain_within(dir, db, "60s")
+}
+
+/// `wal drain --timeout <timeout>`.
+fn drain_within(dir: &std::path::Path, db: &str, timeout: &str) -> (i32, String, String) {
     let config = dir.join("challenges.json");
     let wal = dir.join("wal");
     cli(
         dir,
-        &["wal", "drain", "--timeout", "60s"],
+        &["wal", "drain", "--timeout", timeout],
         &[
             ("DATABASE_URL", db),
             ("AB_NAMESPACE", NAMESPACE),
@@ -753,4 +758,94 @@ async fn the_upkeep_rotates_the_ledger_drops_what_expired_and_repairs_its_state_
     let tables = listed().await.expect("a new ledger");
     assert_eq!(tables.len(), 1);
     assert_eq!(tables, in_schema().await);
+}
+
+/// TOMBSTONE_RETENTION: the upkeep removes tombstones applied longer ago
+/// than the retention and keeps the rest, with or without the ledger.
+#[tokio::test]
+async fn the_upkeep_removes_tombstones_older_than_the_retention_and_keeps_the_rest() {
+    use challenge_event_handler::store::cluster::ClusterSettings;
+    use challenge_event_handler::store::{Database, ProgressStore, Store, TableOwner};
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    for ledger_window in [Some(Duration::from_secs(3600)), None] {
+        let store = Store::connect_lazy(
+            &Database::Postgres(Box::new(db.url.parse().unwrap())),
+            2,
+            100,
+        )
+        .with_cluster(ClusterSettings {
+            ledger_window,
+            tombstone_retention: Duration::from_secs(3600),
+            ..Default::default()
+        });
+        store
+            .prepare(Some(TableOwner::Handler), true)
+            .await
+            .expect("prepare");
+        let Store::Postgres(pg) = &store else {
+            unreachable!("a PostgreSQL store")
+        };
+        sqlx::query(
+            "INSERT INTO challenge_event_handler_tombstones
+                 (namespace, user_id, instance_id, deleted_at, applied_at)
+             VALUES ('ns', 'old', 'i', now() - interval '3 hours', now() - interval '2 hours'),
+                    ('ns', 'edge', 'i', now() - interval '2 hours', now() - interval '59 minutes'),
+                    ('ns', 'new', 'i', now(), now())",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let done = pg.upkeep(Duration::from_secs(2)).await.expect("upkeep");
+        assert_eq!(done.tombstones_expired, 1, "{ledger_window:?}");
+        let kept: Vec<String> =
+            sqlx::query_scalar("DELETE FROM challenge_event_handler_tombstones RETURNING user_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(kept, ["edge", "new"], "{ledger_window:?}");
+    }
+}
+
+/// `wal drain` that cannot reach the database gives up after `--timeout`
+/// with exit 1, the WAL untouched (a later drain writes everything); a WAL
+/// directory that records no instance id, with no INSTANCE_ID given, is
+/// refused before anything is read.
+#[tokio::test]
+async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_known_instance() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = holding(&db.url, dir.path());
+    a.wait_healthy().await;
+    let channel = a.channel().await;
+    for i in 0..4 {
+        assert!(send_login(&channel, "dg-user", &format!("dg-{i}")).await);
+    }
+    a.kill9();
+    a.wait_exit(EXIT).await;
+
+    let unreachable = "postgres://postgres@127.0.0.1:1/none";
+    let (code, out, err) = drain_within(dir.path(), unreachable, "3s");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("gave up after 3s"), "{err}");
+    assert!(err.contains("the WAL is untouched"), "{err}");
+    assert!(counted(&pool, "dg").await.is_empty());
+    let (code, out, err) = drain(dir.path(), &db.url);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(counted(&pool, "dg").await.get("dg-user"), Some(&4));
+
+    // A directory with records and no recorded id.
+    let mut b = holding(&db.url, dir.path());
+    b.wait_healthy().await;
+    assert!(send_login(&b.channel().await, "dg-user", "dg-9").await);
+    b.kill9();
+    b.wait_exit(EXIT).await;
+    std::fs::remove_file(dir.path().join("wal/instance_id")).unwrap();
+    let (code, out, err) = drain(dir.path(), &db.url);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("records no instance id"), "{err}");
+    assert_eq!(counted(&pool, "dg").await.get("dg-user"), Some(&4));
 }

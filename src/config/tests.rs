@@ -96,6 +96,54 @@ fn database_urls_choose_the_store() {
 }
 
 #[test]
+fn the_db_settings_build_the_connection_as_accelbytes_handler_reads_them() {
+    let pg = |a: ServeArgs| match a.validate().unwrap().database {
+        Database::Postgres(o) => (
+            o.get_host().to_owned(),
+            o.get_port(),
+            o.get_database().map(str::to_owned),
+            o.get_username().to_owned(),
+        ),
+        other => panic!("{other:?}"),
+    };
+    let mut a = clean(args(&[]));
+    a.namespace = Some("ns".into());
+    a.store.db_host = Some("db.internal".into());
+    a.store.db_port = Some(6432);
+    a.store.db_name = Some("challenges".into());
+    a.store.db_user = Some("handler".into());
+    a.store.db_password = Some("secret".into());
+    assert_eq!(
+        pg(a.clone()),
+        (
+            "db.internal".into(),
+            6432,
+            Some("challenges".into()),
+            "handler".into()
+        )
+    );
+    // Any one of them chooses PostgreSQL; the rest default as the Go handler's.
+    let mut only_user = clean(args(&[]));
+    only_user.namespace = Some("ns".into());
+    only_user.store.db_user = Some("handler".into());
+    assert_eq!(
+        pg(only_user),
+        (
+            "localhost".into(),
+            5432,
+            Some("challenge_db".into()),
+            "handler".into()
+        )
+    );
+    // DATABASE_URL wins over them.
+    a.store.database_url = Some("postgres://u@other:5433/elsewhere".into());
+    assert_eq!(
+        pg(a),
+        ("other".into(), 5433, Some("elsewhere".into()), "u".into())
+    );
+}
+
+#[test]
 fn a_remote_database_without_tls_is_warned_about() {
     let warned = |url: &str| {
         let mut a = clean(args(&[]));
