@@ -849,3 +849,79 @@ async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_
     assert!(err.contains("records no instance id"), "{err}");
     assert_eq!(counted(&pool, "dg").await.get("dg-user"), Some(&4));
 }
+
+/// NO_LEDGER (one replica): no ledger tables at all, the upkeep does not
+/// fail for the want of them, and a redelivery to the same replica still
+/// counts once (its WAL's dedup marks). DEDUP_MAX_MARKS reached: the oldest
+/// marks go early, counted in `dedup_evicted_early_total` (the alert
+/// DedupMarksEvictedEarly reads it), and a redelivery of a forgotten id then
+/// counts again, as the README warns.
+#[tokio::test]
+async fn with_no_ledger_one_replica_dedups_through_its_wal_and_counts_marks_evicted_early() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        COUNTING,
+        &[
+            ("FLUSH_INTERVAL", "50ms"),
+            ("NO_LEDGER", "1"),
+            // Marks in buckets of a second; at most 10 of them.
+            ("DEDUP_WINDOW", "10s"),
+            ("DEDUP_MAX_MARKS", "10"),
+        ],
+    );
+    a.wait_healthy().await;
+    let channel = a.channel().await;
+    for i in 0..30 {
+        assert!(send_login(&channel, "nl-user", &format!("nl-{i}")).await);
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    // The newest ids are remembered; the first were evicted early.
+    assert!(send_login(&channel, "nl-user", "nl-29").await);
+    wait_counted(
+        &pool,
+        "nl",
+        "nl-user",
+        30,
+        30,
+        "the logins never reached the table",
+    )
+    .await;
+    let metrics = http_get(a.http_addr(), "/metrics").await.1;
+    let evicted = metric(
+        &metrics,
+        "challenge_event_handler_dedup_evicted_early_total",
+    );
+    assert!(evicted >= 10.0, "{evicted} marks evicted early");
+    assert!(send_login(&channel, "nl-user", "nl-0").await);
+    wait_counted(
+        &pool,
+        "nl",
+        "nl-user",
+        31,
+        30,
+        "a forgotten id counted again",
+    )
+    .await;
+
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0, "{}", a.log_text());
+    let ledger_tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables
+         WHERE tablename LIKE 'challenge\\_event\\_handler\\_events\\_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ledger_tables, 0);
+    assert!(
+        !a.log_text().contains("cluster upkeep failed"),
+        "{}",
+        a.log_text()
+    );
+}

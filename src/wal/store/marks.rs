@@ -140,13 +140,19 @@ impl WalStore {
         }
     }
 
-    /// Remembers a mark for deduplication. Returns how many buckets were
-    /// dropped early to stay under the cap.
+    /// Remembers a mark for deduplication. Returns how many marks were
+    /// dropped early (whole buckets, oldest first) to stay under the cap.
     pub(in crate::wal) fn remember_mark(&mut self, bucket: u64, mark: Mark) -> usize {
+        let before = self.dedup.len();
         let evicted = self.dedup.insert(bucket, mark);
-        let count = evicted.len();
+        // Marks, not buckets: what dedup_evicted_early_total counts.
+        let dropped = if evicted.is_empty() {
+            0
+        } else {
+            (before + 1).saturating_sub(self.dedup.len())
+        };
         self.sweep.extend(evicted);
-        count
+        dropped
     }
 
     /// Queues for the marks database the marks of a frame that is durable
