@@ -925,3 +925,59 @@ async fn with_no_ledger_one_replica_dedups_through_its_wal_and_counts_marks_evic
         a.log_text()
     );
 }
+
+/// The keep side of TOMBSTONE_SKEW: an update another replica acknowledged
+/// later than the deletion plus the skew is the player's new progress (they
+/// came back), written whatever the tombstone says; one inside the skew is
+/// dropped with the deleted progress.
+#[tokio::test]
+async fn an_update_later_than_a_deletion_plus_the_skew_is_written_on_another_replica() {
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let skew = [("FLUSH_INTERVAL", "50ms"), ("TOMBSTONE_SKEW", "1s")];
+    let mut a = Binary::spawn_with_config(&db.url, da.path(), COUNTING, &skew);
+    let mut c = Binary::spawn_with_config(
+        &db.url,
+        dc.path(),
+        COUNTING,
+        &[
+            ("FLUSH_INTERVAL", "1h"),
+            ("BUFFER_MAX_KEYS", "100000000"),
+            ("TOMBSTONE_SKEW", "1s"),
+        ],
+    );
+    a.wait_healthy().await;
+    c.wait_healthy().await;
+    let (ca, cc) = (a.channel().await, c.channel().await);
+    // Both players log in on A; A writes them.
+    assert!(send_login(&ca, "sk-back", "sk-back-1").await);
+    assert!(send_login(&ca, "sk-gone", "sk-gone-1").await);
+    wait_counted(&pool, "sk", "sk-back", 1, 30, "A never flushed").await;
+    wait_counted(&pool, "sk", "sk-gone", 1, 30, "A never flushed").await;
+    // Deleted through A.
+    send_deletion(&ca, "sk-back", "sk-back-del").await;
+    send_deletion(&ca, "sk-gone", "sk-gone-del").await;
+    wait_for_tombstone(&pool, "sk-back").await;
+    wait_for_tombstone(&pool, "sk-gone").await;
+    // On C: one login within the skew of the deletion, one after it.
+    let now = chrono::Utc::now();
+    let within = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert!(UserAuthenticationUserLoggedInServiceClient::new(cc.clone())
+        .on_message(login("sk-gone", "sk-gone-2", &within))
+        .await
+        .is_ok());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(send_login(&cc, "sk-back", "sk-back-2").await);
+    c.sigterm();
+    assert_eq!(c.wait_exit(EXIT).await, 0, "{}", c.log_text());
+    assert_eq!(rows_of(&pool, "sk-gone").await, 0, "{}", c.log_text());
+    assert_eq!(
+        counted(&pool, "sk").await.get("sk-back"),
+        Some(&1),
+        "the player who came back after the deletion: {}",
+        c.log_text()
+    );
+    a.sigterm();
+    assert_eq!(a.wait_exit(EXIT).await, 0);
+}
