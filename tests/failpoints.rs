@@ -467,6 +467,14 @@ async fn a_stop_during_start_up_with_records_in_the_wal_exits_1_saying_so() {
     flushing
         .wait_for_log("cannot flush the replayed WAL yet", Duration::from_secs(30))
         .await;
+    // Replaying (ReplayRunningLong reads it), and not healthy.
+    let http = flushing
+        .logged_http_addr()
+        .expect("the logged HTTP address");
+    let metrics = http_get(http, "/metrics").await.1;
+    assert_eq!(metric(&metrics, "challenge_event_handler_phase"), 1.0);
+    let (status, body) = http_get(http, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
     flushing.sigterm();
     assert_eq!(flushing.wait_exit(EXIT).await, 1, "{}", flushing.log_text());
     let log = flushing.log_text();

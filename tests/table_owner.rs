@@ -22,8 +22,8 @@ use std::time::Duration;
 use challenge_event_handler::store::{Database, Prepared, ProgressStore, Store, TableOwner};
 use common::challenge_service::ChallengeService;
 use common::{
-    cli, http_get, json_row, login, m5_config, pg, shipped_challenges, stat, wait_for_rows, Binary,
-    NAMESPACE,
+    cli, http_get, json_row, login, m5_config, metric, pg, shipped_challenges, stat, wait_for_rows,
+    Binary, NAMESPACE,
 };
 
 async fn schema_migrations(pool: &sqlx::PgPool) -> Vec<(i64, bool)> {
@@ -150,6 +150,12 @@ async fn with_no_table_it_waits_not_ready_naming_the_table_and_the_setting_until
         body.contains(r#""waiting_for":"user_goal_progress does not exist"#),
         "{body}"
     );
+    // What the NotServing and ReplicaDown alerts read, and what the
+    // image's HEALTHCHECK runs.
+    let metrics = http_get(http, "/metrics").await.1;
+    assert_eq!(metric(&metrics, "challenge_event_handler_phase"), 0.0);
+    let (code, out, err) = cli(dir.path(), &["health", "--addr", &http.to_string()], &[]);
+    assert_eq!(code, 1, "{out}{err}");
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('user_goal_progress') IS NOT NULL")
         .fetch_one(&pool)
         .await
@@ -166,6 +172,10 @@ async fn with_no_table_it_waits_not_ready_naming_the_table_and_the_setting_until
         .log_text()
         .contains("the challenge service owns user_goal_progress"));
     assert_eq!(recorded_owner(&pool).await.as_deref(), Some("service"));
+    let metrics = http_get(http, "/metrics").await.1;
+    assert_eq!(metric(&metrics, "challenge_event_handler_phase"), 2.0);
+    let (code, out, err) = cli(dir.path(), &["health", "--addr", &http.to_string()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test]
