@@ -464,3 +464,54 @@ async fn an_address_guessing_tokens_is_slowed_down_and_it_is_counted() {
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+/// The way docs/SECURITY.md recommends revoking every token of the file:
+/// empty it. Every HTTP write is then refused (401), the metric says 0 and
+/// the log says why; a start with the emptied file succeeds and refuses
+/// writes too (a missing file would stop the start).
+#[tokio::test]
+async fn an_emptied_token_file_refuses_every_write_and_still_starts() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "only-token-5d1e9a7c\n").unwrap();
+    let file_env = file.display().to_string();
+    let env = [
+        ("FLUSH_INTERVAL", "100ms"),
+        ("HTTP_INGEST_TOKEN_FILE", file_env.as_str()),
+    ];
+    let mut service = Binary::spawn(&db.url, dir.path(), &env);
+    service.wait_healthy().await;
+    let addr = service.http_addr();
+    let status = event_status(addr, Some("only-token-5d1e9a7c"), &kills("em", "e-1", 1.0)).await;
+    assert_eq!(status, 200);
+
+    std::fs::write(&file, "# revoked 2026-12-07\n").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while event_status(addr, Some("only-token-5d1e9a7c"), &kills("em", "e-1", 1.0)).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the emptied file's token stayed accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 0").await);
+    service
+        .wait_for_log("the file holds no token, every HTTP write is refused", WAIT)
+        .await;
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+
+    let mut again = Binary::spawn(&db.url, dir.path(), &env);
+    again.wait_healthy().await;
+    let status = event_status(
+        again.http_addr(),
+        Some("only-token-5d1e9a7c"),
+        &kills("em", "e-2", 1.0),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(metric(&again, "challenge_event_handler_http_ingest_tokens 0").await);
+    again.sigterm();
+    assert_eq!(again.wait_exit(Duration::from_secs(30)).await, 0);
+}
