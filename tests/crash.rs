@@ -546,3 +546,79 @@ async fn an_event_acknowledged_before_midnight_and_replayed_after_it_counts_for_
     second.sigterm();
     assert_eq!(second.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+/// A WAL record damaged on disk after it was acknowledged (crc mismatch),
+/// through the real binary: the default (strict) start stops, naming the
+/// record and the setting, and applies nothing; WAL_RECOVERY=skip-corrupt
+/// drops that record with an error line and applies the others once.
+#[tokio::test]
+async fn a_corrupt_wal_record_stops_the_start_until_wal_recovery_skip_corrupt_drops_it() {
+    use challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient;
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let holding = [("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")];
+    let mut service = Binary::spawn(&db.url, dir.path(), &holding);
+    service.wait_healthy().await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    // One call at a time: a frame each.
+    for i in 0..3 {
+        client
+            .on_message(stat(
+                &format!("wr-{i}"),
+                "kills",
+                0.0,
+                2.0,
+                &format!("wr-{i}"),
+                "",
+            ))
+            .await
+            .expect("acknowledged");
+    }
+    service.kill9();
+    service.wait_exit(Duration::from_secs(30)).await;
+    {
+        let log = sled::open(dir.path().join("wal").join("log")).unwrap();
+        let frames: Vec<sled::IVec> = log
+            .scan_prefix(b"f")
+            .keys()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(frames.len(), 3, "one frame per acknowledged call");
+        let mut value = log.get(&frames[1]).unwrap().unwrap().to_vec();
+        value[2] ^= 0xff;
+        log.insert(&frames[1], value).unwrap();
+        log.flush().unwrap();
+    }
+
+    let mut strict = Binary::spawn(&db.url, dir.path(), &[]);
+    assert_eq!(strict.wait_exit(Duration::from_secs(30)).await, 1);
+    let log = strict.log_text();
+    assert!(log.contains("is corrupt"), "{log}");
+    assert!(log.contains("WAL_RECOVERY=skip-corrupt"), "{log}");
+    for i in 0..3 {
+        assert!(row(&pool, &format!("wr-{i}"), "kills").await.is_none());
+    }
+
+    let mut lenient = Binary::spawn(&db.url, dir.path(), &[("WAL_RECOVERY", "skip-corrupt")]);
+    lenient.wait_healthy().await;
+    lenient.sigterm();
+    assert_eq!(lenient.wait_exit(Duration::from_secs(30)).await, 0);
+    assert!(
+        lenient.log_text().contains("dropping a corrupt WAL entry"),
+        "{}",
+        lenient.log_text()
+    );
+    let applied: Vec<Option<i32>> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(
+                row(&pool, &format!("wr-{i}"), "kills")
+                    .await
+                    .map(|r| r.progress),
+            );
+        }
+        v
+    };
+    assert_eq!(applied, [Some(2), None, Some(2)]);
+}
