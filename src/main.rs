@@ -81,8 +81,37 @@ enum Command {
     BenchWal(challenge_event_handler::cli::bench::wal::WalBenchArgs),
 }
 
+/// A command line clap refuses: with LOG_FORMAT=json (the manifests'
+/// setting) one JSON line a log collector can read, as every other exit
+/// writes; otherwise clap's own message. Help and version print as usual.
+fn refused(e: clap::Error) -> ExitCode {
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    if !json || !e.use_stderr() {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let error = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": "ERROR",
+        "message": "exiting",
+        "error": error.trim_start_matches("error: "),
+        "target": "challenge_event_handler",
+    });
+    eprintln!("{line}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(command_line());
+    let cli = match Cli::try_parse_from(command_line()) {
+        Ok(cli) => cli,
+        Err(e) => return refused(e),
+    };
     // A log collector reads JSON lines; a person reads one `error:` line.
     let json_logs = cli.log.log_format == LogFormat::Json;
     telemetry::init(&cli.log.log_level, cli.log.log_format);

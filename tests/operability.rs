@@ -177,3 +177,84 @@ async fn on_one_cpu_the_service_still_runs_two_worker_threads() {
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 }
+
+/// LOG_FORMAT=json (the manifests' setting): every line is one JSON object
+/// with its fields at the top level, so the RUNBOOK's queries work: a GDPR
+/// deletion's two audit lines carry `"audit":"gdpr_user_data_deletion"`
+/// (the applied one with `rows_deleted`), and a start that cannot run ends
+/// with a JSON line whose `error` says why.
+#[tokio::test]
+async fn json_logs_carry_the_gdpr_audit_fields_and_the_reason_a_start_failed() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("LOG_FORMAT", "json"), ("FLUSH_INTERVAL", "50ms")],
+    );
+    service.wait_healthy().await;
+    let channel = service.channel().await;
+    challenge_event_handler::proto::iam::account::v1::user_authentication_user_logged_in_service_client::UserAuthenticationUserLoggedInServiceClient::new(channel.clone())
+        .on_message(login("js-user", "js-1", ""))
+        .await
+        .unwrap();
+    challenge_event_handler::proto::iam::account::v1::deletion_account_gdpr_gdpr_request_data_deletion_response_service_client::DeletionAccountGdprGdprRequestDataDeletionResponseServiceClient::new(channel)
+        .on_message(gdpr_deletion("js-user", "js-del"))
+        .await
+        .unwrap();
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+    let events: Vec<serde_json::Value> = service
+        .log_text()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let audit: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["audit"] == "gdpr_user_data_deletion")
+        .collect();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert!(audit.iter().all(|e| e["user_id"] == "js-user"), "{audit:?}");
+    let applied = audit
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("gdpr deletion applied")
+        })
+        .expect("an applied line");
+    assert!(applied.get("rows_deleted").is_some(), "{applied}");
+    assert!(audit.iter().any(|e| e["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("gdpr deletion acknowledged")));
+
+    // A value the command line refuses, and a setting the service refuses.
+    for (bad, says) in [
+        (("WAL_MAX_BYTES", "lots"), "WAL_MAX_BYTES"),
+        (
+            ("DATABASE_URL", "mysql://x"),
+            "invalid setting DATABASE_URL",
+        ),
+    ] {
+        let (code, _, err) = cli(
+            dir.path(),
+            &["serve"],
+            &[
+                ("LOG_FORMAT", "json"),
+                ("DATABASE_URL", &db.url),
+                ("AB_NAMESPACE", NAMESPACE),
+                bad,
+            ],
+        );
+        assert_ne!(code, 0, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let line: serde_json::Value = serde_json::from_str(&err).expect("a JSON line");
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert!(
+            line["error"].as_str().unwrap_or("").contains(says),
+            "{line}"
+        );
+    }
+}

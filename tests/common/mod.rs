@@ -510,8 +510,20 @@ impl Binary {
     /// The port after `key=` in the service's "starting" log line.
     fn logged_port(&self, key: &str) -> Option<u16> {
         let log = self.log_text();
-        let line = log.lines().find(|l| l.contains(" starting "))?;
-        let value = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+        let value = match log.lines().find(|l| l.contains(" starting ")) {
+            Some(line) => line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))?
+                .to_owned(),
+            // LOG_FORMAT=json: "grpc":"127.0.0.1:41535".
+            None => {
+                let line = log
+                    .lines()
+                    .find(|l| l.contains(r#""message":"starting""#))?;
+                let event: serde_json::Value = serde_json::from_str(line).ok()?;
+                event[key.trim_end_matches('=')].as_str()?.to_owned()
+            }
+        };
         value.rsplit(':').next()?.parse().ok()
     }
 
