@@ -85,7 +85,19 @@ enum Command {
 /// setting) one JSON line a log collector can read, as every other exit
 /// writes; otherwise clap's own message. Help and version print as usual.
 fn refused(e: clap::Error) -> ExitCode {
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    // The flag wins over the variable, as it does once parsed.
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--log-format") {
+            Some("") => args.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+            None => None,
+        });
+    let json = flag
+        .or_else(|| std::env::var("LOG_FORMAT").ok())
+        .is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
     if !json || !e.use_stderr() {
         e.exit();
     }

@@ -708,7 +708,11 @@ async fn the_upkeep_rotates_the_ledger_drops_what_expired_and_repairs_its_state_
 
     let (mut rotated, mut dropped) = (0, 0);
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(7) {
+    // At least 7 s (a table every second, the first dropped after 5), and
+    // until both are seen on a slow machine.
+    while start.elapsed() < Duration::from_secs(7)
+        || (rotated < 4 || dropped < 1) && start.elapsed() < Duration::from_secs(60)
+    {
         let done = pg.upkeep(wait).await.expect("upkeep");
         rotated += usize::from(done.rotated);
         dropped += done.dropped.len();
@@ -719,8 +723,8 @@ async fn the_upkeep_rotates_the_ledger_drops_what_expired_and_repairs_its_state_
         assert_eq!(done.tables, tables.len());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(rotated >= 4, "{rotated} rotations in 7 s");
-    assert!(dropped >= 1, "nothing dropped in 7 s");
+    assert!(rotated >= 4, "{rotated} rotations in 60 s");
+    assert!(dropped >= 1, "nothing dropped in 60 s");
 
     let before = listed().await.unwrap();
     sqlx::query("DELETE FROM challenge_event_handler_ledger")
@@ -831,7 +835,8 @@ async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_
     let (code, out, err) = drain_within(dir.path(), unreachable, "3s");
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("gave up after 3s"), "{err}");
-    assert!(err.contains("the WAL is untouched"), "{err}");
+    assert!(err.contains("the WAL keeps them"), "{err}");
+    assert!(!err.contains("stopping with acknowledged updates"), "{err}");
     assert!(counted(&pool, "dg").await.is_empty());
     let (code, out, err) = drain(dir.path(), &db.url);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -960,9 +965,15 @@ async fn an_update_later_than_a_deletion_plus_the_skew_is_written_on_another_rep
     send_deletion(&ca, "sk-gone", "sk-gone-del").await;
     wait_for_tombstone(&pool, "sk-back").await;
     wait_for_tombstone(&pool, "sk-gone").await;
-    // On C: one login within the skew of the deletion, one after it.
-    let now = chrono::Utc::now();
-    let within = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // On C: one login at the deletion's own time (within the skew), one
+    // after the skew.
+    let deleted_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT deleted_at FROM challenge_event_handler_tombstones WHERE user_id = 'sk-gone'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let within = deleted_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     assert!(UserAuthenticationUserLoggedInServiceClient::new(cc.clone())
         .on_message(login("sk-gone", "sk-gone-2", &within))
         .await

@@ -231,11 +231,12 @@ async fn json_logs_carry_the_gdpr_audit_fields_and_the_reason_a_start_failed() {
         .starts_with("gdpr deletion acknowledged")));
 
     // A value the command line refuses, and a setting the service refuses.
-    for (bad, says) in [
-        (("WAL_MAX_BYTES", "lots"), "WAL_MAX_BYTES"),
+    for (bad, says, exit) in [
+        (("WAL_MAX_BYTES", "lots"), "WAL_MAX_BYTES", 2),
         (
             ("DATABASE_URL", "mysql://x"),
             "invalid setting DATABASE_URL",
+            1,
         ),
     ] {
         let (code, _, err) = cli(
@@ -248,10 +249,11 @@ async fn json_logs_carry_the_gdpr_audit_fields_and_the_reason_a_start_failed() {
                 bad,
             ],
         );
-        assert_ne!(code, 0, "{err}");
+        assert_eq!(code, exit, "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         let line: serde_json::Value = serde_json::from_str(&err).expect("a JSON line");
         assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["message"], "exiting", "{line}");
         assert!(
             line["error"].as_str().unwrap_or("").contains(says),
             "{line}"

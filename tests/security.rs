@@ -495,10 +495,11 @@ async fn an_emptied_token_file_refuses_every_write_and_still_starts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 0").await);
+    // The line is logged after the metric is set.
     service
         .wait_for_log("the file holds no token, every HTTP write is refused", WAIT)
         .await;
+    assert!(metric(&service, "challenge_event_handler_http_ingest_tokens 0").await);
     service.sigterm();
     assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
 

@@ -464,3 +464,26 @@ async fn with_no_migrate_it_uses_the_tables_a_job_made_and_its_first_flush_succe
             .unwrap();
     assert_eq!(tables.len(), 1);
 }
+
+/// NO_MIGRATE before the job that makes the handler's tables has run: the
+/// start stops at once naming the table, the script and the alternative,
+/// instead of serving while every flush fails.
+#[tokio::test]
+async fn with_no_migrate_and_no_handler_tables_the_start_stops_saying_what_to_run() {
+    let db = pg::TestDb::new().await;
+    db.migrate_as_the_challenge_service().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut handler = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("NO_MIGRATE", "1"), ("TABLE_OWNER", "service")],
+    );
+    assert_eq!(handler.wait_exit(Duration::from_secs(30)).await, 1);
+    let log = handler.log_text();
+    assert!(
+        log.contains("challenge_event_handler_ledger does not exist and NO_MIGRATE is set")
+            && log.contains("migrations/postgres/handler_tables.sql")
+            && log.contains("NO_LEDGER"),
+        "{log}"
+    );
+}

@@ -58,14 +58,26 @@ pub async fn drain(settings: Settings, timeout: Duration) -> anyhow::Result<()> 
         });
     }
     let lifetime = Lifetime::new(shutdown);
-    let Started::Running(running) = start_up(parts, &settings, &lifetime).await? else {
-        if lifetime.fatal.is_cancelled() {
+    let running = match start_up(parts, &settings, &lifetime).await? {
+        Started::Running(running) => running,
+        Started::Stopped(_) if lifetime.fatal.is_cancelled() => {
             anyhow::bail!("stopped after a fatal error (see the log above)");
         }
-        anyhow::bail!(
-            "gave up after {timeout:?}: the database was not ready (see the log above); the WAL \
-             is untouched, run `wal drain` again"
-        );
+        Started::Stopped(left) => {
+            let held = left.map_or_else(
+                || "nothing to write".to_owned(),
+                |left| {
+                    format!(
+                        "{} records ({} bytes) still to write",
+                        left.records, left.bytes
+                    )
+                },
+            );
+            anyhow::bail!(
+                "gave up after {timeout:?}: the database did not take the WAL's records (see the \
+                 log above); {held}: the WAL keeps them, run `wal drain` again"
+            );
+        }
     };
     let mut flusher = running.flusher;
     let left = final_flush(&mut flusher, &running.wal, &lifetime.fatal, timeout).await;

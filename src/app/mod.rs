@@ -260,7 +260,7 @@ impl App {
         let left_in_wal = match start_up(parts, &settings, &lifetime).await? {
             Started::Stopped(left) => {
                 enter(&health, &metrics, Phase::ShuttingDown);
-                left
+                left.map(|left| report_left_in_wal(left.bytes, left.records, left.why))
             }
             Started::Running(running) => {
                 enter(&health, &metrics, Phase::Serving);

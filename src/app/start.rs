@@ -21,14 +21,25 @@ use super::*;
 /// How start-up ended.
 pub(super) enum Started {
     Running(Box<Running>),
-    /// Stopped before serving; Some(bytes): records left in the WAL, which
-    /// may not all be in the database (logged; the process exits 1).
-    Stopped(Option<u64>),
+    /// Stopped before serving, with what the WAL still holds if anything
+    /// (not logged here: the service and `wal drain` each say it their way).
+    Stopped(Option<Left>),
 }
 
-/// Stopped before the replayed WAL was flushed: what it still holds.
-fn left_before_serving(bytes: u64, records: u64, why: &str) -> Started {
-    Started::Stopped((records > 0).then(|| stop::report_left_in_wal(bytes, records, why)))
+/// Records a stop before serving leaves in the WAL; they may not all be in
+/// the database (the process exits 1).
+pub(super) struct Left {
+    pub bytes: u64,
+    pub records: u64,
+    pub why: &'static str,
+}
+
+fn left_before_serving(bytes: u64, records: u64, why: &'static str) -> Started {
+    Started::Stopped((records > 0).then_some(Left {
+        bytes,
+        records,
+        why,
+    }))
 }
 
 /// Start-up: migrations, this instance's lease, replay of everything above

@@ -51,6 +51,14 @@ impl PgStore {
         // handler_tables.sql made its table, not its first id table (the
         // ledger makes and drops those as it runs, with CREATE).
         if self.cluster.ledger_window.is_some() {
+            if !migrate && !self.table_exists("challenge_event_handler_ledger").await? {
+                return Err(StoreError::Rejected(
+                    "challenge_event_handler_ledger does not exist and NO_MIGRATE is set: run \
+                     migrations/postgres/handler_tables.sql (the job that makes the handler's \
+                     tables), or, for a single replica, set NO_LEDGER"
+                        .into(),
+                ));
+            }
             match cluster::create_ledger(&self.pool, None).await?.as_deref() {
                 Some([]) => tracing::info!(
                     "the cluster's ledger of applied events started \
