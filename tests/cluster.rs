@@ -37,12 +37,7 @@ fn fast(db: &str, dir: &std::path::Path) -> Binary {
 /// A replica that never flushes on its own: what it acknowledges stays in
 /// its WAL until it stops (or is drained).
 fn holding(db: &str, dir: &std::path::Path) -> Binary {
-    Binary::spawn_with_config(
-        db,
-        dir,
-        COUNTING,
-        &[("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")],
-    )
+    Binary::spawn_with_config(db, dir, COUNTING, &HOLDING)
 }
 
 async fn send_login(channel: &Channel, user: &str, id: &str) -> bool {
@@ -574,12 +569,7 @@ async fn a_late_deletion_drops_m5_updates_another_replica_acknowledged_before_it
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let m5 = m5_config();
     let mut a = Binary::spawn_with_config(&db.url, da.path(), &m5, &[("FLUSH_INTERVAL", "50ms")]);
-    let mut c = Binary::spawn_with_config(
-        &db.url,
-        dc.path(),
-        &m5,
-        &[("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")],
-    );
+    let mut c = Binary::spawn_with_config(&db.url, dc.path(), &m5, &HOLDING);
     a.wait_healthy().await;
     c.wait_healthy().await;
     let (ca, cc) = (a.channel().await, c.channel().await);

@@ -557,8 +557,7 @@ async fn a_corrupt_wal_record_stops_the_start_until_wal_recovery_skip_corrupt_dr
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
-    let holding = [("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")];
-    let mut service = Binary::spawn(&db.url, dir.path(), &holding);
+    let mut service = Binary::spawn(&db.url, dir.path(), &HOLDING);
     service.wait_healthy().await;
     let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
     // One call at a time: a frame each.

@@ -436,8 +436,7 @@ async fn a_stop_during_start_up_with_records_in_the_wal_exits_1_saying_so() {
     let db = pg::TestDb::new().await;
     let pool = db.pool().await;
     let dir = tempfile::tempdir().unwrap();
-    let holding = [("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")];
-    let mut service = Binary::spawn(&db.url, dir.path(), &holding);
+    let mut service = Binary::spawn(&db.url, dir.path(), &HOLDING);
     service.wait_healthy().await;
     let oracle = send_acknowledged(&service, 5, "su").await;
     service.kill9();

@@ -33,6 +33,10 @@ use tonic::transport::Channel;
 
 pub const NAMESPACE: &str = "testgame";
 
+/// Settings of a replica that never flushes on its own: what it acknowledges
+/// stays in its WAL until it stops (or is killed, or drained).
+pub const HOLDING: [(&str, &str); 2] = [("FLUSH_INTERVAL", "1h"), ("BUFFER_MAX_KEYS", "100000000")];
+
 /// Goals of every kind; `kills` moves two goals at once; `login-opt` is not
 /// assigned by default.
 pub const CHALLENGES: &str = r#"{"challenges":[
