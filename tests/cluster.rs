@@ -821,6 +821,30 @@ async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_
     a.kill9();
     a.wait_exit(EXIT).await;
 
+    // What an operator looks at before draining: the WAL against the
+    // watermark row of its `name@volume` id in PostgreSQL.
+    let inspect = || {
+        let wal = dir.path().join("wal");
+        let (code, out, err) = cli(
+            dir.path(),
+            &["wal", "inspect", "--json"],
+            &[
+                ("DATABASE_URL", &db.url),
+                ("WAL_DIR", wal.to_str().unwrap()),
+            ],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let report = inspect();
+    assert_eq!(report["records"], 4, "{report}");
+    assert_eq!(report["pending_above_watermark"], 4, "{report}");
+    assert_eq!(report["watermark"]["Ok"]["applied_seq"], 0, "{report}");
+    assert!(
+        report["instance_id"].as_str().unwrap().contains('@'),
+        "{report}"
+    );
+
     let unreachable = "postgres://postgres@127.0.0.1:1/none";
     let (code, out, err) = drain_within(dir.path(), unreachable, "3s");
     assert_eq!(code, 1, "{out}\n{err}");
@@ -831,6 +855,9 @@ async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_
     let (code, out, err) = drain(dir.path(), &db.url);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(counted(&pool, "dg").await.get("dg-user"), Some(&4));
+    let report = inspect();
+    assert_eq!(report["records"], 0, "{report}");
+    assert_eq!(report["pending_above_watermark"], 0, "{report}");
 
     // A directory with records and no recorded id.
     let mut b = holding(&db.url, dir.path());
