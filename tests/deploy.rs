@@ -750,3 +750,73 @@ fn the_manifests_keep_memory_within_its_limit_and_the_wal_within_its_volume() {
         volume >> 20
     );
 }
+
+/// README's settings table against the command line itself: every variable
+/// `serve` reads has a row, with its flag, and a default written as one
+/// value (`1s`, `4`) is the binary's default.
+#[test]
+fn the_readme_settings_table_names_every_setting_with_its_flag_and_default() {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    }
+    let readme = read("README.md");
+    let start = readme
+        .find("| variable | flag | default | meaning |")
+        .expect("README has a settings table");
+    // Variable → (flag, default cell), a row naming several split on " / ".
+    let mut rows: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for line in readme[start..].lines().skip(2) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let names: Vec<&str> = cells[0].trim_start_matches("| ").split(" / ").collect();
+        let flags: Vec<&str> = cells[1].split(" / ").collect();
+        let defaults: Vec<&str> = cells[2].split(" / ").collect();
+        for (i, name) in names.iter().enumerate() {
+            let flag = flags.get(i).copied().unwrap_or("");
+            let default = if defaults.len() == names.len() {
+                defaults[i]
+            } else {
+                cells[2]
+            };
+            rows.insert(
+                name.trim_matches('`').to_owned(),
+                (flag.trim_matches('`').to_owned(), default.trim().to_owned()),
+            );
+        }
+    }
+    let mut checked_defaults = 0;
+    for arg in Cli::command().get_arguments() {
+        let Some(env) = arg.get_env() else { continue };
+        let env = env.to_string_lossy().into_owned();
+        let (flag, default) = rows
+            .get(&env)
+            .unwrap_or_else(|| panic!("README's settings table has no row for {env}"));
+        let long = format!("--{}", arg.get_long().expect("a long flag"));
+        assert!(
+            flag == &long || flag.starts_with(&long),
+            "{env}: README says {flag:?}, the binary {long}"
+        );
+        let single = default
+            .strip_prefix('`')
+            .and_then(|d| d.strip_suffix('`'))
+            .filter(|d| !d.contains('`'));
+        if let (Some(written), Some(actual)) = (single, arg.get_default_values().first()) {
+            assert_eq!(
+                written,
+                actual.to_string_lossy(),
+                "{env}: README's default differs from the binary's"
+            );
+            checked_defaults += 1;
+        }
+    }
+    assert!(
+        checked_defaults >= 20,
+        "{checked_defaults} defaults checked"
+    );
+}
