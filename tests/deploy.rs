@@ -201,8 +201,8 @@ fn the_readme_lists_every_metric_and_the_deployment_guide_every_alert() {
     }
 }
 
-/// The environment variables the service reads.
-fn settings() -> BTreeSet<String> {
+/// `serve`'s command line: its settings and the logging ones.
+fn serve_command() -> clap::Command {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
@@ -211,6 +211,11 @@ fn settings() -> BTreeSet<String> {
         log: LogArgs,
     }
     Cli::command()
+}
+
+/// The environment variables the service reads.
+fn settings() -> BTreeSet<String> {
+    serve_command()
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
@@ -756,13 +761,6 @@ fn the_manifests_keep_memory_within_its_limit_and_the_wal_within_its_volume() {
 /// value (`1s`, `4`) is the binary's default.
 #[test]
 fn the_readme_settings_table_names_every_setting_with_its_flag_and_default() {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
-        #[command(flatten)]
-        log: LogArgs,
-    }
     let readme = read("README.md");
     let start = readme
         .find("| variable | flag | default | meaning |")
@@ -791,7 +789,7 @@ fn the_readme_settings_table_names_every_setting_with_its_flag_and_default() {
         }
     }
     let mut checked_defaults = 0;
-    for arg in Cli::command().get_arguments() {
+    for arg in serve_command().get_arguments() {
         let Some(env) = arg.get_env() else { continue };
         let env = env.to_string_lossy().into_owned();
         let (flag, default) = rows
