@@ -426,6 +426,19 @@ async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_st
     assert!(log.contains("the-other-process"), "{log}");
 }
 
+/// SIGTERM to a replica still starting: exit 1, saying what its WAL keeps
+/// and `why` it stopped there.
+async fn stops_saying_what_is_left(service: &mut Binary, why: &str) {
+    service.sigterm();
+    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
+    let log = service.log_text();
+    assert!(
+        log.contains("stopping with acknowledged updates not in the database"),
+        "{log}"
+    );
+    assert!(log.contains(why), "{log}");
+}
+
 /// A replica stopped (SIGTERM) during start-up, before the WAL it replays
 /// reached the database, says what it leaves in the WAL and exits 1, as a
 /// stop that serves does: an operator scaling down keeps (or drains) only
@@ -448,14 +461,7 @@ async fn a_stop_during_start_up_with_records_in_the_wal_exits_1_saying_so() {
     waiting
         .wait_for_log("cannot", Duration::from_secs(30))
         .await;
-    waiting.sigterm();
-    assert_eq!(waiting.wait_exit(EXIT).await, 1, "{}", waiting.log_text());
-    let log = waiting.log_text();
-    assert!(
-        log.contains("stopping with acknowledged updates not in the database"),
-        "{log}"
-    );
-    assert!(log.contains("before the WAL was replayed"), "{log}");
+    stops_saying_what_is_left(&mut waiting, "before the WAL was replayed").await;
 
     // The database answers but every flush fails: waiting to flush the replay.
     let mut flushing = Binary::spawn(
@@ -474,14 +480,7 @@ async fn a_stop_during_start_up_with_records_in_the_wal_exits_1_saying_so() {
     assert_eq!(metric(&metrics, "challenge_event_handler_phase"), 1.0);
     let (status, body) = http_get(http, "/healthz").await;
     assert_eq!(status, 503, "{body}");
-    flushing.sigterm();
-    assert_eq!(flushing.wait_exit(EXIT).await, 1, "{}", flushing.log_text());
-    let log = flushing.log_text();
-    assert!(
-        log.contains("stopping with acknowledged updates not in the database"),
-        "{log}"
-    );
-    assert!(log.contains("flushing the replayed WAL"), "{log}");
+    stops_saying_what_is_left(&mut flushing, "flushing the replayed WAL").await;
     assert!(progress_of(&pool, "su").await.is_empty());
 
     // The volume kept them: the next start applies each once.
