@@ -17,8 +17,14 @@ pub const MAX_ID_LEN: usize = 100;
 pub const MAX_EVENT_ID_LEN: usize = 256;
 /// The longest stat code accepted (it only selects goals; it is not stored).
 pub const MAX_STAT_CODE_LEN: usize = 256;
-/// Timestamps further ahead than this are not trusted; arrival time is used.
-const MAX_CLOCK_SKEW_MS: i64 = 86_400_000;
+/// Timestamps further ahead of arrival than this are not trusted; arrival
+/// time is used (with a warning and `events_bad_timestamp_total`). AGS
+/// services stamp events with synchronized server clocks, so a timestamp
+/// minutes ahead is a broken clock, and trusting it would cost real events:
+/// a type-rules absolute goal skips values older than the newest applied,
+/// a daily goal counted for tomorrow skips today, and a deletion's tombstone
+/// would drop a returning player's updates until then.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
 
 /// The AGS event types the service takes (one gRPC service, one HTTP
 /// `type` each), as metric labels.
@@ -498,6 +504,19 @@ mod tests {
             event_time("2999-01-01T00:00:00Z", NOW),
             (NOW, TimeSource::ArrivalBadTimestamp)
         );
+        // NOW is 2023-11-14T22:13:20Z: five minutes ahead is trusted, six
+        // minutes (or an hour) is a broken clock.
+        assert_eq!(
+            event_time("2023-11-14T22:18:20Z", NOW),
+            (NOW + MAX_CLOCK_SKEW_MS, TimeSource::Timestamp)
+        );
+        for ahead in ["2023-11-14T22:19:20Z", "2023-11-14T23:13:20Z"] {
+            assert_eq!(
+                event_time(ahead, NOW),
+                (NOW, TimeSource::ArrivalBadTimestamp),
+                "{ahead}"
+            );
+        }
         assert_eq!(event_time("", NOW), (NOW, TimeSource::Arrival));
         assert_eq!(
             event_time("2023-11-14T23:13:20+01:00", NOW),

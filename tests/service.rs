@@ -155,6 +155,43 @@ async fn increments_add_the_truncated_inc_or_one_and_one_event_moves_several_goa
     svc.stop().await.unwrap();
 }
 
+/// A producer whose clock runs an hour fast: its timestamp is not trusted
+/// (arrival time instead, with a warning and `events_bad_timestamp_total`),
+/// so the next value, stamped by a correct clock, still moves the absolute
+/// goal. Trusting it would have skipped every real value for that hour.
+#[tokio::test]
+async fn a_timestamp_an_hour_ahead_is_not_trusted_and_does_not_hold_back_the_next_value() {
+    let e = env().await;
+    let svc = Service::start(&e.db.url, e.dir.path(), &[]).await;
+    let db = e.db.pool().await;
+    let stamp = |ahead_ms: i64| {
+        chrono::DateTime::from_timestamp_millis(
+            challenge_event_handler::clock::unix_ms() as i64 + ahead_ms,
+        )
+        .unwrap()
+        .to_rfc3339()
+    };
+
+    svc.stat(stat("fay", "kills", 50.0, 0.0, "f1", &stamp(3_600_000)))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "fay", "kills-total").await.unwrap().progress, 50);
+    svc.stat(stat("fay", "kills", 70.0, 0.0, "f2", &stamp(0)))
+        .await
+        .unwrap();
+    barrier(&svc, &db).await;
+    assert_eq!(row(&db, "fay", "kills-total").await.unwrap().progress, 70);
+    assert_eq!(
+        metric(
+            &svc.metrics().await,
+            "challenge_event_handler_events_bad_timestamp_total"
+        ),
+        1.0
+    );
+    svc.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn logins_count_once_each_and_daily_goals_once_per_utc_day() {
     let e = env().await;

@@ -66,7 +66,7 @@ const CLIENTS: usize = 8;
 const USERS_PER_CLIENT: usize = 4;
 /// 2020-01-01T00:00:00Z: far enough back that a long run's event times (three
 /// hours apart, thousands per user) stay in the past — the service uses the
-/// arrival time for a timestamp more than a day ahead of its clock, which
+/// arrival time for a timestamp more than 5 minutes ahead of its clock, which
 /// would reorder absolute values.
 const BASE_MS: i64 = 1_577_836_800_000;
 const STEP_MS: i64 = 3 * 3_600_000;
