@@ -19,6 +19,7 @@ pub struct LogArgs {
         long,
         env = "LOG_FORMAT",
         value_enum,
+        ignore_case = true,
         default_value = "text",
         global = true
     )]
@@ -44,4 +45,26 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    /// `LOG_FORMAT=JSON` is what a manifest may well say; it means json.
+    #[test]
+    fn the_log_format_is_read_in_any_case() {
+        for value in ["json", "JSON", "Json"] {
+            let cmd = Cmd::try_parse_from(["x", "--log-format", value]).unwrap();
+            assert_eq!(cmd.log.log_format, LogFormat::Json, "{value}");
+        }
+        assert!(Cmd::try_parse_from(["x", "--log-format", "yaml"]).is_err());
+    }
 }

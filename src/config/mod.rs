@@ -146,7 +146,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WAL_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub wal_max_bytes: u64,
     /// What start-up does with a corrupt WAL record not yet in the database.
-    #[arg(long, env = "WAL_RECOVERY", value_enum, default_value = "strict")]
+    #[arg(
+        long,
+        env = "WAL_RECOVERY",
+        value_enum,
+        ignore_case = true,
+        default_value = "strict"
+    )]
     pub wal_recovery: Recovery,
     /// sled's page cache.
     #[arg(long, env = "WAL_CACHE_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
@@ -268,7 +274,7 @@ pub struct ServeArgs {
     /// `handler` on the embedded store; on PostgreSQL what the handler
     /// recorded at an earlier start, else `service` if the table exists,
     /// else wait, not ready, for the service to create it.
-    #[arg(long, env = "TABLE_OWNER", value_enum)]
+    #[arg(long, env = "TABLE_OWNER", value_enum, ignore_case = true)]
     pub table_owner: Option<TableOwner>,
 }
 

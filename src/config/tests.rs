@@ -30,6 +30,17 @@ fn sizes_parse_with_binary_units() {
         .contains("too large"));
 }
 
+#[test]
+fn choices_are_read_in_any_case() {
+    let a = args(&["--wal-recovery", "Skip-Corrupt", "--table-owner", "SERVICE"]);
+    assert_eq!(a.wal_recovery, crate::wal::Recovery::SkipCorrupt);
+    assert_eq!(a.table_owner, Some(crate::store::TableOwner::Service));
+    let refused = Cli::try_parse_from(["x", "--table-owner", "nobody"])
+        .err()
+        .unwrap();
+    assert!(refused.to_string().contains("nobody"), "{refused}");
+}
+
 /// Flags only: the test environment may set any of these variables.
 fn clean(mut a: ServeArgs) -> ServeArgs {
     a.namespace = None;
