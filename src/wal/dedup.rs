@@ -29,6 +29,8 @@ pub struct Dedup {
     buckets: VecDeque<(u64, HashSet<Mark>)>,
     marks: usize,
     max_marks: usize,
+    /// Marks dropped early (past `max_marks`) and not yet reported.
+    evicted_early: u64,
 }
 
 impl Dedup {
@@ -41,6 +43,7 @@ impl Dedup {
             buckets: VecDeque::new(),
             marks: 0,
             max_marks: max_marks.max(1),
+            evicted_early: 0,
         }
     }
 
@@ -93,9 +96,17 @@ impl Dedup {
         }
         let mut evicted = Vec::new();
         while self.marks > self.max_marks && self.buckets.len() > 1 {
+            let before = self.marks;
             evicted.push(self.pop_oldest());
+            self.evicted_early += (before - self.marks) as u64;
         }
         evicted
+    }
+
+    /// The marks dropped early since the last call (for
+    /// `dedup_evicted_early_total`: marks, not buckets).
+    pub fn take_evicted_early(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted_early)
     }
 
     /// Drops the buckets past the window; returns their ids.
@@ -141,6 +152,8 @@ mod tests {
         assert!(d.insert(1, 1).is_empty());
         assert!(d.insert(1, 2).is_empty());
         assert_eq!(d.insert(2, 3), vec![1]);
+        assert_eq!(d.take_evicted_early(), 2, "marks, not buckets");
+        assert_eq!(d.take_evicted_early(), 0);
         assert!(d.contains(3) && !d.contains(1));
         assert_eq!(d.len(), 1);
         assert!(d.keeps(2) && !d.keeps(1));

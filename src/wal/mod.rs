@@ -241,6 +241,50 @@ mod tests {
         buffer
     }
 
+    /// A WAL reopened with DEDUP_MAX_MARKS below the ids it keeps forgets
+    /// the oldest early, and says so in `dedup_evicted_early_total` (marks).
+    #[test]
+    fn ids_forgotten_early_when_the_wal_opens_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Half-second buckets: three rounds of five ids, a bucket each.
+        let wide = WalConfig {
+            dedup_window: Duration::from_secs(5),
+            ..config(dir.path(), Recovery::Strict)
+        };
+        let store = WalStore::open(wide.clone()).unwrap();
+        with_writer(store, 1, &Shared::default(), |wal| async move {
+            for round in 0..3 {
+                for i in 1..=5 {
+                    let n = round * 5 + i;
+                    wal.append(format!("e{n}"), vec![update(n)]).await.unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(550));
+            }
+        });
+        let mut store = WalStore::open(WalConfig {
+            dedup_max_marks: 5,
+            ..wide
+        })
+        .unwrap();
+        store.replay(0, &mut Buffer::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (wal, thread) = store
+            .start(
+                16,
+                Shared::default(),
+                metrics.clone(),
+                CancellationToken::new(),
+            )
+            .unwrap();
+        assert!(
+            metrics.dedup_evicted_early.get() >= 10,
+            "{} marks counted",
+            metrics.dedup_evicted_early.get()
+        );
+        drop(wal);
+        thread.join();
+    }
+
     #[test]
     fn a_half_made_wal_directory_from_an_interrupted_first_start_is_replaced() {
         let dir = tempfile::tempdir().unwrap();

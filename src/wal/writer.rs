@@ -30,7 +30,7 @@ impl WalStore {
     /// Starts the writer thread. `next_seq` must be above both the log's last
     /// sequence number and the database watermark.
     pub fn start(
-        self,
+        mut self,
         next_seq: u64,
         sink: impl Sink,
         metrics: Arc<Metrics>,
@@ -45,6 +45,16 @@ impl WalStore {
         metrics.wal_bytes.set(self.bytes() as i64);
         metrics.wal_disk_bytes.set(self.disk_bytes() as i64);
         metrics.dedup_marks.set(self.dedup_marks() as i64);
+        // Opening and replaying a WAL whose marks are over DEDUP_MAX_MARKS
+        // (the cap was lowered) forgets the oldest early too.
+        let forgotten = self.take_evicted_early();
+        if forgotten > 0 {
+            tracing::warn!(
+                forgotten,
+                "DEDUP_MAX_MARKS is below the event ids kept in the WAL: the oldest were forgotten early; a redelivery of them would be applied again"
+            );
+        }
+        metrics.dedup_evicted_early.inc_by(forgotten);
         let trimmer = Trimmer::start(self.log(), self.dir().to_owned(), metrics.clone())?;
         let writer = Writer {
             store: self,
@@ -518,8 +528,10 @@ impl Writer {
         self.next_seq += records.len() as u64;
         group.records.extend(records);
         if let Some(mark) = mark {
-            let evicted = self.store.remember_mark(now_bucket, mark);
-            self.metrics.dedup_evicted_early.inc_by(evicted as u64);
+            self.store.remember_mark(now_bucket, mark);
+            self.metrics
+                .dedup_evicted_early
+                .inc_by(self.store.take_evicted_early());
             group.marks.push(mark);
         }
         Ok(Appended::Written {

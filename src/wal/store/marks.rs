@@ -140,19 +140,17 @@ impl WalStore {
         }
     }
 
-    /// Remembers a mark for deduplication. Returns how many marks were
-    /// dropped early (whole buckets, oldest first) to stay under the cap.
-    pub(in crate::wal) fn remember_mark(&mut self, bucket: u64, mark: Mark) -> usize {
-        let before = self.dedup.len();
+    /// Remembers a mark for deduplication, dropping the oldest buckets early
+    /// past the cap (counted by [`WalStore::take_evicted_early`]).
+    pub(in crate::wal) fn remember_mark(&mut self, bucket: u64, mark: Mark) {
         let evicted = self.dedup.insert(bucket, mark);
-        // Marks, not buckets: what dedup_evicted_early_total counts.
-        let dropped = if evicted.is_empty() {
-            0
-        } else {
-            (before + 1).saturating_sub(self.dedup.len())
-        };
         self.sweep.extend(evicted);
-        dropped
+    }
+
+    /// The marks dropped early to stay under DEDUP_MAX_MARKS since the last
+    /// call, whether at open, in the replay or by new events.
+    pub(in crate::wal) fn take_evicted_early(&mut self) -> u64 {
+        self.dedup.take_evicted_early()
     }
 
     /// Queues for the marks database the marks of a frame that is durable
