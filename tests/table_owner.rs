@@ -11,7 +11,8 @@
 //!   service's migrations 001 + 002 create and leaves `schema_migrations` at
 //!   version 2, so the service, started afterwards, migrates cleanly (nothing
 //!   to run); racing the service's migration, the two serialize on
-//!   golang-migrate's lock;
+//!   golang-migrate's lock; the service's next migration (003, on its
+//!   unmerged M6 branch) applies cleanly after it;
 //! - the per-row state an older build kept in columns it added is copied to
 //!   the handler's own table.
 
@@ -260,6 +261,66 @@ async fn started_first_as_the_tables_owner_it_creates_the_services_schema_and_th
     assert!(again
         .log_text()
         .contains(r#"the handler recorded "handler" at an earlier start"#));
+}
+
+/// AccelByte's unmerged M6 branch of the challenge service adds migration
+/// 003 (an index on `expires_at`, tests/fixtures/challenge-service-m6): a
+/// table the handler created takes it cleanly, and once the service owns
+/// the table at version 3 the handler updates its rows and leaves the
+/// schema byte-identical.
+#[tokio::test]
+async fn the_services_m6_migration_applies_to_a_table_the_handler_created_and_is_left_alone() {
+    let m6 = pg::challenge_service_migrations_m6();
+    let reference = pg::TestDb::new().await;
+    assert_eq!(
+        pg::golang_migrate_up(&reference.pool().await, &m6).await,
+        Ok(vec![1, 2, 3])
+    );
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut handler = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        &m5_config(),
+        &[("TABLE_OWNER", "handler")],
+    );
+    handler.wait_healthy().await;
+    handler.sigterm();
+    assert_eq!(handler.wait_exit(Duration::from_secs(30)).await, 0);
+    assert_eq!(schema_migrations(&pool).await, [(2, false)]);
+
+    // The M6 service starts: it runs 003 alone, and the schema is its own.
+    assert_eq!(pg::golang_migrate_up(&pool, &m6).await, Ok(vec![3]));
+    assert_eq!(schema_migrations(&pool).await, [(3, false)]);
+    let migrated = db.dump_schema("user_goal_progress");
+    assert_eq!(migrated, reference.dump_schema("user_goal_progress"));
+
+    // The service takes the table over; the handler, told so, serves it.
+    let mut handler = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        &m5_config(),
+        &[("TABLE_OWNER", "service")],
+    );
+    handler.wait_healthy().await;
+    let service = ChallengeService::new(pool.clone(), &dir.path().join("challenges.json"));
+    service.initialize("p1", NAMESPACE).await;
+    let channel = handler.channel().await;
+    challenge_event_handler::proto::social::statistic::v1::statistic_stat_item_updated_service_client::StatisticStatItemUpdatedServiceClient::new(channel)
+        .on_message(stat("p1", "kills", 30.0, 12.0, "p1-1", ""))
+        .await
+        .unwrap();
+    handler.sigterm();
+    assert_eq!(handler.wait_exit(Duration::from_secs(30)).await, 0);
+    let row = service.row("p1", "daily-kills").await.unwrap();
+    assert_eq!(
+        (row.progress, row.baseline_value, row.status.as_str()),
+        (30, Some(18), "completed")
+    );
+    assert_eq!(db.dump_schema("user_goal_progress"), migrated);
+    assert_eq!(schema_migrations(&pool).await, [(3, false)]);
+    assert_eq!(recorded_owner(&pool).await.as_deref(), Some("service"));
 }
 
 #[tokio::test]

@@ -85,7 +85,27 @@ impl TestDb {
 /// The challenge service's migrations (tests/fixtures/challenge-service),
 /// as golang-migrate reads them: (version, up SQL), by version.
 pub fn challenge_service_migrations() -> Vec<(i64, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/challenge-service");
+    let migrations = migrations_in("tests/fixtures/challenge-service");
+    assert_eq!(
+        migrations.len(),
+        2,
+        "the fixtures hold migrations 001 and 002"
+    );
+    migrations
+}
+
+/// The service's migrations with its unmerged M6 branch's 003
+/// (tests/fixtures/challenge-service-m6).
+pub fn challenge_service_migrations_m6() -> Vec<(i64, String)> {
+    let mut migrations = challenge_service_migrations();
+    migrations.extend(migrations_in("tests/fixtures/challenge-service-m6"));
+    assert_eq!(migrations.len(), 3, "001, 002 and M6's 003");
+    migrations
+}
+
+/// The `<version>_<name>.up.sql` files of a fixture directory, by version.
+fn migrations_in(fixtures: &str) -> Vec<(i64, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(fixtures);
     let mut migrations: Vec<(i64, String)> = std::fs::read_dir(&dir)
         .expect("read the migration fixtures")
         .filter_map(|e| {
@@ -101,11 +121,6 @@ pub fn challenge_service_migrations() -> Vec<(i64, String)> {
         })
         .collect();
     migrations.sort();
-    assert_eq!(
-        migrations.len(),
-        2,
-        "the fixtures hold migrations 001 and 002"
-    );
     migrations
 }
 
