@@ -31,6 +31,8 @@ pub struct Dedup {
     max_marks: usize,
     /// Marks dropped early (past `max_marks`) and not yet reported.
     evicted_early: u64,
+    /// The newest bucket dropped early, if any.
+    dropped_through: Option<u64>,
 }
 
 impl Dedup {
@@ -44,6 +46,7 @@ impl Dedup {
             marks: 0,
             max_marks: max_marks.max(1),
             evicted_early: 0,
+            dropped_through: None,
         }
     }
 
@@ -97,10 +100,20 @@ impl Dedup {
         let mut evicted = Vec::new();
         while self.marks > self.max_marks && self.buckets.len() > 1 {
             let before = self.marks;
-            evicted.push(self.pop_oldest());
+            let bucket = self.pop_oldest();
             self.evicted_early += (before - self.marks) as u64;
+            self.dropped_through = self.dropped_through.max(Some(bucket));
+            evicted.push(bucket);
         }
         evicted
+    }
+
+    /// Whether `bucket` was dropped early. Marks of it met again while a WAL
+    /// opens (a frame replayed after its saved marks were loaded) stay
+    /// forgotten: [`Self::insert`] would put them in the newest bucket,
+    /// past the cap, and count them a second time when that goes.
+    pub fn dropped_early(&self, bucket: u64) -> bool {
+        self.dropped_through.is_some_and(|newest| bucket <= newest)
     }
 
     /// The marks dropped early since the last call (for
@@ -154,6 +167,7 @@ mod tests {
         assert_eq!(d.insert(2, 3), vec![1]);
         assert_eq!(d.take_evicted_early(), 2, "marks, not buckets");
         assert_eq!(d.take_evicted_early(), 0);
+        assert!(d.dropped_early(1) && !d.dropped_early(2));
         assert!(d.contains(3) && !d.contains(1));
         assert_eq!(d.len(), 1);
         assert!(d.keeps(2) && !d.keeps(1));

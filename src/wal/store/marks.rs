@@ -79,6 +79,9 @@ impl WalStore {
         let Some((bucket, marks)) = self.frame_marks(written_ms, records, now_bucket) else {
             return;
         };
+        if self.dedup.dropped_early(bucket) {
+            return; // over DEDUP_MAX_MARKS at open: forgotten, and counted, already
+        }
         let marks: Vec<Mark> = marks.collect();
         for &mark in &marks {
             self.remember_mark(bucket, mark);

@@ -193,7 +193,7 @@ impl WalStore {
                 if !sweep.contains(&bucket) {
                     sweep.push_back(bucket);
                 }
-            } else {
+            } else if !dedup.dropped_early(bucket) {
                 for &mark in marks {
                     sweep.extend(dedup.insert(bucket, mark));
                 }
