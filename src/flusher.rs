@@ -434,7 +434,10 @@ impl<S: ProgressStore> Flusher<S> {
         }
         let hint = match self.owner.table {
             TableOwner::Service => {
-                "the challenge service creates a player's rows when the game calls its Initialize;                  events that arrive before that are not counted, as with AccelByte's handler. If no                  challenge service uses this database, set TABLE_OWNER=handler"
+                "the challenge service creates a player's rows when the game calls its \
+                 Initialize; events that arrive before that are not counted, as with \
+                 AccelByte's handler. If no challenge service uses this database, set \
+                 TABLE_OWNER=handler"
             }
             TableOwner::Handler => "the players' rows were deleted after this flush created them",
         };
