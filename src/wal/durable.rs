@@ -116,14 +116,22 @@ pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
             // A directory without a log holds no records yet: it is a new
             // volume. One with a log was made before names were recorded,
             // and its records belong to the row of the plain name.
-            let new_volume = !dir.join("log").exists();
-            if new_volume {
-                let volume = uuid::Uuid::new_v4().simple().to_string();
-                record(dir, "volume_id", &volume[..VOLUME_ID_LEN])?;
+            let volume = (!dir.join("log").exists()).then(|| {
+                let random = uuid::Uuid::new_v4().simple().to_string();
+                random[..VOLUME_ID_LEN].to_owned()
+            });
+            if let Some(volume) = &volume {
+                record(dir, "volume_id", volume)?;
             }
             // The name last: a directory that records one is complete.
             record(dir, "instance_id", &name)?;
-            Ok(recorded_instance_id(dir)?.expect("the name was just recorded"))
+            // What this process wrote, not read back: another process that
+            // made the directory at the same moment may have written over it,
+            // and the check after the WAL's lock is taken must see that.
+            Ok(match volume {
+                Some(volume) => volume_key(&name, &volume),
+                None => name,
+            })
         }
     }
 }
