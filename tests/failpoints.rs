@@ -426,6 +426,49 @@ async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_st
     assert!(log.contains("the-other-process"), "{log}");
 }
 
+/// Two processes started on one new WAL directory: the first takes it
+/// (held here, before its WAL is open, where the two used to race over the
+/// identity and the first start's marker); the second stops at once, naming
+/// the directory, and the first goes on to serve.
+#[tokio::test]
+async fn a_second_process_on_a_new_wal_directory_still_being_made_stops_at_once() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let mut first = Binary::spawn(
+        &db.url,
+        dir.path(),
+        &[("FAILPOINTS", "wal-before-open=sleep(5000)")],
+    );
+    let recorded = wal.join("instance_id");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !recorded.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no identity recorded: {}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = Binary::spawn(&db.url, dir.path(), &[]);
+    assert_eq!(second.wait_exit(EXIT).await, 1, "{}", second.log_text());
+    let log = second.log_text();
+    assert!(
+        log.contains("cannot open the WAL") && log.contains("another process has it"),
+        "{log}"
+    );
+    assert!(
+        !wal.join("log").exists() || first.log_text().contains("wal replayed"),
+        "the second process made the first one's log"
+    );
+    first.wait_healthy().await;
+    assert!(
+        !first.log_text().contains("another process"),
+        "{}",
+        first.log_text()
+    );
+}
+
 /// SIGTERM to a replica still starting: exit 1, saying what its WAL keeps
 /// and `why` it stopped there.
 async fn stops_saying_what_is_left(service: &mut Binary, why: &str) {

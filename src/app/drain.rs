@@ -15,7 +15,7 @@ use super::*;
 /// process of that id still running elsewhere), flushes until the WAL is
 /// empty — events another replica applied meanwhile are left out by the
 /// cluster's ledger — and truncates it. Safe to run again: an empty WAL
-/// drains to nothing. Refuses a WAL another process holds (sled's lock).
+/// drains to nothing. Refuses a WAL another process holds (the directory's lock).
 /// Gives up after `timeout` (the database unreachable, the table missing).
 pub async fn drain(settings: Settings, timeout: Duration) -> anyhow::Result<()> {
     let dir = settings.wal_dir.clone();

@@ -67,6 +67,9 @@ impl Core {
             tracing::warn!(config = %settings.config_path.display(), "{warning}");
         }
         let goals = Arc::new(GoalIndex::new(loaded.generation, loaded.goals));
+        // The directory is this process's from here on: its identity, a
+        // first start, sled's files.
+        let dir_lock = wal::lock_dir(&settings.wal_dir)?;
         let instance_id = wal::instance_id(&settings.wal_dir, settings.instance_id.as_deref())
             .with_context(|| {
                 format!(
@@ -83,12 +86,13 @@ impl Core {
             cache_bytes: settings.wal_cache_bytes,
         };
         fail::fail_point!("wal-before-open");
-        let wal = tokio::task::spawn_blocking(move || WalStore::open(wal_config))
+        let mut wal = tokio::task::spawn_blocking(move || WalStore::open(wal_config))
             .await
             .context("WAL open task failed")??;
-        // The WAL's lock is held now: two processes that made a new directory
-        // at the same moment both recorded an identity, and only the last
-        // one stands; the other process stops here.
+        wal.hold(dir_lock);
+        // The identity is read again with every lock held: a directory
+        // whose recorded identity changed under this process (something
+        // other than this build wrote it) stops here.
         let recorded = wal::recorded_instance_id(&settings.wal_dir)?;
         if recorded.as_deref() != Some(instance_id.as_str()) {
             anyhow::bail!(

@@ -30,6 +30,34 @@ pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A WAL directory held by this process: an exclusive lock on its `lock`
+/// file, released when dropped (or when the process dies, kill -9 too).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Takes the WAL directory for this process before anything in it is read
+/// or written: its identity, a first start's marker, sled's files. Two
+/// processes started on one new directory would otherwise race there (the
+/// second could remove the first's half-made log as an interrupted first
+/// start). sled's own lock is taken only later, when it opens its files.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    create_dir_durable(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Busy {
+            dir: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
 /// Marks a first start with a durable `log.creating` file until sled's files
 /// are all synced (the caller removes it, durably, before anything is
 /// acknowledged). sled writes its `conf` file once, on creation, and never
@@ -170,6 +198,18 @@ fn record(dir: &Path, name: &str, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_process_at_a_time_holds_a_wal_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        let held = lock_dir(&wal).unwrap();
+        let refused = lock_dir(&wal).unwrap_err();
+        assert!(matches!(refused, WalError::Busy { .. }), "{refused}");
+        assert!(refused.to_string().contains("another process"), "{refused}");
+        drop(held);
+        lock_dir(&wal).expect("free again once dropped");
+    }
 
     #[test]
     fn a_new_directory_names_its_volume_and_keeps_the_name() {

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::rules::Record;
 
-pub use durable::{create_dir_durable, instance_id, recorded_instance_id};
+pub use durable::{create_dir_durable, instance_id, lock_dir, recorded_instance_id, DirLock};
 pub use store::{WalStore, WalSummary};
 pub use writer::{Appended, Wal, WalStats, WalThread};
 
@@ -42,6 +42,11 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 pub enum WalError {
     #[error("cannot open the WAL in {dir}: {source}")]
     Open { dir: PathBuf, source: sled::Error },
+    #[error(
+        "cannot open the WAL in {dir}: another process has it (a replica still running, or a \
+         `wal drain`); one process per WAL_DIR"
+    )]
+    Busy { dir: PathBuf },
     #[error("WAL I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("WAL storage error: {0}")]

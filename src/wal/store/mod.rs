@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::dedup::{Dedup, Mark};
-use super::durable::{begin_first_start, fsync_dir};
+use super::durable::{begin_first_start, fsync_dir, DirLock};
 use super::layout::{chunk_of, decode_marks, frame_key, number_of, FRAME_PREFIX, MARKS_PREFIX};
 use super::legacy;
 use super::{codec, Recovery, Result, Sink, WalConfig, WalError};
@@ -176,6 +176,8 @@ pub struct WalStore {
     /// Entries whose crc does not match, and why.
     corrupt: Vec<(Entry, codec::CodecError)>,
     config: WalConfig,
+    /// The directory's lock, kept as long as the WAL is open (see [`Self::hold`]).
+    dir_lock: Option<DirLock>,
 }
 
 impl WalStore {
@@ -278,7 +280,15 @@ impl WalStore {
             live,
             corrupt,
             config,
+            dir_lock: None,
         })
+    }
+
+    /// Keeps the directory's lock ([`super::lock_dir`], taken before the
+    /// identity was read) until this WAL is closed: it goes with the WAL to
+    /// the writer thread and is released when that stops.
+    pub fn hold(&mut self, lock: DirLock) {
+        self.dir_lock = Some(lock);
     }
 
     /// The highest sequence number in the log (0 when empty).
