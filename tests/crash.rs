@@ -438,7 +438,7 @@ async fn a_wal_of_format_3_frames_replays_after_an_upgrade() {
     replays_into_kills(&db, &pool, dir.path(), "up3").await;
 }
 
-/// An event acknowledged at 23:59:40 and written only after midnight, by the
+/// An event acknowledged at 23:58 and written only after midnight, by the
 /// replay after a kill -9, belongs to the day it was acknowledged: the
 /// rotation period is the acknowledgement's (kept in the WAL), never the
 /// flush's. Upstream, whose flush decides the period, would count it for the
@@ -457,7 +457,7 @@ async fn an_event_acknowledged_before_midnight_and_replayed_after_it_counts_for_
     let midnight: i64 = 1_906_588_800_000;
     let offset_to =
         |instant: i64| (instant - challenge_event_handler::clock::unix_ms() as i64).to_string();
-    let before = offset_to(midnight - 20_000);
+    let before = offset_to(midnight - 120_000);
     let mut first = Binary::spawn_with_config(
         &db.url,
         dir.path(),
@@ -508,7 +508,7 @@ async fn an_event_acknowledged_before_midnight_and_replayed_after_it_counts_for_
         (100, Some(88), "completed")
     );
     assert!(
-        updated_at >= at(midnight - 20_000) && updated_at < at(midnight),
+        updated_at >= at(midnight - 120_000) && updated_at < at(midnight),
         "updated at {updated_at}: the acknowledgement's day, not the flush's"
     );
     assert_eq!(completed_at, Some(updated_at));

@@ -376,8 +376,17 @@ async fn a_stop_waits_for_an_http_call_in_flight_and_its_final_flush_writes_it()
         )
         .await
     });
-    // The call is in its fsync's sleep now.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once counted, the call is in flight (counted and entered together)
+    // and waits in its fsync's sleep.
+    let received = r#"challenge_event_handler_events_total{event="stat_item_updated"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&http_get(addr, "/metrics").await.1, received) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     service.sigterm();
     let (status, _, text) = call.await.unwrap();
     assert_eq!(status, 200, "{text}");
