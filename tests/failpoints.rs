@@ -399,23 +399,13 @@ async fn a_stop_waits_for_an_http_call_in_flight_and_its_final_flush_writes_it()
     );
 }
 
-/// Two processes that make a new WAL directory at the same moment both record
-/// an identity in it, and only the last one written stands: the process whose
-/// identity was overwritten must not run under it (its records would count
-/// against another watermark row). Played with one process paused between
-/// recording its identity and opening the WAL, and the test recording
-/// another identity meanwhile, as the second process would.
-#[tokio::test]
-async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_stops() {
-    let db = pg::TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let wal = dir.path().join("wal");
-    let mut service = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[("FAILPOINTS", "wal-before-open=sleep(10000)")],
-    );
-    let recorded = wal.join("instance_id");
+/// A service on a new WAL directory, paused (`wal-before-open`) for `ms`
+/// once it has recorded its identity and before it opens its WAL: where it
+/// holds the directory's lock and sled's is not taken yet.
+async fn paused_before_its_wal_opens(db: &pg::TestDb, dir: &std::path::Path, ms: u64) -> Binary {
+    let sleep = format!("wal-before-open=sleep({ms})");
+    let service = Binary::spawn(&db.url, dir, &[("FAILPOINTS", sleep.as_str())]);
+    let recorded = dir.join("wal").join("instance_id");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&recorded).map_or(true, |id| id.trim().is_empty()) {
         assert!(
@@ -425,11 +415,24 @@ async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_st
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    std::fs::write(&recorded, "the-other-process\n").unwrap();
+    service
+}
+
+/// A new WAL directory whose recorded identity changes before the process
+/// that made it opens its WAL (something other than this build wrote it: a
+/// second process of this build is refused by the directory's lock, below):
+/// the process must not run under the other identity (its records would
+/// count against another watermark row), and stops saying so.
+#[tokio::test]
+async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_stops() {
+    let db = pg::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = paused_before_its_wal_opens(&db, dir.path(), 10_000).await;
+    std::fs::write(dir.path().join("wal/instance_id"), "the-other-process\n").unwrap();
     assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
     let log = service.log_text();
     assert!(
-        log.contains("another process made the directory at the same moment"),
+        log.contains("another process (an older build, or something else) wrote it"),
         "{log}"
     );
     assert!(log.contains("the-other-process"), "{log}");
@@ -443,22 +446,7 @@ async fn a_process_whose_new_wal_directory_was_taken_over_before_it_opened_it_st
 async fn a_second_process_on_a_new_wal_directory_still_being_made_stops_at_once() {
     let db = pg::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let wal = dir.path().join("wal");
-    let mut first = Binary::spawn(
-        &db.url,
-        dir.path(),
-        &[("FAILPOINTS", "wal-before-open=sleep(5000)")],
-    );
-    let recorded = wal.join("instance_id");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !recorded.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no identity recorded: {}",
-            first.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut first = paused_before_its_wal_opens(&db, dir.path(), 5_000).await;
     let mut second = Binary::spawn(&db.url, dir.path(), &[]);
     assert_eq!(second.wait_exit(EXIT).await, 1, "{}", second.log_text());
     let log = second.log_text();
@@ -467,7 +455,7 @@ async fn a_second_process_on_a_new_wal_directory_still_being_made_stops_at_once(
         "{log}"
     );
     assert!(
-        !wal.join("log").exists() || first.log_text().contains("wal replayed"),
+        !dir.path().join("wal/log").exists() || first.log_text().contains("wal replayed"),
         "the second process made the first one's log"
     );
     first.wait_healthy().await;

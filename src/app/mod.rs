@@ -97,7 +97,8 @@ impl Core {
         if recorded.as_deref() != Some(instance_id.as_str()) {
             anyhow::bail!(
                 "{} records the instance id {} where this process took {instance_id}: another \
-                 process made the directory at the same moment. Start again (one process per WAL_DIR)",
+                 process (an older build, or something else) wrote it while this one started. \
+                 Start again (one process per WAL_DIR)",
                 settings.wal_dir.display(),
                 recorded.as_deref().unwrap_or("none")
             );

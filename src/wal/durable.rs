@@ -153,9 +153,9 @@ pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
             }
             // The name last: a directory that records one is complete.
             record(dir, "instance_id", &name)?;
-            // What this process wrote, not read back: another process that
-            // made the directory at the same moment may have written over it,
-            // and the check after the WAL's lock is taken must see that.
+            // What this process wrote, not read back: a writer that does not
+            // take the directory's lock (an older build) may have written
+            // over it, and the check after the WAL opens must see that.
             Ok(match volume {
                 Some(volume) => volume_key(&name, &volume),
                 None => name,
