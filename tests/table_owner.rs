@@ -43,6 +43,23 @@ async fn recorded_owner(pool: &sqlx::PgPool) -> Option<String> {
     .unwrap()
 }
 
+/// A new database with no table, and the handler started on it with
+/// TABLE_OWNER=handler (it creates the table), serving.
+async fn the_handler_owning_a_new_database() -> (pg::TestDb, sqlx::PgPool, tempfile::TempDir, Binary)
+{
+    let db = pg::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut handler = Binary::spawn_with_config(
+        &db.url,
+        dir.path(),
+        &m5_config(),
+        &[("TABLE_OWNER", "handler")],
+    );
+    handler.wait_healthy().await;
+    (db, pool, dir, handler)
+}
+
 #[tokio::test]
 async fn on_a_table_the_service_migrated_the_handler_leaves_its_schema_byte_identical() {
     let db = pg::TestDb::new().await;
@@ -184,16 +201,7 @@ async fn started_first_as_the_tables_owner_it_creates_the_services_schema_and_th
 ) {
     let reference = pg::TestDb::new().await;
     reference.migrate_as_the_challenge_service().await;
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut handler = Binary::spawn_with_config(
-        &db.url,
-        dir.path(),
-        &m5_config(),
-        &[("TABLE_OWNER", "handler")],
-    );
-    handler.wait_healthy().await;
+    let (db, pool, dir, mut handler) = the_handler_owning_a_new_database().await;
     let log = handler.log_text();
     assert!(
         log.contains("the handler owns user_goal_progress")
@@ -276,16 +284,7 @@ async fn the_services_m6_migration_applies_to_a_table_the_handler_created_and_is
         pg::golang_migrate_up(&reference.pool().await, &m6).await,
         Ok(vec![1, 2, 3])
     );
-    let db = pg::TestDb::new().await;
-    let pool = db.pool().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut handler = Binary::spawn_with_config(
-        &db.url,
-        dir.path(),
-        &m5_config(),
-        &[("TABLE_OWNER", "handler")],
-    );
-    handler.wait_healthy().await;
+    let (db, pool, dir, mut handler) = the_handler_owning_a_new_database().await;
     handler.sigterm();
     assert_eq!(handler.wait_exit(Duration::from_secs(30)).await, 0);
     assert_eq!(schema_migrations(&pool).await, [(2, false)]);
