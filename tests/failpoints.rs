@@ -285,8 +285,9 @@ async fn a_crash_in_the_middle_of_start_up_replay_loses_nothing_and_doubles_noth
 
 /// The flush reads rows without locking them and writes a row only if it is
 /// still the version it read. A row the challenge service changes in
-/// between (here: deactivates) is read again and the rules applied to what
-/// it is now: an inactive row is left alone, as if the flush had come later.
+/// between is read again and the rules applied to what it is now: a row
+/// deactivated is left alone, as if the flush had come later; a row only
+/// touched still gets its update.
 #[tokio::test]
 async fn a_row_the_service_changes_between_the_flushs_read_and_write_is_read_again() {
     let db = pg::TestDb::new().await;
@@ -324,12 +325,19 @@ async fn a_row_the_service_changes_between_the_flushs_read_and_write_is_read_aga
         .on_message(stat("rc", "kills", 8.0, 3.0, "rc-1", ""))
         .await
         .unwrap();
-    // The flush has read the rows and waits; the service deactivates one.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sqlx::query("UPDATE user_goal_progress SET is_active = false WHERE user_id = 'rc' AND goal_id = 'daily-kills'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // Once the flush has read the rows and waits in its transaction (the
+    // failpoint's sleep), the service deactivates one row and touches
+    // another: the first must be left alone, the second still updated
+    // (a flush that dropped its changed rows instead would leave it at 5).
+    wait_for_a_flush_between_its_read_and_write(&pool, &service).await;
+    sqlx::query(
+        "UPDATE user_goal_progress
+         SET is_active = (goal_id <> 'daily-kills'), updated_at = now()
+         WHERE user_id = 'rc' AND goal_id IN ('daily-kills', 'weekly-kills')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     service.sigterm();
     assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
     let rows: Vec<(String, i32, bool)> = sqlx::query_as(
@@ -345,8 +353,36 @@ async fn a_row_the_service_changes_between_the_flushs_read_and_write_is_read_aga
             ("monthly-kills".to_string(), 8, true),
             ("weekly-kills".to_string(), 8, true),
         ],
-        "the deactivated row was written from its old version"
+        "a row changed between the flush's read and write was written from its old version, \
+         or not at all"
     );
+}
+
+/// Waits until a flush's transaction has read its rows (the batch read) and sits
+/// idle (held by the `flush-after-read` failpoint's sleep) for 200 ms: a
+/// change made now falls between the flush's read and its write.
+async fn wait_for_a_flush_between_its_read_and_write(pool: &sqlx::PgPool, service: &Binary) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'idle in transaction'
+               AND query LIKE '%JOIN user_goal_progress p ON%'
+               AND now() - state_change > interval '200 milliseconds'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flush stopped between its read and its write: {}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A stop while an HTTP ingest call waits for its fsync, on a replica with
