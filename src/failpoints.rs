@@ -14,6 +14,7 @@
 //! | `flush-mid-transaction` | same place | the process aborts |
 //! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |
 //! | `replay-mid` | start-up replay, after the first record | the process aborts |
+//! | `owner-before-record` | start-up on PostgreSQL: who owns `user_goal_progress` decided, the choice not yet recorded | whatever is configured (a test sleeps there while another replica records its choice) |
 //! | `wal-before-open` | start-up: the WAL directory's identity recorded, the WAL not yet open (its lock not held) | whatever is configured (a test sleeps there to play a second process recording another identity) |
 //!
 //! The same builds read `TEST_CLOCK_OFFSET_MS` (src/clock.rs): milliseconds

@@ -567,3 +567,67 @@ async fn a_stop_during_start_up_with_records_in_the_wal_exits_1_saying_so() {
     assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
     assert_eq!(progress_of(&pool, "su").await, oracle);
 }
+
+/// Two replicas start at once on a table the challenge service made, one
+/// with TABLE_OWNER=handler and one without. The one without read no
+/// recorded choice, inferred "service" and, paused (`owner-before-record`),
+/// records it only after the other recorded "handler": the explicit choice
+/// stays recorded, and the late replica runs by it too.
+#[tokio::test]
+async fn a_start_without_table_owner_does_not_record_over_a_choice_made_meanwhile() {
+    let db = pg::TestDb::new().await;
+    db.migrate_as_the_challenge_service().await;
+    let pool = db.pool().await;
+    let (late_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut late = Binary::spawn(
+        &db.url,
+        late_dir.path(),
+        &[
+            ("TABLE_OWNER", ""),
+            ("FAILPOINTS", "owner-before-record=sleep(8000)"),
+        ],
+    );
+    // Paused: its last statement the check that user_goal_progress exists,
+    // idle since.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let paused: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'idle'
+               AND query LIKE 'SELECT to_regclass%'
+               AND now() - state_change > interval '1 second'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if paused > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start never paused before recording: {}",
+            late.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut other = Binary::spawn(&db.url, other_dir.path(), &[("TABLE_OWNER", "handler")]);
+    other.wait_healthy().await;
+    late.wait_healthy().await;
+    let recorded: Option<String> = sqlx::query_scalar(
+        "SELECT value FROM challenge_event_handler_settings WHERE name = 'table_owner'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded.as_deref(), Some("handler"), "{}", late.log_text());
+    let log = late.log_text();
+    assert!(
+        log.contains("another replica recorded \"handler\" while this one started")
+            && log.contains("the handler owns user_goal_progress"),
+        "{log}"
+    );
+    for service in [&mut late, &mut other] {
+        service.sigterm();
+        assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
+    }
+}

@@ -20,6 +20,10 @@ const SETTING_SQL: &str = "SELECT value FROM challenge_event_handler_settings WH
 const SET_SETTING_SQL: &str = "
 INSERT INTO challenge_event_handler_settings (name, value) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()";
+/// Records a setting only where none is recorded yet.
+const FIRST_SETTING_SQL: &str = "
+INSERT INTO challenge_event_handler_settings (name, value) VALUES ($1, $2)
+ON CONFLICT (name) DO NOTHING";
 /// Whether a table exists in the schema the session resolves names in.
 const TABLE_EXISTS_SQL: &str = "SELECT to_regclass($1) IS NOT NULL";
 /// The columns an older build of this handler added to user_goal_progress.
@@ -121,8 +125,30 @@ impl PgStore {
                 );
             }
         }
+        let mut owner = owner;
         if migrate && recorded != Some(owner) {
-            self.set_setting("table_owner", owner.as_str()).await?;
+            // A test holds a start here while another replica records its choice.
+            fail::fail_point!("owner-before-record");
+            if requested.is_some() {
+                self.set_setting("table_owner", owner.as_str()).await?;
+            } else if !self.first_setting("table_owner", owner.as_str()).await? {
+                // Inferred, and a replica started with TABLE_OWNER set
+                // recorded its choice since this start read none: that
+                // choice holds, for this replica too (the table exists).
+                if let Some(theirs) = self
+                    .setting("table_owner")
+                    .await?
+                    .as_deref()
+                    .and_then(TableOwner::parse)
+                {
+                    owner = theirs;
+                    why = format!(
+                        "TABLE_OWNER is not set; another replica recorded \"{}\" while this one \
+                         started",
+                        owner.as_str()
+                    );
+                }
+            }
         }
         let columns = self.columns().await?;
         Ok(Prepared::Ready {
@@ -161,6 +187,17 @@ impl PgStore {
             .execute(&self.pool)
             .await
             .map(|_| ())
+            .map_err(pg)
+    }
+
+    /// Records `value` unless a value is recorded already; false if one was.
+    async fn first_setting(&self, name: &str, value: &str) -> Result<bool> {
+        sqlx::query(FIRST_SETTING_SQL)
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
             .map_err(pg)
     }
 
