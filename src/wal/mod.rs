@@ -300,6 +300,58 @@ mod tests {
         thread.join();
     }
 
+    /// A WAL closed with frames still in its log saved their marks too; the
+    /// replay meets the same ids again in the frames. Each counts once
+    /// against DEDUP_MAX_MARKS: under the cap, none is forgotten early.
+    #[test]
+    fn ids_saved_and_still_in_the_log_count_once_when_the_wal_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        // Half-second buckets: three rounds of five ids, a bucket each.
+        let wide = WalConfig {
+            dedup_window: Duration::from_secs(5),
+            ..config(dir.path(), Recovery::Strict)
+        };
+        let store = WalStore::open(wide.clone()).unwrap();
+        with_writer(store, 1, &Shared::default(), |wal| async move {
+            for round in 0..3 {
+                for i in 1..=5 {
+                    let n = round * 5 + i;
+                    wal.append(format!("e{n}"), vec![update(n)]).await.unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(550));
+            }
+        });
+        // Room for the 15 ids, not for them twice.
+        let mut store = WalStore::open(WalConfig {
+            dedup_max_marks: 20,
+            ..wide
+        })
+        .unwrap();
+        store.replay(0, &mut Buffer::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (wal, thread) = store
+            .start(
+                16,
+                Shared::default(),
+                metrics.clone(),
+                CancellationToken::new(),
+            )
+            .unwrap();
+        assert_eq!(metrics.dedup_evicted_early.get(), 0);
+        assert_eq!(metrics.dedup_marks.get(), 15);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for n in [1, 8, 15] {
+                let again = wal.append(format!("e{n}"), vec![update(n)]).await.unwrap();
+                assert_eq!(again, Appended::Duplicate, "e{n}");
+            }
+        });
+        drop(wal);
+        thread.join();
+    }
+
     #[test]
     fn a_half_made_wal_directory_from_an_interrupted_first_start_is_replaced() {
         let dir = tempfile::tempdir().unwrap();

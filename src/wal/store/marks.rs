@@ -82,7 +82,14 @@ impl WalStore {
         if self.dedup.dropped_early(bucket) {
             return; // over DEDUP_MAX_MARKS at open: forgotten, and counted, already
         }
+        // Marks saved before (loaded at open) are kept and saved already:
+        // filed again they would count twice against DEDUP_MAX_MARKS, in the
+        // newest bucket, and push real ids out early.
         let marks: Vec<Mark> = marks.collect();
+        let marks: Vec<Mark> = marks
+            .into_iter()
+            .filter(|&mark| !self.dedup.contains(mark))
+            .collect();
         for &mark in &marks {
             self.remember_mark(bucket, mark);
         }
