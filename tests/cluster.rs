@@ -871,11 +871,31 @@ async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_
     assert!(send_login(&b.channel().await, "dg-user", "dg-9").await);
     b.kill9();
     b.wait_exit(EXIT).await;
+    let name = std::fs::read_to_string(dir.path().join("wal/instance_id")).unwrap();
     std::fs::remove_file(dir.path().join("wal/instance_id")).unwrap();
     let (code, out, err) = drain(dir.path(), &db.url);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("records no instance id"), "{err}");
     assert_eq!(counted(&pool, "dg").await.get("dg-user"), Some(&4));
+    // As the message says: with INSTANCE_ID set to the name it ran with, the
+    // drain replays against that name's watermark on this volume
+    // (`name@volume`, the volume's id still recorded).
+    let wal = dir.path().join("wal");
+    let config = dir.path().join("challenges.json");
+    let (code, out, err) = cli(
+        dir.path(),
+        &["wal", "drain", "--timeout", "60s"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("AB_NAMESPACE", NAMESPACE),
+            ("CONFIG_PATH", config.to_str().unwrap()),
+            ("WAL_DIR", wal.to_str().unwrap()),
+            ("TABLE_OWNER", "handler"),
+            ("INSTANCE_ID", name.trim()),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(counted(&pool, "dg").await.get("dg-user"), Some(&5));
 }
 
 /// NO_LEDGER (one replica): no ledger tables at all, the upkeep does not

@@ -236,11 +236,13 @@ async fn health_bench_and_a_running_wal_answer_as_an_operator_expects() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
 
-    // `wal inspect` on a running service's WAL says why it cannot.
+    // `wal inspect` on a running service's WAL says why it cannot: the
+    // directory's lock, taken before anything in it is opened.
     let (code, _, err) = cli(path, &["wal", "inspect"], &[]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("is the service still running on this WAL?"),
+        err.contains("another process has it")
+            && err.contains("`wal inspect` reads a stopped service's WAL"),
         "{err}"
     );
 

@@ -202,6 +202,16 @@ async fn wal_inspect(args: WalInspectArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    // The directory's lock, as the service takes it: never open a WAL a
+    // process is still making or writing (a first start's half-made log
+    // would look like an interrupted one and be removed).
+    let dir_lock = crate::wal::lock_dir(&dir).map_err(|e| match e {
+        wal::WalError::Busy { .. } => anyhow::anyhow!(
+            "{e}\n(`wal inspect` reads a stopped service's WAL: scale the replica away, or run \
+             it in a Job on the replica's volume)"
+        ),
+        other => other.into(),
+    })?;
     let instance_id = crate::wal::recorded_instance_id(&dir)?.or(args.instance_id.clone());
     let store_args = args.store.clone();
     let watermark = match (&instance_id, open_store(&store_args)) {
@@ -229,7 +239,10 @@ async fn wal_inspect(args: WalInspectArgs) -> anyhow::Result<()> {
         .and_then(|w| w.map(|w| w.applied_seq));
     let summary = tokio::task::spawn_blocking(move || {
         let wal = WalStore::open(config)?;
-        wal.summary(applied)
+        let summary = wal.summary(applied);
+        drop(wal);
+        drop(dir_lock);
+        summary
     })
     .await?
     .map_err(|e| match e {

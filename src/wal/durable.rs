@@ -44,17 +44,22 @@ pub struct DirLock {
 /// start). sled's own lock is taken only later, when it opens its files.
 pub fn lock_dir(dir: &Path) -> Result<DirLock> {
     create_dir_durable(dir)?;
+    let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("lock"))?;
+        .open(&path)
+        .map_err(|source| WalError::Lock {
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(DirLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Busy {
             dir: dir.to_owned(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        Err(std::fs::TryLockError::Error(source)) => Err(WalError::Lock { path, source }),
     }
 }
 
@@ -142,15 +147,18 @@ pub fn instance_id(dir: &Path, configured: Option<&str>) -> Result<String> {
                 str::to_owned,
             );
             // A directory without a log holds no records yet: it is a new
-            // volume. One with a log was made before names were recorded,
-            // and its records belong to the row of the plain name.
-            let volume = (!dir.join("log").exists()).then(|| {
+            // volume. One with a log keeps the volume id it recorded, if
+            // any (its name was lost and is given again); without one it was
+            // made before names were recorded, and its records belong to the
+            // row of the plain name.
+            let volume = if dir.join("log").exists() {
+                read_trimmed(&dir.join("volume_id"))?
+            } else {
                 let random = uuid::Uuid::new_v4().simple().to_string();
-                random[..VOLUME_ID_LEN].to_owned()
-            });
-            if let Some(volume) = &volume {
-                record(dir, "volume_id", volume)?;
-            }
+                let volume = random[..VOLUME_ID_LEN].to_owned();
+                record(dir, "volume_id", &volume)?;
+                Some(volume)
+            };
             // The name last: a directory that records one is complete.
             record(dir, "instance_id", &name)?;
             // What this process wrote, not read back: a writer that does not

@@ -47,6 +47,14 @@ pub enum WalError {
          `wal drain`); one process per WAL_DIR"
     )]
     Busy { dir: PathBuf },
+    #[error(
+        "cannot lock {path} (one process per WAL_DIR): {source}. The WAL's volume must support \
+         file locks (flock); a network filesystem may need its lock service"
+    )]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("WAL I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("WAL storage error: {0}")]
