@@ -699,3 +699,38 @@ async fn postgres_a_chunked_flush_with_one_connection_reads_inside() {
     assert_eq!(written[0].len(), 4);
     assert!(written[0].iter().all(|r| r.2 == 3), "{:?}", written[0]);
 }
+
+/// A database whose default isolation is REPEATABLE READ: the store's
+/// sessions still run at READ COMMITTED, where a flush that waited for the
+/// cluster lock sees what committed meanwhile.
+#[tokio::test]
+async fn postgres_sessions_run_at_read_committed_whatever_the_databases_default() {
+    let db = common::pg::TestDb::new().await;
+    let admin = db.pool().await;
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" SET default_transaction_isolation = 'repeatable read'"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let plain = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let default: String = sqlx::query_scalar("SHOW transaction_isolation")
+        .fetch_one(&plain)
+        .await
+        .unwrap();
+    assert_eq!(default, "repeatable read", "the database's default");
+    let store = Store::connect_lazy(&Database::Postgres(Box::new(db.url.parse().unwrap())), 2, 3);
+    let Store::Postgres(pg) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let mut tx = pg.pool().begin().await.unwrap();
+    let level: String = sqlx::query_scalar("SHOW transaction_isolation")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(level, "read committed");
+}

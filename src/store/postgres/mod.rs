@@ -259,13 +259,21 @@ pub struct PgStore {
 
 impl PgStore {
     /// A lazily connecting pool: building the service never waits for the database.
-    /// Sessions run in UTC, so `now()` and the `TIMESTAMP` columns agree.
+    /// Sessions run in UTC, so `now()` and the `TIMESTAMP` columns agree,
+    /// and at READ COMMITTED whatever the database's default: a flush that
+    /// waited for the cluster lock must see what committed meanwhile (a
+    /// ledger rotation, a tombstone, another flush's ids), which a snapshot
+    /// taken before the wait (REPEATABLE READ) would not.
     pub fn connect_lazy(
         options: PgConnectOptions,
         max_connections: u32,
         batch_size: usize,
     ) -> Self {
-        let options = options.options([("timezone", "UTC")]);
+        let options = options.options([
+            ("timezone", "UTC"),
+            // (A space in a startup option's value is escaped.)
+            ("default_transaction_isolation", "read\\ committed"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
