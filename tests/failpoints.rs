@@ -631,3 +631,64 @@ async fn a_start_without_table_owner_does_not_record_over_a_choice_made_meanwhil
         assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
     }
 }
+
+/// A replica back after longer than LEDGER_WINDOW or TOMBSTONE_RETENTION
+/// with updates still in its WAL (down that long, or its volume drained that
+/// late) says that the cluster no longer remembers what guards them, each
+/// only when it is so, and applies them. (Its clock is moved with
+/// TEST_CLOCK_OFFSET_MS.)
+#[tokio::test]
+async fn a_wal_older_than_the_ledger_or_the_tombstones_remember_is_replayed_with_a_warning() {
+    let (db, pool, dir, mut service) = serving_with(&[("FLUSH_INTERVAL", "1h")]).await;
+    let ledger = "the WAL holds updates acknowledged longer ago than LEDGER_WINDOW";
+    let tombstones = "the WAL holds updates acknowledged longer ago than TOMBSTONE_RETENTION";
+    // Each round: an update acknowledged at `offset` hours, a kill -9, and
+    // a start `offset + 2` hours on with the given windows; it replays and
+    // flushes the update.
+    let rounds = [
+        (
+            0,
+            [("LEDGER_WINDOW", "3h"), ("TOMBSTONE_RETENTION", "1h")],
+            false,
+            true,
+        ),
+        (
+            2,
+            [("LEDGER_WINDOW", "1h"), ("TOMBSTONE_RETENTION", "30d")],
+            true,
+            false,
+        ),
+    ];
+    for (round, (offset, windows, ledger_warned, tombstones_warned)) in
+        rounds.into_iter().enumerate()
+    {
+        let id = format!("aw-{round}");
+        StatisticStatItemUpdatedServiceClient::new(service.channel().await)
+            .on_message(stat("aw", "kills", 0.0, 3.0, &id, ""))
+            .await
+            .unwrap();
+        service.kill9();
+        let later = ((offset + 2) * 3_600_000).to_string();
+        let mut env = vec![
+            ("FLUSH_INTERVAL", "1h"),
+            ("TEST_CLOCK_OFFSET_MS", later.as_str()),
+        ];
+        env.extend(windows);
+        service = Binary::spawn(&db.url, dir.path(), &env);
+        service.wait_healthy().await;
+        let total = 3 * (round as i32 + 1);
+        wait_for_progress(&pool, "aw", "kills", total, Duration::from_secs(20)).await;
+        let log = service.log_text();
+        assert_eq!(log.contains(ledger), ledger_warned, "round {round}: {log}");
+        assert_eq!(
+            log.contains(tombstones),
+            tombstones_warned,
+            "round {round}: {log}"
+        );
+        assert!(log.contains("oldest_update_age=2h"), "round {round}: {log}");
+    }
+    let log = service.log_text();
+    assert!(log.contains("ledger_window=1h"), "{log}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(EXIT).await, 0, "{log}");
+}

@@ -101,6 +101,9 @@ pub(super) async fn start_up(
 
     enter(&health, &metrics, Phase::Replaying);
     let watermark = lease.applied_seq;
+    if let Store::Postgres(pg) = &*store {
+        warn_if_older_than_the_cluster_remembers(&wal_store, watermark, pg.cluster())?;
+    }
     let wal_last = wal_store.last_seq();
     let pending = wal_store.records();
     let replay_started = std::time::Instant::now();
@@ -259,4 +262,46 @@ pub(super) async fn prepare(
             }
         }
     }
+}
+
+/// A WAL whose oldest update not yet in the database is older than the
+/// cluster remembers (a replica down that long, a volume drained that
+/// late): its events' ids may have left the ledger, and other replicas'
+/// deletions their tombstones. Said loudly; replayed all the same (every
+/// record was acknowledged, and the rows it would change are checked by
+/// nothing else).
+fn warn_if_older_than_the_cluster_remembers(
+    wal: &crate::wal::WalStore,
+    watermark: u64,
+    cluster: &crate::store::cluster::ClusterSettings,
+) -> anyhow::Result<()> {
+    let Some(oldest) = wal.oldest_pending_written_ms(watermark)? else {
+        return Ok(());
+    };
+    let age_ms = (crate::clock::unix_ms() as i64).saturating_sub(oldest);
+    let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
+    let shown =
+        |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    if let Some(window) = cluster.ledger_window.filter(|window| age > *window) {
+        tracing::warn!(
+            oldest_update_age = %shown(age),
+            ledger_window = %shown(window),
+            "the WAL holds updates acknowledged longer ago than LEDGER_WINDOW (this replica was \
+             down, or its volume away, that long): an event among them that Kafka also \
+             delivered to another replica, applied there more than LEDGER_WINDOW ago, is applied \
+             again (its id has left the cluster's ledger)"
+        );
+    }
+    if age > cluster.tombstone_retention {
+        tracing::warn!(
+            oldest_update_age = %shown(age),
+            tombstone_retention = %shown(cluster.tombstone_retention),
+            "the WAL holds updates acknowledged longer ago than TOMBSTONE_RETENTION: a GDPR \
+             deletion another replica applied more than TOMBSTONE_RETENTION ago no longer drops \
+             this WAL's older updates of that user (its tombstone has expired), and they are \
+             written. Check the GDPR audit log (audit=gdpr_user_data_deletion) for users of \
+             this WAL deleted since it was written"
+        );
+    }
+    Ok(())
 }

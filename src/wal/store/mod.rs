@@ -310,16 +310,29 @@ impl WalStore {
         self.bytes
     }
 
+    /// When the oldest record above `watermark` (not yet in the database)
+    /// was written, Unix ms (for a record of an older build, its event time).
+    pub fn oldest_pending_written_ms(&self, watermark: u64) -> Result<Option<i64>> {
+        match self.live.iter().find(|e| e.last > watermark) {
+            Some(entry) => self.written_ms(entry),
+            None => Ok(None),
+        }
+    }
+
+    fn written_ms(&self, entry: &Entry) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .get(entry.key())?
+            .and_then(|bytes| match entry.layout {
+                Layout::Frame => codec::decode_frame_head(&bytes).ok().map(|h| h.written_ms),
+                Layout::Record => legacy::event_time_ms(&bytes),
+            }))
+    }
+
     /// What `wal inspect` reports, read without changing anything.
     pub fn summary(&self, watermark: Option<u64>) -> Result<WalSummary> {
         let oldest_written_ms = match self.live.front() {
-            Some(entry) => self
-                .db
-                .get(entry.key())?
-                .and_then(|bytes| match entry.layout {
-                    Layout::Frame => codec::decode_frame_head(&bytes).ok().map(|h| h.written_ms),
-                    Layout::Record => legacy::event_time_ms(&bytes),
-                }),
+            Some(entry) => self.written_ms(entry)?,
             None => None,
         };
         Ok(WalSummary {
