@@ -98,6 +98,10 @@ pub enum EventError {
     /// acknowledged, could never be flushed.
     #[error("{field} contains a NUL character (\\u0000), which is not allowed")]
     Nul { field: &'static str },
+    /// A control character (a line break, an escape): no AGS id has one,
+    /// and in a text log line it could forge another line (an audit line).
+    #[error("{field} contains a control character ({code}), which is not allowed")]
+    Control { field: &'static str, code: String },
 }
 
 /// Where an event's time came from, for logging.
@@ -264,10 +268,17 @@ pub fn event_time(timestamp: &str, now_ms: i64) -> (i64, TimeSource) {
     }
 }
 
-/// A stored id: at most `max` characters and no NUL.
+/// A stored id: at most `max` characters, no NUL and no other control
+/// character.
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
     if value.contains('\0') {
         return Err(EventError::Nul { field });
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(EventError::Control {
+            field,
+            code: format!("U+{:04X}", u32::from(c)),
+        });
     }
     // Bytes bound the cost cheaply; characters are what VARCHAR(n) counts.
     if value.len() > max && value.chars().count() > max {
@@ -396,6 +407,23 @@ mod tests {
         assert_eq!(
             from_stat(&m, NOW).unwrap_err().to_string(),
             "user_id contains a NUL character (\\u0000), which is not allowed"
+        );
+        // A line break in an id would forge a line of the text log (an
+        // audit line); no AGS id has a control character.
+        let mut m = stat_msg();
+        m.user_id = "u\naudit=\"gdpr_user_data_deletion\" forged".into();
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err().to_string(),
+            "user_id contains a control character (U+000A), which is not allowed"
+        );
+        let mut m = stat_msg();
+        m.id = "e\u{1b}[31m".into();
+        assert_eq!(
+            from_stat(&m, NOW).unwrap_err(),
+            EventError::Control {
+                field: "id",
+                code: "U+001B".into()
+            }
         );
 
         let mut m = stat_msg();

@@ -133,7 +133,7 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
     let file = secrets.join("tokens");
-    std::fs::write(&file, "# rotated 2026-12-01\nfile-old-7f3a\n").unwrap();
+    std::fs::write(&file, "# rotated 2026-12-01\nfile-old-7f3a5c9e\n").unwrap();
     let file_env = file.display().to_string();
     let mut service = Binary::spawn(
         &db.url,
@@ -159,7 +159,7 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
         assert_eq!(status, 401, "{wrong:?}: {text}");
         assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
     }
-    for (i, token) in ["env-a-91c2", "env-b-44d0", "file-old-7f3a"]
+    for (i, token) in ["env-a-91c2", "env-b-44d0", "file-old-7f3a5c9e"]
         .iter()
         .enumerate()
     {
@@ -175,11 +175,12 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
 
     // Rotate as Kubernetes updates a mounted Secret: a new file swapped in.
     let next = secrets.join("tokens.next");
-    std::fs::write(&next, "file-new-0b9e\n").unwrap();
+    std::fs::write(&next, "file-new-0b9e2d41\n").unwrap();
     std::fs::rename(&next, &file).unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = event_status(addr, Some("file-new-0b9e"), &kills("tk", "new-1", 1.0)).await;
+        let status =
+            event_status(addr, Some("file-new-0b9e2d41"), &kills("tk", "new-1", 1.0)).await;
         if status == 200 {
             break;
         }
@@ -190,7 +191,7 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = event_status(addr, Some("file-old-7f3a"), &kills("tk", "old-2", 50.0)).await;
+    let status = event_status(addr, Some("file-old-7f3a5c9e"), &kills("tk", "old-2", 50.0)).await;
     assert_eq!(status, 401, "the token taken out of the file is refused");
     let status = event_status(addr, Some("env-a-91c2"), &kills("tk", "env-2", 1.0)).await;
     assert_eq!(status, 200, "the environment's tokens stay");
@@ -204,7 +205,7 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
     // before the revocation (a redelivery of an acknowledged event).
     let mut accepted_before = 0;
     loop {
-        match event_status(addr, Some("file-new-0b9e"), &kills("tk", "gone-1", 1.0)).await {
+        match event_status(addr, Some("file-new-0b9e2d41"), &kills("tk", "gone-1", 1.0)).await {
             401 => break,
             status => assert_eq!(status, 200),
         }
@@ -229,7 +230,12 @@ async fn tokens_from_the_environment_and_a_rotated_file_are_accepted_and_nothing
     let log = service
         .wait_for_log("HTTP ingest tokens reloaded", WAIT)
         .await;
-    for token in ["env-a-91c2", "env-b-44d0", "file-old-7f3a", "file-new-0b9e"] {
+    for token in [
+        "env-a-91c2",
+        "env-b-44d0",
+        "file-old-7f3a5c9e",
+        "file-new-0b9e2d41",
+    ] {
         assert!(!log.contains(token), "a token is in the log:\n{log}");
     }
     service.sigterm();

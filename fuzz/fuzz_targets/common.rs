@@ -30,9 +30,13 @@ pub fn check(result: Result<(Event, TimeSource), EventError>) {
         Ok((event, _)) => {
             assert!(!event.user_id.is_empty());
             assert!(event.user_id.chars().count() <= MAX_ID_LEN);
-            // What reaches PostgreSQL as text holds no NUL (it would fail every flush).
+            // What reaches PostgreSQL as text holds no NUL (it would fail
+            // every flush), nor a log line any other control character.
             for text in [&event.user_id, &event.namespace, &event.id] {
-                assert!(!text.contains('\0'), "{text:?}");
+                assert!(!text.chars().any(char::is_control), "{text:?}");
+            }
+            if let EventKind::Stat { stat_code, .. } = &event.kind {
+                assert!(!stat_code.chars().any(char::is_control), "{stat_code:?}");
             }
             if let EventKind::Stat {
                 stat_code,

@@ -110,6 +110,8 @@ pub struct Tokens {
     file: Option<PathBuf>,
     /// The file's tokens as last read.
     from_file: RwLock<Vec<String>>,
+    /// The file's words left out as too short, as last read.
+    left_out: std::sync::Mutex<Vec<String>>,
 }
 
 /// Splits a list of tokens (commas, white space or lines); `#` starts a
@@ -123,36 +125,60 @@ pub fn parse_tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn read_token_file(path: &Path) -> std::io::Result<Vec<String>> {
-    std::fs::read_to_string(path).map(|text| parse_tokens(&text))
+/// A token file's tokens: `#` starts a comment to the end of its line
+/// (so a token holds no `#`), the rest splits as [`parse_tokens`] does.
+/// Words shorter than [`MIN_TOKEN_BYTES`](crate::config::MIN_TOKEN_BYTES)
+/// are left out, never accepted (a comment's words without its `#`, a
+/// typo), and returned apart to be reported.
+pub fn parse_token_file(text: &str) -> (Vec<String>, Vec<String>) {
+    let uncommented: String = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    parse_tokens(&uncommented)
+        .into_iter()
+        .partition(|t| t.len() >= crate::config::MIN_TOKEN_BYTES)
+}
+
+fn read_token_file(path: &Path) -> std::io::Result<(Vec<String>, Vec<String>)> {
+    std::fs::read_to_string(path).map(|text| parse_token_file(&text))
+}
+
+/// Says that a token file's short words are left out (once per content).
+fn report_short(path: &Path, short: &[String], accepted: usize) {
+    if !short.is_empty() {
+        tracing::error!(
+            file = %path.display(),
+            left_out = short.len(),
+            accepted,
+            "HTTP_INGEST_TOKEN_FILE has words shorter than {} bytes: they are not accepted as \
+             tokens (a comment needs its `#`; a token needs at least {} random bytes, e.g. \
+             `openssl rand -hex 32`)",
+            crate::config::MIN_TOKEN_BYTES,
+            crate::config::MIN_TOKEN_BYTES
+        );
+    }
 }
 
 impl Tokens {
     /// The tokens of `env` and of `file` (read now: a missing or unreadable
     /// file is an error naming it).
     pub fn load(env: Vec<String>, file: Option<PathBuf>) -> Result<Tokens, String> {
-        let from_file = match &file {
+        let (from_file, left_out) = match &file {
             Some(path) => {
-                read_token_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                let (tokens, short) = read_token_file(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                report_short(path, &short, tokens.len());
+                (tokens, short)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
-        if let Some(short) = from_file
-            .iter()
-            .find(|t| t.len() < crate::config::MIN_TOKEN_BYTES)
-        {
-            tracing::warn!(
-                file = ?file,
-                "HTTP_INGEST_TOKEN_FILE has a token of {} bytes: use at least {} random bytes \
-                 (e.g. `openssl rand -hex 32`); a short token can be guessed",
-                short.len(),
-                crate::config::MIN_TOKEN_BYTES
-            );
-        }
         Ok(Tokens {
             env,
             file,
             from_file: RwLock::new(from_file),
+            left_out: std::sync::Mutex::new(left_out),
         })
     }
 
@@ -182,7 +208,14 @@ impl Tokens {
         let Some(path) = &self.file else {
             return Ok(None);
         };
-        let fresh = read_token_file(path)?;
+        let (fresh, short) = read_token_file(path)?;
+        {
+            let mut left_out = self.left_out.lock().expect("left-out lock");
+            if *left_out != short {
+                report_short(path, &short, fresh.len());
+                *left_out = short;
+            }
+        }
         let mut current = self.from_file.write().expect("tokens lock");
         if *current == fresh {
             return Ok(None);
@@ -355,6 +388,30 @@ mod tests {
         assert!(parse_tokens("").is_empty());
     }
 
+    /// A token file's comments start anywhere on a line; its words shorter
+    /// than 16 bytes are left out, never accepted.
+    #[test]
+    fn a_token_files_inline_comment_and_short_words_are_not_tokens() {
+        let (tokens, short) = parse_token_file(
+            "# rotated 2026-12-01\n\
+             3f9a0c1d2e4b5a6978877665  # game-server-eu, added 2026-12\n\
+             \tsecond-token-77aa99bb,short\n",
+        );
+        assert_eq!(
+            tokens,
+            ["3f9a0c1d2e4b5a6978877665", "second-token-77aa99bb"]
+        );
+        assert_eq!(short, ["short"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "3f9a0c1d2e4b5a6978877665 # game-server-eu\nshort\n").unwrap();
+        let loaded = Tokens::load(vec![], Some(path)).unwrap();
+        assert_eq!(loaded.count(), 1);
+        for word in ["#", "game-server-eu", "short"] {
+            assert!(loaded.find(word).is_none(), "{word}");
+        }
+    }
+
     #[test]
     fn every_configured_token_is_accepted_and_nothing_else() {
         let tokens = Tokens::load(vec!["a1".into(), "b2".into()], None).unwrap();
@@ -369,19 +426,22 @@ mod tests {
     fn a_token_file_is_read_again_when_it_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        std::fs::write(&path, "old\n").unwrap();
+        std::fs::write(&path, "old-token-4a1f9c2e\n").unwrap();
         let tokens = Tokens::load(vec![], Some(path.clone())).unwrap();
-        assert!(tokens.find("old").is_some());
+        assert!(tokens.find("old-token-4a1f9c2e").is_some());
         assert_eq!(tokens.reload().unwrap(), None);
-        std::fs::write(&path, "old\nnew\n").unwrap();
+        std::fs::write(&path, "old-token-4a1f9c2e\nnew-token-8d3b7e60\n").unwrap();
         assert_eq!(tokens.reload().unwrap(), Some(2));
-        std::fs::write(&path, "new\n").unwrap();
+        std::fs::write(&path, "new-token-8d3b7e60\n").unwrap();
         assert_eq!(tokens.reload().unwrap(), Some(1));
-        assert!(tokens.find("old").is_none());
-        assert!(tokens.find("new").is_some());
+        assert!(tokens.find("old-token-4a1f9c2e").is_none());
+        assert!(tokens.find("new-token-8d3b7e60").is_some());
         std::fs::remove_file(&path).unwrap();
         assert!(tokens.reload().is_err());
-        assert!(tokens.find("new").is_some(), "kept while unreadable");
+        assert!(
+            tokens.find("new-token-8d3b7e60").is_some(),
+            "kept while unreadable"
+        );
         let missing = Tokens::load(vec![], Some(dir.path().join("nope"))).unwrap_err();
         assert!(missing.contains("nope"), "{missing}");
     }

@@ -285,6 +285,10 @@ fn event_error(e: &EventError) -> FieldError {
             *field,
             "contains a NUL character (\\u0000), which is not allowed".to_owned(),
         ),
+        EventError::Control { field, code } => (
+            *field,
+            format!("contains a control character ({code}), which is not allowed"),
+        ),
     };
     field_error(json_field(wire), message)
 }
