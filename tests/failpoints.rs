@@ -692,3 +692,71 @@ async fn a_wal_older_than_the_ledger_or_the_tombstones_remember_is_replayed_with
     service.sigterm();
     assert_eq!(service.wait_exit(EXIT).await, 0, "{log}");
 }
+
+/// A stop while a gRPC call waits in an fsync slower than SHUTDOWN_GRACE:
+/// the server stops waiting for it, yet the call goes on and can be
+/// acknowledged. Before, that came after the final flush had found nothing
+/// to do, and the process exited 0 with the update only in the WAL (a
+/// claim deleted on that word loses it). Now the WAL takes no append once
+/// the final flush begins, and waits for the ones it took: the update is
+/// written, and the exit code agrees with what the WAL still holds.
+#[tokio::test]
+async fn a_call_acknowledged_after_the_servers_grace_is_in_the_final_flush() {
+    let (db, pool, dir, mut service) = serving_with(&[
+        ("FAILPOINTS", "wal-fsync=1*sleep(4000)"),
+        ("SHUTDOWN_GRACE", "1s"),
+    ])
+    .await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    let call = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer = client
+            .on_message(stat("lg", "kills", 0.0, 3.0, "lg-1", ""))
+            .await;
+        (answer, started.elapsed())
+    });
+    let addr = service.http_addr();
+    let received = r#"challenge_event_handler_events_total{event="stat_item_updated"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&http_get(addr, "/metrics").await.1, received) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.sigterm();
+    let code = service.wait_exit(EXIT).await;
+    let (answer, took) = call.await.unwrap();
+    let log = service.log_text();
+    assert!(
+        took >= Duration::from_secs(3),
+        "the fsync's sleep was not hit: {took:?}\n{log}"
+    );
+    let wal = dir.path().join("wal");
+    let (inspected, out, err) = cli(
+        dir.path(),
+        &["wal", "inspect", "--json"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("WAL_DIR", wal.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(inspected, 0, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let progress = row(&pool, "lg", "kills").await.map(|r| r.progress);
+    // The exit code says whether anything acknowledged is left.
+    assert_eq!(
+        code == 0,
+        report["pending_above_watermark"] == 0,
+        "exit {code}, WAL {report}\n{log}"
+    );
+    if answer.is_ok() {
+        assert!(
+            progress == Some(3) || code == 1,
+            "acknowledged, exit 0, not in the database: {progress:?}\n{log}"
+        );
+    }
+    // Here the final flush has time to write it.
+    assert_eq!((code, progress), (0, Some(3)), "{answer:?}\n{log}");
+}

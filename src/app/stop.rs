@@ -88,18 +88,28 @@ pub(super) async fn shut_down(
     settings: &Settings,
     lifetime: &Lifetime,
 ) -> Option<u64> {
+    // No append is acknowledged from here on. A call the servers stopped
+    // waiting for (its fsync slower than the grace period) is answered
+    // UNAVAILABLE, or, taken before, is durable and buffered now: either
+    // way the final flush sees everything acknowledged, and the exit code
+    // says whether the WAL is empty.
+    if let Err(e) = wal.close_appends().await {
+        tracing::error!(error = %e, "cannot close the WAL to new events before the final flush");
+    }
     let left = final_flush(&mut flusher, &wal, &lifetime.fatal, settings.shutdown_grace).await;
     close_wal(flusher, wal, wal_thread).await;
     left
 }
 
-/// The writer exits once every handle is gone; its thread is joined.
+/// The writer is told to end (a handle a lingering connection holds does
+/// not keep it) and its thread is joined.
 pub(super) async fn close_wal<S: ProgressStore>(
     flusher: Flusher<S>,
     wal: Wal,
     wal_thread: WalThread,
 ) {
     drop(flusher);
+    wal.stop().await;
     drop(wal);
     let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
 }

@@ -65,6 +65,8 @@ impl WalStore {
             metrics,
             stop_service,
             shared: shared.clone(),
+            closed: false,
+            stopping: false,
         };
         let handle = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -119,6 +121,11 @@ enum Command {
     Refill {
         reply: oneshot::Sender<Result<Refill>>,
     },
+    /// Acknowledge no append from now on; answered once every append
+    /// taken before it is durable and in the sink.
+    Close { reply: oneshot::Sender<Result<()>> },
+    /// End the writer after this round, whatever handles remain.
+    Stop,
 }
 
 /// About how many records one refill reads back (whole frames): a slice
@@ -168,6 +175,27 @@ impl Wal {
             .await
             .map_err(|_| self.closed_error())?;
         rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// From now on every append is refused ([`WalError::Closed`], answered
+    /// UNAVAILABLE: the caller retries elsewhere). Returns once every append
+    /// taken before is durable, answered and in the sink (and counted in
+    /// the backlog): what a stop's final flush must see. Reads,
+    /// truncations and refills go on.
+    pub async fn close_appends(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Close { reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Ends the writer once the commands before this one are done, though
+    /// other handles remain (a connection the servers did not close holds
+    /// one): what is still queued, or sent later, is refused.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
     }
 
     /// Removes records with sequence numbers ≤ `upto` (they are in the database).
@@ -275,6 +303,10 @@ struct Writer {
     metrics: Arc<Metrics>,
     stop_service: CancellationToken,
     shared: Arc<Shared>,
+    /// Appends are refused (a stop's final flush is under way).
+    closed: bool,
+    /// The writer ends after this round.
+    stopping: bool,
 }
 
 type AppendReply = (oneshot::Sender<Result<Appended>>, Result<Appended>);
@@ -326,7 +358,12 @@ impl Writer {
                 }
             }
             self.commit(&mut commands);
+            if self.stopping {
+                break;
+            }
         }
+        // Whatever is still queued is refused as the channel drops.
+        drop(rx);
         self.trimmer.finish();
         if !self.shared.failed.load(Ordering::Relaxed) {
             if let Err(e) = self.store.save_marks().and_then(|()| self.store.sync()) {
@@ -348,6 +385,8 @@ impl Writer {
                     Command::Truncate { reply, .. } => drop(reply.send(Err(WalError::Failed))),
                     Command::Read { reply, .. } => drop(reply.send(Err(WalError::Failed))),
                     Command::Refill { reply } => drop(reply.send(Err(WalError::Failed))),
+                    Command::Close { reply } => drop(reply.send(Err(WalError::Failed))),
+                    Command::Stop => self.stopping = true,
                 }
             }
             return;
@@ -397,6 +436,9 @@ impl Writer {
                     round.truncate_upto = round.truncate_upto.max(Some(upto));
                     round.truncates.push(reply);
                 }
+                Command::Append { reply, .. } if self.closed => {
+                    drop(reply.send(Err(WalError::Closed)));
+                }
                 Command::Append {
                     event_id,
                     records,
@@ -405,6 +447,12 @@ impl Writer {
                     let outcome = self.stage(&event_id, records, now_bucket, &mut round.group);
                     round.appends.push((reply, outcome));
                 }
+                // Answered with the round's truncations: after its appends.
+                Command::Close { reply } => {
+                    self.closed = true;
+                    round.truncates.push(reply);
+                }
+                Command::Stop => self.stopping = true,
             }
         }
         round
