@@ -58,6 +58,29 @@ async fn an_fsync_error_is_never_followed_by_an_ok_and_stops_the_service() {
     restart_and_redeliver(&db.url, dir.path(), &pool, "fs", 3.0, "fs-1").await;
 }
 
+/// A panic in the WAL writer thread: nothing is acknowledged after it, and
+/// the service stops (non-zero) instead of refusing every event while it
+/// reports itself healthy; the restart applies the redelivery once.
+#[tokio::test]
+async fn a_panic_in_the_wal_writer_stops_the_service() {
+    let (db, pool, dir, mut service) = serving_with(&[("FAILPOINTS", "wal-fsync=panic")]).await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    let refused = client
+        .on_message(stat("wp", "kills", 0.0, 3.0, "wp-1", ""))
+        .await
+        .expect_err("acknowledged by a writer that panicked");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
+    assert!(
+        service
+            .log_text()
+            .contains("the WAL writer thread panicked"),
+        "{}",
+        service.log_text()
+    );
+    restart_and_redeliver(&db.url, dir.path(), &pool, "wp", 3.0, "wp-1").await;
+}
+
 /// Restarts the service on `dir`, redelivers `user`'s kills event `id` (an
 /// increment of `inc`) and checks it counted exactly once.
 async fn restart_and_redeliver(

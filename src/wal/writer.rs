@@ -56,6 +56,7 @@ impl WalStore {
         }
         metrics.dedup_evicted_early.inc_by(forgotten);
         let trimmer = Trimmer::start(self.log(), self.dir().to_owned(), metrics.clone())?;
+        let on_panic = (shared.clone(), stop_service.clone());
         let writer = Writer {
             store: self,
             trimmer,
@@ -70,7 +71,21 @@ impl WalStore {
         };
         let handle = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                // A panic would leave every append refused while the
+                // service looked healthy: it stops the service instead, as
+                // a failed fsync does (what was acknowledged is on disk).
+                let run = std::panic::AssertUnwindSafe(|| writer.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    let (shared, stop_service) = on_panic;
+                    shared.failed.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        "the WAL writer thread panicked: nothing more will be acknowledged; \
+                         stopping so that a restart replays what is on disk"
+                    );
+                    stop_service.cancel();
+                }
+            })?;
         Ok((Wal { tx, shared }, WalThread(handle)))
     }
 }
@@ -79,10 +94,10 @@ impl WalStore {
 pub struct WalThread(std::thread::JoinHandle<()>);
 
 impl WalThread {
+    /// Waits for the writer to end (a panic in it is caught and reported
+    /// where it happens, and stops the service).
     pub fn join(self) {
-        if self.0.join().is_err() {
-            tracing::error!("the WAL writer thread panicked");
-        }
+        let _ = self.0.join();
     }
 }
 
