@@ -447,6 +447,20 @@ async fn a_stop_waits_for_an_http_call_in_flight_and_its_final_flush_writes_it()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     service.sigterm();
+    // Not ready at once: /healthz says so while the call still waits in
+    // its fsync, so the platform stops routing before the servers close.
+    loop {
+        let (health, body) = http_get(addr, "/healthz").await;
+        if health != 200 {
+            assert!(body.contains("shutting_down"), "{body}");
+            break;
+        }
+        assert!(
+            !call.is_finished(),
+            "/healthz still ready after the stop, until the call in flight ended: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, _, text) = call.await.unwrap();
     assert_eq!(status, 200, "{text}");
     assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());

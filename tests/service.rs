@@ -673,7 +673,27 @@ async fn healthz_metrics_grpc_health_and_reflection_are_served() {
             "{expected} not in {names:?}"
         );
     }
-    svc.stop().await.unwrap();
+
+    // A client watching the server's health sees it go NOT_SERVING at the
+    // stop, before its connection closes.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(svc.stop());
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("no status at the stop")
+        .unwrap()
+        .expect("a status at the stop");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    stopping.await.unwrap().unwrap();
 }
 
 #[tokio::test]

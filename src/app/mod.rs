@@ -284,10 +284,14 @@ impl App {
                 gate.open(ingress.clone());
                 tracing::info!("serving: events are acknowledged from now on");
                 {
-                    // HTTP ingest closes with gRPC: no new call once stopping.
+                    // HTTP ingest closes with gRPC: no new call once
+                    // stopping; and /healthz says so at once (not ready),
+                    // not after the calls in flight and the last flush.
                     let (gate, stop) = (gate.clone(), lifetime.stop.clone());
+                    let (health, metrics) = (health.clone(), metrics.clone());
                     tokio::spawn(async move {
                         stop.cancelled().await;
+                        enter(&health, &metrics, Phase::ShuttingDown);
                         gate.close();
                     });
                 }

@@ -69,9 +69,14 @@ impl Ingress {
     }
 
     /// The AGS event services, all backed by this [`Ingress`], each with a
-    /// decoding limit of `max_message_bytes` and marked serving in `health`.
-    /// A new event's service is added here and nowhere else in the server.
-    pub async fn routes(&self, max_message_bytes: usize, health: &HealthReporter) -> Routes {
+    /// decoding limit of `max_message_bytes` and marked serving in `health`;
+    /// and their names (to mark them not serving at a stop). A new event's
+    /// service is added here and nowhere else in the server.
+    pub async fn routes(
+        &self,
+        max_message_bytes: usize,
+        health: &HealthReporter,
+    ) -> (Routes, [&'static str; 4]) {
         let login = UserAuthenticationUserLoggedInServiceServer::new(self.clone())
             .max_decoding_message_size(max_message_bytes);
         let third_party_login =
@@ -82,20 +87,25 @@ impl Ingress {
         let gdpr_deletion =
             DeletionAccountGdprGdprRequestDataDeletionResponseServiceServer::new(self.clone())
                 .max_decoding_message_size(max_message_bytes);
-        serving(health, &login).await;
-        serving(health, &third_party_login).await;
-        serving(health, &stat).await;
-        serving(health, &gdpr_deletion).await;
-        Routes::new(login)
+        let names = [
+            serving(health, &login).await,
+            serving(health, &third_party_login).await,
+            serving(health, &stat).await,
+            serving(health, &gdpr_deletion).await,
+        ];
+        let routes = Routes::new(login)
             .add_service(third_party_login)
             .add_service(stat)
-            .add_service(gdpr_deletion)
+            .add_service(gdpr_deletion);
+        (routes, names)
     }
 }
 
-/// Marks a service as serving in `grpc.health.v1` (the value only gives its type).
-async fn serving<S: NamedService>(health: &HealthReporter, _service: &S) {
+/// Marks a service as serving in `grpc.health.v1` (the value only gives its
+/// type); returns its name.
+async fn serving<S: NamedService>(health: &HealthReporter, _service: &S) -> &'static str {
     health.set_serving::<S>().await;
+    S::NAME
 }
 
 #[tonic::async_trait]

@@ -24,7 +24,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let events = ingress.routes(max_message_bytes, &reporter).await;
+    let (events, names) = ingress.routes(max_message_bytes, &reporter).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -62,6 +62,13 @@ pub async fn serve(
     // connections are not waited for (a client may keep its connection open
     // forever), they are closed when `server` is dropped.
     ingress.close();
+    // A client on a connection still open, or watching, sees the server
+    // and every event service go NOT_SERVING.
+    for name in std::iter::once("").chain(names) {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     tracing::info!(
         in_flight = ingress.in_flight(),
         "shutting down: no new calls; finishing calls in flight"
