@@ -15,6 +15,7 @@
 //! | `flush-after-commit` | after COMMIT, before WAL truncation | the process aborts |
 //! | `replay-mid` | start-up replay, after the first record | the process aborts |
 //! | `owner-before-record` | start-up on PostgreSQL: who owns `user_goal_progress` decided, the choice not yet recorded | whatever is configured (a test sleeps there while another replica records its choice) |
+//! | `upkeep-round` | a round of the cluster's upkeep, before it starts | whatever is configured (a test panics there: the round must count as failed, the upkeep go on) |
 //! | `wal-before-open` | start-up: the WAL directory's identity recorded, the WAL not yet open (its lock not held) | whatever is configured (a test sleeps there to play a second process recording another identity) |
 //!
 //! The same builds read `TEST_CLOCK_OFFSET_MS` (src/clock.rs): milliseconds

@@ -797,3 +797,35 @@ async fn a_call_acknowledged_after_the_servers_grace_is_in_the_final_flush() {
     // Here the final flush has time to write it.
     assert_eq!((code, progress), (0, Some(3)), "{answer:?}\n{log}");
 }
+
+/// A panic in a round of the cluster's upkeep is a failed round: counted
+/// (`upkeep_failures_total`, which an alert reads) and logged, and the
+/// upkeep goes on; before, the task ended unseen, and ledger rotation and
+/// tombstone expiry with it.
+#[tokio::test]
+async fn a_panic_in_the_upkeep_counts_as_a_failed_round_and_the_upkeep_goes_on() {
+    let (_db, _pool, _dir, mut service) =
+        serving_with(&[("FAILPOINTS", "upkeep-round=1*panic")]).await;
+    let addr = service.http_addr();
+    let failures = "challenge_event_handler_upkeep_failures_total";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&http_get(addr, "/metrics").await.1, failures) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the panicked round was not counted: {}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = service
+        .wait_for_log("cluster upkeep failed", Duration::from_secs(5))
+        .await;
+    assert!(log.contains("the upkeep round panicked"), "{log}");
+    // The next round (15 s later) succeeds: the upkeep still runs.
+    let log = service
+        .wait_for_log("cluster upkeep recovered", Duration::from_secs(40))
+        .await;
+    assert!(log.contains("cluster upkeep recovered"), "{log}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
+}

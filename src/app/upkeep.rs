@@ -30,7 +30,19 @@ pub(super) async fn upkeep(
     };
     let mut failing = false;
     loop {
-        match crate::store::within(limit, pg.upkeep(UPKEEP_LOCK_WAIT)).await {
+        // A panic in a round is a failed round, counted and retried: the
+        // task would otherwise end unseen, and with it rotation and expiry.
+        let round = std::panic::AssertUnwindSafe(async {
+            fail::fail_point!("upkeep-round");
+            crate::store::within(limit, pg.upkeep(UPKEEP_LOCK_WAIT)).await
+        });
+        let round = match futures_util::FutureExt::catch_unwind(round).await {
+            Ok(round) => round,
+            Err(_) => Err(crate::store::StoreError::Unavailable(
+                "the upkeep round panicked (see the panic message above)".into(),
+            )),
+        };
+        match round {
             Ok(done) => {
                 if failing {
                     tracing::info!("cluster upkeep recovered");
