@@ -299,6 +299,46 @@ async fn the_open_opt_in_warns_at_every_start_and_cannot_be_mixed_with_tokens() 
     );
 }
 
+/// Over its rate, a client is refused before its body is read: a body that
+/// is not JSON gets 429, not 400 (the bucket, emptied by a batch of 100
+/// events that fail validation at once, takes a second to hold one again).
+#[tokio::test]
+async fn a_client_over_its_rate_is_refused_before_its_body_is_parsed() {
+    let Started {
+        db: _db,
+        pool: _pool,
+        dir: _dir,
+        mut service,
+    } = started(&[
+        ("HTTP_INGEST_TOKEN", "rate-body-token-0a1b2c"),
+        ("HTTP_INGEST_RATE", "1"),
+        ("HTTP_INGEST_BURST", "100"),
+    ])
+    .await;
+    let addr = service.http_addr();
+    let auth = [("Authorization", "Bearer rate-body-token-0a1b2c")];
+    let batch: Vec<Value> = (0..100).map(|_| json!({"type": "stat"})).collect();
+    let (status, _, text) = http_request(
+        addr,
+        "/v1/events/batch",
+        &auth,
+        json!(batch).to_string().as_bytes(),
+    )
+    .await;
+    assert_ne!(status, 429, "{text}");
+    let (status, headers, text) = http_request(addr, "/v1/events", &auth, b"not json").await;
+    assert_eq!(status, 429, "{text}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("retry-after")),
+        "{headers:?}"
+    );
+    assert!(text.contains("HTTP_INGEST_RATE"), "{text}");
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_with_retry_after_and_it_is_counted() {
     let Started {

@@ -478,6 +478,17 @@ pub async fn guard(State(state): State<IngestState>, mut request: Request, next:
             }
         }
     };
+    // A client already over its rate is refused before its body is read
+    // and parsed (a batch then takes what it holds, after the parse).
+    if let Some(limit) = &state.limit {
+        if let Err(wait) = limit.holds_one(&client, std::time::Instant::now()) {
+            return too_many(
+                &state.metrics,
+                wait,
+                "over this client's HTTP ingest rate (HTTP_INGEST_RATE events/s, HTTP_INGEST_BURST at once)",
+            );
+        }
+    }
     request.extensions_mut().insert(client);
     next.run(request).await
 }
