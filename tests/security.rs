@@ -299,6 +299,62 @@ async fn the_open_opt_in_warns_at_every_start_and_cannot_be_mixed_with_tokens() 
     );
 }
 
+/// A client that sends its request's headers slowly, or not at all, is
+/// cut off after the header-read timeout (10 s), before any token is
+/// checked: it cannot hold connections and their buffers open at will.
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Started {
+        db: _db,
+        pool: _pool,
+        dir: _dir,
+        mut service,
+    } = started(&[("HTTP_INGEST_TOKEN", "trickle-token-5e6f7a8b")]).await;
+    let mut stream = tokio::net::TcpStream::connect(service.http_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: test\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    // A byte of header every second; the server must end the connection
+    // (EOF, a reset, or a 408 answer) well before a minute.
+    let closed = loop {
+        let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buffer[..n]);
+                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+                break true;
+            }
+            Err(_) if started.elapsed() > Duration::from_secs(60) => break false,
+            Err(_) => {
+                if stream.write_all(b"1").await.is_err() {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(
+        closed,
+        "a trickling client held its connection for a minute"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "cut off before the timeout: {:?}",
+        started.elapsed()
+    );
+    // The port still serves.
+    let (status, _) = http_get(service.http_addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    service.sigterm();
+    assert_eq!(service.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
 /// Over its rate, a client is refused before its body is read: a body that
 /// is not JSON gets 429, not 400 (the bucket, emptied by a batch of 100
 /// events that fail validation at once, takes a second to hold one again).

@@ -56,19 +56,81 @@ pub fn router(state: HttpState, ingest: Option<Router>) -> Router {
     }
 }
 
-/// Serves `app` until `stop`; handlers can see the caller's address
-/// (`ConnectInfo`, for the per-client rate limit).
+/// How long a client may take to send a request's headers (also how long
+/// a kept-alive connection may wait for its next request): a client that
+/// trickles them holds a connection and its buffer, before any token is
+/// checked.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections one HTTP port holds at once; past it a new one is closed at
+/// once (a probe, a scrape and the ingest clients need a handful).
+pub const MAX_CONNECTIONS: usize = 512;
+/// A connection's read buffer at most (headers included): an ingest body is
+/// streamed through it, so it bounds memory per connection, not the body.
+const MAX_BUF_BYTES: usize = 64 * 1024;
+
+/// Serves `app` until `stop`, then lets the requests in flight finish;
+/// handlers can see the caller's address (`ConnectInfo`, for the
+/// per-client rate limit). Each connection is bounded in time to send its
+/// headers, in buffer, and in number.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF_BYTES);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused_logged = false;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, a connection reset before it
+                    // was accepted: the next accept may succeed.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refused_logged {
+                tracing::warn!(
+                    max = MAX_CONNECTIONS,
+                    "HTTP connections at their limit: new ones are closed at once"
+                );
+                refused_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        refused_logged = false;
+        let _ = stream.set_nodelay(true);
+        let router = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                tower_service::Service::call(&mut router, request)
+            },
+        );
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The address a listener is bound to (for logs and tests).
