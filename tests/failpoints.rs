@@ -385,23 +385,43 @@ async fn a_row_the_service_changes_between_the_flushs_read_and_write_is_read_aga
 /// idle (held by the `flush-after-read` failpoint's sleep) for 200 ms: a
 /// change made now falls between the flush's read and its write.
 async fn wait_for_a_flush_between_its_read_and_write(pool: &sqlx::PgPool, service: &Binary) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    wait_for_a_session(
+        pool,
+        service,
+        ("idle in transaction", "%JOIN user_goal_progress p ON%", 200),
+        "no flush stopped between its read and its write",
+    )
+    .await;
+}
+
+/// Waits until a session of the test's database has been in `state` for
+/// `ms` milliseconds after a statement LIKE `query`: a process held at a
+/// failpoint right after that statement.
+async fn wait_for_a_session(
+    pool: &sqlx::PgPool,
+    service: &Binary,
+    (state, query, ms): (&str, &str, u32),
+    never: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting: i64 = sqlx::query_scalar(
+        let held: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND state = 'idle in transaction'
-               AND query LIKE '%JOIN user_goal_progress p ON%'
-               AND now() - state_change > interval '200 milliseconds'",
+             WHERE datname = current_database() AND state = $1 AND query LIKE $2
+               AND now() - state_change > make_interval(secs => $3::int / 1000.0)",
         )
+        .bind(state)
+        .bind(query)
+        .bind(ms as i32)
         .fetch_one(pool)
         .await
         .unwrap();
-        if waiting > 0 {
+        if held > 0 {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no flush stopped between its read and its write: {}",
+            "{never}: {}",
             service.log_text()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -437,15 +457,7 @@ async fn a_stop_waits_for_an_http_call_in_flight_and_its_final_flush_writes_it()
     });
     // Once counted, the call is in flight (counted and entered together)
     // and waits in its fsync's sleep.
-    let received = r#"challenge_event_handler_events_total{event="stat_item_updated"}"#;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&http_get(addr, "/metrics").await.1, received) < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stat_event_received(addr).await;
     service.sigterm();
     // Not ready at once: /healthz says so while the call still waits in
     // its fsync, so the platform stops routing before the servers close.
@@ -626,27 +638,13 @@ async fn a_start_without_table_owner_does_not_record_over_a_choice_made_meanwhil
     );
     // Paused: its last statement the check that user_goal_progress exists,
     // idle since.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let paused: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND state = 'idle'
-               AND query LIKE 'SELECT to_regclass%'
-               AND now() - state_change > interval '1 second'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if paused > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the start never paused before recording: {}",
-            late.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_session(
+        &pool,
+        &late,
+        ("idle", "SELECT to_regclass%", 1000),
+        "the start never paused before recording",
+    )
+    .await;
     let mut other = Binary::spawn(&db.url, other_dir.path(), &[("TABLE_OWNER", "handler")]);
     other.wait_healthy().await;
     late.wait_healthy().await;
@@ -753,15 +751,7 @@ async fn a_call_acknowledged_after_the_servers_grace_is_in_the_final_flush() {
         (answer, started.elapsed())
     });
     let addr = service.http_addr();
-    let received = r#"challenge_event_handler_events_total{event="stat_item_updated"}"#;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&http_get(addr, "/metrics").await.1, received) < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stat_event_received(addr).await;
     service.sigterm();
     let code = service.wait_exit(EXIT).await;
     let (answer, took) = call.await.unwrap();
@@ -828,4 +818,18 @@ async fn a_panic_in_the_upkeep_counts_as_a_failed_round_and_the_upkeep_goes_on()
     assert!(log.contains("cluster upkeep recovered"), "{log}");
     service.sigterm();
     assert_eq!(service.wait_exit(EXIT).await, 0, "{}", service.log_text());
+}
+
+/// Waits until a stat event's call is counted (`events_total`): counted and
+/// entered together, it is in flight from then on.
+async fn stat_event_received(addr: std::net::SocketAddr) {
+    let received = r#"challenge_event_handler_events_total{event="stat_item_updated"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&http_get(addr, "/metrics").await.1, received) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -254,16 +254,13 @@ mod tests {
         buffer
     }
 
-    /// A WAL reopened with DEDUP_MAX_MARKS below the ids it keeps forgets
-    /// the oldest early, and says so in `dedup_evicted_early_total` (marks,
-    /// each once), and keeps to the cap.
-    #[test]
-    fn ids_forgotten_early_when_the_wal_opens_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        // Half-second buckets: three rounds of five ids, a bucket each.
+    /// A WAL of half-second dedup buckets holding three rounds of five ids
+    /// (e1..e15), a bucket each, closed with them in its log and its marks
+    /// saved; returns its config.
+    fn fifteen_ids_in_three_buckets(dir: &Path) -> WalConfig {
         let wide = WalConfig {
             dedup_window: Duration::from_secs(5),
-            ..config(dir.path(), Recovery::Strict)
+            ..config(dir, Recovery::Strict)
         };
         let store = WalStore::open(wide.clone()).unwrap();
         with_writer(store, 1, &Shared::default(), |wal| async move {
@@ -275,6 +272,16 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(550));
             }
         });
+        wide
+    }
+
+    /// A WAL reopened with DEDUP_MAX_MARKS below the ids it keeps forgets
+    /// the oldest early, and says so in `dedup_evicted_early_total` (marks,
+    /// each once), and keeps to the cap.
+    #[test]
+    fn ids_forgotten_early_when_the_wal_opens_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let wide = fifteen_ids_in_three_buckets(dir.path());
         let mut store = WalStore::open(WalConfig {
             dedup_max_marks: 5,
             ..wide
@@ -314,21 +321,7 @@ mod tests {
     #[test]
     fn ids_saved_and_still_in_the_log_count_once_when_the_wal_opens() {
         let dir = tempfile::tempdir().unwrap();
-        // Half-second buckets: three rounds of five ids, a bucket each.
-        let wide = WalConfig {
-            dedup_window: Duration::from_secs(5),
-            ..config(dir.path(), Recovery::Strict)
-        };
-        let store = WalStore::open(wide.clone()).unwrap();
-        with_writer(store, 1, &Shared::default(), |wal| async move {
-            for round in 0..3 {
-                for i in 1..=5 {
-                    let n = round * 5 + i;
-                    wal.append(format!("e{n}"), vec![update(n)]).await.unwrap();
-                }
-                std::thread::sleep(Duration::from_millis(550));
-            }
-        });
+        let wide = fifteen_ids_in_three_buckets(dir.path());
         // Room for the 15 ids, not for them twice.
         let mut store = WalStore::open(WalConfig {
             dedup_max_marks: 20,
