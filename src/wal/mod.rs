@@ -275,15 +275,12 @@ mod tests {
         wide
     }
 
-    /// A WAL reopened with DEDUP_MAX_MARKS below the ids it keeps forgets
-    /// the oldest early, and says so in `dedup_evicted_early_total` (marks,
-    /// each once), and keeps to the cap.
-    #[test]
-    fn ids_forgotten_early_when_the_wal_opens_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let wide = fifteen_ids_in_three_buckets(dir.path());
+    /// [`fifteen_ids_in_three_buckets`] reopened with DEDUP_MAX_MARKS at
+    /// `cap`, replayed, and its writer started.
+    fn fifteen_ids_reopened(dir: &Path, cap: usize) -> (Wal, WalThread, Arc<Metrics>) {
+        let wide = fifteen_ids_in_three_buckets(dir);
         let mut store = WalStore::open(WalConfig {
-            dedup_max_marks: 5,
+            dedup_max_marks: cap,
             ..wide
         })
         .unwrap();
@@ -297,6 +294,16 @@ mod tests {
                 CancellationToken::new(),
             )
             .unwrap();
+        (wal, thread, metrics)
+    }
+
+    /// A WAL reopened with DEDUP_MAX_MARKS below the ids it keeps forgets
+    /// the oldest early, and says so in `dedup_evicted_early_total` (marks,
+    /// each once), and keeps to the cap.
+    #[test]
+    fn ids_forgotten_early_when_the_wal_opens_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, thread, metrics) = fifteen_ids_reopened(dir.path(), 5);
         // The two older rounds are forgotten, counted once, and stay so
         // (the replayed frames carry them too); the newest round is kept.
         assert_eq!(metrics.dedup_evicted_early.get(), 10);
@@ -321,23 +328,8 @@ mod tests {
     #[test]
     fn ids_saved_and_still_in_the_log_count_once_when_the_wal_opens() {
         let dir = tempfile::tempdir().unwrap();
-        let wide = fifteen_ids_in_three_buckets(dir.path());
         // Room for the 15 ids, not for them twice.
-        let mut store = WalStore::open(WalConfig {
-            dedup_max_marks: 20,
-            ..wide
-        })
-        .unwrap();
-        store.replay(0, &mut Buffer::default()).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let (wal, thread) = store
-            .start(
-                16,
-                Shared::default(),
-                metrics.clone(),
-                CancellationToken::new(),
-            )
-            .unwrap();
+        let (wal, thread, metrics) = fifteen_ids_reopened(dir.path(), 20);
         assert_eq!(metrics.dedup_evicted_early.get(), 0);
         assert_eq!(metrics.dedup_marks.get(), 15);
         let rt = tokio::runtime::Builder::new_current_thread()
