@@ -208,7 +208,21 @@ impl Tokens {
         let Some(path) = &self.file else {
             return Ok(None);
         };
-        let (fresh, short) = read_token_file(path)?;
+        let (fresh, short) = match read_token_file(path) {
+            // Read, but not text: whatever it held is no token now (a
+            // revocation written so must not leave the old tokens on).
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                if !self.from_file.read().expect("tokens lock").is_empty() {
+                    tracing::error!(
+                        file = %path.display(),
+                        error = %e,
+                        "HTTP_INGEST_TOKEN_FILE is not UTF-8 text: none of its tokens is accepted"
+                    );
+                }
+                (Vec::new(), Vec::new())
+            }
+            read => read?,
+        };
         {
             let mut left_out = self.left_out.lock().expect("left-out lock");
             if *left_out != short {
@@ -436,6 +450,12 @@ mod tests {
         assert_eq!(tokens.reload().unwrap(), Some(1));
         assert!(tokens.find("old-token-4a1f9c2e").is_none());
         assert!(tokens.find("new-token-8d3b7e60").is_some());
+        // Not text: its tokens are no longer accepted.
+        std::fs::write(&path, b"new-token-8d3b7e60\n\xff\xfe\n").unwrap();
+        assert_eq!(tokens.reload().unwrap(), Some(0));
+        assert!(tokens.find("new-token-8d3b7e60").is_none());
+        std::fs::write(&path, "new-token-8d3b7e60\n").unwrap();
+        assert_eq!(tokens.reload().unwrap(), Some(1));
         std::fs::remove_file(&path).unwrap();
         assert!(tokens.reload().is_err());
         assert!(
