@@ -271,13 +271,13 @@ pub fn event_time(timestamp: &str, now_ms: i64) -> (i64, TimeSource) {
 /// A stored id: at most `max` characters, no NUL and no other control
 /// character.
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
-    if value.contains('\0') {
-        return Err(EventError::Nul { field });
-    }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(EventError::Control {
-            field,
-            code: format!("U+{:04X}", u32::from(c)),
+        return Err(match c {
+            '\0' => EventError::Nul { field },
+            c => EventError::Control {
+                field,
+                code: format!("U+{:04X}", u32::from(c)),
+            },
         });
     }
     // Bytes bound the cost cheaply; characters are what VARCHAR(n) counts.

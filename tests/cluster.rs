@@ -829,19 +829,7 @@ async fn wal_drain_gives_up_with_exit_1_leaving_the_wal_and_refuses_a_wal_of_no_
 
     // What an operator looks at before draining: the WAL against the
     // watermark row of its `name@volume` id in PostgreSQL.
-    let inspect = || {
-        let wal = dir.path().join("wal");
-        let (code, out, err) = cli(
-            dir.path(),
-            &["wal", "inspect", "--json"],
-            &[
-                ("DATABASE_URL", &db.url),
-                ("WAL_DIR", wal.to_str().unwrap()),
-            ],
-        );
-        assert_eq!(code, 0, "{out}\n{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
+    let inspect = || wal_inspect(dir.path(), &db.url);
     let report = inspect();
     assert_eq!(report["records"], 4, "{report}");
     assert_eq!(report["pending_above_watermark"], 4, "{report}");

@@ -760,17 +760,7 @@ async fn a_call_acknowledged_after_the_servers_grace_is_in_the_final_flush() {
         took >= Duration::from_secs(3),
         "the fsync's sleep was not hit: {took:?}\n{log}"
     );
-    let wal = dir.path().join("wal");
-    let (inspected, out, err) = cli(
-        dir.path(),
-        &["wal", "inspect", "--json"],
-        &[
-            ("DATABASE_URL", &db.url),
-            ("WAL_DIR", wal.to_str().unwrap()),
-        ],
-    );
-    assert_eq!(inspected, 0, "{out}\n{err}");
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let report = wal_inspect(dir.path(), &db.url);
     let progress = row(&pool, "lg", "kills").await.map(|r| r.progress);
     // The exit code says whether anything acknowledged is left.
     assert_eq!(

@@ -634,6 +634,19 @@ impl Binary {
 
 /// Runs `challenge-event-handler args…` with only `env` (and PATH) set, in
 /// `dir`; returns (exit code, stdout, stderr).
+/// `wal inspect --json` on the WAL of a test directory (`<dir>/wal`), its
+/// watermark read from `db_url`; the command must succeed.
+pub fn wal_inspect(dir: &Path, db_url: &str) -> serde_json::Value {
+    let wal = dir.join("wal");
+    let (code, out, err) = cli(
+        dir,
+        &["wal", "inspect", "--json"],
+        &[("DATABASE_URL", db_url), ("WAL_DIR", wal.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 pub fn cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_challenge-event-handler"))
         .args(args)
