@@ -30,32 +30,47 @@ async fn serving_with(
     (db, pool, dir, service)
 }
 
+/// A WAL fault injected at `failpoint` (its FAILPOINTS action): `user`'s
+/// kills event `{user}-1` (3) is refused UNAVAILABLE, `more` runs on the
+/// client, the service exits 1 logging `line`, and after a restart the
+/// client's retry of the event counts exactly once, whether or not the
+/// failed batch reached the disk.
+async fn a_wal_fault_refuses_and_stops<F, Fut>(failpoint: &str, user: &str, line: &str, more: F)
+where
+    F: FnOnce(StatisticStatItemUpdatedServiceClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (db, pool, dir, mut service) = serving_with(&[("FAILPOINTS", failpoint)]).await;
+    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
+    let id = format!("{user}-1");
+    let refused = client
+        .on_message(stat(user, "kills", 0.0, 3.0, &id, ""))
+        .await
+        .expect_err("acknowledged although the WAL failed");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    more(client).await;
+    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
+    assert!(service.log_text().contains(line), "{}", service.log_text());
+    restart_and_redeliver(&db.url, dir.path(), &pool, user, 3.0, &id).await;
+}
+
 #[tokio::test]
 async fn an_fsync_error_is_never_followed_by_an_ok_and_stops_the_service() {
-    let (db, pool, dir, mut service) = serving_with(&[("FAILPOINTS", "wal-fsync=return")]).await;
-    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
-    let first = client
-        .on_message(stat("fs", "kills", 0.0, 3.0, "fs-1", ""))
-        .await
-        .expect_err("an update whose fsync failed was acknowledged");
-    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
-    // Nothing after the failure is acknowledged either.
-    if let Ok(reply) = client
-        .on_message(stat("fs", "kills", 0.0, 1.0, "fs-2", ""))
-        .await
-    {
-        panic!("acknowledged after an fsync failure: {reply:?}");
-    }
-    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
-    assert!(
-        service.log_text().contains("WAL write or fsync failed"),
-        "{}",
-        service.log_text()
-    );
-
-    // After a restart the client's retry of the same event counts exactly once,
-    // whether or not the failed batch reached the disk.
-    restart_and_redeliver(&db.url, dir.path(), &pool, "fs", 3.0, "fs-1").await;
+    a_wal_fault_refuses_and_stops(
+        "wal-fsync=return",
+        "fs",
+        "WAL write or fsync failed",
+        |mut client| async move {
+            // Nothing after the failure is acknowledged either.
+            if let Ok(reply) = client
+                .on_message(stat("fs", "kills", 0.0, 1.0, "fs-2", ""))
+                .await
+            {
+                panic!("acknowledged after an fsync failure: {reply:?}");
+            }
+        },
+    )
+    .await;
 }
 
 /// A panic in the WAL writer thread: nothing is acknowledged after it, and
@@ -63,22 +78,13 @@ async fn an_fsync_error_is_never_followed_by_an_ok_and_stops_the_service() {
 /// reports itself healthy; the restart applies the redelivery once.
 #[tokio::test]
 async fn a_panic_in_the_wal_writer_stops_the_service() {
-    let (db, pool, dir, mut service) = serving_with(&[("FAILPOINTS", "wal-fsync=panic")]).await;
-    let mut client = StatisticStatItemUpdatedServiceClient::new(service.channel().await);
-    let refused = client
-        .on_message(stat("wp", "kills", 0.0, 3.0, "wp-1", ""))
-        .await
-        .expect_err("acknowledged by a writer that panicked");
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert_eq!(service.wait_exit(EXIT).await, 1, "{}", service.log_text());
-    assert!(
-        service
-            .log_text()
-            .contains("the WAL writer thread panicked"),
-        "{}",
-        service.log_text()
-    );
-    restart_and_redeliver(&db.url, dir.path(), &pool, "wp", 3.0, "wp-1").await;
+    a_wal_fault_refuses_and_stops(
+        "wal-fsync=panic",
+        "wp",
+        "the WAL writer thread panicked",
+        |_| async {},
+    )
+    .await;
 }
 
 /// Restarts the service on `dir`, redelivers `user`'s kills event `id` (an

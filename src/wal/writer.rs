@@ -158,38 +158,24 @@ impl Wal {
     /// Makes `records` durable (or recognises `event_id` as a duplicate).
     /// Returns only after the fsync; an `Ok` is a promise.
     pub async fn append(&self, event_id: String, records: Vec<Record>) -> Result<Appended> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
-                event_id,
-                records,
-                reply,
-            })
-            .await
-            .map_err(|_| self.closed_error())?;
-        rx.await.map_err(|_| self.closed_error())?
+        self.ask(|reply| Command::Append {
+            event_id,
+            records,
+            reply,
+        })
+        .await
     }
 
     /// Reads back the records of sequence numbers `(after, upto]`: a flush's
     /// batch, record by record (to leave out events another replica applied).
     pub async fn read(&self, after: u64, upto: u64) -> Result<Vec<(u64, Record)>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Read { after, upto, reply })
-            .await
-            .map_err(|_| self.closed_error())?;
-        rx.await.map_err(|_| self.closed_error())?
+        self.ask(|reply| Command::Read { after, upto, reply }).await
     }
 
     /// Hands the sink, if it spilled, the next slice of the records it does
     /// not hold (read back from the log between two group commits).
     pub async fn refill(&self) -> Result<Refill> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Refill { reply })
-            .await
-            .map_err(|_| self.closed_error())?;
-        rx.await.map_err(|_| self.closed_error())?
+        self.ask(|reply| Command::Refill { reply }).await
     }
 
     /// From now on every append is refused ([`WalError::Closed`], answered
@@ -198,12 +184,7 @@ impl Wal {
     /// the backlog): what a stop's final flush must see. Reads,
     /// truncations and refills go on.
     pub async fn close_appends(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Close { reply })
-            .await
-            .map_err(|_| self.closed_error())?;
-        rx.await.map_err(|_| self.closed_error())?
+        self.ask(|reply| Command::Close { reply }).await
     }
 
     /// Ends the writer once the commands before this one are done, though
@@ -215,9 +196,15 @@ impl Wal {
 
     /// Removes records with sequence numbers ≤ `upto` (they are in the database).
     pub async fn truncate(&self, upto: u64) -> Result<()> {
+        self.ask(|reply| Command::Truncate { upto, reply }).await
+    }
+
+    /// Sends the writer the command `make` builds around a reply channel
+    /// and waits for the answer; a writer gone answers as closed (or failed).
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Truncate { upto, reply })
+            .send(make(reply))
             .await
             .map_err(|_| self.closed_error())?;
         rx.await.map_err(|_| self.closed_error())?
